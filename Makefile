@@ -1,0 +1,64 @@
+# lfr-edge: the two commands a newcomer needs are `make demo` and `make test`.
+# Everything they need is installed here: the virtual environment (.venv), Python packages
+# pinned in requirements.lock, Debian packages (mosquitto) and the models build.
+
+PYTHON      ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+LFR_FACES   ?= $(abspath ../shared/faces)
+DURATION    ?= 60
+QUICK       ?= 0
+PYTEST_ARGS ?=
+export LFR_FACES
+
+.PHONY: all venv system-deps models lint typecheck test test-fast demo bench clean
+
+all: test
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "lfr-edge needs Python 3.11 or newer")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): install the Debian package python3-venv"; exit 1; }
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.lock
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+venv: $(VENV)/.installed
+
+# Debian packages: installed with apt-get when we are root, otherwise named for the user.
+SYSTEM_PACKAGES := mosquitto
+system-deps:
+	@missing=""; command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages:$$missing -- run: sudo apt-get install$$missing"; exit 1; \
+	  fi; \
+	fi
+
+models: venv system-deps
+	$(PY) models/build.py --faces "$(LFR_FACES)"
+
+lint: venv
+	$(VENV)/bin/ruff check firmware hw-sim provisioning models tests
+	$(VENV)/bin/ruff format --check firmware hw-sim provisioning models tests
+
+typecheck: venv
+	$(VENV)/bin/mypy firmware hw-sim provisioning
+
+test: venv system-deps models lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: venv system-deps models
+	$(VENV)/bin/lfr-edge demo --faces "$(LFR_FACES)" --duration $(DURATION)
+
+bench: venv system-deps models
+	$(PY) -m lfr_edge.bench --quick $(QUICK)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-results bench-results
