@@ -212,8 +212,9 @@ def _coerce(value: Any, typ: Any, key: str, base: Path) -> Any:
     raise ConfigError(f"{key}: unsupported type {typ!r}")  # a programming error, kept readable
 
 
-def parse_section(cls: type[T], table: dict[str, Any], name: str, base: Path = Path.cwd()) -> T:
+def parse_section(cls: type[T], table: dict[str, Any], name: str, base: Path | None = None) -> T:
     """Build the dataclass `cls` from a TOML table, refusing unknown keys and wrong types."""
+    base = base or Path.cwd()
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(table) - fields)
@@ -266,8 +267,9 @@ def _check_ranges(cfg: Config) -> None:
     positive("beacon.ack_timeout_s", cfg.beacon.ack_timeout_s)
 
 
-def parse_config(data: dict[str, Any], base: Path = Path.cwd()) -> Config:
+def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
     """Validate a decoded TOML document. Relative paths are taken relative to `base`."""
+    base = base or Path.cwd()
     data = dict(data)
     cameras_raw = data.pop("cameras", None)
     cfg = parse_section(Config, {k: v for k, v in data.items()}, "config", base) if data else Config()

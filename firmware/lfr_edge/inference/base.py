@@ -1,0 +1,53 @@
+"""The one small interface every inference backend implements.
+
+A backend loads a verified model file and runs it on numpy arrays. Backends are chosen by the config key
+`inference.backend`; each lives in its own file and imports its runtime only when selected. A backend that
+cannot load says which library or device is missing and how to fix it: it never falls back to another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+
+class BackendUnavailable(RuntimeError):
+    """The selected backend's library or device is missing; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype[np.generic]
+
+
+class LoadedModel(Protocol):
+    """A model ready to run. Inputs and outputs are float32 (quantisation is internal to the model)."""
+
+    @property
+    def inputs(self) -> Sequence[TensorSpec]: ...
+
+    @property
+    def outputs(self) -> Sequence[TensorSpec]: ...
+
+    def run(self, *inputs: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
+        """Run once; returns the outputs in the order of `outputs` (copies, safe to keep)."""
+        ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def load(self, model_path: Path) -> LoadedModel:
+        """Load a model file that the caller has already verified against the manifest."""
+        ...
+
+    def describe(self) -> str:
+        """One line for logs and the self-test: runtime, version, device, threads."""
+        ...

@@ -1,0 +1,76 @@
+"""Shared LiteRT interpreter wrapper: the CPU, EdgeTPU and GPU backends differ only in their delegate."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from lfr_edge.inference.base import BackendUnavailable, TensorSpec
+
+
+def import_interpreter() -> tuple[Any, Any, str]:
+    """(Interpreter class, load_delegate, runtime name): ai-edge-litert, else tflite-runtime."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, load_delegate
+
+        return Interpreter, load_delegate, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter, load_delegate  # pragma: no cover
+
+        return Interpreter, load_delegate, "tflite-runtime"  # pragma: no cover
+    except ImportError:
+        raise BackendUnavailable(
+            "no LiteRT runtime: install the Python package ai-edge-litert (pip install ai-edge-litert), "
+            "or tflite-runtime on boards without an ai-edge-litert wheel"
+        ) from None
+
+
+class LiteRTModel:
+    """One interpreter per model; not thread-safe (each pipeline thread loads its own)."""
+
+    def __init__(self, interpreter: Any) -> None:
+        self._it = interpreter
+        self._it.allocate_tensors()
+        self._in = self._it.get_input_details()
+        self._out = self._it.get_output_details()
+        self._inputs = tuple(
+            TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"]) for d in self._in
+        )
+        self._outputs = tuple(
+            TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"]) for d in self._out
+        )
+
+    @property
+    def inputs(self) -> Sequence[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> Sequence[TensorSpec]:
+        return self._outputs
+
+    def run(self, *inputs: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
+        if len(inputs) != len(self._in):
+            raise ValueError(f"model takes {len(self._in)} inputs, got {len(inputs)}")
+        for detail, spec, array in zip(self._in, self._inputs, inputs, strict=True):
+            if tuple(array.shape) != spec.shape:
+                raise ValueError(f"input {spec.name!r} wants shape {spec.shape}, got {tuple(array.shape)}")
+            self._it.set_tensor(detail["index"], np.ascontiguousarray(array, dtype=spec.dtype))
+        self._it.invoke()
+        return [np.array(self._it.get_tensor(d["index"]), dtype=np.float32) for d in self._out]
+
+
+def load_model(model_path: Path, threads: int, delegates: list[Any] | None = None) -> LiteRTModel:
+    interpreter_cls, _, _ = import_interpreter()
+    try:
+        it = interpreter_cls(
+            model_path=str(model_path), num_threads=threads, experimental_delegates=delegates or None
+        )
+    except ValueError as exc:
+        raise ValueError(f"{model_path}: LiteRT cannot load this model ({exc})") from exc
+    return LiteRTModel(it)
