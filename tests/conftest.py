@@ -1,4 +1,5 @@
-"""Shared fixtures: the face corpus, the built models, and the unit's pipeline."""
+"""Shared fixtures: the face corpus, the built models, the unit's pipeline, the MQTT broker
+(tests/mqtt_fixtures.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mqtt_fixtures import broker  # noqa: F401  (a fixture, used by name)
 
 from lfr_edge.config import Config
 
@@ -33,6 +35,11 @@ def require_faces() -> Path:
 
 @pytest.fixture(scope="session")
 def faces() -> Path:
+    return require_faces()
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
     return require_faces()
 
 
