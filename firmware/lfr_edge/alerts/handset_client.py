@@ -56,8 +56,8 @@ class HandsetKeys:
             raise crypto.KeyFileError(f"{directory / 'handset-id'}: cannot read ({exc.strerror})") from exc
         return HandsetKeys(
             handset_id,
-            crypto.load_private_key(directory / SEALING_KEY, X25519PrivateKey),
-            crypto.load_private_key(directory / SIGNING_KEY, Ed25519PrivateKey),
+            crypto.load_private_key(directory / SEALING_KEY, X25519PrivateKey),  # type: ignore[type-abstract]
+            crypto.load_private_key(directory / SIGNING_KEY, Ed25519PrivateKey),  # type: ignore[type-abstract]
         )
 
     def record(self) -> bytes:
@@ -101,7 +101,10 @@ class HandsetClient:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = lambda *a: self.connected.clear()
         self._client.on_message = self._on_message
-        self._client.reconnect_delay_set(0.1, 2.0)
+        self._client.on_subscribe = lambda *a: (
+            self.connected.set()
+        )  # ready once the broker has the subscription
+        self._client.reconnect_delay_set(1, 2)
         self._host, self._port = host, port
 
     def start(self, timeout: float = 10.0) -> None:
@@ -124,7 +127,6 @@ class HandsetClient:
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if not reason.is_failure:
             client.subscribe(self.topics.alerts, 1)
-            self.connected.set()
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         received_at = time.time()
@@ -165,7 +167,7 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
 
 def _client(args: argparse.Namespace) -> HandsetClient:
     keys = HandsetKeys.load(args.keys)
-    unit_key = crypto.load_public_key(args.unit_key, Ed25519PublicKey)
+    unit_key = crypto.load_public_key(args.unit_key, Ed25519PublicKey)  # type: ignore[type-abstract]
     host, port = args.broker
     return HandsetClient(keys, args.unit, unit_key, host, port, (args.ca, args.cert, args.key), args.prefix)
 
