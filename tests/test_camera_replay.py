@@ -110,7 +110,7 @@ def test_a_folder_of_only_unreadable_images_ends_instead_of_spinning(tmp_path: P
 
 def test_video_file_replays_and_loops(tmp_path: Path) -> None:
     path = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (64, 48))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 25.0, (64, 48))
     for rgb in (RED, GREEN):
         writer.write(solid_bgr(rgb))
     writer.release()

@@ -92,9 +92,7 @@ def frames_skipped(delta_s: float, interval_s: float) -> int:
     return max(0, round(delta_s / interval_s) - 1)
 
 
-def source_options(
-    name: str, options: dict[str, Any], known: dict[str, tuple[type, ...]]
-) -> dict[str, Any]:
+def source_options(name: str, options: dict[str, Any], known: dict[str, tuple[type, ...]]) -> dict[str, Any]:
     """Check a source's `options` table: an unknown key or a wrong type is a ConfigError naming the key."""
     for key, value in options.items():
         if key not in known:

@@ -94,7 +94,9 @@ class OpenCVSource:
 
     def open(self) -> None:
         if not self.uri:
-            raise CameraUnavailable(f"cameras[{self.name}].uri: give /dev/videoN, an rtsp:// URL or a pipeline")
+            raise CameraUnavailable(
+                f"cameras[{self.name}].uri: give /dev/videoN, an rtsp:// URL or a pipeline"
+            )
         cv2 = self._cv2 = import_cv2()
         api = self._api()
         if not cv2.videoio_registry.hasBackend(api):
@@ -115,7 +117,9 @@ class OpenCVSource:
 
     def _api(self) -> int:
         cv2 = self._cv2
-        return int({"v4l2": cv2.CAP_V4L2, "ffmpeg": cv2.CAP_FFMPEG, "gstreamer": cv2.CAP_GSTREAMER}[self.backend])
+        return int(
+            {"v4l2": cv2.CAP_V4L2, "ffmpeg": cv2.CAP_FFMPEG, "gstreamer": cv2.CAP_GSTREAMER}[self.backend]
+        )
 
     def _connect(self) -> Any:
         """One attempt to open the stream; None when it does not open."""
@@ -124,7 +128,7 @@ class OpenCVSource:
         cap = cv2.VideoCapture(target, self._api())
         if self.backend == "v4l2":
             if self.fourcc:
-                cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*self.fourcc))
+                cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*self.fourcc))
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
             cap.set(cv2.CAP_PROP_FPS, self.fps)
