@@ -88,7 +88,7 @@ def test_tensorrt_session_gets_precision_and_a_cache_keyed_by_board_and_model_ha
     model = backend.load(path)
     (name, options), *rest = FakeSession.made[0].requested
     assert name == TRT and rest == []  # no CUDA unless configured, never the CPU
-    engine_dir = tmp_path / "engines" / board_id() / sha256_file(path)[:16]
+    engine_dir = tmp_path / "engines" / board_id() / f"{sha256_file(path)[:16]}-ort1.20.0"
     assert options["trt_engine_cache_enable"] is True and options["trt_engine_cache_path"] == str(engine_dir)
     assert options["trt_fp16_enable"] is True and options["trt_int8_enable"] is False
     assert engine_dir.is_dir()
@@ -105,6 +105,7 @@ def test_a_changed_model_gets_a_new_engine_directory(fake_ort: type[FakeOrt], tm
     dirs = [s.requested[0][1]["trt_engine_cache_path"] for s in FakeSession.made]
     assert dirs[0] == dirs[1] != dirs[2]
     assert all(Path(d).parent == tmp_path / "engines" / "jetson-orin-nano" for d in dirs)
+    assert Path(dirs[2]).name.startswith(sha256_file(tmp_path / "c.onnx")[:16])
     assert FakeSession.made[0].requested[0][1]["trt_int8_enable"] is True
 
 

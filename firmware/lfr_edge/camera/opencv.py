@@ -167,7 +167,7 @@ class OpenCVSource:
         """Frames the device produced that were never read, from stream timestamps or the frame counter."""
         cv2 = self._cv2
         device_fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        interval_s = 1.0 / (device_fps if device_fps > 0 else self.fps)
+        interval_s = 1.0 / (device_fps if 1 <= device_fps <= 240 else self.fps)  # some streams report 90000
         msec = float(self._cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
         pos = float(self._cap.get(cv2.CAP_PROP_POS_FRAMES) or 0.0)
         gap = 0

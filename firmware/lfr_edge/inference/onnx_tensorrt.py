@@ -1,9 +1,9 @@
 """ONNX Runtime with TensorRT on a Jetson, the engine cached per board and model hash.
 
 TensorRT builds an engine for the exact GPU, TensorRT version and model on first load (minutes); it is
-cached under `inference.engine_cache_dir/<board>/<model sha256 prefix>/`, so a new model file gets a new
-engine and a reflashed board (another board id) never reuses a stale one. `inference.tensorrt_precision`
-picks fp32, fp16 or int8 (int8 needs a QDQ-quantised ONNX model).
+cached under `inference.engine_cache_dir/<board>/<model sha256 prefix>-<runtime versions>/`, so a new model
+file, another board, or an upgraded onnxruntime/TensorRT (a new JetPack) gets a fresh engine.
+`inference.tensorrt_precision` picks fp32, fp16 or int8 (int8 needs a QDQ-quantised ONNX model).
 
 The session must really run on TensorRT, or on CUDA when `inference.tensorrt_fallback = "cuda"` says so:
 ONNX Runtime quietly drops a provider it cannot load and runs on the CPU, so the active providers are
@@ -58,6 +58,17 @@ def board_id() -> str:
     except OSError:
         model = f"{platform.machine()}-{platform.node()}"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-") or "unknown-board"
+
+
+def runtime_tag(ort: Any) -> str:
+    """The runtime versions an engine is only valid for."""
+    try:
+        import tensorrt
+
+        trt_version = f"-trt{tensorrt.__version__}"
+    except ImportError:
+        trt_version = ""
+    return f"ort{ort.__version__}{trt_version}"
 
 
 class OnnxModel:
@@ -129,7 +140,7 @@ class OnnxTensorRTBackend:
         return [TENSORRT, CUDA] if self.fallback == "cuda" else [TENSORRT]
 
     def engine_dir(self, model_sha256: str) -> Path:
-        return self.cache_dir / self.board / model_sha256[:16]
+        return self.cache_dir / self.board / f"{model_sha256[:16]}-{runtime_tag(self._ort)}"
 
     def providers(self, engine_dir: Path) -> list[tuple[str, dict[str, Any]]]:
         if self._explicit is not None:
