@@ -140,3 +140,22 @@ def test_bad_options_name_the_key(folder: Path) -> None:
         replay(folder, speed=2)
     with pytest.raises(ConfigError, match=r"options.loop: expected bool"):
         replay(folder, loop="yes")
+
+
+def test_every_source_implements_the_frame_source_interface() -> None:
+    from lfr_edge.camera import FrameSource, SourceStats
+    from lfr_edge.camera.jetson import JetsonSource
+    from lfr_edge.camera.opencv import OpenCVSource
+    from lfr_edge.camera.picamera2 import Picamera2Source
+
+    cfg = CameraConfig(name="cam-x", uri="/dev/video0")
+    sources: list[FrameSource] = [  # constructing a source imports no camera library
+        ReplaySource(cfg),
+        OpenCVSource(cfg),
+        Picamera2Source(cfg),
+        JetsonSource(cfg),
+    ]
+    for source in sources:
+        assert source.name == "cam-x" and isinstance(source.stats, SourceStats)
+        assert isinstance(source.describe(), str)
+        source.close()

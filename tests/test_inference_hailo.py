@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from lfr_edge.config import InferenceConfig
-from lfr_edge.inference import BackendUnavailable, create_backend
-from lfr_edge.inference.hailo import HailoBackend
+from lfr_edge.inference import BackendUnavailable, LoadedModel, create_backend
+from lfr_edge.inference.hailo import HailoBackend, HailoModel
 
 
 class FormatType(Enum):
@@ -146,7 +146,7 @@ def test_hef_runs_through_float32_vstreams_on_a_scheduled_vdevice(
     backend = create_backend(InferenceConfig(backend="hailo"))
     assert isinstance(backend, HailoBackend)
     assert backend._vdevice.params.scheduling_algorithm is HailoSchedulingAlgorithm.ROUND_ROBIN
-    model = backend.load(hef_file(tmp_path))
+    model: LoadedModel = backend.load(hef_file(tmp_path))
     pipeline = InferVStreams.opened[0]
     assert pipeline.input_params["format_type"] is FormatType.FLOAT32
     assert pipeline.output_params["format_type"] is FormatType.FLOAT32
@@ -158,6 +158,7 @@ def test_hef_runs_through_float32_vstreams_on_a_scheduled_vdevice(
     assert embedding.shape == (2, 192) and embedding.dtype == np.float32
     assert np.allclose(embedding[:, 0], [0.25, -0.5]) and np.allclose(norm[:, 0], [2.5, -5.0])
     assert "HailoRT 4.20.0" in backend.describe() and "0000:01:00.0" in backend.describe()
+    assert isinstance(model, HailoModel)
     model.close()
     backend.close()
     assert pipeline.exited and backend._vdevice.released
