@@ -46,6 +46,10 @@ class InferenceConfig:
     backend: Literal["litert-cpu", "litert-edgetpu", "litert-gpu", "hailo", "onnx-tensorrt"] = "litert-cpu"
     threads: int = 2
     device: str = ""  # delegate-specific device selector, e.g. "usb" or ":0" for the EdgeTPU
+    gpu_delegate_library: str = "libtensorflowlite_gpu_delegate.so"  # litert-gpu: name or full path
+    engine_cache_dir: Path = Path("/var/lib/lfr-edge/engines")  # onnx-tensorrt: per board and model hash
+    tensorrt_precision: Literal["fp32", "fp16", "int8"] = "fp16"  # int8 needs QDQ-quantised ONNX models
+    tensorrt_fallback: Literal["none", "cuda"] = "none"  # "cuda": run on CUDA when TensorRT is not active
 
 
 @dataclass(frozen=True)
@@ -236,6 +240,8 @@ def _check_ranges(cfg: Config) -> None:
     if not cfg.unit.id or not all(c.isalnum() or c in "-_" for c in cfg.unit.id):
         raise ConfigError(f"unit.id: {cfg.unit.id!r} must be letters, digits, '-' or '_'")
     positive("inference.threads", cfg.inference.threads)
+    if not cfg.inference.gpu_delegate_library.strip():
+        raise ConfigError("inference.gpu_delegate_library: must name the LiteRT GPU delegate library")
     unit_interval("detect.score_threshold", cfg.detect.score_threshold)
     unit_interval("detect.nms_iou", cfg.detect.nms_iou)
     positive("detect.tile_rows", cfg.detect.tile_rows)
