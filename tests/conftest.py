@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mqtt_fixtures import broker  # noqa: F401  (a fixture, used by name)
 
 from lfr_edge.config import Config
+from mqtt_fixtures import broker  # noqa: F401  (a fixture, used by name)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
