@@ -19,7 +19,6 @@ import hashlib
 import os
 import struct
 from pathlib import Path
-from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -187,7 +186,6 @@ def verify(public_key: Ed25519PublicKey, signature: bytes, data: bytes) -> None:
 
 PrivateKey = Ed25519PrivateKey | X25519PrivateKey
 PublicKey = Ed25519PublicKey | X25519PublicKey
-K = TypeVar("K")
 
 
 def save_private_key(path: Path, key: PrivateKey) -> None:
@@ -220,25 +218,44 @@ def _read(path: Path) -> bytes:
         raise KeyFileError(f"{path}: cannot read the key file ({exc.strerror})") from exc
 
 
-def _expect(path: Path, key: object, kind: type[K], what: str) -> K:
+def _expect(path: Path, key: object, kind: type, what: str) -> None:
     if not isinstance(key, kind):
         raise KeyFileError(f"{path}: expected {what}, found a {type(key).__name__.lstrip('_')}")
-    return key
 
 
-def load_private_key(path: Path, kind: type[K]) -> K:
-    """Load a PEM private key and check it is of `kind` (Ed25519PrivateKey or X25519PrivateKey)."""
+def _load_private(path: Path) -> object:
     try:
-        key = serialization.load_pem_private_key(_read(path), password=None)
+        return serialization.load_pem_private_key(_read(path), password=None)
     except (ValueError, TypeError) as exc:
         raise KeyFileError(f"{path}: not a PEM private key ({exc})") from exc
-    return _expect(path, key, kind, f"a {kind.__name__}")
 
 
-def load_public_key(path: Path, kind: type[K]) -> K:
-    """Load a PEM public key and check it is of `kind` (Ed25519PublicKey or X25519PublicKey)."""
+def _load_public(path: Path) -> object:
     try:
-        key = serialization.load_pem_public_key(_read(path))
+        return serialization.load_pem_public_key(_read(path))
     except (ValueError, TypeError) as exc:
         raise KeyFileError(f"{path}: not a PEM public key ({exc})") from exc
-    return _expect(path, key, kind, f"a {kind.__name__}")
+
+
+def load_ed25519_private(path: Path) -> Ed25519PrivateKey:
+    key = _load_private(path)
+    _expect(path, key, Ed25519PrivateKey, "an Ed25519 private key (signing)")
+    return key  # type: ignore[return-value]
+
+
+def load_ed25519_public(path: Path) -> Ed25519PublicKey:
+    key = _load_public(path)
+    _expect(path, key, Ed25519PublicKey, "an Ed25519 public key (signature check)")
+    return key  # type: ignore[return-value]
+
+
+def load_x25519_private(path: Path) -> X25519PrivateKey:
+    key = _load_private(path)
+    _expect(path, key, X25519PrivateKey, "an X25519 private key (sealing)")
+    return key  # type: ignore[return-value]
+
+
+def load_x25519_public(path: Path) -> X25519PublicKey:
+    key = _load_public(path)
+    _expect(path, key, X25519PublicKey, "an X25519 public key (sealing)")
+    return key  # type: ignore[return-value]
