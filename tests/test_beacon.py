@@ -288,3 +288,8 @@ def test_default_beacon_config_is_valid() -> None:
     cfg = parse_config({"beacon": {}}).beacon
     assert cfg == BeaconConfig()
     assert dataclasses.replace(cfg, retries=0).retries == 0
+
+
+def test_driver_refuses_a_protocol_it_does_not_implement(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="beacon.protocol"):
+        BeaconDriver(BeaconConfig(port=str(tmp_path / "beacon"), protocol="patlite"))

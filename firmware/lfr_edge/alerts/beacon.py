@@ -23,7 +23,7 @@ import serial
 
 from lfr_edge.alerts import beacon_protocol as bp
 from lfr_edge.alerts.beacon_protocol import BadChecksum, DeviceState, Frame, Pattern, Reply
-from lfr_edge.config import BeaconConfig
+from lfr_edge.config import BeaconConfig, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,8 @@ class BeaconDriver:
     """Drives one roof beacon; every public method returns at once (except selftest and close)."""
 
     def __init__(self, cfg: BeaconConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        if cfg.protocol != "lfr":
+            raise ConfigError(f"beacon.protocol: {cfg.protocol!r} has no driver yet (only 'lfr')")
         self._cfg = cfg
         self._clock = clock
         self._watchdog_ms = round(cfg.watchdog_beats * cfg.heartbeat_s * 1000)
