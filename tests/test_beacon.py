@@ -291,5 +291,5 @@ def test_default_beacon_config_is_valid() -> None:
 
 
 def test_driver_refuses_a_protocol_it_does_not_implement(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="beacon.protocol"):
+    with pytest.raises(ConfigError, match=r"beacon\.protocol"):
         BeaconDriver(BeaconConfig(port=str(tmp_path / "beacon"), protocol="patlite"))
