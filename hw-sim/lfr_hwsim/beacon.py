@@ -116,6 +116,11 @@ class SimulatedBeacon:
         with self._cond:
             return self._cond.wait_for(lambda: predicate(self._state), timeout_s)
 
+    def wait_for_duplicates(self, count: int, timeout_s: float) -> bool:
+        """True once `count` re-sent commands have been answered without being executed again."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.duplicates >= count, timeout_s)
+
     def wait_for(self, pattern: Pattern, timeout_s: float) -> bool:
         """True once the lamps show `pattern` (at once if they already do), False at the timeout."""
         return self.wait_until(lambda s: s.pattern == pattern, timeout_s)
@@ -257,6 +262,7 @@ class SimulatedBeacon:
             return
         if event == self._last_command and self._last_reply is not None:
             self.duplicates += 1  # a re-send whose answer was lost: answer again, do not execute again
+            self._cond.notify_all()
             self._reply(event.kind, self._last_reply)
             return
         reply = self._execute(event, now)
