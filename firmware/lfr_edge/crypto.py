@@ -108,17 +108,17 @@ def seal(
         content_key[:] = bytes(len(content_key))
 
 
-def envelope_key_ids(envelope: bytes) -> list[bytes]:
+def envelope_key_ids(envelope: bytes | memoryview) -> list[bytes]:
     """The key ids an envelope was sealed to (no key needed)."""
     count, _ = _parse_prefix(envelope)
     start = _PREFIX.size
     return [
-        envelope[start + i * _RECIPIENT_BYTES : start + i * _RECIPIENT_BYTES + KEY_ID_BYTES]
+        bytes(envelope[start + i * _RECIPIENT_BYTES : start + i * _RECIPIENT_BYTES + KEY_ID_BYTES])
         for i in range(count)
     ]
 
 
-def _parse_prefix(envelope: bytes) -> tuple[int, int]:
+def _parse_prefix(envelope: bytes | memoryview) -> tuple[int, int]:
     if len(envelope) < _PREFIX.size:
         raise MalformedEnvelope(f"sealed envelope is truncated ({len(envelope)} bytes)")
     magic, fmt, count = _PREFIX.unpack_from(envelope)
@@ -133,7 +133,7 @@ def _parse_prefix(envelope: bytes) -> tuple[int, int]:
 
 
 def open_sealed(
-    envelope: bytes, private_key: X25519PrivateKey, aad: bytes, *, purpose: str = DEFAULT_PURPOSE
+    envelope: bytes | memoryview, private_key: X25519PrivateKey, aad: bytes, *, purpose: str = DEFAULT_PURPOSE
 ) -> bytearray:
     """Decrypt an envelope sealed to `private_key`. Returns a bytearray so the caller can zero it."""
     count, body_start = _parse_prefix(envelope)
@@ -141,10 +141,10 @@ def open_sealed(
     own_id = key_id(private_key.public_key())
     for i in range(count):
         at = _PREFIX.size + i * _RECIPIENT_BYTES
-        if envelope[at : at + KEY_ID_BYTES] != own_id:
+        if bytes(envelope[at : at + KEY_ID_BYTES]) != own_id:
             continue
-        ephemeral_pub = envelope[at + KEY_ID_BYTES : at + KEY_ID_BYTES + 32]
-        wrapped = envelope[at + KEY_ID_BYTES + 32 : at + _RECIPIENT_BYTES]
+        ephemeral_pub = bytes(envelope[at + KEY_ID_BYTES : at + KEY_ID_BYTES + 32])
+        wrapped = bytes(envelope[at + KEY_ID_BYTES + 32 : at + _RECIPIENT_BYTES])
         try:
             shared = private_key.exchange(X25519PublicKey.from_public_bytes(ephemeral_pub))
             kek = _kek(shared, purpose, ephemeral_pub, own_pub)
@@ -153,11 +153,11 @@ def open_sealed(
             raise Tampered(
                 "the wrapped content key does not authenticate (tampered or wrong purpose)"
             ) from exc
-        nonce = envelope[body_start - _NONCE_BYTES : body_start]
+        nonce = bytes(envelope[body_start - _NONCE_BYTES : body_start])
         ciphertext = memoryview(envelope)[body_start:]
         out = bytearray(len(ciphertext) - _TAG_BYTES)
         try:
-            AESGCM(content_key).decrypt_into(nonce, ciphertext, aad + envelope[:body_start], out)
+            AESGCM(content_key).decrypt_into(nonce, ciphertext, aad + bytes(envelope[:body_start]), out)
         except InvalidTag as exc:
             out[:] = bytes(len(out))
             raise Tampered(

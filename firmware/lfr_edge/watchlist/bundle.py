@@ -190,7 +190,7 @@ class Envelope:
     header: dict[str, Any]
     signed: bytes
     signature: bytes
-    body: bytes
+    body: memoryview  # a view into the received message: a large body is not copied
 
 
 @dataclass(frozen=True)
@@ -332,7 +332,7 @@ def read_envelope(data: bytes, max_bytes: int) -> Envelope:
     if not isinstance(header, dict):
         raise BundleGarbled("the header is not a JSON object")
     signed = data[: _PREFIX.size + header_len]
-    return Envelope(magic, header, signed, data[len(signed) : body_at], data[body_at:])
+    return Envelope(magic, header, signed, data[len(signed) : body_at], memoryview(data)[body_at:])
 
 
 def verify_envelope(envelope: Envelope, command_centre_key: Ed25519PublicKey) -> None:

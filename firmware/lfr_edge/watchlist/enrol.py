@@ -17,7 +17,7 @@ import numpy.typing as npt
 from lfr_edge.vision.image import encode_jpeg
 from lfr_edge.vision.pipeline import FacePipeline
 
-REFERENCE_MAX_SIDE = 160
+REFERENCE_MAX_SIDE = 128  # about 4 KB as JPEG: 10,000 subjects stay well under 100 MB
 # Other faces at least this fraction of the main face's width make the photo ambiguous.
 SEVERAL_FACES_RATIO = 0.5
 _REASONS = {

@@ -18,6 +18,7 @@ import os
 import resource
 import struct
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,18 +136,17 @@ class WatchlistStore:
         if sealed_records is not None:
             self._blob, self._offsets, self._key = sealed_records
         else:
-            self._blob, self._offsets, self._key = _seal_records(records or [])
+            self._blob, self._offsets, self._key = _seal_records(records or [], len(records or []))
         self._wiped = False
 
     @classmethod
     def from_opened(cls, opened: OpenedBundle) -> WatchlistStore:
         """Copy a decrypted bundle into a new store; the caller wipes `opened` afterwards."""
-        sealed = _seal_records(
-            [
-                SubjectRecord(m.id, m.category, m.reference, bytes(photo))
-                for m, photo in zip(opened.subjects, opened.photos, strict=True)
-            ]
+        records = (  # one plaintext record at a time, not a second copy of every photo
+            SubjectRecord(m.id, m.category, m.reference, bytes(photo))
+            for m, photo in zip(opened.subjects, opened.photos, strict=True)
         )
+        sealed = _seal_records(records, len(opened.subjects))
         return cls(opened.header, opened.matrix, opened.row_subject, sealed_records=sealed)
 
     # facts -----------------------------------------------------------------------------------------
@@ -239,12 +239,14 @@ class WatchlistStore:
         return self._matrix
 
 
-def _seal_records(records: list[SubjectRecord]) -> tuple[bytearray, npt.NDArray[np.int64], bytearray]:
+def _seal_records(
+    records: Iterable[SubjectRecord], count: int
+) -> tuple[bytearray, npt.NDArray[np.int64], bytearray]:
     """Encrypt each record under one fresh in-RAM key; returns (blob, offsets, key)."""
     key = bytearray(AESGCM.generate_key(bit_length=256))
     aead = AESGCM(bytes(key))
     blob = bytearray()
-    offsets = np.zeros(len(records) + 1, dtype=np.int64)
+    offsets = np.zeros(count + 1, dtype=np.int64)
     for i, record in enumerate(records):
         meta = json.dumps(
             {"id": record.id, "category": record.category, "reference": record.reference}
