@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class AuditSink(Protocol):
     """What sync needs of the audit log (lfr_edge.daemon.audit.AuditLog fits)."""
 
-    def append(self, event: str, **fields: object) -> None: ...
+    def append(self, event: str, **fields: Any) -> object: ...
 
 
 Publish = Callable[[str, bytes], bool]
