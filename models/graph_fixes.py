@@ -114,7 +114,9 @@ def rewrite_prelu(model: Model) -> int:
         outputs = {int(t) for t in graph.outputs}
         removed: set[int] = set()
 
-        def only_used_by(tensor: int, op: Any) -> bool:
+        def only_used_by(
+            tensor: int, op: Any, users: dict[int, list[Any]] = users, outputs: set[int] = outputs
+        ) -> bool:
             return tensor not in outputs and [id(u) for u in users.get(tensor, [])] == [id(op)]
 
         for add in graph.operators:
