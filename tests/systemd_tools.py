@@ -34,9 +34,15 @@ def prepare_root(root: Path) -> None:
 def verify_unit(root: Path, unit: str = "lfr-edge.service") -> str:
     """Run systemd-analyze verify; return everything it complained about (empty when clean)."""
     result = subprocess.run(
-        ["systemd-analyze", "verify", f"--root={root}", unit], capture_output=True, text=True, check=False, cwd=root
+        ["systemd-analyze", "verify", f"--root={root}", unit],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=root,
     )
-    return (result.stdout + result.stderr).strip() + ("" if result.returncode == 0 else f"\nrc={result.returncode}")
+    return (result.stdout + result.stderr).strip() + (
+        "" if result.returncode == 0 else f"\nrc={result.returncode}"
+    )
 
 
 def security_exposure(root: Path, unit: str = "lfr-edge.service") -> tuple[float, str]:

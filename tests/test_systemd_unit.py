@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from systemd_tools import needs_systemd_analyze, prepare_root, security_exposure, verify_unit
 
 SYSTEMD = Path(__file__).resolve().parents[1] / "systemd"
@@ -78,7 +79,9 @@ def test_unit_has_the_contract_settings() -> None:
 def test_sysusers_and_tmpfiles_create_the_user_and_directories(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     subprocess.run(
-        ["systemd-sysusers", f"--root={tmp_path}", str(SYSTEMD / "lfr-edge.sysusers.conf")], check=True, capture_output=True
+        ["systemd-sysusers", f"--root={tmp_path}", str(SYSTEMD / "lfr-edge.sysusers.conf")],
+        check=True,
+        capture_output=True,
     )
     passwd = (tmp_path / "etc/passwd").read_text()
     assert re.search(r"^lfr-edge:x:\d+:\d+:.*:/var/lib/lfr-edge:/usr/sbin/nologin$", passwd, re.M)
@@ -102,7 +105,9 @@ def test_udev_rule_names_the_beacon_and_gives_the_service_group_access() -> None
     assert len(rules) == 1
     keys = dict(re.findall(r'([A-Z_]+(?:\{[^}]+\})?)[+!:]?==?"([^"]*)"', rules[0]))
     assert keys["SUBSYSTEM"] == "tty"
-    assert re.fullmatch(r"[0-9a-f]{4}", keys["ATTRS{idVendor}"]) and re.fullmatch(r"[0-9a-f]{4}", keys["ATTRS{idProduct}"])
+    assert re.fullmatch(r"[0-9a-f]{4}", keys["ATTRS{idVendor}"]) and re.fullmatch(
+        r"[0-9a-f]{4}", keys["ATTRS{idProduct}"]
+    )
     assert keys["SYMLINK"] == "lfr-beacon" and keys["GROUP"] == "lfr-edge" and keys["MODE"] == "0660"
 
 
@@ -146,7 +151,10 @@ def test_litert_xnnpack_runs_under_memory_deny_write_execute(tmp_path: Path) -> 
     python = _system_python_with_seccomp()
     assert python is not None
     result = subprocess.run(
-        [python, str(helper), sys.executable, str(script), str(model)], capture_output=True, text=True, check=False
+        [python, str(helper), sys.executable, str(script), str(model)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "inference ok, W+X refused" in result.stdout
