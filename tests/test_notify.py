@@ -163,3 +163,11 @@ def test_watchdog_tick_decides_from_the_age_of_the_last_progress(
         clock.advance(0.2)
         assert dog.tick() is False
         assert dog.pets == 1
+
+
+def test_config_refuses_a_watchdog_stall_that_is_not_positive() -> None:
+    from lfr_edge.config import ConfigError, parse_config
+
+    assert parse_config({"daemon": {"watchdog_stall_s": 12}}).daemon.watchdog_stall_s == 12.0
+    with pytest.raises(ConfigError, match=r"daemon\.watchdog_stall_s"):
+        parse_config({"daemon": {"watchdog_stall_s": 0}})

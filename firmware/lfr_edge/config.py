@@ -274,6 +274,8 @@ def _check_ranges(cfg: Config) -> None:
     positive("alerts.queue_ttl_s", cfg.alerts.queue_ttl_s)
     positive("beacon.heartbeat_s", cfg.beacon.heartbeat_s)
     positive("beacon.ack_timeout_s", cfg.beacon.ack_timeout_s)
+    positive("daemon.telemetry_interval_s", cfg.daemon.telemetry_interval_s)
+    positive("daemon.watchdog_stall_s", cfg.daemon.watchdog_stall_s)
     _check_beacon(cfg.beacon)
 
 

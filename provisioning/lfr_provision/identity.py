@@ -72,10 +72,15 @@ def load_ca(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, ec.Ellip
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
-        raise ProvisionError(f"--ca-key {key_path}: not a readable unencrypted PEM private key ({exc})") from exc
+        raise ProvisionError(
+            f"--ca-key {key_path}: not a readable unencrypted PEM private key ({exc})"
+        ) from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ProvisionError(f"--ca-key {key_path}: an EC (P-256/P-384) CA key is expected")
-    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if cert.public_key().public_bytes(serialization.Encoding.DER, spki) != key.public_key().public_bytes(
+        serialization.Encoding.DER, spki
+    ):
         raise ProvisionError(f"--ca-key {key_path} does not belong to --ca-cert {cert_path}")
     return cert, key
 

@@ -31,7 +31,11 @@ from lfr_provision.identity import (
 Board = Literal["pi5", "jetson", "generic"]
 DIR_MODE = 0o750
 # The per-board defaults the technician starts from; every value can be edited in config.toml later.
-_BOARD_CAMERA = {"pi5": ("picamera2", ""), "jetson": ("jetson", "csi://0"), "generic": ("opencv", "/dev/video0")}
+_BOARD_CAMERA = {
+    "pi5": ("picamera2", ""),
+    "jetson": ("jetson", "csi://0"),
+    "generic": ("opencv", "/dev/video0"),
+}
 _BOARD_BACKEND = {"pi5": "litert-cpu", "jetson": "onnx-tensorrt", "generic": "litert-cpu"}
 
 
@@ -63,7 +67,9 @@ class Report:
 
 def check_unit_id(unit_id: str) -> None:
     if not unit_id or len(unit_id) > 64 or not all(c.isalnum() or c in "-_" for c in unit_id):
-        raise ProvisionError(f"--unit-id {unit_id!r}: use 1-64 letters, digits, '-' or '_' (it becomes the TLS CN)")
+        raise ProvisionError(
+            f"--unit-id {unit_id!r}: use 1-64 letters, digits, '-' or '_' (it becomes the TLS CN)"
+        )
 
 
 def parse_broker(text: str) -> tuple[str, int]:
@@ -73,15 +79,23 @@ def parse_broker(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port_text)
 
 
-def _public_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The broker's address when it is a literal the unit's IPAddressAllow= does not already cover."""
+# The ranges lfr-edge.service already allows (IPAddressAllow=); keep the two lists the same.
+UNIT_ALLOWED_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+        "fc00::/7", "fe80::/10",
+    )
+)  # fmt: skip
+
+
+def _outside_allowed(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The broker's address when it is a literal that the unit's IPAddressAllow= does not cover."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return None
-    if address.is_private or address.is_loopback or address.is_link_local:
-        return None
-    if isinstance(address, ipaddress.IPv4Address) and address in ipaddress.ip_network("100.64.0.0/10"):
+    if any(address.version == net.version and address in net for net in UNIT_ALLOWED_NETWORKS):
         return None
     return address
 
@@ -196,18 +210,26 @@ def init_unit(opts: InitOptions) -> Report:
     write_file(paths.keys / layout.UNIT_X25519_PUB, public_pem(x_key), PUBLIC_MODE, True)
     write_file(paths.keys / layout.UNIT_ED25519_KEY, private_pem(e_key), PRIVATE_MODE, opts.force)
     write_file(paths.keys / layout.UNIT_ED25519_PUB, public_pem(e_key), PUBLIC_MODE, True)
-    report.done.append(f"X25519 key pair (watchlist sealing): {paths.keys / layout.UNIT_X25519_KEY} (0600) + .pub")
+    report.done.append(
+        f"X25519 key pair (watchlist sealing): {paths.keys / layout.UNIT_X25519_KEY} (0600) + .pub"
+    )
     report.done.append(f"Ed25519 key pair (signing): {paths.keys / layout.UNIT_ED25519_KEY} (0600) + .pub")
 
     write_file(paths.tls / layout.TLS_KEY, private_pem(tls_key), PRIVATE_MODE, opts.force)
     csr = tls_request(opts.unit_id, tls_key)
     write_file(paths.tls / layout.TLS_CSR, csr.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE, True)
-    report.done.append(f"TLS client key {paths.tls / layout.TLS_KEY} (0600) and request {layout.TLS_CSR} (CN={opts.unit_id})")
+    report.done.append(
+        f"TLS client key {paths.tls / layout.TLS_KEY} (0600) and request {layout.TLS_CSR} (CN={opts.unit_id})"
+    )
     if ca is not None and opts.ca_cert is not None:
         cert = sign_request(csr, *ca)
-        write_file(paths.tls / layout.TLS_CERT, cert.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE, True)
+        write_file(
+            paths.tls / layout.TLS_CERT, cert.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE, True
+        )
         write_file(paths.tls / layout.TLS_CA, opts.ca_cert.read_bytes(), PUBLIC_MODE, True)
-        report.done.append(f"TLS client certificate {layout.TLS_CERT} signed by {opts.ca_cert}; CA copied to {layout.TLS_CA}")
+        report.done.append(
+            f"TLS client certificate {layout.TLS_CERT} signed by {opts.ca_cert}; CA copied to {layout.TLS_CA}"
+        )
     else:
         report.next_steps.append(
             f"send {paths.tls / layout.TLS_CSR} to the command centre CA; put the certificate it returns at "
@@ -231,12 +253,15 @@ def init_unit(opts: InitOptions) -> Report:
         write_file(paths.config, config_text(opts, host, port).encode(), 0o640, True)
         report.done.append(f"config written: {paths.config} (board {opts.board}, broker {host}:{port})")
 
-    public = _public_ip(host)
+    public = _outside_allowed(host)
     if public is not None:
         dropin = paths.inside("/etc/systemd/system/lfr-edge.service.d/network.conf")
         dropin.parent.mkdir(parents=True, exist_ok=True)
         prefix = 32 if public.version == 4 else 128
-        text = f"# Written by lfr-provision init: the broker's public address.\n[Service]\nIPAddressAllow={public}/{prefix}\n"
+        text = (
+            "# Written by lfr-provision init: the broker's public address.\n"
+            f"[Service]\nIPAddressAllow={public}/{prefix}\n"
+        )
         write_file(dropin, text.encode(), 0o644, True)
         report.done.append(f"{dropin}: the service may reach the broker at {public}")
 
@@ -253,7 +278,8 @@ def _set_owners(paths: layout.UnitLayout, private_files: list[Path], report: Rep
         who = "the user lfr-edge does not exist yet" if ids is None else "not running as root"
         report.next_steps.append(
             f"{who}: after `systemd-sysusers` has created it, re-run init with --force or run "
-            f"`chown lfr-edge: {' '.join(str(p) for p in private_files)} && chgrp -R lfr-edge {paths.etc} {paths.state}`"
+            f"`chown lfr-edge: {' '.join(str(p) for p in private_files)}"
+            f" && chgrp -R lfr-edge {paths.etc} {paths.state}`"
         )
         return
     uid, gid = ids

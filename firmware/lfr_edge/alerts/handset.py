@@ -203,5 +203,5 @@ class HandsetChannel:
             "officer decision on alert %s: %s (%s)", decision.alert_id, decision.decision, decision.handset
         )
         self.audit.append(
-            "decision", alert_id=decision.alert_id, handset=decision.handset, decision=decision.decision
+            "decision", alert_id=decision.alert_id, handset_id=decision.handset, decision=decision.decision
         )

@@ -30,6 +30,7 @@ from lfr_edge.camera import create_source
 from lfr_edge.camera.base import FrameSource
 from lfr_edge.comms.mqtt import UnitMqttClient
 from lfr_edge.config import Config, ConfigError, load_config
+from lfr_edge.daemon import audit as audit_events
 from lfr_edge.daemon.audit import AuditLog
 from lfr_edge.daemon.frames import CaptureThread, FrameQueue
 from lfr_edge.daemon.notify import Notifier, Watchdog
@@ -108,7 +109,7 @@ class UnitAlertSink:
         if d.beacon is not None:
             d.beacon.show_alert(decision.camera)
         d.audit.append(
-            "alert",
+            audit_events.ALERT_RAISED,
             alert_id=alert_id,
             camera=decision.camera,
             subject_id=subject.id,
@@ -117,7 +118,12 @@ class UnitAlertSink:
         )
         log.info(
             "ALERT %s: subject %s on %s, score %.3f (threshold %.2f, %d frames)",
-            alert_id, subject.id, decision.camera, decision.score, decision.threshold, decision.supporting_frames,
+            alert_id,
+            subject.id,
+            decision.camera,
+            decision.score,
+            decision.threshold,
+            decision.supporting_frames,
         )
 
 
@@ -131,7 +137,9 @@ class Health:
 
 
 class Daemon:
-    def __init__(self, cfg: Config, config_path: Path | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, cfg: Config, config_path: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.env = dict(os.environ if env is None else env)
@@ -141,6 +149,7 @@ class Daemon:
         self.notifier = Notifier(self.env)
         self.started_at = time.monotonic()
         self.beacon: Any = None
+        self._faces_audited: dict[str, int] = {}
         self._threads: list[threading.Thread] = []
 
     # start-up ---------------------------------------------------------------------------------------
@@ -150,7 +159,7 @@ class Daemon:
         for problem in harden_process():
             log.warning("hardening: %s", problem)
         self.audit = AuditLog.open(cfg.unit.audit_log, cfg.unit.id, on_damage="rotate")
-        self.audit.append("started", version=_version(), cameras=[c.name for c in cfg.cameras])
+        self.audit.append(audit_events.STARTED, version=_version(), cameras=[c.name for c in cfg.cameras])
         keys = cfg.unit.keys_dir
         self.unit_signing = crypto.load_ed25519_private(keys / UNIT_ED25519_KEY)
         unit_sealing = crypto.load_x25519_private(keys / UNIT_X25519_KEY)
@@ -302,14 +311,28 @@ class Daemon:
             "camera_dropped": {s.name: s.stats.dropped for s in self.sources},
             "beacon": None
             if beacon is None
-            else {"connected": beacon.connected, "responsive": beacon.responsive, "pattern": str(beacon.pattern_acked)},
+            else {
+                "connected": beacon.connected,
+                "responsive": beacon.responsive,
+                "pattern": str(beacon.pattern_acked),
+            },
             "alerts_outbox": vars(self.handsets.stats),
         }
 
     def _telemetry_loop(self) -> None:
         while not self.stop_event.wait(self.cfg.daemon.telemetry_interval_s):
+            self._audit_faces_seen()
             if self.mqtt.connected.is_set():
                 self.mqtt.publish(self.mqtt.topics.telemetry, json.dumps(self.telemetry()).encode(), qos=0)
+
+    def _audit_faces_seen(self) -> None:
+        """Counts for the deployment report (faces scanned), per camera, since the last entry."""
+        counts = self.worker.stats.faces_by_camera
+        for camera, count in list(counts.items()):
+            delta = count - self._faces_audited.get(camera, 0)
+            if delta > 0:
+                self.audit.append(audit_events.FACES_SEEN, camera=camera, count=delta)
+                self._faces_audited[camera] = count
 
     # reload and stop --------------------------------------------------------------------------------
 
@@ -326,7 +349,9 @@ class Daemon:
             return
         live = {"match", "quality", "track", "alerts", "daemon"}
         needs_restart = [
-            section for section in vars(new) if section not in live and getattr(new, section) != getattr(self.cfg, section)
+            section
+            for section in vars(new)
+            if section not in live and getattr(new, section) != getattr(self.cfg, section)
         ]
         self.worker.match_cfg = new.match
         self.worker.cooldowns.seconds = new.match.cooldown_s
@@ -337,7 +362,9 @@ class Daemon:
         self.cfg = Config(**{**vars(self.cfg), **{s: getattr(new, s) for s in live}})
         self.audit.append("config_reloaded", restart_needed=needs_restart)
         if needs_restart:
-            log.warning("config reloaded; these sections change only on restart: %s", ", ".join(needs_restart))
+            log.warning(
+                "config reloaded; these sections change only on restart: %s", ", ".join(needs_restart)
+            )
         else:
             log.info("config reloaded")
         self.notifier.ready(self.status_line())
@@ -357,7 +384,8 @@ class Daemon:
         self.mqtt.stop(timeout_s=max(0.2, min(1.5, deadline - time.monotonic())))
         if self.beacon is not None:
             self.beacon.close(park=True, timeout_s=max(0.2, deadline - time.monotonic()))
-        self.audit.append("stopped", frames=self.worker.stats.frames, alerts=self.worker.stats.alerts)
+        self._audit_faces_seen()
+        self.audit.append(audit_events.STOPPED, reason="signal", frames=self.worker.stats.frames)
         self.audit.close()
         log.info("stopped cleanly")
 
@@ -381,7 +409,9 @@ def install_signal_handlers(daemon: Daemon) -> None:
     signal.signal(signal.SIGHUP, lambda *_: daemon.reload_requested.set())
 
 
-def run_daemon(cfg: Config, config_path: Path | None, on_started: Callable[[Daemon], None] | None = None) -> int:
+def run_daemon(
+    cfg: Config, config_path: Path | None, on_started: Callable[[Daemon], None] | None = None
+) -> int:
     daemon = Daemon(cfg, config_path)
     install_signal_handlers(daemon)
     daemon.setup()
