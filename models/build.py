@@ -80,10 +80,11 @@ def build_all(manifest: Manifest, cache: Path, faces: Path) -> dict[str, dict[st
     import variants  # heavy imports (quantiser, LiteRT) only when something must be built
 
     calibration = variants.Calibration(faces)
+    # every source first: a missing tool or registry stops the build before minutes of calibration
+    sources = {m.name: extract_model(m, manifest.sources[m.source], cache) for m in manifest.models.values()}
     built: dict[str, dict[str, bytes]] = {}
     for model in manifest.models.values():
-        source = extract_model(model, manifest.sources[model.source], cache)
-        float_bytes = variants.float_model(model.name, source)
+        float_bytes = variants.float_model(model.name, sources[model.name])
         built[model.name] = {}
         for v in model.variants:
             t0 = time.perf_counter()
