@@ -143,7 +143,7 @@ class UnitMqttClient:
         return info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
 
     def add_connect_listener(self, listener: Callable[[], None]) -> None:
-        """Call `listener()` on the dispatcher thread after every (re)connect (e.g. to flush queued alerts)."""
+        """Call `listener()` on the dispatcher thread after each (re)connect (e.g. to flush queued alerts)."""
         with self._lock:
             self._connect_listeners.append(listener)
 
