@@ -111,10 +111,14 @@ def find_detector_model(explicit: Path | None = None) -> Path | None:
     env = os.environ.get(DETECTOR_ENV)
     if env:
         return Path(env)
+    cache = MODELS_CACHE.expanduser()
     for name in DETECTOR_NAMES:
-        candidate = MODELS_CACHE.expanduser() / name
-        if candidate.is_file():
-            return candidate
+        if (cache / name).is_file():
+            return cache / name
+    for pattern in ("*full*.tflite", "*short*.tflite"):  # whatever names the models build gave them
+        found = sorted(cache.glob(pattern)) if cache.is_dir() else []
+        if found:
+            return found[0]
     return None
 
 

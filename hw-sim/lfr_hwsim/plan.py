@@ -233,6 +233,7 @@ class PlanRequest:
     watchlisted: int | tuple[str, ...] = 0  # how many identities to watchlist, or which
     occluders: int = 1  # poles with a sign
     lighting: bool = True
+    exposure: float = 0.3  # shutter open time as a fraction of the frame interval
 
 
 def build_plan(req: PlanRequest, locator: FaceLocator) -> ScenePlan:
@@ -306,6 +307,7 @@ def build_plan(req: PlanRequest, locator: FaceLocator) -> ScenePlan:
         lights=_draw_lights(rng, req.duration_s, req.lighting),
         watchlisted=tuple(watch),
         unusable_photos=faces.unusable,
+        exposure=req.exposure,
     )
 
 
