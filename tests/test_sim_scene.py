@@ -1,7 +1,8 @@
-"""The simulator's scene: real photos walking towards the camera, with ground truth that matches the pixels."""
+"""The simulator's scene: real photos walking towards the camera, with ground truth matching the pixels."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -90,13 +91,18 @@ def test_truth_boxes_are_where_a_detector_finds_the_faces(
             crop = image[cy0 : round(y2 + w), cx0 : round(x2 + w)]
             seen = locator(np.ascontiguousarray(crop))
             checked += 1
-            if seen is not None and iou((seen[0] + cx0, seen[1] + cy0, seen[2] + cx0, seen[3] + cy0), face.box) > 0.5:
+            if (
+                seen is not None
+                and iou((seen[0] + cx0, seen[1] + cy0, seen[2] + cx0, seen[3] + cy0), face.box) > 0.5
+            ):
                 found += 1
     assert checked >= 20
     assert found / checked >= 0.9, f"detector agreed with the truth on {found} of {checked} faces"
 
 
-def test_truth_boxes_cover_pixels_that_differ_from_the_background(plan: ScenePlan, renderer: SceneRenderer) -> None:
+def test_truth_boxes_cover_pixels_that_differ_from_the_background(
+    plan: ScenePlan, renderer: SceneRenderer
+) -> None:
     background = make_background(plan.seed, plan.width, plan.height).astype(np.int16)
     image, truth = renderer.render(plan.frames // 2)
     gain = np.median(image.astype(np.float32) / np.maximum(background, 1))  # undo the lighting roughly
@@ -113,7 +119,7 @@ def test_truth_boxes_cover_pixels_that_differ_from_the_background(plan: ScenePla
 def test_faces_grow_as_walkers_approach(plan: ScenePlan) -> None:
     for w in plan.walkers:
         widths = [w.at(w.t_enter + w.duration_s * u)[2] for u in np.linspace(0, 0.999, 20)]  # type: ignore[index]
-        assert all(b > a for a, b in zip(widths, widths[1:], strict=False))
+        assert all(b > a for a, b in itertools.pairwise(widths))
     assert min(w.face_w_start for w in plan.walkers) < 35
     assert max(w.face_w_end for w in plan.walkers) > 200
 
@@ -131,7 +137,9 @@ def test_walkers_are_hidden_and_blurred_somewhere(plan: ScenePlan, renderer: Sce
     assert max(f.blur_px for f in faces) > 4
 
 
-def test_lighting_changes_over_time_only_when_asked(request_: PlanRequest, plan: ScenePlan, locator: FaceLocator) -> None:
+def test_lighting_changes_over_time_only_when_asked(
+    request_: PlanRequest, plan: ScenePlan, locator: FaceLocator
+) -> None:
     corner = [SceneRenderer(plan).render(i)[0][:100, :100].mean() for i in range(0, plan.frames, 50)]
     assert max(corner) - min(corner) > 10
     flat = build_plan(PlanRequest(**{**request_.__dict__, "lighting": False}), locator)

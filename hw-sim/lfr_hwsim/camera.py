@@ -22,7 +22,6 @@ from typing import IO, Any
 
 from lfr_edge.camera.base import CameraError, EndOfStream, Frame, SourceStats
 from lfr_edge.config import CameraConfig, ConfigError
-
 from lfr_hwsim.facelocate import LocatorUnavailable, default_locator
 from lfr_hwsim.plan import PlanError, PlanRequest, ScenePlan, build_plan, list_identities, load_plan
 from lfr_hwsim.scene import FrameTruth, SceneRenderer
@@ -304,8 +303,9 @@ class SimulatorSource:
         p = self.plan
         pace = f"real time at {p.fps:g} fps" if self.opts.realtime else "as fast as possible"
         return (
-            f"simulator {self.name}: {p.width}x{p.height}, {len(p.walkers)} passers-by over {p.duration_s:g} s "
-            f"(seed {p.seed}, {len(p.watchlisted)} watchlisted), {pace}, faces from {p.faces_dir}"
+            f"simulator {self.name}: {p.width}x{p.height}, {len(p.walkers)} passers-by "
+            f"over {p.duration_s:g} s (seed {p.seed}, {len(p.watchlisted)} watchlisted), {pace}, "
+            f"faces from {p.faces_dir}"
         )
 
     def _fault_state(self, force: bool) -> str:

@@ -132,7 +132,7 @@ def default_locator(model_path: Path | None = None) -> FaceLocator:
     if path is None:
         raise LocatorUnavailable(
             "cannot find faces in photos: this OpenCV has no Haar cascade and no BlazeFace model was found "
-            f"(set {DETECTOR_ENV} or the simulator option detector_model to face_detection_full_range.tflite, "
+            f"(set {DETECTOR_ENV} or the simulator option detector_model to a BlazeFace .tflite file, "
             f"or run `make models` to fill {MODELS_CACHE})"
         )
     if not path.is_file():

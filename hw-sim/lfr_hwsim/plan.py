@@ -96,7 +96,7 @@ class ScenePlan:
 
     @property
     def frames(self) -> int:
-        return int(math.floor(self.duration_s * self.fps))
+        return math.floor(self.duration_s * self.fps)
 
     def walker_photos(self, identity: str) -> set[str]:
         return {w.photo for w in self.walkers if w.identity == identity}
@@ -175,9 +175,7 @@ def list_identities(faces_dir: Path) -> dict[str, list[str]]:
         raise PlanError(f"faces folder {faces_dir} does not exist (set LFR_FACES or the faces_dir option)")
     found: dict[str, list[str]] = {}
     for sub in sorted(p for p in faces_dir.iterdir() if p.is_dir()):
-        photos = sorted(
-            f"{sub.name}/{f.name}" for f in sub.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES
-        )
+        photos = sorted(f"{sub.name}/{f.name}" for f in sub.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES)
         if photos:
             found[sub.name] = photos
     if not found:
@@ -189,8 +187,7 @@ def read_photo(path: Path) -> np.ndarray[Any, np.dtype[np.uint8]] | None:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         return None
-    rgb: np.ndarray[Any, np.dtype[np.uint8]] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return rgb
+    return np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
 
 
 class _PhotoFaces:
@@ -257,13 +254,13 @@ def build_plan(req: PlanRequest, locator: FaceLocator) -> ScenePlan:
     pool = iter(others * (1 + count // max(1, len(others))))
     tried = 0
     while len(cast) < count:
-        ident = next(pool, None)
-        if ident is None or tried > 4 * count + len(identities):
+        other = next(pool, None)
+        if other is None or tried > 4 * count + len(identities):
             break
         tried += 1
-        usable = faces.usable(identities[ident])
+        usable = faces.usable(identities[other])
         if usable:
-            cast.append((ident, usable[int(rng.integers(len(usable)))]))
+            cast.append((other, usable[int(rng.integers(len(usable)))]))
     if not cast:
         raise PlanError(
             f"no usable face photos in {req.faces_dir}: tried {len(faces.boxes)} photos and found no face "
@@ -386,5 +383,7 @@ def _choose_watchlisted(
         if len(identities[ident]) >= 2 and len(faces.usable(identities[ident])) >= 2:
             chosen.append(ident)
     if len(chosen) < wanted:
-        raise PlanError(f"only {len(chosen)} identities in {faces.faces_dir} can be watchlisted, {wanted} asked")
+        raise PlanError(
+            f"only {len(chosen)} identities in {faces.faces_dir} can be watchlisted, {wanted} asked"
+        )
     return chosen

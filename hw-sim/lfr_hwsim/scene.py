@@ -80,15 +80,21 @@ def make_sprite(photo: Image, face: Box) -> Sprite:
     fx1, fy1, fx2, fy2 = face
     fw, fh = fx2 - fx1, fy2 - fy1
     cx = (fx1 + fx2) / 2
-    x0, x1 = max(0, int(cx - 1.5 * fw)), min(pw, int(math.ceil(cx + 1.5 * fw)))
-    y0, y1 = max(0, int(fy1 - 0.7 * fh)), min(ph, int(math.ceil(fy2 + 1.9 * fh)))
+    x0, x1 = max(0, int(cx - 1.5 * fw)), min(pw, math.ceil(cx + 1.5 * fw))
+    y0, y1 = max(0, int(fy1 - 0.7 * fh)), min(ph, math.ceil(fy2 + 1.9 * fh))
     crop = photo[y0:y1, x0:x1]
     h, w = crop.shape[:2]
     mask = np.zeros((h, w), np.uint8)
     ccx, fcy = cx - x0, (fy1 + fy2) / 2 - y0
-    cv2.ellipse(mask, (round(ccx), round(fcy - 0.1 * fh)), (round(0.72 * fw), round(0.85 * fh)), 0, 0, 360, 255, -1)
-    cv2.ellipse(mask, (round(ccx), round(fcy + 0.75 * fh)), (round(0.33 * fw), round(0.5 * fh)), 0, 0, 360, 255, -1)
-    cv2.ellipse(mask, (round(ccx), round(fcy + 2.05 * fh)), (round(1.45 * fw), round(1.05 * fh)), 0, 0, 360, 255, -1)
+    cv2.ellipse(
+        mask, (round(ccx), round(fcy - 0.1 * fh)), (round(0.72 * fw), round(0.85 * fh)), 0, 0, 360, 255, -1
+    )
+    cv2.ellipse(
+        mask, (round(ccx), round(fcy + 0.75 * fh)), (round(0.33 * fw), round(0.5 * fh)), 0, 0, 360, 255, -1
+    )
+    cv2.ellipse(
+        mask, (round(ccx), round(fcy + 2.05 * fh)), (round(1.45 * fw), round(1.05 * fh)), 0, 0, 360, 255, -1
+    )
     soft = max(1.0, 0.08 * fw)
     alpha = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), soft)
     # fade out where the crop was cut by the photo border, so no straight edge shows
@@ -133,7 +139,7 @@ def blur_kernel(dx: float, dy: float) -> npt.NDArray[np.float32] | None:
     length = math.hypot(dx, dy)
     if length < 1.5:
         return None
-    size = int(math.ceil(length)) | 1
+    size = math.ceil(length) | 1
     k = np.zeros((size, size), np.float32)
     c = size // 2
     hx, hy = dx / length * (size - 1) / 2, dy / length * (size - 1) / 2
@@ -220,7 +226,7 @@ class SceneRenderer:
         nw, nh = max(1, round(sw * scale)), max(1, round(sh * scale))
         sx, sy = nw / sw, nh / sh
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        rgba = cv2.resize(sprite.rgba, (nw, nh), interpolation=interp)
+        rgba: Image = np.asarray(cv2.resize(sprite.rgba, (nw, nh), interpolation=interp), np.uint8)
         ox = round(cx - (fx1 + fx2) / 2 * sx)
         oy = round(cy - (fy1 + fy2) / 2 * sy)
         box = (ox + fx1 * sx, oy + fy1 * sy, ox + fx2 * sx, oy + fy2 * sy)
@@ -230,7 +236,7 @@ class SceneRenderer:
         dx, dy = (later[0] - cx, later[1] - cy) if later is not None else (0.0, 0.0)
         kernel = blur_kernel(dx, dy)
         if kernel is not None:
-            rgba = cv2.filter2D(rgba, -1, kernel, borderType=cv2.BORDER_CONSTANT)
+            rgba = np.asarray(cv2.filter2D(rgba, -1, kernel, borderType=cv2.BORDER_CONSTANT), np.uint8)
         self._composite(frame, rgba, ox, oy)
         return w, box, math.hypot(dx, dy), ox, oy, rgba[:, :, 3]
 
@@ -256,7 +262,7 @@ class SceneRenderer:
         cv2.LUT(frame, self._lut, dst=frame)
 
     def _visible(self, box: Box, nearer: list[tuple[Walker, Box, float, int, int, Any]]) -> float:
-        """Fraction of the face box inside the frame and hidden by neither the foreground nor nearer people."""
+        """Fraction of the face box in the frame and hidden by neither the foreground nor nearer people."""
         x1, y1, x2, y2 = round(box[0]), round(box[1]), round(box[2]), round(box[3])
         area = max(1, (x2 - x1) * (y2 - y1))
         cx1, cy1 = max(0, x1), max(0, y1)

@@ -1,9 +1,9 @@
 """`lfr-hwsim scene ...`: plan a scene, render it to a video or PNGs with its ground truth, preview a frame.
 
-    scene plan    --faces DIR --seed 3 --duration 60 --watchlisted 4 --out plan.json
-    scene render  --plan plan.json --video street.mp4 --truth truth.jsonl   (or --frames DIR)
-    scene preview --plan plan.json --time 12.5 --out frame.png --boxes
-    scene bench   --plan plan.json --frames 300          (render speed, one thread: median and p99)
+scene plan    --faces DIR --seed 3 --duration 60 --watchlisted 4 --out plan.json
+scene render  --plan plan.json --video street.mp4 --truth truth.jsonl   (or --frames DIR)
+scene preview --plan plan.json --time 12.5 --out frame.png --boxes
+scene bench   --plan plan.json --frames 300          (render speed, one thread: median and p99)
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from lfr_hwsim.scene import FrameTruth, Image, SceneRenderer, write_truth
 
 
 def _plan_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--plan", type=Path, help="a plan JSON written by `scene plan` (the options below are ignored)")
+    p.add_argument(
+        "--plan", type=Path, help="a plan JSON written by `scene plan` (the options below are ignored)"
+    )
     p.add_argument("--faces", type=Path, default=None, help="labelled photos <identity>/<n>.jpg")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=1280)
@@ -86,7 +88,8 @@ def summarise(plan: ScenePlan, truths: list[FrameTruth]) -> list[str]:
         per_frame = [len(t.faces) for t in truths]
         lines += [
             f"faces drawn {len(faces)}; per frame mean {np.mean(per_frame):.1f}, max {max(per_frame)}",
-            f"face width px min {min(widths):.0f}, median {statistics.median(widths):.0f}, max {max(widths):.0f}",
+            f"face width px min {min(widths):.0f}, median {statistics.median(widths):.0f}, "
+            f"max {max(widths):.0f}",
             f"partly hidden (visible < 0.9) {sum(f.visible < 0.9 for f in faces)}, "
             f"mostly hidden (< 0.5) {sum(f.visible < 0.5 for f in faces)}",
             f"motion blur px median {statistics.median(f.blur_px for f in faces):.1f}, "
@@ -104,7 +107,10 @@ def _render(args: argparse.Namespace) -> int:
             str(args.video), cv2.VideoWriter.fourcc(*"mp4v"), plan.fps, (plan.width, plan.height)
         )
         if not writer.isOpened():
-            print(f"cannot write video {args.video} (no encoder for mp4v here?); use --frames DIR", file=sys.stderr)
+            print(
+                f"cannot write video {args.video} (no encoder for mp4v here?); use --frames DIR",
+                file=sys.stderr,
+            )
             return 1
     if args.frames is not None:
         args.frames.mkdir(parents=True, exist_ok=True)
@@ -138,8 +144,10 @@ def _preview(args: argparse.Namespace) -> int:
     cv2.imwrite(str(args.out), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     print(f"frame {index} (t {truth.t:.2f} s) -> {args.out}")
     for f in truth.faces:
-        print(f"  {f.identity} walker {f.walker}: box {[round(v) for v in f.box]}, {f.width:.0f} px, "
-              f"visible {f.visible:.2f}, blur {f.blur_px:.1f} px{', watchlisted' if f.watchlisted else ''}")
+        print(
+            f"  {f.identity} walker {f.walker}: box {[round(v) for v in f.box]}, {f.width:.0f} px, "
+            f"visible {f.visible:.2f}, blur {f.blur_px:.1f} px{', watchlisted' if f.watchlisted else ''}"
+        )
     return 0
 
 
@@ -156,8 +164,9 @@ def _bench(args: argparse.Namespace) -> int:
         people.append(len(truth.faces))
     ms = np.array(times)
     print(
-        f"scene render {plan.width}x{plan.height}, {len(times)} frames, {np.mean(people):.1f} people per frame "
-        f"(max {max(people)}), OpenCV threads {args.threads}: median {np.median(ms):.2f} ms, "
+        f"scene render {plan.width}x{plan.height}, {len(times)} frames, "
+        f"{np.mean(people):.1f} people per frame (max {max(people)}), "
+        f"OpenCV threads {args.threads}: median {np.median(ms):.2f} ms, "
         f"p99 {np.percentile(ms, 99):.2f} ms, {1000 / np.median(ms):.0f} fps"
     )
     return 0
@@ -171,8 +180,9 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def scene_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lfr-hwsim scene", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="lfr-hwsim scene", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plan", help="draw a scene plan and save it as JSON")
     _plan_args(p)
