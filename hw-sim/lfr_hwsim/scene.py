@@ -70,7 +70,7 @@ class FrameTruth:
 class Sprite:
     """A head-and-shoulders cut-out: RGBA, and where the face is inside it."""
 
-    rgba: Image  # H x W x 4, alpha already soft-edged
+    rgba: Image  # H x W x 4, colour premultiplied by the soft-edged alpha (resizes and blurs cleanly)
     face: Box  # face box in sprite pixels
 
 
@@ -103,8 +103,39 @@ def make_sprite(photo: Image, face: Box) -> Sprite:
     xx = np.minimum(np.arange(w), np.arange(w)[::-1])[None, :]
     alpha *= np.clip(np.minimum(yy, xx) / ramp, 0.0, 1.0)
     alpha *= np.clip((h - np.arange(h)) / (0.6 * fh), 0.0, 1.0)[:, None]  # the body fades out below
-    rgba = np.dstack([crop, np.round(alpha * 255).astype(np.uint8)])
+    premultiplied = np.round(crop * alpha[:, :, None]).astype(np.uint8)
+    rgba = np.dstack([premultiplied, np.round(alpha * 255).astype(np.uint8)])
     return Sprite(np.ascontiguousarray(rgba), (fx1 - x0, fy1 - y0, fx2 - x0, fy2 - y0))
+
+
+def sprite_pyramid(
+    sprite: Sprite, largest_face: float = 256.0, smallest_face: float = 24.0
+) -> tuple[Sprite, ...]:
+    """The sprite at face widths halving from `largest_face`, so each frame resizes by less than 2x."""
+    face_w = sprite.face[2] - sprite.face[0]
+    level = _scaled(sprite, largest_face / face_w) if face_w > largest_face else sprite
+    levels = [level]
+    while (level.face[2] - level.face[0]) / 2 >= smallest_face:
+        level = _scaled(level, 0.5)
+        levels.append(level)
+    return tuple(levels)
+
+
+def _scaled(sprite: Sprite, scale: float) -> Sprite:
+    h, w = sprite.rgba.shape[:2]
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    rgba = np.asarray(cv2.resize(sprite.rgba, (nw, nh), interpolation=cv2.INTER_AREA), np.uint8)
+    sx, sy = nw / w, nh / h
+    x1, y1, x2, y2 = sprite.face
+    return Sprite(rgba, (x1 * sx, y1 * sy, x2 * sx, y2 * sy))
+
+
+def pick_level(levels: tuple[Sprite, ...], face_width: float) -> Sprite:
+    """The smallest level whose face is at least `face_width` (downscale), else the largest (upscale)."""
+    for level in reversed(levels):
+        if level.face[2] - level.face[0] >= face_width:
+            return level
+    return levels[0]
 
 
 def make_background(seed: int, width: int, height: int) -> Image:
@@ -134,18 +165,33 @@ def make_background(seed: int, width: int, height: int) -> Image:
     return out
 
 
-def blur_kernel(dx: float, dy: float) -> npt.NDArray[np.float32] | None:
-    """A normalised line of the given extent (pixels), or None when the streak is under 1.5 px."""
+def motion_blur(rgba: Image, dx: float, dy: float) -> Image:
+    """Smear along (dx, dy) pixels; streaks under 1.5 px are left sharp.
+
+    Short streaks use a line kernel; long ones rotate the motion onto the x axis, box-blur and rotate
+    back, since OpenCV's filter2D switches to a slow DFT for kernels of 11 px and more.
+    """
     length = math.hypot(dx, dy)
     if length < 1.5:
-        return None
+        return rgba
     size = math.ceil(length) | 1
-    k = np.zeros((size, size), np.float32)
-    c = size // 2
-    hx, hy = dx / length * (size - 1) / 2, dy / length * (size - 1) / 2
-    cv2.line(k, (round(c - hx), round(c - hy)), (round(c + hx), round(c + hy)), 1.0, 1, cv2.LINE_AA)
-    total = float(k.sum())
-    return k / total if total > 0 else None
+    if size <= 9:
+        k = np.zeros((size, size), np.float32)
+        c, hx, hy = size // 2, dx / length * (size - 1) / 2, dy / length * (size - 1) / 2
+        cv2.line(k, (round(c - hx), round(c - hy)), (round(c + hx), round(c + hy)), 1.0, 1, cv2.LINE_AA)
+        return np.asarray(cv2.filter2D(rgba, -1, k / k.sum(), borderType=cv2.BORDER_CONSTANT), np.uint8)
+    h, w = rgba.shape[:2]
+    angle = math.degrees(math.atan2(dy, dx))
+    cos, sin = abs(math.cos(math.radians(angle))), abs(math.sin(math.radians(angle)))
+    rw, rh = math.ceil(w * cos + h * sin) + size, math.ceil(w * sin + h * cos) + size
+    turn = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+    turn[:, 2] += (rw / 2 - w / 2, rh / 2 - h / 2)
+    flat = cv2.warpAffine(rgba, turn, (rw, rh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    flat = cv2.blur(flat, (round(length), 1), borderType=cv2.BORDER_CONSTANT)
+    back = cv2.warpAffine(
+        flat, cv2.invertAffineTransform(turn), (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+    )
+    return np.asarray(back, np.uint8)
 
 
 def lighting_at(lights: tuple[Light, ...], t: float) -> tuple[float, tuple[float, float, float]]:
@@ -168,13 +214,13 @@ class SceneRenderer:
         self.plan = plan
         root = Path(faces_dir if faces_dir is not None else plan.faces_dir)
         self.background = make_background(plan.seed, plan.width, plan.height)
-        self.sprites: dict[str, Sprite] = {}
+        self.sprites: dict[str, tuple[Sprite, ...]] = {}
         for w in plan.walkers:
             if w.photo not in self.sprites:
                 photo = read_photo(root / w.photo)
                 if photo is None:
                     raise PlanError(f"scene plan photo {root / w.photo} cannot be read")
-                self.sprites[w.photo] = make_sprite(photo, w.photo_face)
+                self.sprites[w.photo] = sprite_pyramid(make_sprite(photo, w.photo_face))
         self.watchlisted = frozenset(plan.watchlisted)
         self.occluders = [
             (round(o.box[0]), round(o.box[1]), round(o.box[2]), round(o.box[3]), o.colour)
@@ -218,8 +264,8 @@ class SceneRenderer:
     def _draw_walker(
         self, frame: Image, w: Walker, pos: tuple[float, float, float], t: float
     ) -> tuple[Walker, Box, float, int, int, npt.NDArray[np.uint8]]:
-        sprite = self.sprites[w.photo]
         cx, cy, width = pos
+        sprite = pick_level(self.sprites[w.photo], width)
         fx1, fy1, fx2, fy2 = sprite.face
         scale = width / (fx2 - fx1)
         sh, sw = sprite.rgba.shape[:2]
@@ -234,9 +280,7 @@ class SceneRenderer:
         dt = self.plan.exposure / self.plan.fps
         later = w.at(min(t + dt, w.t_enter + w.duration_s))
         dx, dy = (later[0] - cx, later[1] - cy) if later is not None else (0.0, 0.0)
-        kernel = blur_kernel(dx, dy)
-        if kernel is not None:
-            rgba = np.asarray(cv2.filter2D(rgba, -1, kernel, borderType=cv2.BORDER_CONSTANT), np.uint8)
+        rgba = motion_blur(rgba, dx, dy)
         self._composite(frame, rgba, ox, oy)
         return w, box, math.hypot(dx, dy), ox, oy, rgba[:, :, 3]
 
@@ -248,10 +292,9 @@ class SceneRenderer:
         if x0 >= x1 or y0 >= y1:
             return
         src = rgba[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
-        alpha = src[:, :, 3:4].astype(np.uint16)
         roi = frame[y0:y1, x0:x1]
-        mixed = (src[:, :, :3] * alpha + roi * (255 - alpha) + 127) // 255
-        roi[:] = mixed.astype(np.uint8)
+        behind = cv2.cvtColor(cv2.bitwise_not(src[:, :, 3]), cv2.COLOR_GRAY2RGB)  # 255 - alpha
+        cv2.add(cv2.multiply(roi, behind, scale=1 / 255), src[:, :, :3], dst=roi)
 
     def _apply_lighting(self, frame: Image, t: float) -> None:
         gain, cast = lighting_at(self.plan.lights, t)
