@@ -46,6 +46,10 @@ class InferenceConfig:
     backend: Literal["litert-cpu", "litert-edgetpu", "litert-gpu", "hailo", "onnx-tensorrt"] = "litert-cpu"
     threads: int = 2
     device: str = ""  # delegate-specific device selector, e.g. "usb" or ":0" for the EdgeTPU
+    gpu_delegate_library: str = "libtensorflowlite_gpu_delegate.so"  # litert-gpu: name or full path
+    engine_cache_dir: Path = Path("/var/lib/lfr-edge/engines")  # onnx-tensorrt: per board and model hash
+    tensorrt_precision: Literal["fp32", "fp16", "int8"] = "fp16"  # int8 needs QDQ-quantised ONNX models
+    tensorrt_fallback: Literal["none", "cuda"] = "none"  # "cuda": run on CUDA when TensorRT is not active
 
 
 @dataclass(frozen=True)
@@ -132,8 +136,11 @@ class BeaconConfig:
     baudrate: int = 115200
     heartbeat_s: float = 1.0
     ack_timeout_s: float = 0.2
-    retries: int = 3
+    retries: int = 3  # re-sends after the first try, same sequence number
     alert_hold_s: float = 10.0
+    watchdog_beats: int = 3  # the beacon shows fault by itself after this many heartbeats are missed
+    reconnect_min_s: float = 0.2  # reopen backoff after unplug, doubling up to reconnect_max_s
+    reconnect_max_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -236,6 +243,8 @@ def _check_ranges(cfg: Config) -> None:
     if not cfg.unit.id or not all(c.isalnum() or c in "-_" for c in cfg.unit.id):
         raise ConfigError(f"unit.id: {cfg.unit.id!r} must be letters, digits, '-' or '_'")
     positive("inference.threads", cfg.inference.threads)
+    if not cfg.inference.gpu_delegate_library.strip():
+        raise ConfigError("inference.gpu_delegate_library: must name the LiteRT GPU delegate library")
     unit_interval("detect.score_threshold", cfg.detect.score_threshold)
     unit_interval("detect.nms_iou", cfg.detect.nms_iou)
     positive("detect.tile_rows", cfg.detect.tile_rows)
@@ -265,6 +274,27 @@ def _check_ranges(cfg: Config) -> None:
     positive("alerts.queue_ttl_s", cfg.alerts.queue_ttl_s)
     positive("beacon.heartbeat_s", cfg.beacon.heartbeat_s)
     positive("beacon.ack_timeout_s", cfg.beacon.ack_timeout_s)
+    _check_beacon(cfg.beacon)
+
+
+def _check_beacon(beacon: BeaconConfig) -> None:
+    if beacon.retries < 0:
+        raise ConfigError(f"beacon.retries: must be 0 or more, got {beacon.retries}")
+    for key in ("baudrate", "alert_hold_s", "reconnect_min_s"):
+        if getattr(beacon, key) <= 0:
+            raise ConfigError(f"beacon.{key}: must be greater than 0, got {getattr(beacon, key)}")
+    if beacon.reconnect_max_s < beacon.reconnect_min_s:
+        raise ConfigError("beacon.reconnect_max_s: must not be less than beacon.reconnect_min_s")
+    if beacon.watchdog_beats < 2:
+        raise ConfigError(f"beacon.watchdog_beats: must be 2 or more, got {beacon.watchdog_beats}")
+    watchdog_s = beacon.watchdog_beats * beacon.heartbeat_s
+    if watchdog_s > 65.0:
+        raise ConfigError(f"beacon.heartbeat_s: watchdog_beats x heartbeat_s = {watchdog_s} s, at most 65 s")
+    if (1 + beacon.retries) * beacon.ack_timeout_s >= watchdog_s:
+        raise ConfigError(
+            "beacon.ack_timeout_s: (1 + retries) x ack_timeout_s must be shorter than "
+            "watchdog_beats x heartbeat_s, or the beacon trips its watchdog while the unit retries"
+        )
 
 
 def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from lfr_edge.config import ConfigError
 
 
 class CameraError(RuntimeError):
@@ -81,3 +83,26 @@ class FrameSource(Protocol):
 
 def monotonic() -> float:
     return time.monotonic()
+
+
+def frames_skipped(delta_s: float, interval_s: float) -> int:
+    """How many frames the device produced between two delivered ones, from their capture times."""
+    if interval_s <= 0 or delta_s <= 0:
+        return 0
+    return max(0, round(delta_s / interval_s) - 1)
+
+
+def source_options(name: str, options: dict[str, Any], known: dict[str, tuple[type, ...]]) -> dict[str, Any]:
+    """Check a source's `options` table: an unknown key or a wrong type is a ConfigError naming the key."""
+    for key, value in options.items():
+        if key not in known:
+            raise ConfigError(
+                f"cameras[{name}].options: unknown key {key!r} (known: {', '.join(sorted(known)) or 'none'})"
+            )
+        types = known[key]
+        if isinstance(value, bool) and bool not in types:
+            raise ConfigError(f"cameras[{name}].options.{key}: {value!r} has the wrong type")
+        if not isinstance(value, types):
+            wanted = " or ".join(t.__name__ for t in types)
+            raise ConfigError(f"cameras[{name}].options.{key}: expected {wanted}, got {value!r}")
+    return options

@@ -1,0 +1,225 @@
+"""The unit's MQTT client: mutual TLS, availability (birth, last will, stopped), reconnect, handlers.
+
+Availability follows the Frigate/Sparkplug convention: on every (re)connect the unit publishes a
+retained `online` status; the broker publishes the retained `offline` last will when the connection
+dies; a clean stop publishes a retained `stopped` (a clean DISCONNECT suppresses the will). Each
+status carries `seq`, which increases per connection: the will of connection N has the same `seq` as
+the birth of connection N, so a consumer can ignore a late death of an older connection.
+
+Handlers run on one dispatcher thread, never on paho's network thread, so a slow handler (applying a
+watchlist) cannot stall keep-alives.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import queue
+import secrets
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from lfr_edge.config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, bytes], None]
+_CONNECTED = ("", b"")  # a marker on the dispatcher queue: run the connect listeners
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic of one unit, in one place (DESIGN.md, MQTT topics)."""
+
+    status: str
+    watchlist: str
+    watchlist_ack: str
+    alerts: str
+    decisions: str
+    telemetry: str
+    audit: str
+
+    @classmethod
+    def for_unit(cls, prefix: str, unit_id: str) -> Topics:
+        base = f"{prefix}/units/{unit_id}"
+        return cls(
+            status=f"{base}/status",
+            watchlist=f"{base}/watchlist",
+            watchlist_ack=f"{base}/watchlist/ack",
+            alerts=f"{base}/alerts",
+            decisions=f"{base}/decisions",
+            telemetry=f"{base}/telemetry",
+            audit=f"{base}/audit",
+        )
+
+
+def status_payload(state: str, unit_id: str, seq: int, now: dt.datetime | None = None) -> bytes:
+    when = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return json.dumps({"state": state, "unit": unit_id, "time": when, "seq": seq}).encode()
+
+
+def tls_client(client_id: str, ca_file: Path, cert_file: Path, key_file: Path) -> paho.Client:
+    """A plain paho client with mutual TLS, for tools (lfr-watchlist publish, handsets, tests)."""
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=paho.MQTTv311
+    )
+    client.tls_set(
+        ca_certs=str(ca_file),
+        certfile=str(cert_file),
+        keyfile=str(key_file),
+        tls_version=ssl.PROTOCOL_TLS_CLIENT,
+    )
+    return client
+
+
+class UnitMqttClient:
+    """One unit's connection to the broker. `start()` returns at once; `connected` is set when up."""
+
+    def __init__(self, unit_id: str, cfg: MqttConfig, *, dispatch_queue_size: int = 64) -> None:
+        self.unit_id = unit_id
+        self.cfg = cfg
+        self.topics = Topics.for_unit(cfg.topic_prefix, unit_id)
+        self.client_id = f"{unit_id}-{secrets.token_hex(4)}"
+        self.connected = threading.Event()
+        self.connect_count = 0
+        self._seq = 0
+        self._handlers: dict[str, tuple[Handler, int]] = {}
+        self._connect_listeners: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=dispatch_queue_size)
+        self._dispatcher: threading.Thread | None = None
+        self._client = tls_client(self.client_id, cfg.ca_file, cfg.cert_file, cfg.key_file)
+        self._client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
+        self._set_will()
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    # lifecycle ---------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background; reconnects with capped exponential backoff until `stop()`."""
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, name=f"mqtt-dispatch-{self.unit_id}", daemon=True
+        )
+        self._dispatcher.start()
+        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        self._client.loop_start()
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        """Publish the retained `stopped` status (when connected), disconnect cleanly, end the threads."""
+        if self.connected.is_set():
+            info = self._client.publish(
+                self.topics.status, status_payload("stopped", self.unit_id, self._seq), qos=1, retain=True
+            )
+            try:
+                info.wait_for_publish(timeout_s)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("mqtt: the 'stopped' status was not delivered: %s", exc)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.connected.clear()
+        if self._dispatcher is not None:
+            self._inbox.put(None)
+            self._dispatcher.join(timeout_s)
+            self._dispatcher = None
+
+    # publishing and subscribing ---------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
+        """Queue a message. True when paho accepted it (QoS 1 messages also wait out a disconnection)."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return True
+        return info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
+
+    def add_connect_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` on the dispatcher thread after every (re)connect (e.g. to flush queued alerts)."""
+        with self._lock:
+            self._connect_listeners.append(listener)
+
+    def subscribe(self, topic: str, handler: Handler, *, qos: int = 1) -> None:
+        """Call `handler(topic, payload)` for each message on `topic`, now and after every reconnect."""
+        with self._lock:
+            self._handlers[topic] = (handler, qos)
+        if self.connected.is_set():
+            self._client.subscribe(topic, qos)
+
+    # paho callbacks (network thread) ----------------------------------------------------------------
+
+    def _set_will(self) -> None:
+        self._client.will_set(
+            self.topics.status, status_payload("offline", self.unit_id, self._seq), qos=1, retain=True
+        )
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            log.warning("mqtt: broker %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, reason)
+            return
+        self.connect_count += 1
+        with self._lock:
+            subscriptions = [(topic, qos) for topic, (_, qos) in self._handlers.items()]
+        for topic, qos in subscriptions:
+            client.subscribe(topic, qos)
+        client.publish(
+            self.topics.status, status_payload("online", self.unit_id, self._seq), qos=1, retain=True
+        )
+        log.info(
+            "mqtt: connected to %s:%s as %s (seq %d)", self.cfg.host, self.cfg.port, self.client_id, self._seq
+        )
+        self.connected.set()
+        try:
+            self._inbox.put_nowait(_CONNECTED)
+        except queue.Full:
+            log.error("mqtt: handler queue full, connect listeners not run")
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
+    ) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        if was_connected:
+            self._seq += 1  # the next birth and its will carry the next sequence number
+            self._set_will()
+            log.warning(
+                "mqtt: disconnected from %s:%s (%s); reconnecting", self.cfg.host, self.cfg.port, reason
+            )
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        try:
+            self._inbox.put_nowait((message.topic, bytes(message.payload)))
+        except queue.Full:
+            log.error("mqtt: handler queue full, dropped a message on %s", message.topic)
+
+    # dispatcher thread ------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while (item := self._inbox.get()) is not None:
+            if item is _CONNECTED:
+                with self._lock:
+                    listeners = list(self._connect_listeners)
+                for listener in listeners:
+                    try:
+                        listener()
+                    except Exception:
+                        log.exception("mqtt: connect listener failed")
+                continue
+            topic, payload = item
+            with self._lock:
+                handlers = [h for sub, (h, _) in self._handlers.items() if paho.topic_matches_sub(sub, topic)]
+            for handler in handlers:
+                try:
+                    handler(topic, payload)
+                except Exception:
+                    log.exception("mqtt: handler for %s failed", topic)

@@ -1,0 +1,107 @@
+"""Capture threads and the bounded frame queue between them and the pipeline.
+
+When the pipeline falls behind, the oldest frames are dropped and counted: a live camera's newest frame is
+worth more than an old one, and nothing is ever buffered without bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+
+from lfr_edge.camera.base import CameraError, EndOfStream, Frame, FrameSource
+
+log = logging.getLogger(__name__)
+
+
+class FrameQueue:
+    """A bounded, drop-oldest queue of frames from all cameras."""
+
+    def __init__(self, capacity: int) -> None:
+        self._frames: deque[Frame] = deque()
+        self._capacity = capacity
+        self._cond = threading.Condition()
+        self.dropped = 0
+        self._closed = False
+
+    def put(self, frame: Frame) -> None:
+        with self._cond:
+            if len(self._frames) >= self._capacity:
+                old = self._frames.popleft()
+                old.image.fill(0)  # a dropped frame is overwritten, not left for the collector
+                self.dropped += 1
+            self._frames.append(frame)
+            self._cond.notify()
+
+    def get(self, timeout: float) -> Frame | None:
+        """The oldest queued frame, or None after `timeout` seconds or once closed and empty."""
+        with self._cond:
+            if not self._frames and not self._closed:
+                self._cond.wait(timeout)
+            return self._frames.popleft() if self._frames else None
+
+    def depth(self) -> int:
+        with self._cond:
+            return len(self._frames)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            for frame in self._frames:
+                frame.image.fill(0)
+            self._frames.clear()
+            self._cond.notify_all()
+
+
+class CaptureThread(threading.Thread):
+    """Reads one camera into the shared queue; reopens the camera with capped backoff when it fails."""
+
+    def __init__(
+        self, source: FrameSource, queue: FrameQueue, stop: threading.Event, max_backoff_s: float = 5.0
+    ):
+        super().__init__(name=f"capture-{source.name}", daemon=True)
+        self.source = source
+        self.queue = queue
+        self.stop_event = stop
+        self.max_backoff_s = max_backoff_s
+        self.state = "starting"  # starting, streaming, reconnecting, ended, stopped
+        self.first_frame = threading.Event()
+        self.last_error = ""
+
+    def run(self) -> None:
+        backoff = 0.2
+        opened = False
+        while not self.stop_event.is_set():
+            try:
+                if not opened:
+                    self.source.open()
+                    opened = True
+                frame = self.source.read()
+            except EndOfStream:
+                self.state = "ended"
+                log.info("camera %s: end of stream", self.source.name)
+                break
+            except CameraError as exc:
+                if self.state != "reconnecting":
+                    log.warning("camera %s lost: %s; reconnecting", self.source.name, exc)
+                self.state, self.last_error = "reconnecting", str(exc)
+                self._close_quietly()
+                opened = False
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+                continue
+            if self.state != "streaming":
+                log.info("camera %s streaming (%s)", self.source.name, self.source.describe())
+            self.state, backoff = "streaming", 0.2
+            self.first_frame.set()
+            self.queue.put(frame)
+        self._close_quietly()
+        if self.state != "ended":
+            self.state = "stopped"
+
+    def _close_quietly(self) -> None:
+        try:
+            self.source.close()
+        except CameraError as exc:  # closing a broken device must not stop the loop
+            log.debug("camera %s close failed: %s", self.source.name, exc)

@@ -1,0 +1,135 @@
+"""The per-frame work: faces → tracks → match decisions → alerts, and the counters telemetry reports.
+
+One worker thread runs the shared models for every camera (interpreters are not thread-safe); each
+camera has its own tracker. A frame's pixels are zeroed once processed, and an ended track's faces are
+zeroed before they are dropped: what is not a match does not outlive its frame or track.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from lfr_edge.camera.base import Frame
+from lfr_edge.config import MatchConfig, TrackConfig
+from lfr_edge.vision.match import Cooldowns, MatchDecision, Watchlist, evaluate
+from lfr_edge.vision.pipeline import FacePipeline
+from lfr_edge.vision.track import Track, Tracker, TrackFace
+
+log = logging.getLogger(__name__)
+
+
+class AlertSink(Protocol):
+    def alert(self, decision: MatchDecision, live: TrackFace, frame_time: float) -> None:
+        """Deliver one prompt (handsets, beacon, audit). Must not block the pipeline."""
+        ...
+
+
+@dataclass
+class PipelineStats:
+    """Counts only: no biometric data. Read by telemetry, STATUS= and the audit's deployment report."""
+
+    frames: int = 0
+    faces_seen: int = 0
+    faces_embedded: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    tracks_started: int = 0
+    tracks_ended: int = 0
+    tracks_ended_unmatched: int = 0
+    alerts: int = 0
+    stage_ms: dict[str, deque[float]] = field(default_factory=dict)
+    frame_times: deque[float] = field(default_factory=lambda: deque(maxlen=100))
+    last_frame_at: float = 0.0
+
+    def record_stages(self, stage_ms: dict[str, float]) -> None:
+        for stage, ms in stage_ms.items():
+            self.stage_ms.setdefault(stage, deque(maxlen=200)).append(ms)
+
+    def fps(self) -> float:
+        if len(self.frame_times) < 2:
+            return 0.0
+        span = self.frame_times[-1] - self.frame_times[0]
+        return (len(self.frame_times) - 1) / span if span > 0 else 0.0
+
+    def stage_medians(self) -> dict[str, float]:
+        return {stage: round(statistics.median(v), 2) for stage, v in self.stage_ms.items() if v}
+
+
+class PipelineWorker:
+    def __init__(
+        self,
+        pipeline: FacePipeline,
+        cameras: list[str],
+        track_cfg: TrackConfig,
+        match_cfg: MatchConfig,
+        watchlist: Callable[[], Watchlist | None],
+        sink: AlertSink,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.pipeline = pipeline
+        self.trackers = {name: Tracker(name, track_cfg) for name in cameras}
+        self.match_cfg = match_cfg
+        self.watchlist = watchlist
+        self.sink = sink
+        self.clock = clock
+        self.cooldowns = Cooldowns(match_cfg.cooldown_s)
+        self.stats = PipelineStats()
+
+    def process(self, frame: Frame) -> list[MatchDecision]:
+        started = time.perf_counter()
+        result = self.pipeline.process(frame.image)
+        frame.image.fill(0)  # the frame is done with: overwrite it
+        tracker = self.trackers[frame.camera]
+        update = tracker.update(result.faces, frame.index, frame.timestamp)
+        self.stats.tracks_started += sum(1 for t in update.active if t.frames_seen == 1)
+        for face in result.faces:
+            if face.embedding is None:
+                self.stats.rejected[face.quality.reason] += 1
+            face.aligned.fill(0)  # tracks hold their own copies of their best faces
+        t_match = time.perf_counter()
+        decisions: list[MatchDecision] = []
+        watchlist = self.watchlist()
+        now = self.clock()
+        if watchlist is not None:
+            for track in update.active:
+                if track.new_evidence:
+                    for decision in evaluate(track, watchlist, self.match_cfg, self.cooldowns, now):
+                        decisions.append(decision)
+                        self._deliver(decision, track, frame.timestamp)
+        match_ms = (time.perf_counter() - t_match) * 1e3
+        self._end(update.ended)
+        self.stats.frames += 1
+        self.stats.faces_seen += len(result.faces)
+        self.stats.faces_embedded += sum(1 for f in result.faces if f.embedding is not None)
+        self.stats.record_stages(
+            {**result.stage_ms, "match": match_ms, "frame": (time.perf_counter() - started) * 1e3}
+        )
+        self.stats.frame_times.append(time.monotonic())
+        self.stats.last_frame_at = time.monotonic()
+        return decisions
+
+    def _deliver(self, decision: MatchDecision, track: Track, frame_time: float) -> None:
+        live = track.best_face()
+        if live is None:  # evaluate() needs embeddings, so a track with a decision has faces
+            return
+        self.stats.alerts += 1
+        try:
+            self.sink.alert(decision, live, frame_time)
+        except Exception:  # a broken channel must not stop the pipeline; the sink logs its own faults
+            log.exception("alert delivery failed for track %d", decision.track_id)
+
+    def _end(self, ended: list[Track]) -> None:
+        for track in ended:
+            self.stats.tracks_ended += 1
+            if not track.alerted_subjects:
+                self.stats.tracks_ended_unmatched += 1
+            track.wipe()
+
+    def end_all_tracks(self) -> None:
+        for tracker in self.trackers.values():
+            self._end(tracker.end_all())

@@ -1,0 +1,101 @@
+"""Matching a track against the watchlist, and the decision to prompt an officer.
+
+The track's best embeddings (by quality) are searched 1:N against the held watchlist (one matrix
+product). A probe supports a subject when that subject is its best match, the score clears the
+watchlist's threshold, and it beats the second-best subject by `margin`. A subject is alerted when at
+least `min_frames` of the track's best faces support it: once per track, and not again for the same
+subject within `cooldown_s` (several cameras, or a person turning back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from lfr_edge.config import MatchConfig
+from lfr_edge.vision.track import Track
+
+
+class Watchlist(Protocol):
+    """What matching needs from the held watchlist."""
+
+    @property
+    def threshold(self) -> float: ...
+
+    def search(
+        self, probes: npt.NDArray[np.float32], k: int, now: float
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Top-k subject indices and cosine scores per probe (P, k); (P, 0) when nothing is usable."""
+        ...
+
+    def subject_id(self, index: int) -> str: ...
+
+
+@dataclass(frozen=True)
+class MatchDecision:
+    track_id: int
+    camera: str
+    subject_index: int
+    subject_id: str
+    score: float  # best supporting cosine score
+    second_best: float  # best score of any other subject in the supporting probes
+    supporting_frames: int
+    threshold: float
+
+
+@dataclass
+class Cooldowns:
+    """Last alert time per subject, shared by all cameras of the unit."""
+
+    seconds: float
+    last: dict[str, float] = field(default_factory=dict)
+
+    def ready(self, subject_id: str, now: float) -> bool:
+        last = self.last.get(subject_id)
+        return last is None or now - last >= self.seconds
+
+    def mark(self, subject_id: str, now: float) -> None:
+        self.last[subject_id] = now
+
+
+def evaluate(
+    track: Track, watchlist: Watchlist, cfg: MatchConfig, cooldowns: Cooldowns, now: float
+) -> list[MatchDecision]:
+    """The alerts this track's evidence justifies now (usually none)."""
+    probes = track.embeddings()
+    if len(probes) < cfg.min_frames:
+        return []
+    indices, scores = watchlist.search(probes, max(2, cfg.top_k), now)
+    if indices.shape[1] == 0:
+        return []
+    threshold = watchlist.threshold
+    best_idx, best = indices[:, 0], scores[:, 0]
+    runner_up = scores[:, 1] if scores.shape[1] > 1 else np.full(len(best), -1.0, dtype=np.float32)
+    supports = (best >= threshold) & (best - runner_up >= cfg.margin)
+    decisions = []
+    for subject_index in np.unique(best_idx[supports]):
+        rows = supports & (best_idx == subject_index)
+        count = int(rows.sum())
+        subject_id = watchlist.subject_id(int(subject_index))
+        if count < cfg.min_frames or subject_id in track.alerted_subjects:
+            continue
+        if not cooldowns.ready(subject_id, now):
+            continue
+        track.alerted_subjects.add(subject_id)
+        cooldowns.mark(subject_id, now)
+        decisions.append(
+            MatchDecision(
+                track_id=track.id,
+                camera=track.camera,
+                subject_index=int(subject_index),
+                subject_id=subject_id,
+                score=float(best[rows].max()),
+                second_best=float(runner_up[rows].max()),
+                supporting_frames=count,
+                threshold=threshold,
+            )
+        )
+    return decisions

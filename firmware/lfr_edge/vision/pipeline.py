@@ -1,0 +1,135 @@
+"""detect → quality gate → align → embed, on one frame held in memory.
+
+A `FacePipeline` is built once from the config (models verified against the manifest, loaded on the
+configured backend) and then called per frame. It keeps no per-frame state: what it returns is all there
+is, and the caller decides what to keep (the tracker keeps only what a track needs, and overwrites it).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from lfr_edge.config import Config, DetectConfig, QualityConfig
+from lfr_edge.inference import create_backend
+from lfr_edge.inference.base import Backend
+from lfr_edge.models import load_manifest
+from lfr_edge.vision.align import ALIGNED_SIZE, align_face
+from lfr_edge.vision.detect import FULL_RANGE, SHORT_RANGE, BlazeFace, Detection, FaceDetector
+from lfr_edge.vision.embed import Embedder
+from lfr_edge.vision.quality import QualityVerdict, assess
+
+Image = npt.NDArray[np.uint8]
+EMBEDDER_MODEL = "mobilefacenet"
+
+
+@dataclass(frozen=True)
+class Face:
+    detection: Detection
+    quality: QualityVerdict
+    aligned: Image  # 112x112x3 RGB; lives in RAM only
+    embedding: npt.NDArray[np.float32] | None  # None when the quality gate refused the face
+
+
+@dataclass(frozen=True)
+class FrameFaces:
+    faces: list[Face]
+    stage_ms: dict[str, float] = field(default_factory=dict)  # detect, quality, align, embed
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The verified model files a pipeline runs, and the id watchlists are enrolled with."""
+
+    full_range: Path | None
+    short_range: Path | None
+    embedder: Path
+    model_id: str  # e.g. "mobilefacenet/int8-static/3f2a9c01d4e5": a bundle for another id is refused
+
+
+class FacePipeline:
+    def __init__(
+        self, detector: FaceDetector, embedder: Embedder, quality: QualityConfig, model_id: str
+    ) -> None:
+        self.detector = detector
+        self.embedder = embedder
+        self.quality = quality
+        self.model_id = model_id
+
+    def detect(self, image: Image) -> list[Detection]:
+        return self.detector.detect(image)
+
+    def process(self, image: Image, embed: bool = True) -> FrameFaces:
+        """All faces in the frame, each with its quality verdict; embeddings for those that pass."""
+        t0 = time.perf_counter()
+        detections = self.detector.detect(image)
+        t1 = time.perf_counter()
+        aligned = [align_face(image, d.keypoints) for d in detections]
+        t2 = time.perf_counter()
+        verdicts = [assess(d, a, self.quality) for d, a in zip(detections, aligned, strict=True)]
+        t3 = time.perf_counter()
+        passing = [i for i, v in enumerate(verdicts) if v.ok]
+        embeddings: dict[int, npt.NDArray[np.float32]] = {}
+        if embed and passing:
+            batch = np.stack([aligned[i] for i in passing])
+            for i, row in zip(passing, self.embedder.embed(batch), strict=True):
+                embeddings[i] = row
+        t4 = time.perf_counter()
+        faces = [
+            Face(d, v, a, embeddings.get(i))
+            for i, (d, v, a) in enumerate(zip(detections, verdicts, aligned, strict=True))
+        ]
+        stage_ms = {
+            "detect": (t1 - t0) * 1e3,
+            "align": (t2 - t1) * 1e3,
+            "quality": (t3 - t2) * 1e3,
+            "embed": (t4 - t3) * 1e3,
+        }
+        return FrameFaces(faces, stage_ms)
+
+    def embed_aligned(self, faces: Image) -> npt.NDArray[np.float32]:
+        """Embeddings of already-aligned 112x112 crops (the corpus's `aligned/` set, enrolment tools)."""
+        if faces.shape[1:3] != (ALIGNED_SIZE, ALIGNED_SIZE):
+            raise ValueError(f"aligned faces must be {ALIGNED_SIZE}x{ALIGNED_SIZE}, got {faces.shape}")
+        return self.embedder.embed(faces)
+
+
+def resolve_model_files(cfg: Config, variant: str | None = None) -> ModelFiles:
+    """Find the configured models' artifacts and verify each against the manifest's sha256."""
+    manifest = load_manifest(cfg.models.manifest)
+    models_dir = cfg.models.dir.expanduser()
+    full = short = None
+    detector_variant = "default"
+    if cfg.models.detector in ("full", "both"):
+        full, _ = manifest.artifact(FULL_RANGE.name, detector_variant, models_dir)
+    if cfg.models.detector in ("short", "both"):
+        short, _ = manifest.artifact(SHORT_RANGE.name, detector_variant, models_dir)
+    embedder_path, v = manifest.artifact(EMBEDDER_MODEL, variant or cfg.models.embedder_variant, models_dir)
+    return ModelFiles(full, short, embedder_path, f"{EMBEDDER_MODEL}/{v.name}/{v.sha256[:12]}")
+
+
+def pipeline_from_files(
+    files: ModelFiles,
+    backend: Backend,
+    detect: DetectConfig,
+    quality: QualityConfig,
+    flip_average: bool = True,
+) -> FacePipeline:
+    full = BlazeFace(backend.load(files.full_range), FULL_RANGE) if files.full_range else None
+    short = BlazeFace(backend.load(files.short_range), SHORT_RANGE) if files.short_range else None
+    detector = FaceDetector(
+        full, short, detect.score_threshold, detect.nms_iou, detect.tile_rows, detect.max_faces
+    )
+    embedder = Embedder(backend.load(files.embedder), flip_average)
+    return FacePipeline(detector, embedder, quality, files.model_id)
+
+
+def build_pipeline(cfg: Config, variant: str | None = None) -> FacePipeline:
+    """The unit's pipeline as configured: verified models on the configured backend."""
+    files = resolve_model_files(cfg, variant)
+    backend = create_backend(cfg.inference)
+    return pipeline_from_files(files, backend, cfg.detect, cfg.quality, cfg.embed.flip_average)

@@ -1,0 +1,189 @@
+"""Tracking: one track per person walking through one camera's view.
+
+Faces are associated with tracks by box overlap and embedding similarity (greedy, best pairs first), a
+track survives `max_missed_frames` frames without a face, then ends. A track keeps only its `best_k`
+faces by quality (embedding and aligned crop, for matching and for the alert's live picture); when it
+ends, those buffers are zeroed before they are dropped, so nothing of a person who matched nothing
+remains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from lfr_edge.config import TrackConfig
+from lfr_edge.vision.pipeline import Face
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass
+class TrackFace:
+    quality: float
+    embedding: npt.NDArray[np.float32]
+    crop: npt.NDArray[np.uint8]
+    frame_index: int
+    timestamp: float
+
+    def wipe(self) -> None:
+        self.embedding.fill(0)
+        self.crop.fill(0)
+
+
+@dataclass
+class Track:
+    id: int
+    camera: str
+    box: Box
+    first_seen: float
+    last_seen: float
+    last_frame: int
+    missed: int = 0
+    frames_seen: int = 0
+    best: list[TrackFace] = field(default_factory=list)
+    alerted_subjects: set[str] = field(default_factory=set)
+    new_evidence: bool = False  # a face was added to `best` in the latest frame
+    recent: npt.NDArray[np.float32] | None = None  # the latest embedding, for association
+
+    def embeddings(self) -> npt.NDArray[np.float32]:
+        if not self.best:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([f.embedding for f in self.best])
+
+    def best_face(self) -> TrackFace | None:
+        return max(self.best, key=lambda f: f.quality, default=None)
+
+    def wipe(self) -> None:
+        for face in self.best:
+            face.wipe()
+        self.best.clear()
+        if self.recent is not None:
+            self.recent.fill(0)
+            self.recent = None
+
+
+def iou_matrix(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Pairwise IoU of boxes a (N, 4) and b (M, 4)."""
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    result: npt.NDArray[np.float32] = (
+        inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+    ).astype(np.float32)
+    return result
+
+
+@dataclass(frozen=True)
+class TrackUpdate:
+    active: list[Track]  # tracks that saw a face this frame
+    ended: list[Track]  # tracks that ended this frame (already wiped unless the caller keeps them)
+
+
+class Tracker:
+    """Tracks of one camera. Not thread-safe: one tracker per camera's pipeline thread."""
+
+    def __init__(self, camera: str, cfg: TrackConfig) -> None:
+        self.camera = camera
+        self.cfg = cfg
+        self.tracks: list[Track] = []
+        self._next_id = 1
+
+    def update(self, faces: list[Face], frame_index: int, timestamp: float) -> TrackUpdate:
+        boxes = np.array([f.detection.box for f in faces], dtype=np.float32).reshape(-1, 4)
+        assigned = self._associate(faces, boxes)
+        active: list[Track] = []
+        used_tracks = set()
+        for face_i, track_i in assigned.items():
+            track = self.tracks[track_i]
+            used_tracks.add(track_i)
+            self._observe(track, faces[face_i], frame_index, timestamp)
+            active.append(track)
+        for track_i, track in enumerate(self.tracks):
+            if track_i not in used_tracks:
+                track.missed += 1
+                track.new_evidence = False
+        for face_i, face in enumerate(faces):
+            if face_i not in assigned:
+                track = Track(
+                    self._next_id, self.camera, face.detection.box, timestamp, timestamp, frame_index
+                )
+                self._next_id += 1
+                self.tracks.append(track)
+                self._observe(track, face, frame_index, timestamp)
+                active.append(track)
+        ended = [t for t in self.tracks if t.missed > self.cfg.max_missed_frames]
+        self.tracks = [t for t in self.tracks if t.missed <= self.cfg.max_missed_frames]
+        return TrackUpdate(active, ended)
+
+    def end_all(self) -> list[Track]:
+        ended, self.tracks = self.tracks, []
+        return ended
+
+    def _associate(self, faces: list[Face], boxes: npt.NDArray[np.float32]) -> dict[int, int]:
+        """face index -> track index, greedy on the best affinity first."""
+        if not faces or not self.tracks:
+            return {}
+        track_boxes = np.array([t.box for t in self.tracks], dtype=np.float32)
+        iou = iou_matrix(boxes, track_boxes)
+        dim = next((f.embedding.shape[0] for f in faces if f.embedding is not None), 0)
+        sim = np.zeros_like(iou)
+        if dim:
+            face_emb = np.zeros((len(faces), dim), dtype=np.float32)
+            for i, face in enumerate(faces):
+                if face.embedding is not None:
+                    face_emb[i] = face.embedding
+            track_emb = np.zeros((len(self.tracks), dim), dtype=np.float32)
+            for j, track in enumerate(self.tracks):
+                if track.recent is not None:
+                    track_emb[j] = track.recent
+            sim = face_emb @ track_emb.T
+        # A pair qualifies by overlap, or by a similar face near the track (a fast walker, a missed frame).
+        widths = np.maximum(track_boxes[:, 2] - track_boxes[:, 0], 1.0)
+        centres_f = (boxes[:, :2] + boxes[:, 2:]) / 2
+        centres_t = (track_boxes[:, :2] + track_boxes[:, 2:]) / 2
+        distance = np.linalg.norm(centres_f[:, None] - centres_t[None], axis=2) / widths[None]
+        near = distance < 1.5 + 0.5 * np.array([t.missed for t in self.tracks])[None]
+        qualifies = (iou >= self.cfg.iou_min) | ((sim >= self.cfg.embedding_min) & near)
+        affinity = np.where(qualifies, iou + sim, -np.inf)
+        result: dict[int, int] = {}
+        while np.isfinite(affinity).any():
+            row, col = (int(x) for x in np.unravel_index(int(np.argmax(affinity)), affinity.shape))
+            result[row] = col
+            affinity[row, :] = -np.inf
+            affinity[:, col] = -np.inf
+        return result
+
+    def _observe(self, track: Track, face: Face, frame_index: int, timestamp: float) -> None:
+        track.box = face.detection.box
+        track.last_seen = timestamp
+        track.last_frame = frame_index
+        track.missed = 0
+        track.frames_seen += 1
+        track.new_evidence = False
+        if face.embedding is None:
+            return
+        if track.recent is None:
+            track.recent = face.embedding.copy()
+        else:
+            track.recent[:] = face.embedding
+        candidate = TrackFace(
+            face.quality.score, face.embedding.copy(), face.aligned.copy(), frame_index, timestamp
+        )
+        if len(track.best) < self.cfg.best_k:
+            track.best.append(candidate)
+            track.new_evidence = True
+            return
+        worst = min(range(len(track.best)), key=lambda k: track.best[k].quality)
+        if candidate.quality > track.best[worst].quality:
+            track.best[worst].wipe()
+            track.best[worst] = candidate
+            track.new_evidence = True
+        else:
+            candidate.wipe()

@@ -1,0 +1,123 @@
+"""The unit's MQTT client and the broker's ACL, against a real mosquitto with mutual TLS."""
+
+from __future__ import annotations
+
+import json
+import queue
+
+import pytest
+
+from lfr_edge.comms.mqtt import Topics, UnitMqttClient
+from lfr_hwsim.broker import MosquittoBroker
+from mqtt_fixtures import Collector, unit_mqtt_config
+
+pytestmark = pytest.mark.broker
+
+
+def status_of(payload: bytes) -> dict[str, object]:
+    data = json.loads(payload)
+    assert isinstance(data, dict)
+    return data
+
+
+def test_topics_follow_the_design_names() -> None:
+    topics = Topics.for_unit("lfr/v1", "van-7")
+    assert topics.status == "lfr/v1/units/van-7/status"
+    assert topics.watchlist_ack == "lfr/v1/units/van-7/watchlist/ack"
+    assert topics.decisions == "lfr/v1/units/van-7/decisions"
+
+
+def test_a_unit_cannot_read_another_units_watchlist(broker: MosquittoBroker) -> None:
+    centre = Collector(broker, "command-centre")
+    centre.publish("lfr/v1/units/unit-b/watchlist", b"for b", retain=True)
+    centre.publish("lfr/v1/units/unit-a/watchlist", b"for a", retain=True)
+    spy = Collector(broker, "unit-a")
+    spy.subscribe("lfr/v1/units/unit-b/watchlist")
+    spy.subscribe("lfr/v1/units/unit-a/watchlist")
+    first = spy.next()  # retained messages arrive in subscription order: b's would come first
+    assert (first.topic, first.payload) == ("lfr/v1/units/unit-a/watchlist", b"for a")
+    assert spy.messages.empty()
+    spy.close()
+    centre.close()
+
+
+def test_a_unit_cannot_write_another_units_status_or_any_watchlist(broker: MosquittoBroker) -> None:
+    watcher = Collector(broker, "command-centre")
+    watcher.subscribe("lfr/v1/units/+/status")
+    intruder = Collector(broker, "unit-a")
+    intruder.publish("lfr/v1/units/unit-b/status", b"forged")
+    intruder.publish("lfr/v1/units/unit-a/watchlist", b"self-made list", retain=True)
+    intruder.publish("lfr/v1/units/unit-a/status", b"own")  # allowed: the marker that the others were dropped
+    msg = watcher.next()
+    assert (msg.topic, msg.payload) == ("lfr/v1/units/unit-a/status", b"own")
+    handset = Collector(broker, "handset-1")
+    handset.publish("lfr/v1/units/unit-a/decisions", b"marker", retain=True)
+    reader = Collector(broker, "unit-a")
+    reader.subscribe("lfr/v1/units/unit-a/watchlist")
+    reader.subscribe("lfr/v1/units/unit-a/decisions")
+    first = reader.next()  # a retained watchlist would have come before the decision marker
+    assert (first.topic, first.payload) == ("lfr/v1/units/unit-a/decisions", b"marker")
+    for c in (watcher, intruder, reader, handset):
+        c.close()
+
+
+def test_birth_will_and_stopped_statuses_are_retained(broker: MosquittoBroker) -> None:
+    watcher = Collector(broker, "command-centre")
+    watcher.subscribe("lfr/v1/units/unit-a/status")
+    unit = UnitMqttClient("unit-a", unit_mqtt_config(broker, "unit-a"))
+    unit.start()
+    assert unit.connected.wait(10)
+    birth = status_of(watcher.next().payload)
+    assert birth["state"] == "online" and birth["unit"] == "unit-a"
+    unit.stop()
+    stopped = status_of(watcher.next().payload)
+    assert stopped["state"] == "stopped" and stopped["seq"] == birth["seq"]
+    late = Collector(broker, "command-centre")
+    late.subscribe("lfr/v1/units/unit-a/status")
+    retained = late.next()
+    assert retained.retain and status_of(retained.payload)["state"] == "stopped"
+    watcher.close()
+    late.close()
+
+
+def test_last_will_says_offline_when_the_connection_dies(broker: MosquittoBroker) -> None:
+    watcher = Collector(broker, "command-centre")
+    watcher.subscribe("lfr/v1/units/unit-a/status")
+    unit = UnitMqttClient("unit-a", unit_mqtt_config(broker, "unit-a"))
+    unit.start()
+    assert unit.connected.wait(10)
+    assert status_of(watcher.next().payload)["state"] == "online"
+    unit._client.loop_stop()  # the process "dies": the socket is dropped without DISCONNECT
+    sock = unit._client.socket()
+    assert sock is not None
+    sock.close()
+    will = status_of(watcher.next().payload)
+    assert will["state"] == "offline" and will["seq"] == 0
+    watcher.close()
+
+
+def test_broker_restart_reconnects_resubscribes_and_republishes_birth(broker: MosquittoBroker) -> None:
+    unit = UnitMqttClient("unit-a", unit_mqtt_config(broker, "unit-a"))
+    received: queue.Queue[bytes] = queue.Queue()
+    unit.subscribe(unit.topics.watchlist, lambda topic, payload: received.put(payload))
+    unit.start()
+    assert unit.connected.wait(10)
+    broker.restart()
+    watcher = Collector(broker, "command-centre")
+    watcher.subscribe("lfr/v1/units/unit-a/status")
+    birth = status_of(watcher.next_on("lfr/v1/units/unit-a/status").payload)
+    assert birth["state"] == "online" and birth["seq"] == 1  # the second connection's birth
+    assert unit.connect_count == 2
+    watcher.publish(unit.topics.watchlist, b"after restart")  # not retained: needs a live subscription
+    assert received.get(timeout=10) == b"after restart"
+    unit.stop()
+    watcher.close()
+
+
+def test_publish_reports_whether_the_message_was_queued(broker: MosquittoBroker) -> None:
+    unit = UnitMqttClient("unit-a", unit_mqtt_config(broker, "unit-a"))
+    unit.start()
+    assert unit.connected.wait(10)
+    assert unit.publish(unit.topics.telemetry, b"{}", qos=1)
+    unit.stop()
+    assert not unit.publish(unit.topics.telemetry, b"{}", qos=0)
