@@ -22,7 +22,7 @@ FaceLocator = Callable[[npt.NDArray[np.uint8]], Box | None]  # RGB photo -> the 
 
 # Where a BlazeFace file is looked for when no path is given (the models build's cache, then the env).
 DETECTOR_ENV = "LFR_SIM_DETECTOR"
-DETECTOR_NAMES = ("face_detection_full_range.tflite", "face_detection_short_range.tflite")
+DETECTOR_NAMES = ("blazeface-full.float.tflite", "blazeface-short.float.tflite")
 MODELS_CACHE = Path("~/.cache/lfr-edge/models")
 
 
