@@ -151,8 +151,10 @@ def test_each_watchlisted_identity_walks_and_keeps_a_photo_to_enrol(plan: SceneP
     assert len(plan.watchlisted) == 2
     for ident in plan.watchlisted:
         assert any(w.identity == ident for w in plan.walkers)
-        photos = {f"{ident}/{p.name}" for p in (faces_dir / "wild" / ident).iterdir()}
-        assert photos - plan.walker_photos(ident) - set(plan.unusable_photos)
+        enrol = plan.enrolment_photos(ident)
+        assert enrol
+        assert all(p.parent == faces_dir / "wild" / ident for p in enrol)
+        assert not {f"{ident}/{p.name}" for p in enrol} & plan.walker_photos(ident)
 
 
 def test_a_folder_without_usable_photos_is_a_clear_error(tmp_path: Path, locator: FaceLocator) -> None:

@@ -101,6 +101,16 @@ class ScenePlan:
     def walker_photos(self, identity: str) -> set[str]:
         return {w.photo for w in self.walkers if w.identity == identity}
 
+    def enrolment_photos(self, identity: str) -> list[Path]:
+        """Photos of a watchlisted identity that no walker uses: what the command centre enrols."""
+        folder = Path(self.faces_dir) / identity
+        skip = self.walker_photos(identity) | set(self.unusable_photos)
+        return [
+            p
+            for p in sorted(folder.iterdir())
+            if p.suffix.lower() in PHOTO_SUFFIXES and f"{identity}/{p.name}" not in skip
+        ]
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
 
