@@ -254,7 +254,7 @@ class SimulatedVan:
                 return None
             deadline = time.monotonic() + wait_ack_s
             while time.monotonic() < deadline:
-                if acks and acks[-1].get("version") is not None or len(acks) > 0:
+                if (acks and acks[-1].get("version") is not None) or len(acks) > 0:
                     return acks[-1]
                 time.sleep(0.02)
             raise TimeoutError(f"unit {self.unit_id} did not acknowledge the watchlist in {wait_ack_s} s")
