@@ -52,54 +52,26 @@ def haar_locator() -> FaceLocator | None:
     return locate
 
 
-def _anchors(size: int) -> npt.NDArray[np.float32]:
-    """SSD anchor centres (x, y), normalised, in the order the BlazeFace heads emit them."""
-    layout = [(4, 1)] if size == 192 else [(8, 2), (16, 6)]  # (stride, anchors per cell)
-    centres = []
-    for stride, per_cell in layout:
-        cells = size // stride
-        ys, xs = np.mgrid[0:cells, 0:cells]
-        grid = np.stack([(xs + 0.5) / cells, (ys + 0.5) / cells], axis=-1).reshape(-1, 1, 2)
-        centres.append(np.repeat(grid, per_cell, axis=1).reshape(-1, 2))
-    return np.concatenate(centres).astype(np.float32)
-
-
 def blazeface_locator(model_path: Path, min_score: float = 0.6) -> FaceLocator:
-    """BlazeFace (short range 128 or full range 192) on a letterboxed photo; the largest confident face."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError as exc:  # pragma: no cover - a dependency of the project
-        raise LocatorUnavailable(f"ai-edge-litert is needed to find faces in photos: {exc}") from exc
-    interpreter = Interpreter(model_path=str(model_path), num_threads=1)
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
-    size = int(inp["shape"][1])
-    if size not in (128, 192):
-        raise LocatorUnavailable(f"{model_path}: input {inp['shape']} is not a BlazeFace model (128 or 192)")
-    outputs = sorted(interpreter.get_output_details(), key=lambda d: int(d["shape"][-1]))
-    score_index, box_index = outputs[0]["index"], outputs[-1]["index"]
-    anchors = _anchors(size)
+    """The unit's own BlazeFace detector (short range 128 or full range 192) on the whole photo; the
+    largest confident face."""
+    from lfr_edge.inference.litert import load_model
+    from lfr_edge.vision.detect import FULL_RANGE, SHORT_RANGE, BlazeFace, FaceDetector, largest
+
+    model = load_model(model_path, threads=1)
+    size = model.inputs[0].shape[1]
+    specs = {spec.input_size: spec for spec in (SHORT_RANGE, FULL_RANGE)}
+    if size not in specs:
+        raise LocatorUnavailable(f"{model_path}: input {model.inputs[0].shape} is not a BlazeFace model")
+    blazeface = BlazeFace(model, specs[size])
+    is_full = specs[size] is FULL_RANGE
+    detector = FaceDetector(
+        blazeface if is_full else None, None if is_full else blazeface, min_score, tile_rows=1
+    )
 
     def locate(photo: npt.NDArray[np.uint8]) -> Box | None:
-        h, w = photo.shape[:2]
-        side = max(h, w)
-        square = np.zeros((side, side, 3), np.uint8)
-        square[:h, :w] = photo
-        x = cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
-        interpreter.set_tensor(inp["index"], (x / 127.5 - 1.0)[None])
-        interpreter.invoke()
-        logits = interpreter.get_tensor(score_index).reshape(-1)
-        raw = interpreter.get_tensor(box_index).reshape(len(anchors), -1)
-        scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -80, 80)))
-        keep = scores >= min_score
-        if not keep.any():
-            return None
-        centre = anchors[keep] + raw[keep, 0:2] / size
-        half = raw[keep, 2:4] / size / 2
-        boxes = np.concatenate([centre - half, centre + half], axis=1) * side
-        best = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) * scores[keep]))
-        x1, y1, x2, y2 = (float(v) for v in boxes[best])
-        return max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2)
+        face = largest(detector.detect(photo))
+        return None if face is None else face.box
 
     return locate
 
