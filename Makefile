@@ -55,7 +55,7 @@ test-fast: venv
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: venv system-deps models
-	$(VENV)/bin/lfr-edge photos "$(LFR_FACES)/wild"
+	$(VENV)/bin/lfr-hwsim demo --faces "$(LFR_FACES)" --duration $(DURATION) --out demo-results
 
 bench: venv system-deps models
 	$(PY) -m lfr_edge.bench --quick $(QUICK)

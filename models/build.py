@@ -125,9 +125,7 @@ def warn_on_default_drift(manifest: Manifest, defaults: dict[str, str]) -> None:
 
 
 def built_from_cache(manifest: Manifest, cache: Path) -> dict[str, dict[str, bytes]]:
-    return {
-        m.name: {v.name: (cache / v.file).read_bytes() for v in m.variants} for m in manifest.models.values()
-    }
+    return {m.name: {v.name: (cache / v.file).read_bytes() for v in m.variants} for m in manifest.models.values()}
 
 
 def run(faces: Path, cache: Path, record: bool) -> None:
@@ -173,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="artifact cache (default $LFR_MODELS or ~/.cache/lfr-edge/models)",
     )
-    parser.add_argument(
-        "--record", action="store_true", help="write the built artifacts' hashes into the manifest"
-    )
+    parser.add_argument("--record", action="store_true", help="write the built artifacts' hashes into the manifest")
     args = parser.parse_args(argv)
     try:
         run(args.faces.expanduser(), (args.cache or default_cache()).expanduser(), args.record)

@@ -62,11 +62,7 @@ def fetch_archive(source: Source, downloads: Path) -> Path:
 
 
 def _download(source: Source, downloads: Path) -> None:
-    spec = (
-        f"{source.package}=={source.version}"
-        if source.kind == "pypi"
-        else f"{source.package}@{source.version}"
-    )
+    spec = f"{source.package}=={source.version}" if source.kind == "pypi" else f"{source.package}@{source.version}"
     if source.kind == "pypi":
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                "--quiet", "--dest", str(downloads), spec]  # fmt: skip

@@ -19,9 +19,7 @@ def _s(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)  # a JSON string is a valid TOML basic string
 
 
-def render_manifest(
-    manifest: Manifest, artifact_hashes: dict[tuple[str, str], str], defaults: dict[str, str]
-) -> str:
+def render_manifest(manifest: Manifest, artifact_hashes: dict[tuple[str, str], str], defaults: dict[str, str]) -> str:
     out = [HEADER]
     for s in manifest.sources.values():
         out += [

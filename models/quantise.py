@@ -44,9 +44,7 @@ def static_int8(
     the same model without calibrating again).
     """
     q = quantizer.Quantizer(bytearray(float_model))
-    q.add_static_config(
-        ".*", qtyping.TFLOperationName.ALL_SUPPORTED, activation_num_bits=8, weight_num_bits=8
-    )
+    q.add_static_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, activation_num_bits=8, weight_num_bits=8)
     # float in and out (the backend contract): the model quantises its input and dequantises its output
     for io_op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
         q.update_quantization_recipe(".*", io_op, algorithm_key=AlgorithmName.NO_QUANTIZE)
@@ -60,16 +58,12 @@ def static_int8(
     return bytes(model), ranges
 
 
-def calibrate(
-    float_model: bytes, recipe: Any, samples: Sequence[Sample], update: RangeUpdate
-) -> dict[str, Any]:
+def calibrate(float_model: bytes, recipe: Any, samples: Sequence[Sample], update: RangeUpdate) -> dict[str, Any]:
     """Activation ranges over `samples`, in their given order (moving average depends on it)."""
     manager = recipe_manager.RecipeManager()
     manager.load_quantization_recipe(recipe)
     if update == "min-max":
-        calib = calibrator.Calibrator(
-            bytes(float_model), num_threads=1, qsv_update_func=qsv_utils.min_max_update
-        )
+        calib = calibrator.Calibrator(bytes(float_model), num_threads=1, qsv_update_func=qsv_utils.min_max_update)
     else:
         calib = calibrator.Calibrator(bytes(float_model), num_threads=1)
     calib.calibrate({SIGNATURE_KEY: list(samples)}, manager)

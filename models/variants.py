@@ -66,9 +66,7 @@ class Calibration:
         """Static int8; the ranges of one float model are calibrated once and shared by its recipes."""
         key = (float_model, update)
         with quiet():
-            model, ranges = quantise.static_int8(
-                float_model, samples, update, keep_float, self._ranges.get(key)
-            )
+            model, ranges = quantise.static_int8(float_model, samples, update, keep_float, self._ranges.get(key))
         self._ranges[key] = ranges
         return model
 
@@ -124,7 +122,5 @@ def build_variant(model: str, variant: str, float_bytes: bytes, calibration: Cal
     try:
         recipe = RECIPES[model][variant]
     except KeyError:
-        raise BuildError(
-            f"the manifest lists {model}/{variant}, but models/variants.py has no recipe for it"
-        ) from None
+        raise BuildError(f"the manifest lists {model}/{variant}, but models/variants.py has no recipe for it") from None
     return recipe.make(float_bytes, calibration)

@@ -40,9 +40,7 @@ def verify_unit(root: Path, unit: str = "lfr-edge.service") -> str:
         check=False,
         cwd=root,
     )
-    return (result.stdout + result.stderr).strip() + (
-        "" if result.returncode == 0 else f"\nrc={result.returncode}"
-    )
+    return (result.stdout + result.stderr).strip() + ("" if result.returncode == 0 else f"\nrc={result.returncode}")
 
 
 def security_exposure(root: Path, unit: str = "lfr-edge.service") -> tuple[float, str]:

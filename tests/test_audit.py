@@ -226,9 +226,7 @@ def deployment_log(path: Path) -> None:
         log.append(audit.DECISION, alert_id="a1", handset_id="h1", decision="false_alert")
         log.append(audit.DECISION, alert_id="a2", handset_id="h2", decision="no_action")
         log.append(audit.FAULT, component="beacon", message="no ack")
-        log.append(
-            audit.WATCHLIST_WIPED, reason="deployment closed", deployment_id="op-1", version=2, subjects=120
-        )
+        log.append(audit.WATCHLIST_WIPED, reason="deployment closed", deployment_id="op-1", version=2, subjects=120)
         log.append(audit.STOPPED, reason="sigterm")
 
 
@@ -273,9 +271,7 @@ def test_cli_verify_with_expect_head(tmp_path: Path, capsys: pytest.CaptureFixtu
     capsys.readouterr()
 
 
-def test_cli_report_prints_json_without_biometric_fields(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_report_prints_json_without_biometric_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "audit.jsonl"
     deployment_log(path)
     assert audit.main(["report", str(path), "--json"]) == 0

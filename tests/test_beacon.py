@@ -95,9 +95,7 @@ def test_alert_shows_over_a_fault_and_the_fault_returns_after_hold(
     assert sim.wait_for(Pattern.IDLE, WAIT_S)
 
 
-def test_beacon_shows_fault_by_itself_when_heartbeats_stop(
-    sim: SimulatedBeacon, make_driver: DriverFactory
-) -> None:
+def test_beacon_shows_fault_by_itself_when_heartbeats_stop(sim: SimulatedBeacon, make_driver: DriverFactory) -> None:
     driver, cfg = make_driver()
     watchdog_ms = round(cfg.watchdog_beats * cfg.heartbeat_s * 1000)
     ready(driver)
@@ -120,9 +118,7 @@ def test_clean_close_parks_the_beacon_idle_with_its_watchdog_off(
     assert (state.pattern, state.watchdog_ms, state.watchdog_tripped) == (Pattern.IDLE, 0, False)
 
 
-def test_corrupted_reply_is_retried_and_the_command_runs_once(
-    sim: SimulatedBeacon, make_driver: DriverFactory
-) -> None:
+def test_corrupted_reply_is_retried_and_the_command_runs_once(sim: SimulatedBeacon, make_driver: DriverFactory) -> None:
     driver, _ = make_driver()
     ready(driver)
     sim.corrupt_next_replies(1, Command.SET_PATTERN)
@@ -179,9 +175,7 @@ def test_garbage_from_beacon_is_skipped_counted_and_logged_once(
     assert driver.selftest(WAIT_S)
 
 
-def test_silent_beacon_is_reported_unresponsive_and_recovers(
-    sim: SimulatedBeacon, make_driver: DriverFactory
-) -> None:
+def test_silent_beacon_is_reported_unresponsive_and_recovers(sim: SimulatedBeacon, make_driver: DriverFactory) -> None:
     driver, cfg = make_driver()
     ready(driver)
     sim.go_silent()

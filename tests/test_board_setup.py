@@ -11,9 +11,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "provisioning" / "board-setup.sh"
 
 
 def dry_run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(SCRIPT), *args, "--dry-run"], capture_output=True, text=True, check=False
-    )
+    return subprocess.run(["bash", str(SCRIPT), *args, "--dry-run"], capture_output=True, text=True, check=False)
 
 
 def commands(output: str) -> list[str]:
@@ -21,9 +19,7 @@ def commands(output: str) -> list[str]:
 
 
 def test_pi5_with_hailo_installs_the_packages_and_provisions_in_order() -> None:
-    result = dry_run(
-        "--board", "pi5", "--accelerator", "hailo", "--unit-id", "van-07", "--broker", "10.8.0.1:8883"
-    )
+    result = dry_run("--board", "pi5", "--accelerator", "hailo", "--unit-id", "van-07", "--broker", "10.8.0.1:8883")
     assert result.returncode == 0, result.stderr
     cmds = commands(result.stdout)
     install = next(c for c in cmds if "apt-get install" in c)

@@ -31,9 +31,7 @@ class FakeCudaImage:
 class FakeVideoSource:
     instances: ClassVar[list[FakeVideoSource]] = []
 
-    def __init__(
-        self, uri: str = "", argv: list[str] | None = None, positionArg: int = -1, options: Any = None
-    ):
+    def __init__(self, uri: str = "", argv: list[str] | None = None, positionArg: int = -1, options: Any = None):
         if uri.startswith("csi://9"):
             raise Exception("jetson.utils -- failed to create videoSource device")
         self.uri, self.argv = uri, list(argv or [])

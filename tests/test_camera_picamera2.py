@@ -83,9 +83,7 @@ class FakePicamera2:
         w, h = self.config["main"]["size"]  # type: ignore[index]
         bgr = np.full((h, w, 3), rgb[::-1], dtype=np.uint8)  # RGB888 is B, G, R in memory
         duration_us = int(1e6 / self.config["controls"]["FrameRate"])  # type: ignore[index]
-        return FakeRequest(
-            bgr, {"SensorTimestamp": ts, "FrameDuration": duration_us, "ExposureTime": 9000}, self
-        )
+        return FakeRequest(bgr, {"SensorTimestamp": ts, "FrameDuration": duration_us, "ExposureTime": 9000}, self)
 
     def stop(self) -> None:
         self.stopped = True
@@ -163,9 +161,7 @@ def test_no_camera_module_names_the_cable_check(
 
 def test_missing_picamera2_names_the_apt_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "picamera2", None)
-    with pytest.raises(
-        CameraUnavailable, match=r"sudo apt install python3-picamera2.*cannot be pip-installed"
-    ):
+    with pytest.raises(CameraUnavailable, match=r"sudo apt install python3-picamera2.*cannot be pip-installed"):
         make().open()
 
 

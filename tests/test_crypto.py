@@ -39,9 +39,7 @@ def test_changed_aad_purpose_or_body_is_tampered() -> None:
         crypto.open_sealed(bytes(flipped), key, b"aad", purpose="watchlist")
 
 
-@pytest.mark.parametrize(
-    "bad", [b"", b"LFRS", b"XXXX\x01\x00\x01" + bytes(100), b"LFRS\x09\x00\x01" + bytes(100)]
-)
+@pytest.mark.parametrize("bad", [b"", b"LFRS", b"XXXX\x01\x00\x01" + bytes(100), b"LFRS\x09\x00\x01" + bytes(100)])
 def test_truncated_or_garbled_envelopes_are_malformed(bad: bytes) -> None:
     with pytest.raises(crypto.MalformedEnvelope):
         crypto.open_sealed(bad, X25519PrivateKey.generate(), b"")

@@ -161,9 +161,7 @@ def test_kill_9_then_restart_picks_up_the_retained_watchlist(
     van: SimulatedVan, faces: Path, pipeline: FacePipeline, tmp_path: Path
 ) -> None:
     wanted = photos(faces, WANTED)
-    bundle = van.build_watchlist(
-        [Subject("S-1", "wanted", tuple(wanted[:2]))], PipelineEnroller(pipeline), 0.5
-    )
+    bundle = van.build_watchlist([Subject("S-1", "wanted", tuple(wanted[:2]))], PipelineEnroller(pipeline), 0.5)
     van.publish_watchlist(bundle, wait_ack_s=None)
     acks = Collector(van.broker, COMMAND_CENTRE)
     acks.subscribe(van.topics.watchlist_ack)

@@ -82,9 +82,7 @@ def test_alert_round_trip_opens_only_for_a_paired_handset(handset_keys: HandsetK
         (lambda p: p[:20] + bytes([p[20] ^ 1]) + p[21:], "signature"),
     ],
 )
-def test_handset_refuses_garbled_or_forged_alerts(
-    handset_keys: HandsetKeys, mutate: Any, message: str
-) -> None:
+def test_handset_refuses_garbled_or_forged_alerts(handset_keys: HandsetKeys, mutate: Any, message: str) -> None:
     unit_key = Ed25519PrivateKey.generate()
     payload = encode_alert(make_alert(), unit_key, [paired(handset_keys)["handset-1"].sealing_key])
     with pytest.raises(ProtocolError, match=message):
@@ -92,9 +90,7 @@ def test_handset_refuses_garbled_or_forged_alerts(
 
 
 def test_alert_signed_by_another_unit_is_refused(handset_keys: HandsetKeys) -> None:
-    payload = encode_alert(
-        make_alert(), Ed25519PrivateKey.generate(), [paired(handset_keys)["handset-1"].sealing_key]
-    )
+    payload = encode_alert(make_alert(), Ed25519PrivateKey.generate(), [paired(handset_keys)["handset-1"].sealing_key])
     with pytest.raises(ProtocolError, match="signature"):
         decode_alert(payload, "unit-a", Ed25519PrivateKey.generate().public_key(), handset_keys.sealing)
 
@@ -159,9 +155,7 @@ def test_alert_reaches_the_paired_handset_and_its_decision_is_audited(
         assert got.alert.alert_id == "a-7" and got.alert.score == pytest.approx(0.71)
         phone.decide("a-7", "engage")
         assert unit.audit.changed.wait(10)
-        assert unit.audit.events == [
-            ("decision", {"alert_id": "a-7", "handset_id": "handset-1", "decision": "engage"})
-        ]
+        assert unit.audit.events == [("decision", {"alert_id": "a-7", "handset_id": "handset-1", "decision": "engage"})]
         phone.decide("a-7", "engage")  # a redelivery
         deadline = time.monotonic() + 10
         while unit.channel.stats.duplicate_decisions == 0 and time.monotonic() < deadline:
@@ -187,9 +181,7 @@ def test_bad_decisions_are_refused_and_audited(
         b"garbage{",
         b'{"v": 1}',
         encode_decision(Decision("a-1", "unit-a", "handset-1", "engage", time.time()), rogue.signing),
-        encode_decision(
-            Decision("a-404", "unit-a", "handset-1", "engage", time.time()), handset_keys.signing
-        ),
+        encode_decision(Decision("a-404", "unit-a", "handset-1", "engage", time.time()), handset_keys.signing),
         encode_decision(Decision("a-1", "unit-a", "handset-7", "engage", time.time()), handset_keys.signing),
         encode_decision(Decision("a-1", "unit-b", "handset-1", "engage", time.time()), handset_keys.signing),
     ]

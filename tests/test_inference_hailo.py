@@ -64,9 +64,7 @@ class NetworkGroup:
 
 class VStreamParams:
     @staticmethod
-    def make(
-        network_group: NetworkGroup, quantized: bool | None = None, format_type: Any = None
-    ) -> dict[str, Any]:
+    def make(network_group: NetworkGroup, quantized: bool | None = None, format_type: Any = None) -> dict[str, Any]:
         return {"group": network_group, "format_type": format_type}
 
 
@@ -140,9 +138,7 @@ def hef_file(tmp_path: Path, body: bytes = b"HEF\x00model") -> Path:
     return path
 
 
-def test_hef_runs_through_float32_vstreams_on_a_scheduled_vdevice(
-    fake_hailo: types.ModuleType, tmp_path: Path
-) -> None:
+def test_hef_runs_through_float32_vstreams_on_a_scheduled_vdevice(fake_hailo: types.ModuleType, tmp_path: Path) -> None:
     backend = create_backend(InferenceConfig(backend="hailo"))
     assert isinstance(backend, HailoBackend)
     assert backend._vdevice.params.scheduling_algorithm is HailoSchedulingAlgorithm.ROUND_ROBIN
@@ -180,9 +176,7 @@ def test_non_hef_and_corrupt_hef_models_are_refused(fake_hailo: types.ModuleType
         backend.load(hef_file(tmp_path, b"garbage"))
 
 
-def test_missing_device_says_how_to_check_it(
-    fake_hailo: types.ModuleType, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_device_says_how_to_check_it(fake_hailo: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(VDevice, "fail", "HAILO_OUT_OF_PHYSICAL_DEVICES")
     with pytest.raises(BackendUnavailable, match=r"HAILO_OUT_OF_PHYSICAL_DEVICES.*hailortcli scan"):
         create_backend(InferenceConfig(backend="hailo"))

@@ -108,13 +108,9 @@ def test_edgetpu_without_libedgetpu_names_the_debian_package_and_repository() ->
         create_backend(InferenceConfig(backend="litert-edgetpu"))
 
 
-def test_gpu_delegate_is_loaded_by_the_configured_library_name(
-    fake_litert: dict[str, Any], tmp_path: Path
-) -> None:
+def test_gpu_delegate_is_loaded_by_the_configured_library_name(fake_litert: dict[str, Any], tmp_path: Path) -> None:
     fake_litert["present"].add("/opt/litert/libgpu.so")
-    backend = create_backend(
-        InferenceConfig(backend="litert-gpu", gpu_delegate_library="/opt/litert/libgpu.so")
-    )
+    backend = create_backend(InferenceConfig(backend="litert-gpu", gpu_delegate_library="/opt/litert/libgpu.so"))
     assert isinstance(backend, LiteRTGpuBackend)
     model = backend.load(compiled_model(tmp_path, compiled=False))
     assert fake_litert["loads"] == [("/opt/litert/libgpu.so", None)]

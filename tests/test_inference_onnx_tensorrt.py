@@ -109,14 +109,10 @@ def test_a_changed_model_gets_a_new_engine_directory(fake_ort: type[FakeOrt], tm
     assert FakeSession.made[0].requested[0][1]["trt_int8_enable"] is True
 
 
-def test_tensorrt_that_fails_to_load_is_refused_not_run_on_the_cpu(
-    fake_ort: type[FakeOrt], tmp_path: Path
-) -> None:
+def test_tensorrt_that_fails_to_load_is_refused_not_run_on_the_cpu(fake_ort: type[FakeOrt], tmp_path: Path) -> None:
     fake_ort.loadable = set()
     backend = create_backend(config(tmp_path))
-    with pytest.raises(
-        BackendUnavailable, match=r"would run it on CPUExecutionProvider.*refusing to fall back"
-    ):
+    with pytest.raises(BackendUnavailable, match=r"would run it on CPUExecutionProvider.*refusing to fall back"):
         backend.load(model_file(tmp_path))
 
 

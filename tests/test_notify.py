@@ -171,3 +171,10 @@ def test_config_refuses_a_watchdog_stall_that_is_not_positive() -> None:
     assert parse_config({"daemon": {"watchdog_stall_s": 12}}).daemon.watchdog_stall_s == 12.0
     with pytest.raises(ConfigError, match=r"daemon\.watchdog_stall_s"):
         parse_config({"daemon": {"watchdog_stall_s": 0}})
+
+
+def test_a_receiver_that_stops_reading_never_blocks_the_sender(systemd_socket: tuple[socket.socket, str]) -> None:
+    _, path = systemd_socket  # bound, never read: its buffer fills up
+    notifier = Notifier({"NOTIFY_SOCKET": path})
+    results = [notifier.status("x" * 1000) for _ in range(5000)]
+    assert results[0] is True and results[-1] is False

@@ -32,9 +32,7 @@ class Clock:
         return self.now
 
 
-def unit_session(
-    clock: Clock, unit_id: str = UNIT
-) -> tuple[PairingSession, X25519PrivateKey, Ed25519PrivateKey]:
+def unit_session(clock: Clock, unit_id: str = UNIT) -> tuple[PairingSession, X25519PrivateKey, Ed25519PrivateKey]:
     x_key, e_key = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     return PairingSession(unit_id, x_key.public_key(), e_key, now=clock), x_key, e_key
 
@@ -89,9 +87,7 @@ def test_replayed_request_to_a_new_session_is_refused() -> None:
     old, unit_x, unit_e = unit_session(clock)
     request = handset(old.code).request(old.offer(), now=clock.now)
     old.accept(request)
-    new = PairingSession(
-        UNIT, unit_x.public_key(), unit_e, code=old.code, now=clock
-    )  # even with the same code
+    new = PairingSession(UNIT, unit_x.public_key(), unit_e, code=old.code, now=clock)  # even with the same code
     with pytest.raises(PairingError, match="another \\(older\\) pairing session"):
         new.accept(request)
     forged = json.loads(request)

@@ -47,9 +47,7 @@ def make_ca(tmp_path: Path) -> tuple[Path, Path]:
     cert_path, key_path = tmp_path / "ca.crt", tmp_path / "ca.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return cert_path, key_path
 

@@ -39,9 +39,7 @@ def plan_file(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
         if os.environ.get("LFR_REQUIRE_FACES") == "1":
             pytest.fail(str(exc))
         pytest.skip(str(exc))
-    plan = build_plan(
-        PlanRequest(faces_dir / "wild", seed=5, width=W, height=H, fps=25.0, duration_s=8.0), locator
-    )
+    plan = build_plan(PlanRequest(faces_dir / "wild", seed=5, width=W, height=H, fps=25.0, duration_s=8.0), locator)
     path = tmp_path_factory.mktemp("sim") / "plan.json"
     plan.save(path)
     return path
@@ -82,9 +80,7 @@ def test_a_bad_option_is_refused_naming_it(options: dict[str, Any], named: str) 
 
 
 def test_a_plan_for_another_resolution_is_refused_naming_plan_file(plan_file: Path) -> None:
-    cfg = CameraConfig(
-        name="cam0", source="simulator", width=1280, height=720, options={"plan_file": str(plan_file)}
-    )
+    cfg = CameraConfig(name="cam0", source="simulator", width=1280, height=720, options={"plan_file": str(plan_file)})
     with pytest.raises(ConfigError, match=r"options\.plan_file.*640x360"):
         create(cfg)
 
@@ -96,9 +92,7 @@ def test_a_folder_without_usable_photos_is_refused_naming_faces_dir(tmp_path: Pa
         create(camera(faces_dir=str(tmp_path), duration_s=2.0))
 
 
-def test_the_registry_builds_the_simulator_from_config(
-    plan_file: Path, opened: list[SimulatorSource]
-) -> None:
+def test_the_registry_builds_the_simulator_from_config(plan_file: Path, opened: list[SimulatorSource]) -> None:
     source = create_source(camera(plan_file=str(plan_file)))
     assert isinstance(source, SimulatorSource)
     opened.append(source)
@@ -142,9 +136,7 @@ def test_as_fast_as_possible_does_not_wait_for_the_frame_interval(
     assert source.stats.dropped == 0
 
 
-def test_the_scene_ends_with_end_of_stream_unless_looping(
-    plan_file: Path, opened: list[SimulatorSource]
-) -> None:
+def test_the_scene_ends_with_end_of_stream_unless_looping(plan_file: Path, opened: list[SimulatorSource]) -> None:
     source = open_source(opened, camera(plan_file=str(plan_file), realtime=False))
     total = source.plan.frames
     for _ in range(total):
@@ -168,9 +160,7 @@ def test_the_truth_file_gets_one_line_per_delivered_frame(
     lines = [json.loads(line) for line in truth.read_text().splitlines()]
     assert [line["frame"] for line in lines] == [f.index for f in frames]
     expected = SceneRenderer(source.plan).render(59)[1]
-    assert [tuple(f["box"]) for f in lines[-1]["faces"]] == [
-        tuple(round(v, 1) for v in f.box) for f in expected.faces
-    ]
+    assert [tuple(f["box"]) for f in lines[-1]["faces"]] == [tuple(round(v, 1) for v in f.box) for f in expected.faces]
     assert {"identity", "walker", "box", "visible", "blur_px", "watchlisted"} <= set(lines[-1]["faces"][0])
 
 
@@ -187,9 +177,7 @@ def test_a_stall_blocks_read_until_the_control_file_resumes_it(
     plan_file: Path, opened: list[SimulatorSource], tmp_path: Path
 ) -> None:
     control = tmp_path / "camera.json"
-    source = open_source(
-        opened, camera(plan_file=str(plan_file), realtime=True, loop=True, control_file=str(control))
-    )
+    source = open_source(opened, camera(plan_file=str(plan_file), realtime=True, loop=True, control_file=str(control)))
     frames: queue.Queue[Frame | Exception] = queue.Queue()
     stop = threading.Event()
     thread = threading.Thread(target=reader, args=(source, frames, stop), daemon=True)
@@ -215,9 +203,7 @@ def test_a_stall_blocks_read_until_the_control_file_resumes_it(
     assert not thread.is_alive()
 
 
-def test_close_wakes_a_read_blocked_in_a_stall(
-    plan_file: Path, opened: list[SimulatorSource], tmp_path: Path
-) -> None:
+def test_close_wakes_a_read_blocked_in_a_stall(plan_file: Path, opened: list[SimulatorSource], tmp_path: Path) -> None:
     control = tmp_path / "camera.json"
     write_control(control, "stall")
     source = open_source(opened, camera(plan_file=str(plan_file), control_file=str(control)))
@@ -234,9 +220,7 @@ def test_a_disconnect_raises_until_the_camera_is_reopened_after_the_fault(
     plan_file: Path, opened: list[SimulatorSource], tmp_path: Path
 ) -> None:
     control = tmp_path / "camera.json"
-    source = open_source(
-        opened, camera(plan_file=str(plan_file), realtime=False, loop=True, control_file=str(control))
-    )
+    source = open_source(opened, camera(plan_file=str(plan_file), realtime=False, loop=True, control_file=str(control)))
     source.read()
     write_control(control, "disconnect")
     deadline = time.monotonic() + 5
@@ -257,9 +241,7 @@ def test_a_bad_control_file_is_ignored_and_the_state_kept(
     plan_file: Path, opened: list[SimulatorSource], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     control = tmp_path / "camera.json"
-    source = open_source(
-        opened, camera(plan_file=str(plan_file), realtime=False, loop=True, control_file=str(control))
-    )
+    source = open_source(opened, camera(plan_file=str(plan_file), realtime=False, loop=True, control_file=str(control)))
     control.write_text('{"camera": "explode"}')
     started = time.monotonic()
     while time.monotonic() - started < 0.3:  # long enough for several polls
@@ -269,9 +251,7 @@ def test_a_bad_control_file_is_ignored_and_the_state_kept(
         write_control(control, "explode")
 
 
-def test_building_from_options_uses_the_seed(
-    faces_dir: Path, plan_file: Path, opened: list[SimulatorSource]
-) -> None:
+def test_building_from_options_uses_the_seed(faces_dir: Path, plan_file: Path, opened: list[SimulatorSource]) -> None:
     options: dict[str, Any] = {
         "faces_dir": str(faces_dir / "wild"),
         "seed": 5,

@@ -91,18 +91,13 @@ def test_truth_boxes_are_where_a_detector_finds_the_faces(
             crop = image[cy0 : round(y2 + w), cx0 : round(x2 + w)]
             seen = locator(np.ascontiguousarray(crop))
             checked += 1
-            if (
-                seen is not None
-                and iou((seen[0] + cx0, seen[1] + cy0, seen[2] + cx0, seen[3] + cy0), face.box) > 0.5
-            ):
+            if seen is not None and iou((seen[0] + cx0, seen[1] + cy0, seen[2] + cx0, seen[3] + cy0), face.box) > 0.5:
                 found += 1
     assert checked >= 20
     assert found / checked >= 0.9, f"detector agreed with the truth on {found} of {checked} faces"
 
 
-def test_truth_boxes_cover_pixels_that_differ_from_the_background(
-    plan: ScenePlan, renderer: SceneRenderer
-) -> None:
+def test_truth_boxes_cover_pixels_that_differ_from_the_background(plan: ScenePlan, renderer: SceneRenderer) -> None:
     background = make_background(plan.seed, plan.width, plan.height).astype(np.int16)
     image, truth = renderer.render(plan.frames // 2)
     gain = np.median(image.astype(np.float32) / np.maximum(background, 1))  # undo the lighting roughly

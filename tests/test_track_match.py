@@ -23,9 +23,7 @@ def person() -> npt.NDArray[np.float32]:
     return unit(RNG.normal(size=192).astype(np.float32))
 
 
-def face_at(
-    x: float, y: float, size: float, emb: npt.NDArray[np.float32] | None, quality: float = 30.0
-) -> Face:
+def face_at(x: float, y: float, size: float, emb: npt.NDArray[np.float32] | None, quality: float = 30.0) -> Face:
     det = Detection((x, y, x + size, y + size), 0.9, np.zeros((6, 2), dtype=np.float32))
     verdict = QualityVerdict(emb is not None, "" if emb is not None else "blurred", quality, 100.0, 0.0)
     noisy = None if emb is None else unit(emb + RNG.normal(scale=0.02, size=emb.shape).astype(np.float32))
@@ -108,9 +106,7 @@ def test_watchlisted_track_is_alerted_once_and_a_stranger_never() -> None:
     tracker = Tracker("cam0", TrackConfig())
     alerts = []
     for frame in range(10):
-        update = tracker.update(
-            [face_at(100, 100, 80, alice), face_at(600, 100, 80, stranger)], frame, frame / 25
-        )
+        update = tracker.update([face_at(100, 100, 80, alice), face_at(600, 100, 80, stranger)], frame, frame / 25)
         for track in update.active:
             alerts += evaluate(track, watchlist, cfg, cooldowns, now=frame / 25)
     assert [(a.subject_id, a.camera) for a in alerts] == [("S-ALICE", "cam0")]
@@ -151,15 +147,10 @@ def test_cooldown_suppresses_a_second_track_of_the_same_subject() -> None:
 
 def test_an_empty_or_expired_watchlist_gives_no_decision() -> None:
     class Expired(ListWatchlist):
-        def search(
-            self, probes: npt.NDArray[np.float32], k: int, now: float
-        ) -> tuple[np.ndarray, np.ndarray]:
+        def search(self, probes: npt.NDArray[np.float32], k: int, now: float) -> tuple[np.ndarray, np.ndarray]:
             return np.zeros((len(probes), 0), dtype=np.int64), np.zeros((len(probes), 0), dtype=np.float32)
 
     alice = person()
     tracker = Tracker("cam0", TrackConfig())
     _walk(tracker, alice, 4)
-    assert (
-        evaluate(tracker.tracks[0], Expired(["S"], alice[None], 0.5), MatchConfig(), Cooldowns(0), now=0)
-        == []
-    )
+    assert evaluate(tracker.tracks[0], Expired(["S"], alice[None], 0.5), MatchConfig(), Cooldowns(0), now=0) == []

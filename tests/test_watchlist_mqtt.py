@@ -84,9 +84,7 @@ def test_a_retained_bundle_is_picked_up_by_a_unit_that_starts_later(broker: Mosq
     cc = Collector(broker, "command-centre")
     cc.subscribe("lfr/v1/units/unit-a/watchlist/ack")
     assert unit.client.connected.wait(10)
-    cc.publish(
-        "lfr/v1/units/unit-a/watchlist", bundle.build_close("DEP-9", "unit-a", centre, time.time(), "x")
-    )
+    cc.publish("lfr/v1/units/unit-a/watchlist", bundle.build_close("DEP-9", "unit-a", centre, time.time(), "x"))
     assert json.loads(cc.next_on("lfr/v1/units/unit-a/watchlist/ack").payload)["status"] == "closed"
     assert unit.sync.store is None
     unit.stop()
@@ -140,16 +138,9 @@ def test_build_lists_unusable_photos_and_fails_without_skip_unusable(
     assert cli.cmd_build(args, FixedEnroller()) == 0
     out = tmp_path / "out" / "unit-a.lfrwl"
     header = bundle.read_envelope(out.read_bytes(), 1 << 20).header
-    assert (
-        header["unit"] == "unit-a"
-        and header["subjects"] == 1
-        and header["valid_from"] == "2026-01-01T00:00:00Z"
-    )
+    assert header["unit"] == "unit-a" and header["subjects"] == 1 and header["valid_from"] == "2026-01-01T00:00:00Z"
     capsys.readouterr()
-    assert (
-        watchlist_main(["inspect", str(out), "--verify-key", str(tmp_path / "cc" / "command-centre.pub")])
-        == 0
-    )
+    assert watchlist_main(["inspect", str(out), "--verify-key", str(tmp_path / "cc" / "command-centre.pub")]) == 0
     assert "signature: valid" in capsys.readouterr().out
     crypto.save_public_key(tmp_path / "other.pub", Ed25519PrivateKey.generate().public_key())
     assert watchlist_main(["inspect", str(out), "--verify-key", str(tmp_path / "other.pub")]) == 1

@@ -30,9 +30,7 @@ def unit_vectors(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
 def subjects(n: int = 3, rows: int = 1, seed: int = 0) -> list[SubjectEntry]:
     vecs = unit_vectors(n * rows, seed=seed)
     return [
-        SubjectEntry(
-            f"S{i:03d}", "wanted", f"ref {i}", vecs[i * rows : (i + 1) * rows], b"\xff\xd8jpeg%d" % i
-        )
+        SubjectEntry(f"S{i:03d}", "wanted", f"ref {i}", vecs[i * rows : (i + 1) * rows], b"\xff\xd8jpeg%d" % i)
         for i in range(n)
     ]
 

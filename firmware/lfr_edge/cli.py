@@ -28,9 +28,7 @@ def load_cli_config(args: argparse.Namespace) -> Config:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lfr-edge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lfr-edge {__version__}")
-    parser.add_argument(
-        "--config", type=Path, default=None, help="config file (default /etc/lfr-edge/config.toml)"
-    )
+    parser.add_argument("--config", type=Path, default=None, help="config file (default /etc/lfr-edge/config.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run the unit daemon (under systemd: Type=notify)")

@@ -150,9 +150,7 @@ def open_sealed(
             kek = _kek(shared, purpose, ephemeral_pub, own_pub)
             content_key = AESGCM(kek).decrypt(_ZERO_NONCE, wrapped, None)
         except (InvalidTag, ValueError) as exc:
-            raise Tampered(
-                "the wrapped content key does not authenticate (tampered or wrong purpose)"
-            ) from exc
+            raise Tampered("the wrapped content key does not authenticate (tampered or wrong purpose)") from exc
         nonce = bytes(envelope[body_start - _NONCE_BYTES : body_start])
         ciphertext = memoryview(envelope)[body_start:]
         out = bytearray(len(ciphertext) - _TAG_BYTES)
@@ -160,9 +158,7 @@ def open_sealed(
             AESGCM(content_key).decrypt_into(nonce, ciphertext, aad + bytes(envelope[:body_start]), out)
         except InvalidTag as exc:
             out[:] = bytes(len(out))
-            raise Tampered(
-                "the sealed body does not authenticate (tampered, truncated or other aad)"
-            ) from exc
+            raise Tampered("the sealed body does not authenticate (tampered, truncated or other aad)") from exc
         return out
     raise NotForThisKey(f"not sealed to this key (key id {own_id.hex()}; sealed to {count} other key(s))")
 
@@ -190,9 +186,7 @@ PublicKey = Ed25519PublicKey | X25519PublicKey
 
 def save_private_key(path: Path, key: PrivateKey) -> None:
     """Write a private key as unencrypted PKCS#8 PEM, created 0600 and never over an existing file."""
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as exc:

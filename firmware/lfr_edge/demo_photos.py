@@ -68,15 +68,9 @@ def run(args: argparse.Namespace) -> int:
         )
         del image, result  # nothing of the photo is kept beyond this loop
     print()
-    print(
-        f"photos: {len(photos)}, with an embedded face: {len(embeddings)}, "
-        f"faces refused by quality: {rejected}"
-    )
+    print(f"photos: {len(photos)}, with an embedded face: {len(embeddings)}, faces refused by quality: {rejected}")
     if detect_ms:
-        print(
-            f"median detect {statistics.median(detect_ms):.1f} ms, "
-            f"median embed {statistics.median(embed_ms):.1f} ms"
-        )
+        print(f"median detect {statistics.median(detect_ms):.1f} ms, median embed {statistics.median(embed_ms):.1f} ms")
     if len(embeddings) >= 2:
         emb = np.stack(embeddings)
         sims = emb @ emb.T

@@ -55,9 +55,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("embed", help="embed the largest face of each photo listed in a file")
     p.add_argument("--list", required=True, type=Path, help="text file, one image path per line")
     p.add_argument("--npz", required=True, type=Path, help="output .npz (paths, found, boxes, scores, emb)")
-    p.add_argument(
-        "--variant", default=None, help="embedder variant (float, int8-static, ...; default: manifest's)"
-    )
+    p.add_argument("--variant", default=None, help="embedder variant (float, int8-static, ...; default: manifest's)")
     p.set_defaults(func=run)
 
 
@@ -82,7 +80,5 @@ def run(args: argparse.Namespace) -> int:
         emb=result.emb,
         model_id=np.array(pipeline.model_id),
     )
-    print(
-        f"{int(result.found.sum())} of {len(paths)} photos had a face; wrote {args.npz} ({pipeline.model_id})"
-    )
+    print(f"{int(result.found.sum())} of {len(paths)} photos had a face; wrote {args.npz} ({pipeline.model_id})")
     return 0

@@ -109,8 +109,7 @@ def load_manifest(path: Path) -> Manifest:
         models = {}
         for m in data.get("model", []):
             variants = tuple(
-                Variant(v["name"], v["file"], v["sha256"], v.get("description", ""))
-                for v in m.get("variant", [])
+                Variant(v["name"], v["file"], v["sha256"], v.get("description", "")) for v in m.get("variant", [])
             )
             entry = ModelEntry(
                 name=m["name"],

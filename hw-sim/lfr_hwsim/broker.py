@@ -15,18 +15,24 @@ import datetime as dt
 import getpass
 import ipaddress
 import os
+import queue
+import secrets
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import paho.mqtt.client as paho
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from lfr_edge.comms.mqtt import tls_client
 
 COMMAND_CENTRE = "command-centre"
 DEFAULT_PREFIX = "lfr/v1"
@@ -42,9 +48,7 @@ class ClientTls:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(pem)
@@ -63,9 +67,7 @@ class BrokerPki:
         self._ca_cert = (
             self._builder(name, self._ca_key.public_key())
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-            )
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
             .sign(self._ca_key, hashes.SHA256())
         )
         self.ca_file = self.dir / "ca.crt"
@@ -130,10 +132,7 @@ def acl_text(
         "# Units: the username is the certificate CN, which is the unit id.",
         f"pattern read {units}/%u/watchlist",
         f"pattern read {units}/%u/decisions",
-        *(
-            f"pattern write {units}/%u/{leaf}"
-            for leaf in ("status", "watchlist/ack", "alerts", "telemetry", "audit")
-        ),
+        *(f"pattern write {units}/%u/{leaf}" for leaf in ("status", "watchlist/ack", "alerts", "telemetry", "audit")),
         "",
         f"user {command_centre}",
         f"topic write {units}/+/watchlist",
@@ -181,9 +180,7 @@ def free_port() -> int:
 
 
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
     if found is None:
         raise FileNotFoundError("mosquitto is not installed (Debian package 'mosquitto'; `make system-deps`)")
     return found
@@ -237,9 +234,7 @@ class MosquittoBroker:
             except OSError:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise TimeoutError(
-                        f"mosquitto did not accept on port {self.port} within {timeout_s} s"
-                    ) from None
+                    raise TimeoutError(f"mosquitto did not accept on port {self.port} within {timeout_s} s") from None
                 # poll the port: the process gives no readiness signal we could await instead
                 time.sleep(0.02)
 
@@ -277,3 +272,51 @@ class MosquittoBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+class Collector:
+    """A connected client (any certificate name, e.g. the command centre) that queues what it receives.
+
+    Used by tests and by the demo to watch telemetry; not part of the unit."""
+
+    def __init__(self, broker: MosquittoBroker, name: str) -> None:
+        tls = broker.client(name)
+        self.client = tls_client(f"{name}-{secrets.token_hex(3)}", tls.ca_file, tls.cert_file, tls.key_file)
+        self.messages: queue.Queue[Received] = queue.Queue()
+        self.subacks: queue.Queue[list[int]] = queue.Queue()
+        self._up = threading.Event()
+        self.client.on_connect = lambda c, u, f, reason, p: self._up.set()
+        self.client.on_message = lambda c, u, m: self.messages.put(Received(m.topic, bytes(m.payload), m.retain))
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.subacks.put([int(x.value) for x in codes])
+        self.client.connect(broker.host, broker.port, keepalive=10)
+        self.client.loop_start()
+        assert self._up.wait(10), f"{name} could not connect: {broker.log_tail()}"
+
+    def subscribe(self, topic: str) -> list[int]:
+        self.client.subscribe(topic, 1)
+        return self.subacks.get(timeout=10)
+
+    def next(self, timeout: float = 10.0) -> Received:
+        return self.messages.get(timeout=timeout)
+
+    def next_on(self, topic: str, timeout: float = 10.0) -> Received:
+        """The next message on `topic`, skipping others."""
+        while True:
+            msg = self.next(timeout)
+            if paho.topic_matches_sub(topic, msg.topic):
+                return msg
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

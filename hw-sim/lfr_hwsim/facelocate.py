@@ -65,9 +65,7 @@ def blazeface_locator(model_path: Path, min_score: float = 0.6) -> FaceLocator:
         raise LocatorUnavailable(f"{model_path}: input {model.inputs[0].shape} is not a BlazeFace model")
     blazeface = BlazeFace(model, specs[size])
     is_full = specs[size] is FULL_RANGE
-    detector = FaceDetector(
-        blazeface if is_full else None, None if is_full else blazeface, min_score, tile_rows=1
-    )
+    detector = FaceDetector(blazeface if is_full else None, None if is_full else blazeface, min_score, tile_rows=1)
 
     def locate(photo: npt.NDArray[np.uint8]) -> Box | None:
         face = largest(detector.detect(photo))

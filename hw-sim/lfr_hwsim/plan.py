@@ -145,9 +145,7 @@ def load_plan(path: Path) -> ScenePlan:
                 )
                 for w in raw["walkers"]
             ),
-            occluders=tuple(
-                Occluder(str(o["kind"]), _box(o["box"]), _rgb(o["colour"])) for o in raw["occluders"]
-            ),
+            occluders=tuple(Occluder(str(o["kind"]), _box(o["box"]), _rgb(o["colour"])) for o in raw["occluders"]),
             lights=tuple(Light(float(k["t"]), float(k["gain"]), _cast(k["cast"])) for k in raw["lights"]),
             watchlisted=tuple(str(i) for i in raw["watchlisted"]),
             unusable_photos=tuple(str(p) for p in raw["unusable_photos"]),
@@ -393,7 +391,5 @@ def _choose_watchlisted(
         if len(identities[ident]) >= 2 and len(faces.usable(identities[ident])) >= 2:
             chosen.append(ident)
     if len(chosen) < wanted:
-        raise PlanError(
-            f"only {len(chosen)} identities in {faces.faces_dir} can be watchlisted, {wanted} asked"
-        )
+        raise PlanError(f"only {len(chosen)} identities in {faces.faces_dir} can be watchlisted, {wanted} asked")
     return chosen

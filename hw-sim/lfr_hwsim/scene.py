@@ -86,15 +86,9 @@ def make_sprite(photo: Image, face: Box) -> Sprite:
     h, w = crop.shape[:2]
     mask = np.zeros((h, w), np.uint8)
     ccx, fcy = cx - x0, (fy1 + fy2) / 2 - y0
-    cv2.ellipse(
-        mask, (round(ccx), round(fcy - 0.1 * fh)), (round(0.72 * fw), round(0.85 * fh)), 0, 0, 360, 255, -1
-    )
-    cv2.ellipse(
-        mask, (round(ccx), round(fcy + 0.75 * fh)), (round(0.33 * fw), round(0.5 * fh)), 0, 0, 360, 255, -1
-    )
-    cv2.ellipse(
-        mask, (round(ccx), round(fcy + 2.05 * fh)), (round(1.45 * fw), round(1.05 * fh)), 0, 0, 360, 255, -1
-    )
+    cv2.ellipse(mask, (round(ccx), round(fcy - 0.1 * fh)), (round(0.72 * fw), round(0.85 * fh)), 0, 0, 360, 255, -1)
+    cv2.ellipse(mask, (round(ccx), round(fcy + 0.75 * fh)), (round(0.33 * fw), round(0.5 * fh)), 0, 0, 360, 255, -1)
+    cv2.ellipse(mask, (round(ccx), round(fcy + 2.05 * fh)), (round(1.45 * fw), round(1.05 * fh)), 0, 0, 360, 255, -1)
     soft = max(1.0, 0.08 * fw)
     alpha = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), soft)
     # fade out where the crop was cut by the photo border, so no straight edge shows
@@ -108,9 +102,7 @@ def make_sprite(photo: Image, face: Box) -> Sprite:
     return Sprite(np.ascontiguousarray(rgba), (fx1 - x0, fy1 - y0, fx2 - x0, fy2 - y0))
 
 
-def sprite_pyramid(
-    sprite: Sprite, largest_face: float = 256.0, smallest_face: float = 24.0
-) -> tuple[Sprite, ...]:
+def sprite_pyramid(sprite: Sprite, largest_face: float = 256.0, smallest_face: float = 24.0) -> tuple[Sprite, ...]:
     """The sprite at face widths halving from `largest_face`, so each frame resizes by less than 2x."""
     face_w = sprite.face[2] - sprite.face[0]
     level = _scaled(sprite, largest_face / face_w) if face_w > largest_face else sprite
@@ -223,8 +215,7 @@ class SceneRenderer:
                 self.sprites[w.photo] = sprite_pyramid(make_sprite(photo, w.photo_face))
         self.watchlisted = frozenset(plan.watchlisted)
         self.occluders = [
-            (round(o.box[0]), round(o.box[1]), round(o.box[2]), round(o.box[3]), o.colour)
-            for o in plan.occluders
+            (round(o.box[0]), round(o.box[1]), round(o.box[2]), round(o.box[3]), o.colour) for o in plan.occluders
         ]
         self._lut = np.zeros((1, 256, 3), np.uint8)
         self._ramp = np.arange(256, dtype=np.float32)

@@ -24,9 +24,7 @@ from lfr_hwsim.scene import FrameTruth, Image, SceneRenderer, write_truth
 
 
 def _plan_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--plan", type=Path, help="a plan JSON written by `scene plan` (the options below are ignored)"
-    )
+    p.add_argument("--plan", type=Path, help="a plan JSON written by `scene plan` (the options below are ignored)")
     p.add_argument("--faces", type=Path, default=None, help="labelled photos <identity>/<n>.jpg")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=1280)
@@ -88,8 +86,7 @@ def summarise(plan: ScenePlan, truths: list[FrameTruth]) -> list[str]:
         per_frame = [len(t.faces) for t in truths]
         lines += [
             f"faces drawn {len(faces)}; per frame mean {np.mean(per_frame):.1f}, max {max(per_frame)}",
-            f"face width px min {min(widths):.0f}, median {statistics.median(widths):.0f}, "
-            f"max {max(widths):.0f}",
+            f"face width px min {min(widths):.0f}, median {statistics.median(widths):.0f}, max {max(widths):.0f}",
             f"partly hidden (visible < 0.9) {sum(f.visible < 0.9 for f in faces)}, "
             f"mostly hidden (< 0.5) {sum(f.visible < 0.5 for f in faces)}",
             f"motion blur px median {statistics.median(f.blur_px for f in faces):.1f}, "
@@ -103,9 +100,7 @@ def _render(args: argparse.Namespace) -> int:
     renderer = SceneRenderer(plan)
     writer = None
     if args.video is not None:
-        writer = cv2.VideoWriter(
-            str(args.video), cv2.VideoWriter.fourcc(*"mp4v"), plan.fps, (plan.width, plan.height)
-        )
+        writer = cv2.VideoWriter(str(args.video), cv2.VideoWriter.fourcc(*"mp4v"), plan.fps, (plan.width, plan.height))
         if not writer.isOpened():
             print(
                 f"cannot write video {args.video} (no encoder for mp4v here?); use --frames DIR",

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -68,16 +70,29 @@ class DaemonProcess:
             env=environment,
         )
         self.messages: list[dict[str, str]] = []
+        self._inbox: queue.Queue[dict[str, str]] = queue.Queue()
+        self._reader = threading.Thread(target=self._read_notify, name="notify-reader", daemon=True)
+        self._reader.start()
+
+    def _read_notify(self) -> None:
+        """Drain the socket all the time, as systemd does, so the daemon never finds it full."""
+        self.notify.settimeout(0.2)
+        while True:
+            try:
+                data = self.notify.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append(fields)
+            self._inbox.put(fields)
 
     def next_notify(self, timeout: float) -> dict[str, str] | None:
-        self.notify.settimeout(timeout)
         try:
-            data = self.notify.recv(4096)
-        except TimeoutError:
+            return self._inbox.get(timeout=timeout)
+        except queue.Empty:
             return None
-        fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-        self.messages.append(fields)
-        return fields
 
     def wait_for(self, key: str, timeout: float) -> dict[str, str]:
         """The next notify message carrying `key` (READY, WATCHDOG, STOPPING...)."""
@@ -213,9 +228,7 @@ class SimulatedVan:
     ) -> bytes:
         from lfr_edge.watchlist.cli import SubjectRow, enrol_subjects
 
-        rows = [
-            SubjectRow(s.subject_id, s.category, [str(p) for p in s.photos], s.reference) for s in subjects
-        ]
+        rows = [SubjectRow(s.subject_id, s.category, [str(p) for p in s.photos], s.reference) for s in subjects]
         entries, problems = enrol_subjects(rows, Path("/"), enroller, skip_unusable=False, progress=False)
         if len(entries) != len(subjects):
             raise ValueError("watchlist: some subjects could not be enrolled: " + "; ".join(problems))
@@ -302,9 +315,7 @@ class SimulatedVan:
         self.stop()
 
 
-def paho_event() -> Any:
-    import threading
-
+def paho_event() -> threading.Event:
     return threading.Event()
 
 

@@ -24,12 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     init = commands.add_parser("init", help="create the unit's keys, TLS request, config and directories")
-    init.add_argument(
-        "--unit-id", required=True, help="the unit's id, e.g. van-07 (the TLS certificate's CN)"
-    )
-    init.add_argument(
-        "--root", type=Path, default=Path("/"), help="root file system to provision (default /)"
-    )
+    init.add_argument("--unit-id", required=True, help="the unit's id, e.g. van-07 (the TLS certificate's CN)")
+    init.add_argument("--root", type=Path, default=Path("/"), help="root file system to provision (default /)")
     init.add_argument("--board", choices=("pi5", "jetson", "generic"), default="pi5", help="config defaults")
     init.add_argument("--broker", default="localhost:8883", help="the MQTT broker, HOST:PORT")
     init.add_argument("--ca-cert", type=Path, help="CA certificate to sign the unit's TLS certificate with")

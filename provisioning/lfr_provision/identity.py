@@ -48,9 +48,7 @@ def private_pem(key: X25519PrivateKey | Ed25519PrivateKey | ec.EllipticCurvePriv
 
 
 def public_pem(key: X25519PrivateKey | Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def tls_request(unit_id: str, key: ec.EllipticCurvePrivateKey) -> x509.CertificateSigningRequest:
@@ -72,9 +70,7 @@ def load_ca(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, ec.Ellip
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
-        raise ProvisionError(
-            f"--ca-key {key_path}: not a readable unencrypted PEM private key ({exc})"
-        ) from exc
+        raise ProvisionError(f"--ca-key {key_path}: not a readable unencrypted PEM private key ({exc})") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ProvisionError(f"--ca-key {key_path}: an EC (P-256/P-384) CA key is expected")
     spki = serialization.PublicFormat.SubjectPublicKeyInfo

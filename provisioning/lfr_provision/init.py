@@ -67,9 +67,7 @@ class Report:
 
 def check_unit_id(unit_id: str) -> None:
     if not unit_id or len(unit_id) > 64 or not all(c.isalnum() or c in "-_" for c in unit_id):
-        raise ProvisionError(
-            f"--unit-id {unit_id!r}: use 1-64 letters, digits, '-' or '_' (it becomes the TLS CN)"
-        )
+        raise ProvisionError(f"--unit-id {unit_id!r}: use 1-64 letters, digits, '-' or '_' (it becomes the TLS CN)")
 
 
 def parse_broker(text: str) -> tuple[str, int]:
@@ -210,9 +208,7 @@ def init_unit(opts: InitOptions) -> Report:
     write_file(paths.keys / layout.UNIT_X25519_PUB, public_pem(x_key), PUBLIC_MODE, True)
     write_file(paths.keys / layout.UNIT_ED25519_KEY, private_pem(e_key), PRIVATE_MODE, opts.force)
     write_file(paths.keys / layout.UNIT_ED25519_PUB, public_pem(e_key), PUBLIC_MODE, True)
-    report.done.append(
-        f"X25519 key pair (watchlist sealing): {paths.keys / layout.UNIT_X25519_KEY} (0600) + .pub"
-    )
+    report.done.append(f"X25519 key pair (watchlist sealing): {paths.keys / layout.UNIT_X25519_KEY} (0600) + .pub")
     report.done.append(f"Ed25519 key pair (signing): {paths.keys / layout.UNIT_ED25519_KEY} (0600) + .pub")
 
     write_file(paths.tls / layout.TLS_KEY, private_pem(tls_key), PRIVATE_MODE, opts.force)
@@ -223,9 +219,7 @@ def init_unit(opts: InitOptions) -> Report:
     )
     if ca is not None and opts.ca_cert is not None:
         cert = sign_request(csr, *ca)
-        write_file(
-            paths.tls / layout.TLS_CERT, cert.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE, True
-        )
+        write_file(paths.tls / layout.TLS_CERT, cert.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE, True)
         write_file(paths.tls / layout.TLS_CA, opts.ca_cert.read_bytes(), PUBLIC_MODE, True)
         report.done.append(
             f"TLS client certificate {layout.TLS_CERT} signed by {opts.ca_cert}; CA copied to {layout.TLS_CA}"

@@ -57,9 +57,7 @@ def install(opts: InstallOptions, run: bool = True) -> Report:
         try:
             data = source.read_bytes()
         except OSError as exc:
-            raise ProvisionError(
-                f"{source}: cannot read ({exc.strerror}); is --source the repo's systemd/?"
-            ) from exc
+            raise ProvisionError(f"{source}: cannot read ({exc.strerror}); is --source the repo's systemd/?") from exc
         if target.exists() and target.read_bytes() == data:
             report.done.append(f"unchanged: {target}")
             continue

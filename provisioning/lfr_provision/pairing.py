@@ -82,17 +82,13 @@ def _raw(key: X25519PublicKey | Ed25519PublicKey) -> bytes:
 
 
 def _pem(key: X25519PublicKey | Ed25519PublicKey) -> str:
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 def pairing_key(code: str, unit_nonce: bytes, unit_id: str, session_id: str) -> bytes:
     """HKDF-SHA256 of the code, salted with the unit's fresh nonce, bound to unit and session."""
     info = f"lfr-pair v{VERSION}|{unit_id}|{session_id}".encode()
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=unit_nonce, info=info).derive(
-        normalise_code(code).encode()
-    )
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=unit_nonce, info=info).derive(normalise_code(code).encode())
 
 
 def transcript(role: str, fields: dict[str, str]) -> bytes:
@@ -177,9 +173,7 @@ class PairingSession:
 
     def offer(self) -> bytes:
         """The unit's public offer (not secret; the code never travels)."""
-        return json.dumps(
-            {"type": "offer", "v": VERSION, **self._fields(), "expires_at": self.expires_at}
-        ).encode()
+        return json.dumps({"type": "offer", "v": VERSION, **self._fields(), "expires_at": self.expires_at}).encode()
 
     def accept(self, message: bytes) -> tuple[PairedHandset, bytes]:
         """Check a handset's request; return the handset to register and the confirm message to send."""
@@ -216,8 +210,7 @@ class PairingSession:
             self.attempts_left -= 1
             left = self.attempts_left
             raise PairingError(
-                "request: wrong pairing code"
-                + ("; the code is now void" if left == 0 else f" ({left} tries left)")
+                "request: wrong pairing code" + ("; the code is now void" if left == 0 else f" ({left} tries left)")
             )
         handset_ed = Ed25519PublicKey.from_public_bytes(e_raw)
         try:
@@ -254,9 +247,7 @@ class PairedUnit:
 class HandsetPairing:
     """The handset's side: answer the unit's offer with the code, then check the unit's confirmation."""
 
-    def __init__(
-        self, handset_id: str, code: str, x25519: X25519PrivateKey, signer: Ed25519PrivateKey
-    ) -> None:
+    def __init__(self, handset_id: str, code: str, x25519: X25519PrivateKey, signer: Ed25519PrivateKey) -> None:
         if not _ID.match(handset_id):
             raise PairingError(f"handset id {handset_id!r}: use 1-64 letters, digits, '-' or '_'")
         self.handset_id = handset_id

@@ -235,9 +235,7 @@ def nak(seq: int, reason: NakReason) -> Frame:
 
 
 def state_report(seq: int, state: DeviceState) -> Frame:
-    flags = (FLAG_WATCHDOG_TRIPPED if state.watchdog_tripped else 0) | (
-        FLAG_WATCHDOG_OFF if state.watchdog_off else 0
-    )
+    flags = (FLAG_WATCHDOG_TRIPPED if state.watchdog_tripped else 0) | (FLAG_WATCHDOG_OFF if state.watchdog_off else 0)
     return Frame(seq, Reply.STATE, bytes((state.pattern, int(state.buzzer_on), flags)))
 
 

@@ -82,9 +82,7 @@ def parse_handset(data: bytes, name: str) -> PairedHandset:
 
 
 def _pem(key: X25519PublicKey | Ed25519PublicKey) -> str:
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 def handset_record(handset_id: str, sealing: X25519PublicKey, signing: Ed25519PublicKey) -> bytes:
@@ -140,9 +138,7 @@ class HandsetChannel:
                 self._recent.popitem(last=False)
         if not paired:
             self.stats.no_handsets += 1
-            log.error(
-                "alert %s: no paired handset to send it to (pair one with lfr-provision)", alert.alert_id
-            )
+            log.error("alert %s: no paired handset to send it to (pair one with lfr-provision)", alert.alert_id)
             return
         payload = encode_alert(alert, self.unit_key, [h.sealing_key for h in paired.values()])
         with self._lock:
@@ -199,9 +195,7 @@ class HandsetChannel:
             self.audit.append("decision_refused", reason=str(exc)[:200])
             return
         self.stats.decisions += 1
-        log.info(
-            "officer decision on alert %s: %s (%s)", decision.alert_id, decision.decision, decision.handset
-        )
+        log.info("officer decision on alert %s: %s (%s)", decision.alert_id, decision.decision, decision.handset)
         self.audit.append(
             "decision", alert_id=decision.alert_id, handset_id=decision.handset, decision=decision.decision
         )

@@ -101,9 +101,7 @@ class HandsetClient:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = lambda *a: self.connected.clear()
         self._client.on_message = self._on_message
-        self._client.on_subscribe = lambda *a: (
-            self.connected.set()
-        )  # ready once the broker has the subscription
+        self._client.on_subscribe = lambda *a: self.connected.set()  # ready once the broker has the subscription
         self._client.reconnect_delay_set(1, 2)
         self._host, self._port = host, port
 
@@ -111,9 +109,7 @@ class HandsetClient:
         self._client.connect_async(self._host, self._port, keepalive=10)
         self._client.loop_start()
         if not self.connected.wait(timeout):
-            raise ConnectionError(
-                f"handset {self.keys.handset_id}: no connection to {self._host}:{self._port}"
-            )
+            raise ConnectionError(f"handset {self.keys.handset_id}: no connection to {self._host}:{self._port}")
 
     def stop(self) -> None:
         self._client.disconnect()
@@ -156,12 +152,8 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca", required=True, type=Path, help="the broker's CA certificate")
     p.add_argument("--cert", required=True, type=Path, help="this handset's client certificate")
     p.add_argument("--key", required=True, type=Path, help="this handset's client certificate key")
-    p.add_argument(
-        "--keys", required=True, type=Path, help="this handset's key folder (from pairing or keygen)"
-    )
-    p.add_argument(
-        "--unit-key", required=True, type=Path, help="the unit's Ed25519 public key (from pairing)"
-    )
+    p.add_argument("--keys", required=True, type=Path, help="this handset's key folder (from pairing or keygen)")
+    p.add_argument("--unit-key", required=True, type=Path, help="the unit's Ed25519 public key (from pairing)")
     p.add_argument("--prefix", default="lfr/v1", help="topic prefix (default lfr/v1)")
 
 

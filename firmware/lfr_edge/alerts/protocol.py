@@ -75,9 +75,7 @@ def encode_alert(alert: Alert, unit_key: Ed25519PrivateKey, handset_keys: list[X
     return ALERT_MAGIC + bytes([ALERT_VERSION]) + crypto.sign(unit_key, envelope) + envelope
 
 
-def decode_alert(
-    payload: bytes, unit: str, unit_key: Ed25519PublicKey, handset_key: X25519PrivateKey
-) -> Alert:
+def decode_alert(payload: bytes, unit: str, unit_key: Ed25519PublicKey, handset_key: X25519PrivateKey) -> Alert:
     """Verify the unit's signature, open the envelope with this handset's key, check the fields."""
     if len(payload) > MAX_ALERT_BYTES:
         raise ProtocolError(f"alert of {len(payload)} bytes is over the {MAX_ALERT_BYTES}-byte limit")

@@ -20,9 +20,7 @@ SOURCES: dict[str, str] = {
 def create_source(cfg: CameraConfig) -> FrameSource:
     target = SOURCES.get(cfg.source)
     if target is None:
-        raise CameraUnavailable(
-            f"cameras[{cfg.name}].source {cfg.source!r} is unknown (known: {', '.join(SOURCES)})"
-        )
+        raise CameraUnavailable(f"cameras[{cfg.name}].source {cfg.source!r} is unknown (known: {', '.join(SOURCES)})")
     module_name, func = target.split(":")
     try:
         module = importlib.import_module(module_name)

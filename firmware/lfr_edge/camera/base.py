@@ -49,11 +49,7 @@ class SourceStats:
 
     def record(self, timestamp: float, expected_interval_s: float, gap: int = 0) -> None:
         """Account one delivered frame; `gap` is how many frames the device skipped before it."""
-        if (
-            self.delivered
-            and expected_interval_s > 0
-            and timestamp - self.last_frame_at > 1.5 * expected_interval_s
-        ):
+        if self.delivered and expected_interval_s > 0 and timestamp - self.last_frame_at > 1.5 * expected_interval_s:
             self.late += 1
         self.dropped += max(0, gap)
         self.delivered += 1

@@ -81,17 +81,13 @@ class JetsonSource:
         ju = import_jetson_utils()
         try:
             source = ju.videoSource(self.uri, argv=self.argv)
-        except (
-            Exception
-        ) as exc:  # jetson_utils raises a bare Exception("failed to create videoSource device")
+        except Exception as exc:  # jetson_utils raises a bare Exception("failed to create videoSource device")
             raise CameraUnavailable(f"camera {self.name}: videoSource cannot open {self.uri}: {exc}") from exc
         self._ju, self._source = ju, source
         self._last_stream_ns = None
 
     def _is_file(self) -> bool:
-        return not self.uri.startswith(LIVE_SCHEMES) and (
-            self.uri.startswith("file://") or Path(self.uri).exists()
-        )
+        return not self.uri.startswith(LIVE_SCHEMES) and (self.uri.startswith("file://") or Path(self.uri).exists())
 
     def _stopped(self, why: str) -> CameraError:
         if self._is_file():

@@ -94,9 +94,7 @@ class OpenCVSource:
 
     def open(self) -> None:
         if not self.uri:
-            raise CameraUnavailable(
-                f"cameras[{self.name}].uri: give /dev/videoN, an rtsp:// URL or a pipeline"
-            )
+            raise CameraUnavailable(f"cameras[{self.name}].uri: give /dev/videoN, an rtsp:// URL or a pipeline")
         cv2 = self._cv2 = import_cv2()
         api = self._api()
         if not cv2.videoio_registry.hasBackend(api):
@@ -117,9 +115,7 @@ class OpenCVSource:
 
     def _api(self) -> int:
         cv2 = self._cv2
-        return int(
-            {"v4l2": cv2.CAP_V4L2, "ffmpeg": cv2.CAP_FFMPEG, "gstreamer": cv2.CAP_GSTREAMER}[self.backend]
-        )
+        return int({"v4l2": cv2.CAP_V4L2, "ffmpeg": cv2.CAP_FFMPEG, "gstreamer": cv2.CAP_GSTREAMER}[self.backend])
 
     def _connect(self) -> Any:
         """One attempt to open the stream; None when it does not open."""
@@ -192,9 +188,7 @@ class OpenCVSource:
                 return cap
             log.warning("camera %s: reconnect attempt %d failed", self.name, attempt)
             delay = min(self.reconnect_max_s, delay * 2)
-        raise CameraError(
-            f"camera {self.name}: {self.uri} lost, {self.reconnect_attempts} reconnect attempts failed"
-        )
+        raise CameraError(f"camera {self.name}: {self.uri} lost, {self.reconnect_attempts} reconnect attempts failed")
 
     def close(self) -> None:
         self._stop.set()

@@ -100,9 +100,7 @@ class Picamera2Source:
         finally:
             request.release()
         if bgr.shape != (self.height, self.width, 3):
-            raise CameraError(
-                f"camera {self.name}: got a {bgr.shape} array, configured {self.height}x{self.width}x3"
-            )
+            raise CameraError(f"camera {self.name}: got a {bgr.shape} array, configured {self.height}x{self.width}x3")
         image: npt.NDArray[np.uint8] = np.ascontiguousarray(bgr[:, :, ::-1], dtype=np.uint8)
         sensor_ns = metadata.get("SensorTimestamp")
         interval_s = float(metadata.get("FrameDuration", 1e6 / self.fps)) / 1e6

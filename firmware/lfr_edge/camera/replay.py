@@ -57,9 +57,7 @@ class ReplaySource:
 
     def open(self) -> None:
         if not self.uri_given():
-            raise CameraUnavailable(
-                f"cameras[{self.name}].uri: give the video file or image folder to replay"
-            )
+            raise CameraUnavailable(f"cameras[{self.name}].uri: give the video file or image folder to replay")
         self._cv2 = import_cv2()
         if self.path.is_dir():
             self._images = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -69,9 +69,7 @@ def status_payload(state: str, unit_id: str, seq: int, now: dt.datetime | None =
 
 def tls_client(client_id: str, ca_file: Path, cert_file: Path, key_file: Path) -> paho.Client:
     """A plain paho client with mutual TLS, for tools (lfr-watchlist publish, handsets, tests)."""
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=paho.MQTTv311
-    )
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=paho.MQTTv311)
     client.tls_set(
         ca_certs=str(ca_file),
         certfile=str(cert_file),
@@ -108,9 +106,7 @@ class UnitMqttClient:
 
     def start(self) -> None:
         """Connect in the background; reconnects with capped exponential backoff until `stop()`."""
-        self._dispatcher = threading.Thread(
-            target=self._dispatch, name=f"mqtt-dispatch-{self.unit_id}", daemon=True
-        )
+        self._dispatcher = threading.Thread(target=self._dispatch, name=f"mqtt-dispatch-{self.unit_id}", daemon=True)
         self._dispatcher.start()
         self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
         self._client.loop_start()
@@ -161,9 +157,7 @@ class UnitMqttClient:
             self.topics.status, status_payload("offline", self.unit_id, self._seq), qos=1, retain=True
         )
 
-    def _on_connect(
-        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
-    ) -> None:
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any) -> None:
         if reason.is_failure:
             log.warning("mqtt: broker %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, reason)
             return
@@ -172,12 +166,8 @@ class UnitMqttClient:
             subscriptions = [(topic, qos) for topic, (_, qos) in self._handlers.items()]
         for topic, qos in subscriptions:
             client.subscribe(topic, qos)
-        client.publish(
-            self.topics.status, status_payload("online", self.unit_id, self._seq), qos=1, retain=True
-        )
-        log.info(
-            "mqtt: connected to %s:%s as %s (seq %d)", self.cfg.host, self.cfg.port, self.client_id, self._seq
-        )
+        client.publish(self.topics.status, status_payload("online", self.unit_id, self._seq), qos=1, retain=True)
+        log.info("mqtt: connected to %s:%s as %s (seq %d)", self.cfg.host, self.cfg.port, self.client_id, self._seq)
         self.connected.set()
         try:
             self._inbox.put_nowait(_CONNECTED)
@@ -192,9 +182,7 @@ class UnitMqttClient:
         if was_connected:
             self._seq += 1  # the next birth and its will carry the next sequence number
             self._set_will()
-            log.warning(
-                "mqtt: disconnected from %s:%s (%s); reconnecting", self.cfg.host, self.cfg.port, reason
-            )
+            log.warning("mqtt: disconnected from %s:%s (%s); reconnecting", self.cfg.host, self.cfg.port, reason)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         try:

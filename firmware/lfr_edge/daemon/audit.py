@@ -170,9 +170,7 @@ def _parse(line: bytes) -> dict[str, Any] | None:
 class AuditLog:
     """Appends hash-chained events to one file; thread-safe; fsyncs every event."""
 
-    def __init__(
-        self, path: Path, fd: int, head: Head | None, genesis: str, clock: Callable[[], str]
-    ) -> None:
+    def __init__(self, path: Path, fd: int, head: Head | None, genesis: str, clock: Callable[[], str]) -> None:
         self.path = path
         self._fd = fd
         self._head = head
@@ -396,13 +394,9 @@ class DeploymentReport:
             )
         lines.append(f"watchlists wiped:   {len(self.watchlists_wiped)}")
         for w in self.watchlists_wiped:
-            lines.append(
-                f"  {w.get('time')}  v{w.get('version')} ({w.get('subjects')} subjects): {w.get('reason')}"
-            )
+            lines.append(f"  {w.get('time')}  v{w.get('version')} ({w.get('subjects')} subjects): {w.get('reason')}")
         lines.append(f"faults:             {self.faults}")
-        lines.append(
-            "events by type:     " + ", ".join(f"{k} {v}" for k, v in sorted(self.events_by_type.items()))
-        )
+        lines.append("events by type:     " + ", ".join(f"{k} {v}" for k, v in sorted(self.events_by_type.items())))
         return "\n".join(lines)
 
 
@@ -487,13 +481,9 @@ def add_audit_parser(
     check = commands.add_parser("verify", help="verify the hash chain; exit 1 naming the first bad line")
     check.add_argument("file", help="the audit log (e.g. /var/lib/lfr-edge/audit.jsonl)")
     check.add_argument("--unit-id", help="the unit the log must belong to (checks the genesis)")
-    check.add_argument(
-        "--expect-head", type=_parse_head, help="SEQ:HASH the unit published; catches a cut tail"
-    )
+    check.add_argument("--expect-head", type=_parse_head, help="SEQ:HASH the unit published; catches a cut tail")
     check.set_defaults(func=_cmd_verify)
-    summary = commands.add_parser(
-        "report", help="deployment figures: faces seen, alerts, decisions, watchlists"
-    )
+    summary = commands.add_parser("report", help="deployment figures: faces seen, alerts, decisions, watchlists")
     summary.add_argument("file", help="the audit log")
     summary.add_argument("--unit-id", help="the unit the log must belong to")
     summary.add_argument("--json", action="store_true", help="print JSON instead of a table")

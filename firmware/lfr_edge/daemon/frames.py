@@ -57,9 +57,7 @@ class FrameQueue:
 class CaptureThread(threading.Thread):
     """Reads one camera into the shared queue; reopens the camera with capped backoff when it fails."""
 
-    def __init__(
-        self, source: FrameSource, queue: FrameQueue, stop: threading.Event, max_backoff_s: float = 5.0
-    ):
+    def __init__(self, source: FrameSource, queue: FrameQueue, stop: threading.Event, max_backoff_s: float = 5.0):
         super().__init__(name=f"capture-{source.name}", daemon=True)
         self.source = source
         self.queue = queue

@@ -54,7 +54,8 @@ class Notifier:
         return self._sock is not None
 
     def send(self, **fields: str | int) -> bool:
-        """Send one datagram of KEY=VALUE lines; returns False when not under systemd."""
+        """Send one datagram of KEY=VALUE lines; returns False when not under systemd or when the
+        receiver is not keeping up (never blocks: the pipeline thread calls this)."""
         if self._sock is None or self._address is None:
             return False
         lines = []
@@ -64,7 +65,10 @@ class Notifier:
                 raise ValueError(f"notify field {key}: a value cannot contain a newline")
             lines.append(f"{key}={text}")
         with self._lock:
-            self._sock.sendto("\n".join(lines).encode(), self._address)
+            try:
+                self._sock.sendto("\n".join(lines).encode(), socket.MSG_DONTWAIT, self._address)
+            except (BlockingIOError, ConnectionRefusedError, FileNotFoundError):
+                return False
         return True
 
     def ready(self, status: str | None = None) -> bool:
@@ -147,9 +151,7 @@ class Watchdog:
         self.stalled = False
 
     @classmethod
-    def from_env(
-        cls, notifier: Notifier, stall_s: float, env: Mapping[str, str] | None = None
-    ) -> Watchdog | None:
+    def from_env(cls, notifier: Notifier, stall_s: float, env: Mapping[str, str] | None = None) -> Watchdog | None:
         """A watchdog paced by WATCHDOG_USEC, or None when systemd asked for none."""
         timeout = watchdog_timeout_s(env)
         if timeout is None or not notifier.enabled:

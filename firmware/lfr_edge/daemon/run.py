@@ -8,6 +8,7 @@ idle and exits 0 within 5 s. SIGHUP re-reads the config and applies what is safe
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -137,9 +138,7 @@ class Health:
 
 
 class Daemon:
-    def __init__(
-        self, cfg: Config, config_path: Path | None = None, env: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, cfg: Config, config_path: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.env = dict(os.environ if env is None else env)
@@ -362,9 +361,7 @@ class Daemon:
         self.cfg = Config(**{**vars(self.cfg), **{s: getattr(new, s) for s in live}})
         self.audit.append("config_reloaded", restart_needed=needs_restart)
         if needs_restart:
-            log.warning(
-                "config reloaded; these sections change only on restart: %s", ", ".join(needs_restart)
-            )
+            log.warning("config reloaded; these sections change only on restart: %s", ", ".join(needs_restart))
         else:
             log.info("config reloaded")
         self.notifier.ready(self.status_line())
@@ -404,14 +401,13 @@ def _version() -> str:
 
 
 def install_signal_handlers(daemon: Daemon) -> None:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints every thread's stack
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: daemon.stop_event.set())
     signal.signal(signal.SIGHUP, lambda *_: daemon.reload_requested.set())
 
 
-def run_daemon(
-    cfg: Config, config_path: Path | None, on_started: Callable[[Daemon], None] | None = None
-) -> int:
+def run_daemon(cfg: Config, config_path: Path | None, on_started: Callable[[Daemon], None] | None = None) -> int:
     daemon = Daemon(cfg, config_path)
     install_signal_handlers(daemon)
     daemon.setup()

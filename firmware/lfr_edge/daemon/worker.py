@@ -108,9 +108,7 @@ class PipelineWorker:
         self.stats.faces_seen += len(result.faces)
         self.stats.faces_by_camera[frame.camera] += len(result.faces)
         self.stats.faces_embedded += sum(1 for f in result.faces if f.embedding is not None)
-        self.stats.record_stages(
-            {**result.stage_ms, "match": match_ms, "frame": (time.perf_counter() - started) * 1e3}
-        )
+        self.stats.record_stages({**result.stage_ms, "match": match_ms, "frame": (time.perf_counter() - started) * 1e3})
         self.stats.frame_times.append(time.monotonic())
         self.stats.last_frame_at = time.monotonic()
         return decisions

@@ -47,9 +47,7 @@ class HailoModel:
         self._out_infos = list(self._hef.get_output_vstream_infos())
         f32 = np.dtype(np.float32)
         self._inputs = tuple(TensorSpec(i.name, (1, *(int(d) for d in i.shape)), f32) for i in self._in_infos)
-        self._outputs = tuple(
-            TensorSpec(o.name, (1, *(int(d) for d in o.shape)), f32) for o in self._out_infos
-        )
+        self._outputs = tuple(TensorSpec(o.name, (1, *(int(d) for d in o.shape)), f32) for o in self._out_infos)
         self._pipeline = hp.InferVStreams(self._group, input_params, output_params)
         self._pipeline.__enter__()
 

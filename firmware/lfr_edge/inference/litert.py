@@ -39,12 +39,8 @@ class LiteRTModel:
         self._it.allocate_tensors()
         self._in = self._it.get_input_details()
         self._out = self._it.get_output_details()
-        self._inputs = tuple(
-            TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"]) for d in self._in
-        )
-        self._outputs = tuple(
-            TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"]) for d in self._out
-        )
+        self._inputs = tuple(TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"]) for d in self._in)
+        self._outputs = tuple(TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"]) for d in self._out)
 
     @property
     def inputs(self) -> Sequence[TensorSpec]:
@@ -68,9 +64,7 @@ class LiteRTModel:
 def load_model(model_path: Path, threads: int, delegates: list[Any] | None = None) -> LiteRTModel:
     interpreter_cls, _, _ = import_interpreter()
     try:
-        it = interpreter_cls(
-            model_path=str(model_path), num_threads=threads, experimental_delegates=delegates or None
-        )
+        it = interpreter_cls(model_path=str(model_path), num_threads=threads, experimental_delegates=delegates or None)
     except ValueError as exc:
         raise ValueError(f"{model_path}: LiteRT cannot load this model ({exc})") from exc
     return LiteRTModel(it)

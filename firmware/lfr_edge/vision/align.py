@@ -15,14 +15,10 @@ from lfr_edge.vision.detect import KP_LEFT_EYE, KP_MOUTH, KP_NOSE, KP_RIGHT_EYE
 ALIGNED_SIZE = 112
 
 # ArcFace 112x112 template: image-left eye, image-right eye, nose tip, mouth centre.
-TEMPLATE = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [56.1396, 92.2848]], dtype=np.float64
-)
+TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [56.1396, 92.2848]], dtype=np.float64)
 
 
-def similarity_transform(
-    src: npt.NDArray[np.floating], dst: npt.NDArray[np.floating]
-) -> npt.NDArray[np.float64]:
+def similarity_transform(src: npt.NDArray[np.floating], dst: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     """2x3 matrix of the least-squares similarity (rotation, uniform scale, translation) src -> dst."""
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)

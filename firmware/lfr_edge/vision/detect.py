@@ -79,8 +79,7 @@ class BlazeFace:
         self.anchors = make_anchors(spec)
         if self.model.outputs[0].shape[1] != len(self.anchors):
             raise ValueError(
-                f"{spec.name}: model has {self.model.outputs[0].shape[1]} anchors, "
-                f"expected {len(self.anchors)}"
+                f"{spec.name}: model has {self.model.outputs[0].shape[1]} anchors, expected {len(self.anchors)}"
             )
         self._regressor_index = 0 if self.model.outputs[0].shape[-1] == 16 else 1
 
@@ -88,9 +87,7 @@ class BlazeFace:
         """Scores (N,) and decoded boxes+keypoints (N, 16) in [0, 1] units of the square input."""
         size = self.spec.input_size
         if square.shape[:2] != (size, size):
-            square = np.asarray(
-                cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA), dtype=np.uint8
-            )
+            square = np.asarray(cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA), dtype=np.uint8)
         tensor = (square.astype(np.float32) * (1.0 / 127.5) - 1.0)[None]
         outputs = self.model.run(tensor)
         regressors = outputs[self._regressor_index][0]
@@ -170,9 +167,7 @@ def crop_square(image: Image, win: Window, size: int) -> Image:
     scale = size / win.side
     region = image[y1:y2, x1:x2]
     out_w, out_h = max(1, round((x2 - x1) * scale)), max(1, round((y2 - y1) * scale))
-    resized = cv2.resize(
-        region, (out_w, out_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    )
+    resized = cv2.resize(region, (out_w, out_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     if (out_w, out_h) == (size, size):
         return np.asarray(resized, dtype=np.uint8)
     canvas = np.zeros((size, size, 3), dtype=np.uint8)

@@ -43,9 +43,7 @@ class Embedder:
             for i in range(n):
                 pair = np.stack([tensor[i], tensor[i, :, ::-1]])
                 emb = self.model.run(pair)[0]
-                out[i] = emb[0] / max(np.linalg.norm(emb[0]), 1e-12) + emb[1] / max(
-                    np.linalg.norm(emb[1]), 1e-12
-                )
+                out[i] = emb[0] / max(np.linalg.norm(emb[0]), 1e-12) + emb[1] / max(np.linalg.norm(emb[1]), 1e-12)
         else:
             for i in range(0, n, 2):
                 pair = tensor[i : i + 2] if i + 1 < n else np.stack([tensor[i], tensor[i]])

@@ -74,9 +74,9 @@ def iou_matrix(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.ND
     inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    result: npt.NDArray[np.float32] = (
-        inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-    ).astype(np.float32)
+    result: npt.NDArray[np.float32] = (inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)).astype(
+        np.float32
+    )
     return result
 
 
@@ -111,9 +111,7 @@ class Tracker:
                 track.new_evidence = False
         for face_i, face in enumerate(faces):
             if face_i not in assigned:
-                track = Track(
-                    self._next_id, self.camera, face.detection.box, timestamp, timestamp, frame_index
-                )
+                track = Track(self._next_id, self.camera, face.detection.box, timestamp, timestamp, frame_index)
                 self._next_id += 1
                 self.tracks.append(track)
                 self._observe(track, face, frame_index, timestamp)
@@ -173,9 +171,7 @@ class Tracker:
             track.recent = face.embedding.copy()
         else:
             track.recent[:] = face.embedding
-        candidate = TrackFace(
-            face.quality.score, face.embedding.copy(), face.aligned.copy(), frame_index, timestamp
-        )
+        candidate = TrackFace(face.quality.score, face.embedding.copy(), face.aligned.copy(), frame_index, timestamp)
         if len(track.best) < self.cfg.best_k:
             track.best.append(candidate)
             track.new_evidence = True

@@ -62,10 +62,7 @@ def bench_apply(n: int, dim: int, runs: int) -> None:
         version=1, valid_from=now - 60, valid_until=now + 3600, threshold=0.5, model_id=MODEL,
         sign_key=centre, issued_at=now,
     )  # fmt: skip
-    print(
-        f"built a {n}-subject bundle (dim {dim}): {len(data) / 1e6:.1f} MB"
-        f" in {time.perf_counter() - t0:.2f} s"
-    )
+    print(f"built a {n}-subject bundle (dim {dim}): {len(data) / 1e6:.1f} MB in {time.perf_counter() - t0:.2f} s")
     times, extra_mb = [], []
     for _ in range(runs):
         gc.collect()

@@ -244,14 +244,10 @@ def encode_body(subjects: list[SubjectEntry], dim: int) -> bytes:
     }
     for s in subjects:
         if s.embeddings.ndim != 2 or s.embeddings.shape[1] != dim or len(s.embeddings) == 0:
-            raise ValueError(
-                f"subject {s.id}: embeddings must be (rows >= 1, {dim}), got {s.embeddings.shape}"
-            )
+            raise ValueError(f"subject {s.id}: embeddings must be (rows >= 1, {dim}), got {s.embeddings.shape}")
     index_bytes = _json_bytes(index)
     matrix = np.concatenate([s.embeddings for s in subjects]).astype("<f4", copy=False)
-    return b"".join(
-        [_U32.pack(len(index_bytes)), index_bytes, matrix.tobytes(), *(s.photo_jpeg for s in subjects)]
-    )
+    return b"".join([_U32.pack(len(index_bytes)), index_bytes, matrix.tobytes(), *(s.photo_jpeg for s in subjects)])
 
 
 def build_bundle(
@@ -310,9 +306,7 @@ def build_close(deployment: str, unit_id: str, sign_key: Ed25519PrivateKey, now:
 def read_envelope(data: bytes, max_bytes: int) -> Envelope:
     """Split a message into its parts; refuses oversize (before anything else), truncated and garbled."""
     if len(data) > max_bytes:
-        raise BundleTooLarge(
-            f"{len(data)} bytes is over the limit of {max_bytes} (watchlist.max_bundle_bytes)"
-        )
+        raise BundleTooLarge(f"{len(data)} bytes is over the limit of {max_bytes} (watchlist.max_bundle_bytes)")
     if len(data) < _PREFIX.size:
         raise BundleTruncated(f"only {len(data)} bytes: shorter than the fixed prefix")
     magic, fmt, header_len = _PREFIX.unpack_from(data)
@@ -339,9 +333,7 @@ def verify_envelope(envelope: Envelope, command_centre_key: Ed25519PublicKey) ->
     try:
         crypto.verify(command_centre_key, envelope.signature, envelope.signed)
     except crypto.BadSignature as exc:
-        raise SignatureInvalid(
-            f"the signature does not verify against the pinned command-centre key: {exc}"
-        ) from exc
+        raise SignatureInvalid(f"the signature does not verify against the pinned command-centre key: {exc}") from exc
 
 
 def _field(header: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -382,16 +374,12 @@ def parse_bundle_header(header: dict[str, Any]) -> BundleHeader:
     return parsed
 
 
-def check_bundle(
-    header: BundleHeader, *, unit_id: str, model_id: str, now: float, held_version: int | None
-) -> None:
+def check_bundle(header: BundleHeader, *, unit_id: str, model_id: str, now: float, held_version: int | None) -> None:
     """The checks after the signature and before decryption; each refusal is its own exception."""
     if header.unit != unit_id:
         raise WrongUnit(f"the bundle is for unit {header.unit!r}, this is {unit_id!r}")
     if header.model_id != model_id:
-        raise WrongModel(
-            f"the bundle was enrolled with model {header.model_id!r}, this unit runs {model_id!r}"
-        )
+        raise WrongModel(f"the bundle was enrolled with model {header.model_id!r}, this unit runs {model_id!r}")
     if now >= header.valid_until:
         raise Expired(f"the bundle expired at {iso(header.valid_until)} (now {iso(now)})")
     if now < header.valid_from:
@@ -421,10 +409,7 @@ def open_bundle(
     if len(envelope.body) < header.body_bytes:
         raise BundleTruncated(f"the body has {len(envelope.body)} of {header.body_bytes} bytes")
     verify_envelope(envelope, command_centre_key)
-    if (
-        len(envelope.body) != header.body_bytes
-        or hashlib.sha256(envelope.body).hexdigest() != header.body_sha256
-    ):
+    if len(envelope.body) != header.body_bytes or hashlib.sha256(envelope.body).hexdigest() != header.body_sha256:
         raise BundleGarbled("the body does not match the length and sha256 in the signed header")
     check_bundle(header, unit_id=unit_id, model_id=model_id, now=now, held_version=held_version)
     try:
@@ -452,12 +437,7 @@ def _decode_body(header: BundleHeader, plaintext: bytearray) -> OpenedBundle:
         dim = int(index["dim"])
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise BundleGarbled(f"the decrypted subject index is malformed ({exc})") from exc
-    if (
-        len(subjects) != header.subjects
-        or dim != header.dim
-        or (rows < 1).any()
-        or min(photo_sizes, default=0) < 0
-    ):
+    if len(subjects) != header.subjects or dim != header.dim or (rows < 1).any() or min(photo_sizes, default=0) < 0:
         raise BundleGarbled("the subject index does not agree with the signed header")
     matrix_at = _U32.size + index_len
     n_rows = int(rows.sum())
@@ -473,9 +453,7 @@ def _decode_body(header: BundleHeader, plaintext: bytearray) -> OpenedBundle:
     return OpenedBundle(header, subjects, matrix, row_subject, photos, plaintext)
 
 
-def open_close(
-    data: bytes, *, command_centre_key: Ed25519PublicKey, unit_id: str, max_bytes: int
-) -> CloseCommand:
+def open_close(data: bytes, *, command_centre_key: Ed25519PublicKey, unit_id: str, max_bytes: int) -> CloseCommand:
     """A verified close command for this unit (the caller checks it against the held deployment)."""
     envelope = read_envelope(data, max_bytes)
     if envelope.magic != CLOSE_MAGIC:

@@ -60,18 +60,14 @@ def read_subjects(path: Path) -> list[SubjectRow]:
             needed = {"subject_id", "category", "photos", "reference"}
             missing = needed - set(reader.fieldnames or [])
             if missing:
-                raise CliError(
-                    f"{path}: missing column(s) {', '.join(sorted(missing))} (need {sorted(needed)})"
-                )
+                raise CliError(f"{path}: missing column(s) {', '.join(sorted(missing))} (need {sorted(needed)})")
             rows = []
             for line, rec in enumerate(reader, start=2):
                 sid = (rec["subject_id"] or "").strip()
                 photos = [p.strip() for p in (rec["photos"] or "").split(";") if p.strip()]
                 if not sid or not photos:
                     raise CliError(f"{path}:{line}: subject_id and at least one photo are required")
-                rows.append(
-                    SubjectRow(sid, (rec["category"] or "").strip(), photos, (rec["reference"] or "").strip())
-                )
+                rows.append(SubjectRow(sid, (rec["category"] or "").strip(), photos, (rec["reference"] or "").strip()))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise CliError(f"{path}: cannot read the subjects CSV ({exc})") from exc
     ids = [r.subject_id for r in rows]
@@ -96,9 +92,7 @@ def enrol_subjects(
     problems: list[str] = []
     entries: list[bundle.SubjectEntry] = []
     total = sum(len(r.photos) for r in rows)
-    bar = tqdm(
-        total=total, desc="enrolling", unit="photo", disable=not progress or total < 20, file=sys.stderr
-    )
+    bar = tqdm(total=total, desc="enrolling", unit="photo", disable=not progress or total < 20, file=sys.stderr)
     for row in rows:
         embeddings, photo = [], b""
         for name in row.photos:
@@ -114,13 +108,9 @@ def enrol_subjects(
             embeddings.append(result.embedding)
             photo = photo or result.photo_jpeg
         if not embeddings:
-            problems.append(
-                f"{row.subject_id}: no usable photo" + ("; subject skipped" if skip_unusable else "")
-            )
+            problems.append(f"{row.subject_id}: no usable photo" + ("; subject skipped" if skip_unusable else ""))
             continue
-        entries.append(
-            bundle.SubjectEntry(row.subject_id, row.category, row.reference, np.stack(embeddings), photo)
-        )
+        entries.append(bundle.SubjectEntry(row.subject_id, row.category, row.reference, np.stack(embeddings), photo))
     bar.close()
     return entries, problems
 
@@ -154,10 +144,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     key = Ed25519PrivateKey.generate()
     crypto.save_private_key(args.out / "command-centre.key", key)
     crypto.save_public_key(args.out / "command-centre.pub", key.public_key())
-    print(
-        f"wrote {args.out / 'command-centre.key'} (0600, keep it offline)"
-        f" and {args.out / 'command-centre.pub'}"
-    )
+    print(f"wrote {args.out / 'command-centre.key'} (0600, keep it offline) and {args.out / 'command-centre.pub'}")
     print("next: install command-centre.pub on each unit as watchlist.command_centre_key")
     return 0
 
@@ -181,9 +168,7 @@ def cmd_build(args: argparse.Namespace, enroller: Enroller | None = None) -> int
         print(f"unusable: {line}", file=sys.stderr)
     failed = [r.subject_id for r in rows if r.subject_id not in {e.id for e in entries}]
     if failed and not args.skip_unusable:
-        raise CliError(
-            f"{len(failed)} subject(s) have no usable photo: {', '.join(failed)} (or --skip-unusable)"
-        )
+        raise CliError(f"{len(failed)} subject(s) have no usable photo: {', '.join(failed)} (or --skip-unusable)")
     if not entries:
         raise CliError("no subject could be enrolled")
     version = args.version if args.version is not None else int(time.time())

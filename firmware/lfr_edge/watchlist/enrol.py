@@ -69,15 +69,9 @@ class PipelineEnroller:
         if not faces:
             return Enrolment(None, b"", "no face")
         main = max(faces, key=lambda f: f.detection.width)
-        others = [
-            f
-            for f in faces
-            if f is not main and f.detection.width >= SEVERAL_FACES_RATIO * main.detection.width
-        ]
+        others = [f for f in faces if f is not main and f.detection.width >= SEVERAL_FACES_RATIO * main.detection.width]
         if others:
             return Enrolment(None, b"", f"several faces ({len(others) + 1} of similar size)")
         if not main.quality.ok or main.embedding is None:
-            return Enrolment(
-                None, b"", _REASONS.get(main.quality.reason, main.quality.reason or "not embedded")
-            )
+            return Enrolment(None, b"", _REASONS.get(main.quality.reason, main.quality.reason or "not embedded"))
         return Enrolment(main.embedding.astype(np.float32), reference_crop(image_rgb, main.detection.box), "")

@@ -239,18 +239,14 @@ class WatchlistStore:
         return self._matrix
 
 
-def _seal_records(
-    records: Iterable[SubjectRecord], count: int
-) -> tuple[bytearray, npt.NDArray[np.int64], bytearray]:
+def _seal_records(records: Iterable[SubjectRecord], count: int) -> tuple[bytearray, npt.NDArray[np.int64], bytearray]:
     """Encrypt each record under one fresh in-RAM key; returns (blob, offsets, key)."""
     key = bytearray(AESGCM.generate_key(bit_length=256))
     aead = AESGCM(bytes(key))
     blob = bytearray()
     offsets = np.zeros(count + 1, dtype=np.int64)
     for i, record in enumerate(records):
-        meta = json.dumps(
-            {"id": record.id, "category": record.category, "reference": record.reference}
-        ).encode()
+        meta = json.dumps({"id": record.id, "category": record.category, "reference": record.reference}).encode()
         nonce = os.urandom(_NONCE)
         plain = struct.pack(">I", len(meta)) + meta + record.photo_jpeg
         blob += nonce + aead.encrypt(nonce, plain, struct.pack(">I", i))

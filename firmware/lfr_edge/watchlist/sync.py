@@ -141,11 +141,7 @@ class WatchlistSync:
                 payload, command_centre_key=self._cc_key, unit_id=self.unit_id, max_bytes=self._max_bytes
             )
             held = self._store
-            if (
-                held is not None
-                and held.deployment == close.deployment
-                and close.time < held.header.issued_at
-            ):
+            if held is not None and held.deployment == close.deployment and close.time < held.header.issued_at:
                 raise bundle.StaleClose(
                     f"the close command ({bundle.iso(close.time)}) is older than the held bundle "
                     f"({bundle.iso(held.header.issued_at)})"
