@@ -25,14 +25,19 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 venv: $(VENV)/.installed
 
 # Debian packages: installed with apt-get when we are root, otherwise named for the user.
-SYSTEM_PACKAGES := mosquitto
+#   mosquitto: the real broker every MQTT test starts; npm: fetches MobileFaceNet (npm pack);
+#   systemd: systemd-analyze and friends for the service-unit tests; python3-seccomp: the W^X test.
 system-deps:
-	@missing=""; command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	/usr/bin/python3 -c "import seccomp" >/dev/null 2>&1 || missing="$$missing python3-seccomp"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else \
 	    echo "missing Debian packages:$$missing -- run: sudo apt-get install$$missing"; exit 1; \
 	  fi; \

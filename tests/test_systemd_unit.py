@@ -142,7 +142,7 @@ def test_litert_xnnpack_runs_under_memory_deny_write_execute(tmp_path: Path) -> 
     import sys
 
     models = Path("~/.cache/lfr-edge/models").expanduser()
-    model = next(iter(sorted(models.glob("face_detection_*.tflite"))), None)
+    model = next(iter(sorted(models.glob("blazeface-*.float.tflite"))), None)
     if model is None:
         pytest.skip(f"no built detector model in {models} (run `make models`)")
     script = tmp_path / "probe.py"
