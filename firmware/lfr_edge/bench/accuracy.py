@@ -77,7 +77,7 @@ def evaluate(wild: ScoredSet, aligned: ScoredSet, seed: int) -> dict[str, Any]:
         fnir, threshold = idm.fnir_at_fpir(searches, fpir)
         at_fpir.append({"fpir": fpir, "fnir": round(fnir, 4), "threshold": round(threshold, 4)})
     out["identification"] = {
-        "protocol": "rank-1, max over 2 enrolment templates per subject, seeded half of the identities enrolled",
+        "protocol": "rank-1; max over 2 enrolment templates per subject, seeded half enrolled",
         "enrolled_subjects": len(split.enrolled),
         "enrolment_templates": len(split.enrol_rows),
         "mated_searches": len(split.mated_rows),
@@ -88,7 +88,7 @@ def evaluate(wild: ScoredSet, aligned: ScoredSet, seed: int) -> dict[str, Any]:
     return out
 
 
-def headline(result: dict[str, Any]) -> dict[str, float]:
+def headline(result: dict[str, Any]) -> dict[str, float | None]:
     """TAR at FAR 1e-3/1e-4 on wild/ and FNIR at FPIR 1e-2/1e-3."""
     tar = {p["far"]: p["tar"] for p in result["wild"]["at_far"]}
     fnir = {p["fpir"]: p["fnir"] for p in result["identification"]["at_fpir"]}
@@ -164,7 +164,7 @@ def run(ctx: BenchContext, cfg: Config, variants: list[BenchVariant], photos: Ph
     notes = [
         "scores are cosine similarities; acceptance is score > threshold",
         "a photo with no detected face fails all its comparisons (counted, not dropped)",
-        f"{'quick mode: ' + str(QUICK_IDENTITIES) + ' seeded wild/ identities' if ctx.quick else 'all photos'}",
+        f"quick mode: {QUICK_IDENTITIES} seeded wild/ identities" if ctx.quick else "all photos",
     ]
     return PartResult(
         "accuracy",

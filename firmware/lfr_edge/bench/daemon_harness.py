@@ -20,7 +20,7 @@ def daemon_missing() -> str | None:
     from lfr_edge.cli import build_parser
 
     parser = build_parser()
-    for action in parser._subparsers._group_actions if parser._subparsers else []:  # noqa: SLF001
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
         choices = getattr(action, "choices", None) or {}
         if "run" in choices:
             return None

@@ -61,7 +61,10 @@ def split_identities(
     identities = sorted(set(labels))
     rng = np.random.default_rng(seed)
     chosen = set(rng.permutation(identities)[: len(identities) // 2].tolist())
-    enrolled, enrol_rows, mated_rows, nonmated_rows = [], [], [], []
+    enrolled: list[str] = []
+    enrol_rows: list[int] = []
+    mated_rows: list[int] = []
+    nonmated_rows: list[int] = []
     for identity in identities:
         rows = [i for i, label in enumerate(labels) if label == identity]
         if identity not in chosen:

@@ -101,7 +101,7 @@ def run(
         with tempfile.TemporaryDirectory(prefix="lfr-bench-peer-") as tmp:
             base = Path(tmp)
             (base / "t").mkdir()
-            np.savez(base / "t" / "frames.npz", **frames)
+            np.savez(base / "t" / "frames.npz", **frames)  # type: ignore[arg-type]
             timing = _job(
                 python,
                 base / "t",
@@ -131,7 +131,7 @@ def run(
         ScoredSet(-_distances(al_emb), np.ones(len(aligned), dtype=bool), photos.aligned_labels),
         ctx.seed,
     )
-    frame_rows = {}
+    frame_rows: dict[str, dict[str, Any]] = {}
     for key, res in result["frames"].items():
         faces = max(1e-9, float(np.mean(res["faces_found"])))
         frame_rows[key] = {

@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import face_recognition
+import face_recognition  # type: ignore[import-not-found, unused-ignore]
 import numpy as np
 
 
@@ -47,6 +47,7 @@ def run_photos(paths: list[str], upsample: int, aligned: bool) -> tuple[np.ndarr
     for i, path in enumerate(paths):
         image = face_recognition.load_image_file(path)
         t0 = time.perf_counter()
+        location: tuple[int, int, int, int] | None
         if aligned:  # already a face crop: embed it directly, as ours does
             location = (0, image.shape[1], image.shape[0], 0)
         else:
@@ -75,7 +76,7 @@ def main(job_dir: Path) -> int:
         aligned=al_emb,
         aligned_found=al_found,
     )
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("face_recognition", "face_recognition_models", "dlib-bin", "numpy", "pillow"):
         try:
             versions[dist] = metadata.version(dist)

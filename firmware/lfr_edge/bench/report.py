@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ REQUIRED_SUMMARY = (
     "search_ms_1m",
 )
 
-TARGETS = {
+TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "fps_ratio_720p_5faces": ("at least 20x the peer's fps (720p, 5 faces)", lambda v: v >= 20),
     "daemon_rss_mb_10k": ("under 300 MB with 10,000 subjects", lambda v: v < 300),
     "search_ms_1m": ("under 50 ms per probe at 1M subjects", lambda v: v < 50),
@@ -65,7 +66,8 @@ def render_report(
     lines = [
         "# lfr-edge benchmark report",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores; Python {machine['python']}; {machine['platform']}",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores; Python {machine['python']}; "
+        f"{machine['platform']}",
         f"Libraries: {libs}",
         f"Command: `{command}`",
         "",

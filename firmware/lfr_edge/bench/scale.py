@@ -104,7 +104,7 @@ def run(ctx: BenchContext) -> PartResult:
     except watchlists.StoreUnavailable as exc:
         return not_measured("scale", str(exc), SUMMARY_KEYS)
     searches = 30 if ctx.quick else 200
-    rows = []
+    rows: list[dict[str, Any]] = []
     for n in SIZES:
         mode = "matrix" if ctx.quick and n >= 1_000_000 else "bundle"
         cmd = [sys.executable, "-m", "lfr_edge.bench.scale", str(n), mode, str(ctx.seed), str(searches)]
