@@ -73,19 +73,19 @@ def test_private_keys_are_written_0600_and_never_overwritten(tmp_path: Path) -> 
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with pytest.raises(crypto.KeyFileError, match="already exists"):
         crypto.save_private_key(path, Ed25519PrivateKey.generate())
-    loaded = crypto.load_private_key(path, Ed25519PrivateKey)
+    loaded = crypto.load_ed25519_private(path)
     assert crypto.key_id(loaded.public_key()) == crypto.key_id(key.public_key())
     crypto.save_public_key(tmp_path / "cc.pub", key.public_key())
-    assert isinstance(crypto.load_public_key(tmp_path / "cc.pub", Ed25519PublicKey), Ed25519PublicKey)
+    assert isinstance(crypto.load_ed25519_public(tmp_path / "cc.pub"), Ed25519PublicKey)
 
 
 def test_key_files_of_the_wrong_kind_or_garbage_are_named(tmp_path: Path) -> None:
     crypto.save_public_key(tmp_path / "unit.pub", X25519PrivateKey.generate().public_key())
-    with pytest.raises(crypto.KeyFileError, match=r"unit\.pub: expected a Ed25519PublicKey"):
-        crypto.load_public_key(tmp_path / "unit.pub", Ed25519PublicKey)
-    assert isinstance(crypto.load_public_key(tmp_path / "unit.pub", X25519PublicKey), X25519PublicKey)
+    with pytest.raises(crypto.KeyFileError, match=r"unit\.pub: expected an Ed25519 public key"):
+        crypto.load_ed25519_public(tmp_path / "unit.pub")
+    assert isinstance(crypto.load_x25519_public(tmp_path / "unit.pub"), X25519PublicKey)
     (tmp_path / "junk.key").write_bytes(b"not pem")
     with pytest.raises(crypto.KeyFileError, match=r"junk\.key: not a PEM private key"):
-        crypto.load_private_key(tmp_path / "junk.key", X25519PrivateKey)
+        crypto.load_x25519_private(tmp_path / "junk.key")
     with pytest.raises(crypto.KeyFileError, match=r"missing\.key: cannot read"):
-        crypto.load_private_key(tmp_path / "missing.key", X25519PrivateKey)
+        crypto.load_x25519_private(tmp_path / "missing.key")

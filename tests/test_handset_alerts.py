@@ -160,7 +160,7 @@ def test_alert_reaches_the_paired_handset_and_its_decision_is_audited(
         phone.decide("a-7", "engage")
         assert unit.audit.changed.wait(10)
         assert unit.audit.events == [
-            ("decision", {"alert_id": "a-7", "handset": "handset-1", "decision": "engage"})
+            ("decision", {"alert_id": "a-7", "handset_id": "handset-1", "decision": "engage"})
         ]
         phone.decide("a-7", "engage")  # a redelivery
         deadline = time.monotonic() + 10

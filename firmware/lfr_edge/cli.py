@@ -7,9 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
-from lfr_edge import __version__, embed_cmd
+from lfr_edge import __version__, demo_photos, embed_cmd
 from lfr_edge.camera.base import CameraError
 from lfr_edge.config import Config, ConfigError, load_config
+from lfr_edge.daemon.audit import add_audit_parser
 from lfr_edge.inference.base import BackendUnavailable
 from lfr_edge.models import ModelError
 
@@ -32,11 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the unit daemon (under systemd: Type=notify)")
+    run.set_defaults(func=_run)
     embed_cmd.add_parser(sub)
-    from lfr_edge import demo_photos
-
     demo_photos.add_parser(sub)
+    add_audit_parser(sub)
     return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lfr_edge.daemon.run import run_daemon
+
+    return run_daemon(load_cli_config(args), getattr(args, "config", None))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,8 +136,11 @@ class BeaconConfig:
     baudrate: int = 115200
     heartbeat_s: float = 1.0
     ack_timeout_s: float = 0.2
-    retries: int = 3
+    retries: int = 3  # re-sends after the first try, same sequence number
     alert_hold_s: float = 10.0
+    watchdog_beats: int = 3  # the beacon shows fault by itself after this many heartbeats are missed
+    reconnect_min_s: float = 0.2  # reopen backoff after unplug, doubling up to reconnect_max_s
+    reconnect_max_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -271,6 +274,29 @@ def _check_ranges(cfg: Config) -> None:
     positive("alerts.queue_ttl_s", cfg.alerts.queue_ttl_s)
     positive("beacon.heartbeat_s", cfg.beacon.heartbeat_s)
     positive("beacon.ack_timeout_s", cfg.beacon.ack_timeout_s)
+    positive("daemon.telemetry_interval_s", cfg.daemon.telemetry_interval_s)
+    positive("daemon.watchdog_stall_s", cfg.daemon.watchdog_stall_s)
+    _check_beacon(cfg.beacon)
+
+
+def _check_beacon(beacon: BeaconConfig) -> None:
+    if beacon.retries < 0:
+        raise ConfigError(f"beacon.retries: must be 0 or more, got {beacon.retries}")
+    for key in ("baudrate", "alert_hold_s", "reconnect_min_s"):
+        if getattr(beacon, key) <= 0:
+            raise ConfigError(f"beacon.{key}: must be greater than 0, got {getattr(beacon, key)}")
+    if beacon.reconnect_max_s < beacon.reconnect_min_s:
+        raise ConfigError("beacon.reconnect_max_s: must not be less than beacon.reconnect_min_s")
+    if beacon.watchdog_beats < 2:
+        raise ConfigError(f"beacon.watchdog_beats: must be 2 or more, got {beacon.watchdog_beats}")
+    watchdog_s = beacon.watchdog_beats * beacon.heartbeat_s
+    if watchdog_s > 65.0:
+        raise ConfigError(f"beacon.heartbeat_s: watchdog_beats x heartbeat_s = {watchdog_s} s, at most 65 s")
+    if (1 + beacon.retries) * beacon.ack_timeout_s >= watchdog_s:
+        raise ConfigError(
+            "beacon.ack_timeout_s: (1 + retries) x ack_timeout_s must be shorter than "
+            "watchdog_beats x heartbeat_s, or the beacon trips its watchdog while the unit retries"
+        )
 
 
 def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:

@@ -19,7 +19,6 @@ import hashlib
 import os
 import struct
 from pathlib import Path
-from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -109,17 +108,17 @@ def seal(
         content_key[:] = bytes(len(content_key))
 
 
-def envelope_key_ids(envelope: bytes) -> list[bytes]:
+def envelope_key_ids(envelope: bytes | memoryview) -> list[bytes]:
     """The key ids an envelope was sealed to (no key needed)."""
     count, _ = _parse_prefix(envelope)
     start = _PREFIX.size
     return [
-        envelope[start + i * _RECIPIENT_BYTES : start + i * _RECIPIENT_BYTES + KEY_ID_BYTES]
+        bytes(envelope[start + i * _RECIPIENT_BYTES : start + i * _RECIPIENT_BYTES + KEY_ID_BYTES])
         for i in range(count)
     ]
 
 
-def _parse_prefix(envelope: bytes) -> tuple[int, int]:
+def _parse_prefix(envelope: bytes | memoryview) -> tuple[int, int]:
     if len(envelope) < _PREFIX.size:
         raise MalformedEnvelope(f"sealed envelope is truncated ({len(envelope)} bytes)")
     magic, fmt, count = _PREFIX.unpack_from(envelope)
@@ -134,7 +133,7 @@ def _parse_prefix(envelope: bytes) -> tuple[int, int]:
 
 
 def open_sealed(
-    envelope: bytes, private_key: X25519PrivateKey, aad: bytes, *, purpose: str = DEFAULT_PURPOSE
+    envelope: bytes | memoryview, private_key: X25519PrivateKey, aad: bytes, *, purpose: str = DEFAULT_PURPOSE
 ) -> bytearray:
     """Decrypt an envelope sealed to `private_key`. Returns a bytearray so the caller can zero it."""
     count, body_start = _parse_prefix(envelope)
@@ -142,10 +141,10 @@ def open_sealed(
     own_id = key_id(private_key.public_key())
     for i in range(count):
         at = _PREFIX.size + i * _RECIPIENT_BYTES
-        if envelope[at : at + KEY_ID_BYTES] != own_id:
+        if bytes(envelope[at : at + KEY_ID_BYTES]) != own_id:
             continue
-        ephemeral_pub = envelope[at + KEY_ID_BYTES : at + KEY_ID_BYTES + 32]
-        wrapped = envelope[at + KEY_ID_BYTES + 32 : at + _RECIPIENT_BYTES]
+        ephemeral_pub = bytes(envelope[at + KEY_ID_BYTES : at + KEY_ID_BYTES + 32])
+        wrapped = bytes(envelope[at + KEY_ID_BYTES + 32 : at + _RECIPIENT_BYTES])
         try:
             shared = private_key.exchange(X25519PublicKey.from_public_bytes(ephemeral_pub))
             kek = _kek(shared, purpose, ephemeral_pub, own_pub)
@@ -154,11 +153,11 @@ def open_sealed(
             raise Tampered(
                 "the wrapped content key does not authenticate (tampered or wrong purpose)"
             ) from exc
-        nonce = envelope[body_start - _NONCE_BYTES : body_start]
+        nonce = bytes(envelope[body_start - _NONCE_BYTES : body_start])
         ciphertext = memoryview(envelope)[body_start:]
         out = bytearray(len(ciphertext) - _TAG_BYTES)
         try:
-            AESGCM(content_key).decrypt_into(nonce, ciphertext, aad + envelope[:body_start], out)
+            AESGCM(content_key).decrypt_into(nonce, ciphertext, aad + bytes(envelope[:body_start]), out)
         except InvalidTag as exc:
             out[:] = bytes(len(out))
             raise Tampered(
@@ -187,7 +186,6 @@ def verify(public_key: Ed25519PublicKey, signature: bytes, data: bytes) -> None:
 
 PrivateKey = Ed25519PrivateKey | X25519PrivateKey
 PublicKey = Ed25519PublicKey | X25519PublicKey
-K = TypeVar("K")
 
 
 def save_private_key(path: Path, key: PrivateKey) -> None:
@@ -220,25 +218,44 @@ def _read(path: Path) -> bytes:
         raise KeyFileError(f"{path}: cannot read the key file ({exc.strerror})") from exc
 
 
-def _expect(path: Path, key: object, kind: type[K], what: str) -> K:
+def _expect(path: Path, key: object, kind: type, what: str) -> None:
     if not isinstance(key, kind):
         raise KeyFileError(f"{path}: expected {what}, found a {type(key).__name__.lstrip('_')}")
-    return key
 
 
-def load_private_key(path: Path, kind: type[K]) -> K:
-    """Load a PEM private key and check it is of `kind` (Ed25519PrivateKey or X25519PrivateKey)."""
+def _load_private(path: Path) -> object:
     try:
-        key = serialization.load_pem_private_key(_read(path), password=None)
+        return serialization.load_pem_private_key(_read(path), password=None)
     except (ValueError, TypeError) as exc:
         raise KeyFileError(f"{path}: not a PEM private key ({exc})") from exc
-    return _expect(path, key, kind, f"a {kind.__name__}")
 
 
-def load_public_key(path: Path, kind: type[K]) -> K:
-    """Load a PEM public key and check it is of `kind` (Ed25519PublicKey or X25519PublicKey)."""
+def _load_public(path: Path) -> object:
     try:
-        key = serialization.load_pem_public_key(_read(path))
+        return serialization.load_pem_public_key(_read(path))
     except (ValueError, TypeError) as exc:
         raise KeyFileError(f"{path}: not a PEM public key ({exc})") from exc
-    return _expect(path, key, kind, f"a {kind.__name__}")
+
+
+def load_ed25519_private(path: Path) -> Ed25519PrivateKey:
+    key = _load_private(path)
+    _expect(path, key, Ed25519PrivateKey, "an Ed25519 private key (signing)")
+    return key  # type: ignore[return-value]
+
+
+def load_ed25519_public(path: Path) -> Ed25519PublicKey:
+    key = _load_public(path)
+    _expect(path, key, Ed25519PublicKey, "an Ed25519 public key (signature check)")
+    return key  # type: ignore[return-value]
+
+
+def load_x25519_private(path: Path) -> X25519PrivateKey:
+    key = _load_private(path)
+    _expect(path, key, X25519PrivateKey, "an X25519 private key (sealing)")
+    return key  # type: ignore[return-value]
+
+
+def load_x25519_public(path: Path) -> X25519PublicKey:
+    key = _load_public(path)
+    _expect(path, key, X25519PublicKey, "an X25519 public key (sealing)")
+    return key  # type: ignore[return-value]

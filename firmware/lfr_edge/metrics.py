@@ -30,9 +30,7 @@ def pair_scores(
     return scores[same], scores[~same]
 
 
-def tar_at_far(
-    genuine: npt.ArrayLike, impostor: npt.ArrayLike, far: float
-) -> tuple[float, float]:
+def tar_at_far(genuine: npt.ArrayLike, impostor: npt.ArrayLike, far: float) -> tuple[float, float]:
     """(true-accept rate, threshold) at false-accept rate `far`.
 
     The threshold is the impostor score at rank floor(far x impostors) from the top, and acceptance is

@@ -70,6 +70,8 @@ class BrokerPki:
         )
         self.ca_file = self.dir / "ca.crt"
         self.ca_file.write_bytes(self._ca_cert.public_bytes(serialization.Encoding.PEM))
+        self.ca_key_file = self.dir / "ca.key"  # lets `lfr-provision init --ca-key` sign a unit's request
+        _write_key(self.ca_key_file, self._ca_key)
         self.server = self._issue("server", server=True)
 
     def _builder(self, subject: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:

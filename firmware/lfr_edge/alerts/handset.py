@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
@@ -67,24 +68,28 @@ def load_handsets(directory: Path) -> dict[str, PairedHandset]:
 
 
 def parse_handset(data: bytes, name: str) -> PairedHandset:
+    """A registry record: {"handset_id", "x25519_public", "ed25519_public" (PEM), "paired_at"}."""
     try:
         body = json.loads(data)
-        return PairedHandset(
-            handset_id=str(body["handset_id"]),
-            sealing_key=X25519PublicKey.from_public_bytes(bytes.fromhex(body["x25519_public"])),
-            signing_key=Ed25519PublicKey.from_public_bytes(bytes.fromhex(body["ed25519_public"])),
-        )
-    except (ValueError, KeyError, TypeError) as exc:
+        sealing = serialization.load_pem_public_key(body["x25519_public"].encode())
+        signing = serialization.load_pem_public_key(body["ed25519_public"].encode())
+        handset_id = str(body["handset_id"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise HandsetRegistryError(f"{name}: not a paired-handset record ({exc!r})") from exc
+    if not isinstance(sealing, X25519PublicKey) or not isinstance(signing, Ed25519PublicKey):
+        raise HandsetRegistryError(f"{name}: x25519_public / ed25519_public hold the wrong key types")
+    return PairedHandset(handset_id, sealing, signing)
+
+
+def _pem(key: X25519PublicKey | Ed25519PublicKey) -> str:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
 
 
 def handset_record(handset_id: str, sealing: X25519PublicKey, signing: Ed25519PublicKey) -> bytes:
     return json.dumps(
-        {
-            "handset_id": handset_id,
-            "x25519_public": crypto.raw_public_bytes(sealing).hex(),
-            "ed25519_public": crypto.raw_public_bytes(signing).hex(),
-        },
+        {"handset_id": handset_id, "x25519_public": _pem(sealing), "ed25519_public": _pem(signing)},
         indent=2,
     ).encode()
 
@@ -198,5 +203,5 @@ class HandsetChannel:
             "officer decision on alert %s: %s (%s)", decision.alert_id, decision.decision, decision.handset
         )
         self.audit.append(
-            "decision", alert_id=decision.alert_id, handset=decision.handset, decision=decision.decision
+            "decision", alert_id=decision.alert_id, handset_id=decision.handset, decision=decision.decision
         )

@@ -56,8 +56,8 @@ class HandsetKeys:
             raise crypto.KeyFileError(f"{directory / 'handset-id'}: cannot read ({exc.strerror})") from exc
         return HandsetKeys(
             handset_id,
-            crypto.load_private_key(directory / SEALING_KEY, X25519PrivateKey),  # type: ignore[type-abstract]
-            crypto.load_private_key(directory / SIGNING_KEY, Ed25519PrivateKey),  # type: ignore[type-abstract]
+            crypto.load_x25519_private(directory / SEALING_KEY),
+            crypto.load_ed25519_private(directory / SIGNING_KEY),
         )
 
     def record(self) -> bytes:
@@ -167,7 +167,7 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
 
 def _client(args: argparse.Namespace) -> HandsetClient:
     keys = HandsetKeys.load(args.keys)
-    unit_key = crypto.load_public_key(args.unit_key, Ed25519PublicKey)  # type: ignore[type-abstract]
+    unit_key = crypto.load_ed25519_public(args.unit_key)
     host, port = args.broker
     return HandsetClient(keys, args.unit, unit_key, host, port, (args.ca, args.cert, args.key), args.prefix)
 

@@ -33,6 +33,7 @@ from lfr_edge.config import MqttConfig
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
+_CONNECTED = ("", b"")  # a marker on the dispatcher queue: run the connect listeners
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class UnitMqttClient:
         self.connect_count = 0
         self._seq = 0
         self._handlers: dict[str, tuple[Handler, int]] = {}
+        self._connect_listeners: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=dispatch_queue_size)
         self._dispatcher: threading.Thread | None = None
@@ -140,6 +142,11 @@ class UnitMqttClient:
             return True
         return info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
 
+    def add_connect_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` on the dispatcher thread after each (re)connect (e.g. to flush queued alerts)."""
+        with self._lock:
+            self._connect_listeners.append(listener)
+
     def subscribe(self, topic: str, handler: Handler, *, qos: int = 1) -> None:
         """Call `handler(topic, payload)` for each message on `topic`, now and after every reconnect."""
         with self._lock:
@@ -172,6 +179,10 @@ class UnitMqttClient:
             "mqtt: connected to %s:%s as %s (seq %d)", self.cfg.host, self.cfg.port, self.client_id, self._seq
         )
         self.connected.set()
+        try:
+            self._inbox.put_nowait(_CONNECTED)
+        except queue.Full:
+            log.error("mqtt: handler queue full, connect listeners not run")
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
@@ -195,6 +206,15 @@ class UnitMqttClient:
 
     def _dispatch(self) -> None:
         while (item := self._inbox.get()) is not None:
+            if item is _CONNECTED:
+                with self._lock:
+                    listeners = list(self._connect_listeners)
+                for listener in listeners:
+                    try:
+                        listener()
+                    except Exception:
+                        log.exception("mqtt: connect listener failed")
+                continue
             topic, payload = item
             with self._lock:
                 handlers = [h for sub, (h, _) in self._handlers.items() if paho.topic_matches_sub(sub, topic)]

@@ -36,6 +36,7 @@ class PipelineStats:
 
     frames: int = 0
     faces_seen: int = 0
+    faces_by_camera: Counter[str] = field(default_factory=Counter)
     faces_embedded: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     tracks_started: int = 0
@@ -105,6 +106,7 @@ class PipelineWorker:
         self._end(update.ended)
         self.stats.frames += 1
         self.stats.faces_seen += len(result.faces)
+        self.stats.faces_by_camera[frame.camera] += len(result.faces)
         self.stats.faces_embedded += sum(1 for f in result.faces if f.embedding is not None)
         self.stats.record_stages(
             {**result.stage_ms, "match": match_ms, "frame": (time.perf_counter() - started) * 1e3}

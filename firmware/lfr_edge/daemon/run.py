@@ -1,0 +1,425 @@
+"""`lfr-edge run`: the daemon that wires config → cameras → vision → tracking/matching → alerts.
+
+Start-up order follows what systemd is told: READY=1 only once the models are loaded and verified, every
+camera has delivered a frame and the broker is connected. The watchdog is petted only while frames are
+processed. SIGTERM stops capture, publishes the retained `stopped`, wipes the watchlist, sets the beacon to
+idle and exits 0 within 5 s. SIGHUP re-reads the config and applies what is safe to change live.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from lfr_edge import crypto
+from lfr_edge.alerts.handset import HandsetChannel, load_handsets
+from lfr_edge.alerts.protocol import Alert
+from lfr_edge.camera import create_source
+from lfr_edge.camera.base import FrameSource
+from lfr_edge.comms.mqtt import UnitMqttClient
+from lfr_edge.config import Config, ConfigError, load_config
+from lfr_edge.daemon import audit as audit_events
+from lfr_edge.daemon.audit import AuditLog
+from lfr_edge.daemon.frames import CaptureThread, FrameQueue
+from lfr_edge.daemon.notify import Notifier, Watchdog
+from lfr_edge.daemon.worker import PipelineWorker
+from lfr_edge.vision.image import encode_jpeg
+from lfr_edge.vision.match import MatchDecision
+from lfr_edge.vision.pipeline import build_pipeline
+from lfr_edge.vision.track import TrackFace
+from lfr_edge.watchlist.store import WatchlistStore, WatchlistUnavailable, harden_process
+from lfr_edge.watchlist.sync import WatchlistSync
+
+log = logging.getLogger("lfr_edge.daemon")
+
+UNIT_X25519_KEY = "unit-x25519.key"  # names fixed by provisioning (lfr_provision.layout)
+UNIT_ED25519_KEY = "unit-ed25519.key"
+STOP_DEADLINE_S = 4.0  # everything in stop() shares this budget; systemd's TimeoutStopSec is 5 s
+
+
+class StoreWatchlist:
+    """The held watchlist as matching sees it: an expired or wiped list answers with no candidates."""
+
+    def __init__(self, store: WatchlistStore) -> None:
+        self.store = store
+
+    @property
+    def threshold(self) -> float:
+        return self.store.threshold
+
+    def search(
+        self, probes: npt.NDArray[np.float32], k: int, now: float
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        try:
+            result = self.store.search(probes, now, k)
+        except WatchlistUnavailable:
+            empty = np.zeros((len(probes), 0))
+            return empty.astype(np.int64), empty.astype(np.float32)
+        return result.indices, result.scores
+
+    def subject_id(self, index: int) -> str:
+        return self.store.subject(index).id
+
+
+class UnitAlertSink:
+    """One decision → a sealed alert to the handsets, the beacon's alert pattern, an audit event."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def alert(self, decision: MatchDecision, live: TrackFace, frame_time: float) -> None:
+        d = self.daemon
+        store = d.sync.store
+        if store is None:
+            return
+        try:
+            subject = store.subject(decision.subject_index)
+        except (WatchlistUnavailable, IndexError) as exc:
+            log.warning("alert for track %d dropped: %s", decision.track_id, exc)
+            return
+        alert_id = uuid.uuid4().hex[:16]
+        # The frame's capture time is on the monotonic clock; alerts carry wall-clock time.
+        wall_time = time.time() - (time.monotonic() - frame_time)
+        alert = Alert(
+            alert_id=alert_id,
+            unit=d.cfg.unit.id,
+            camera=decision.camera,
+            time=wall_time,
+            score=round(decision.score, 4),
+            threshold=decision.threshold,
+            subject_id=subject.id,
+            category=subject.category,
+            reference=subject.reference,
+            live_jpeg=encode_jpeg(live.crop),
+            watchlist_jpeg=subject.photo_jpeg,
+        )
+        d.handsets.send(alert)
+        if d.beacon is not None:
+            d.beacon.show_alert(decision.camera)
+        d.audit.append(
+            audit_events.ALERT_RAISED,
+            alert_id=alert_id,
+            camera=decision.camera,
+            subject_id=subject.id,
+            score=round(decision.score, 3),
+            watchlist_version=store.version,
+        )
+        log.info(
+            "ALERT %s: subject %s on %s, score %.3f (threshold %.2f, %d frames)",
+            alert_id,
+            subject.id,
+            decision.camera,
+            decision.score,
+            decision.threshold,
+            decision.supporting_frames,
+        )
+
+
+@dataclass
+class Health:
+    """What READY=1 waits for, and what telemetry reports."""
+
+    models: bool = False
+    broker: bool = False
+    cameras: bool = False
+
+
+class Daemon:
+    def __init__(
+        self, cfg: Config, config_path: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.env = dict(os.environ if env is None else env)
+        self.stop_event = threading.Event()
+        self.reload_requested = threading.Event()
+        self.health = Health()
+        self.notifier = Notifier(self.env)
+        self.started_at = time.monotonic()
+        self.beacon: Any = None
+        self._faces_audited: dict[str, int] = {}
+        self._threads: list[threading.Thread] = []
+
+    # start-up ---------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        for problem in harden_process():
+            log.warning("hardening: %s", problem)
+        self.audit = AuditLog.open(cfg.unit.audit_log, cfg.unit.id, on_damage="rotate")
+        self.audit.append(audit_events.STARTED, version=_version(), cameras=[c.name for c in cfg.cameras])
+        keys = cfg.unit.keys_dir
+        self.unit_signing = crypto.load_ed25519_private(keys / UNIT_ED25519_KEY)
+        unit_sealing = crypto.load_x25519_private(keys / UNIT_X25519_KEY)
+        command_centre = crypto.load_ed25519_public(cfg.watchlist.command_centre_key)
+
+        self.notifier.status("loading models")
+        self.pipeline = build_pipeline(cfg)
+        self.health.models = True
+        log.info("models verified and loaded: %s (%s)", self.pipeline.model_id, cfg.inference.backend)
+
+        self.mqtt = UnitMqttClient(cfg.unit.id, cfg.mqtt)
+        self.sync = WatchlistSync(
+            unit_id=cfg.unit.id,
+            model_id=self.pipeline.model_id,
+            command_centre_key=command_centre,
+            unit_key=unit_sealing,
+            max_bundle_bytes=cfg.watchlist.max_bundle_bytes,
+            ack_topic=self.mqtt.topics.watchlist_ack,
+            publish=lambda topic, payload: self.mqtt.publish(topic, payload, qos=1),
+            audit=self.audit,
+        )
+        self.handsets = HandsetChannel(
+            self.mqtt,
+            self.mqtt.topics.alerts,
+            cfg.unit.id,
+            self.unit_signing,
+            self._paired_handsets,
+            cfg.alerts,
+            self.audit,
+        )
+        self._handset_cache: tuple[float, dict[str, Any]] = (0.0, {})
+        self.mqtt.subscribe(self.mqtt.topics.watchlist, self.sync.handle_message)
+        self.mqtt.subscribe(self.mqtt.topics.decisions, self.handsets.on_decision)
+        self.mqtt.add_connect_listener(self._on_broker_connected)
+
+        if cfg.beacon.enabled:
+            from lfr_edge.alerts.beacon import BeaconDriver
+
+            self.beacon = BeaconDriver(cfg.beacon)
+
+        self.queue = FrameQueue(sum(c.queue_size for c in cfg.cameras))
+        self.sources: list[FrameSource] = [create_source(c) for c in cfg.cameras]
+        self.captures = [CaptureThread(s, self.queue, self.stop_event) for s in self.sources]
+        self.worker = PipelineWorker(
+            self.pipeline,
+            [c.name for c in cfg.cameras],
+            cfg.track,
+            cfg.match,
+            self._current_watchlist,
+            UnitAlertSink(self),
+        )
+
+    def _paired_handsets(self) -> dict[str, Any]:
+        """The handset registry, re-read at most every 5 s so a new pairing takes effect without restart."""
+        loaded_at, handsets = self._handset_cache
+        if time.monotonic() - loaded_at > 5.0:
+            handsets = load_handsets(self.cfg.alerts.handsets_dir)
+            self._handset_cache = (time.monotonic(), handsets)
+        return handsets
+
+    def _current_watchlist(self) -> StoreWatchlist | None:
+        store = self.sync.store
+        return StoreWatchlist(store) if store is not None else None
+
+    def _on_broker_connected(self) -> None:
+        self.handsets.flush()
+
+    def start(self) -> None:
+        """Start every thread; READY=1 is sent from the main loop once the health checks pass."""
+        self.mqtt.start()
+        if self.beacon is not None:
+            self.beacon.start()
+        for capture in self.captures:
+            capture.start()
+        self.sync.start_expiry_timer()
+        self.watchdog = Watchdog.from_env(self.notifier, self.cfg.daemon.watchdog_stall_s, self.env)
+        telemetry = threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True)
+        telemetry.start()
+        self._threads.append(telemetry)
+
+    # the main loop ----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        ready = False
+        last_status = 0.0
+        while not self.stop_event.is_set():
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+            frame = self.queue.get(timeout=0.5)
+            if frame is not None:
+                self.worker.process(frame)
+                if self.watchdog is not None:
+                    self.watchdog.progress()
+            if not ready:
+                ready = self._check_ready()
+            elif time.monotonic() - last_status > 2.0:
+                last_status = time.monotonic()
+                self.notifier.status(self.status_line())
+        return 0
+
+    def _check_ready(self) -> bool:
+        self.health.broker = self.mqtt.connected.is_set()
+        self.health.cameras = all(c.first_frame.is_set() for c in self.captures)
+        if not (self.health.models and self.health.broker and self.health.cameras):
+            waiting = [k for k, ok in vars(self.health).items() if not ok]
+            self.notifier.status(f"starting: waiting for {', '.join(waiting)}")
+            return False
+        self.notifier.ready(self.status_line())
+        if self.watchdog is not None:
+            self.watchdog.start()
+        log.info("ready: %s", self.status_line())
+        return True
+
+    def status_line(self) -> str:
+        stats = self.worker.stats
+        store = self.sync.store
+        version = f"v{store.version} ({store.size} subjects)" if store is not None else "none"
+        return (
+            f"{stats.fps():.1f} fps, {stats.faces_seen} faces, watchlist {version}, "
+            f"{stats.alerts} alerts, dropped {self.queue.dropped}"
+        )
+
+    def telemetry(self) -> dict[str, Any]:
+        """Counts and timings only: no frame, crop or embedding is ever part of it."""
+        stats = self.worker.stats
+        store = self.sync.store
+        beacon = self.beacon.state() if self.beacon is not None else None
+        return {
+            "unit": self.cfg.unit.id,
+            "time": time.time(),
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "fps": round(stats.fps(), 2),
+            "frames": stats.frames,
+            "faces_seen": stats.faces_seen,
+            "faces_embedded": stats.faces_embedded,
+            "faces_rejected": dict(stats.rejected),
+            "tracks_started": stats.tracks_started,
+            "tracks_ended_unmatched": stats.tracks_ended_unmatched,
+            "alerts": stats.alerts,
+            "stage_ms": stats.stage_medians(),
+            "dropped_frames": self.queue.dropped,
+            "queue_depth": self.queue.depth(),
+            "cpu_temp_c": cpu_temperature(),
+            "watchlist": None
+            if store is None
+            else {"version": store.version, "subjects": store.size, "valid_until": store.valid_until},
+            "cameras": {c.source.name: c.state for c in self.captures},
+            "camera_dropped": {s.name: s.stats.dropped for s in self.sources},
+            "beacon": None
+            if beacon is None
+            else {
+                "connected": beacon.connected,
+                "responsive": beacon.responsive,
+                "pattern": str(beacon.pattern_acked),
+            },
+            "alerts_outbox": vars(self.handsets.stats),
+        }
+
+    def _telemetry_loop(self) -> None:
+        while not self.stop_event.wait(self.cfg.daemon.telemetry_interval_s):
+            self._audit_faces_seen()
+            if self.mqtt.connected.is_set():
+                self.mqtt.publish(self.mqtt.topics.telemetry, json.dumps(self.telemetry()).encode(), qos=0)
+
+    def _audit_faces_seen(self) -> None:
+        """Counts for the deployment report (faces scanned), per camera, since the last entry."""
+        counts = self.worker.stats.faces_by_camera
+        for camera, count in list(counts.items()):
+            delta = count - self._faces_audited.get(camera, 0)
+            if delta > 0:
+                self.audit.append(audit_events.FACES_SEEN, camera=camera, count=delta)
+                self._faces_audited[camera] = count
+
+    # reload and stop --------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; apply what is safe live, name what needs a restart."""
+        if self.config_path is None:
+            return
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            self.notifier.ready(self.status_line())
+            return
+        live = {"match", "quality", "track", "alerts", "daemon"}
+        needs_restart = [
+            section
+            for section in vars(new)
+            if section not in live and getattr(new, section) != getattr(self.cfg, section)
+        ]
+        self.worker.match_cfg = new.match
+        self.worker.cooldowns.seconds = new.match.cooldown_s
+        self.pipeline.quality = new.quality
+        self.handsets.cfg = new.alerts
+        for tracker in self.worker.trackers.values():
+            tracker.cfg = new.track
+        self.cfg = Config(**{**vars(self.cfg), **{s: getattr(new, s) for s in live}})
+        self.audit.append("config_reloaded", restart_needed=needs_restart)
+        if needs_restart:
+            log.warning(
+                "config reloaded; these sections change only on restart: %s", ", ".join(needs_restart)
+            )
+        else:
+            log.info("config reloaded")
+        self.notifier.ready(self.status_line())
+
+    def stop(self) -> None:
+        """Stop capture, end tracks, publish `stopped`, wipe the watchlist, beacon to idle; within 5 s."""
+        deadline = time.monotonic() + STOP_DEADLINE_S
+        self.notifier.stopping("stopping")
+        self.stop_event.set()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        for capture in self.captures:
+            capture.join(max(0.1, min(1.0, deadline - time.monotonic())))
+        self.queue.close()
+        self.worker.end_all_tracks()
+        self.sync.shutdown()
+        self.mqtt.stop(timeout_s=max(0.2, min(1.5, deadline - time.monotonic())))
+        if self.beacon is not None:
+            self.beacon.close(park=True, timeout_s=max(0.2, deadline - time.monotonic()))
+        self._audit_faces_seen()
+        self.audit.append(audit_events.STOPPED, reason="signal", frames=self.worker.stats.frames)
+        self.audit.close()
+        log.info("stopped cleanly")
+
+
+def cpu_temperature(zone: Path = Path("/sys/class/thermal/thermal_zone0/temp")) -> float | None:
+    try:
+        return round(int(zone.read_text().strip()) / 1000.0, 1)
+    except (OSError, ValueError):
+        return None
+
+
+def _version() -> str:
+    from lfr_edge import __version__
+
+    return __version__
+
+
+def install_signal_handlers(daemon: Daemon) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop_event.set())
+    signal.signal(signal.SIGINT, lambda *_: daemon.stop_event.set())
+    signal.signal(signal.SIGHUP, lambda *_: daemon.reload_requested.set())
+
+
+def run_daemon(
+    cfg: Config, config_path: Path | None, on_started: Callable[[Daemon], None] | None = None
+) -> int:
+    daemon = Daemon(cfg, config_path)
+    install_signal_handlers(daemon)
+    daemon.setup()
+    daemon.start()
+    if on_started is not None:
+        on_started(daemon)
+    try:
+        code = daemon.run()
+    finally:
+        daemon.stop()
+    return code

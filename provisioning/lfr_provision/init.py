@@ -1,0 +1,292 @@
+"""`lfr-provision init`: the unit's keys, TLS request, config file and directories under a root."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import pwd
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from lfr_provision import layout
+from lfr_provision.identity import (
+    PRIVATE_MODE,
+    PUBLIC_MODE,
+    ProvisionError,
+    load_ca,
+    private_pem,
+    public_pem,
+    read_command_centre_key,
+    sign_request,
+    tls_request,
+    write_file,
+)
+
+Board = Literal["pi5", "jetson", "generic"]
+DIR_MODE = 0o750
+# The per-board defaults the technician starts from; every value can be edited in config.toml later.
+_BOARD_CAMERA = {
+    "pi5": ("picamera2", ""),
+    "jetson": ("jetson", "csi://0"),
+    "generic": ("opencv", "/dev/video0"),
+}
+_BOARD_BACKEND = {"pi5": "litert-cpu", "jetson": "onnx-tensorrt", "generic": "litert-cpu"}
+
+
+@dataclass(frozen=True)
+class InitOptions:
+    unit_id: str
+    root: Path = Path("/")
+    board: Board = "pi5"
+    broker: str = "localhost:8883"
+    ca_cert: Path | None = None
+    ca_key: Path | None = None
+    command_centre_key: Path | None = None
+    force: bool = False
+
+
+@dataclass
+class Report:
+    """What a command did and what the technician does next, printed at the end."""
+
+    done: list[str] = field(default_factory=list)
+    next_steps: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        lines = ["Done:", *(f"  - {d}" for d in self.done)]
+        if self.next_steps:
+            lines += ["Next:", *(f"  {i}. {s}" for i, s in enumerate(self.next_steps, start=1))]
+        return "\n".join(lines)
+
+
+def check_unit_id(unit_id: str) -> None:
+    if not unit_id or len(unit_id) > 64 or not all(c.isalnum() or c in "-_" for c in unit_id):
+        raise ProvisionError(
+            f"--unit-id {unit_id!r}: use 1-64 letters, digits, '-' or '_' (it becomes the TLS CN)"
+        )
+
+
+def parse_broker(text: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ProvisionError(f"--broker {text!r}: expected HOST:PORT, e.g. broker.example:8883")
+    return host.strip("[]"), int(port_text)
+
+
+# The ranges lfr-edge.service already allows (IPAddressAllow=); keep the two lists the same.
+UNIT_ALLOWED_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+        "fc00::/7", "fe80::/10",
+    )
+)  # fmt: skip
+
+
+def _outside_allowed(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The broker's address when it is a literal that the unit's IPAddressAllow= does not cover."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if any(address.version == net.version and address in net for net in UNIT_ALLOWED_NETWORKS):
+        return None
+    return address
+
+
+def config_text(opts: InitOptions, host: str, port: int) -> str:
+    source, uri = _BOARD_CAMERA[opts.board]
+    return f'''# lfr-edge configuration for unit {opts.unit_id}, written by `lfr-provision init`.
+# Every key is checked at start; `lfr-edge selftest --config /etc/lfr-edge/config.toml` checks the rest.
+
+[unit]
+id = "{opts.unit_id}"
+state_dir = "/var/lib/lfr-edge"
+keys_dir = "/etc/lfr-edge/keys"
+audit_log = "/var/lib/lfr-edge/audit.jsonl"
+
+[models]
+dir = "/opt/lfr-edge/models"
+manifest = "/opt/lfr-edge/models/manifest.toml"
+
+[inference]
+# litert-cpu everywhere; "hailo" with a Raspberry Pi AI Kit / AI HAT+, "litert-edgetpu" with a Coral,
+# "onnx-tensorrt" on a Jetson.
+backend = "{_BOARD_BACKEND[opts.board]}"
+threads = 4
+
+[[cameras]]
+name = "cam0"
+source = "{source}"
+uri = "{uri}"
+width = 1280
+height = 720
+fps = 25.0
+
+[mqtt]
+host = "{host}"
+port = {port}
+ca_file = "/etc/lfr-edge/tls/{layout.TLS_CA}"
+cert_file = "/etc/lfr-edge/tls/{layout.TLS_CERT}"
+key_file = "/etc/lfr-edge/tls/{layout.TLS_KEY}"
+
+[watchlist]
+command_centre_key = "/etc/lfr-edge/keys/{layout.COMMAND_CENTRE_PUB}"
+
+[alerts]
+handsets_dir = "/etc/lfr-edge/handsets"
+
+[beacon]
+enabled = true
+port = "/dev/lfr-beacon"
+
+[daemon]
+watchdog_stall_s = 10.0
+'''
+
+
+def _service_ids(root: Path) -> tuple[int, int] | None:
+    """The service user's uid/gid in root's /etc/passwd (None before systemd-sysusers has run)."""
+    passwd = root / "etc" / "passwd"
+    if root == Path("/"):
+        try:
+            entry = pwd.getpwnam(layout.SERVICE_USER)
+        except KeyError:
+            return None
+        return entry.pw_uid, entry.pw_gid
+    try:
+        lines = passwd.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split(":")
+        if len(parts) >= 4 and parts[0] == layout.SERVICE_USER:
+            return int(parts[2]), int(parts[3])
+    return None
+
+
+def _make_dir(path: Path, report: Report) -> None:
+    if path.is_dir():
+        return
+    path.mkdir(parents=True, mode=DIR_MODE)
+    os.chmod(path, DIR_MODE)
+    report.done.append(f"created {path} (mode 0750)")
+
+
+def init_unit(opts: InitOptions) -> Report:
+    """Create the unit's identity and config under opts.root; refuse to replace keys without force."""
+    check_unit_id(opts.unit_id)
+    host, port = parse_broker(opts.broker)
+    if (opts.ca_cert is None) != (opts.ca_key is None):
+        raise ProvisionError("--ca-cert and --ca-key go together (the CA certificate and its private key)")
+    ca = load_ca(opts.ca_cert, opts.ca_key) if opts.ca_cert and opts.ca_key else None
+    cc_pem = read_command_centre_key(opts.command_centre_key) if opts.command_centre_key else None
+    paths = layout.UnitLayout(opts.root)
+    private_files = [
+        paths.keys / layout.UNIT_X25519_KEY,
+        paths.keys / layout.UNIT_ED25519_KEY,
+        paths.tls / layout.TLS_KEY,
+    ]
+    existing = [p for p in private_files if p.exists()]
+    if existing and not opts.force:
+        raise ProvisionError(
+            f"{existing[0]} already exists: this unit already has an identity. Replacing it breaks the "
+            "command centre's copy of its public keys; pass --force only to re-provision on purpose."
+        )
+    report = Report()
+    for directory in (paths.etc, paths.keys, paths.tls, paths.handsets, paths.state):
+        _make_dir(directory, report)
+
+    x_key = X25519PrivateKey.generate()
+    e_key = Ed25519PrivateKey.generate()
+    tls_key = ec.generate_private_key(ec.SECP256R1())
+    write_file(paths.keys / layout.UNIT_X25519_KEY, private_pem(x_key), PRIVATE_MODE, opts.force)
+    write_file(paths.keys / layout.UNIT_X25519_PUB, public_pem(x_key), PUBLIC_MODE, True)
+    write_file(paths.keys / layout.UNIT_ED25519_KEY, private_pem(e_key), PRIVATE_MODE, opts.force)
+    write_file(paths.keys / layout.UNIT_ED25519_PUB, public_pem(e_key), PUBLIC_MODE, True)
+    report.done.append(
+        f"X25519 key pair (watchlist sealing): {paths.keys / layout.UNIT_X25519_KEY} (0600) + .pub"
+    )
+    report.done.append(f"Ed25519 key pair (signing): {paths.keys / layout.UNIT_ED25519_KEY} (0600) + .pub")
+
+    write_file(paths.tls / layout.TLS_KEY, private_pem(tls_key), PRIVATE_MODE, opts.force)
+    csr = tls_request(opts.unit_id, tls_key)
+    write_file(paths.tls / layout.TLS_CSR, csr.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE, True)
+    report.done.append(
+        f"TLS client key {paths.tls / layout.TLS_KEY} (0600) and request {layout.TLS_CSR} (CN={opts.unit_id})"
+    )
+    if ca is not None and opts.ca_cert is not None:
+        cert = sign_request(csr, *ca)
+        write_file(
+            paths.tls / layout.TLS_CERT, cert.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE, True
+        )
+        write_file(paths.tls / layout.TLS_CA, opts.ca_cert.read_bytes(), PUBLIC_MODE, True)
+        report.done.append(
+            f"TLS client certificate {layout.TLS_CERT} signed by {opts.ca_cert}; CA copied to {layout.TLS_CA}"
+        )
+    else:
+        report.next_steps.append(
+            f"send {paths.tls / layout.TLS_CSR} to the command centre CA; put the certificate it returns at "
+            f"{paths.tls / layout.TLS_CERT} and the CA certificate at {paths.tls / layout.TLS_CA}"
+        )
+    if cc_pem is not None:
+        write_file(paths.keys / layout.COMMAND_CENTRE_PUB, cc_pem, PUBLIC_MODE, True)
+        report.done.append(f"command centre key installed: {paths.keys / layout.COMMAND_CENTRE_PUB}")
+    elif not (paths.keys / layout.COMMAND_CENTRE_PUB).exists():
+        report.next_steps.append(
+            f"copy the command centre's Ed25519 public key to {paths.keys / layout.COMMAND_CENTRE_PUB}"
+        )
+    report.next_steps.append(
+        f"send {paths.keys / layout.UNIT_X25519_PUB} and {layout.UNIT_ED25519_PUB} to the command centre "
+        f"(it seals watchlists to the first and checks unit {opts.unit_id}'s signatures with the second)"
+    )
+
+    if paths.config.exists() and not opts.force:
+        report.done.append(f"kept the existing config {paths.config} (--force rewrites it)")
+    else:
+        write_file(paths.config, config_text(opts, host, port).encode(), 0o640, True)
+        report.done.append(f"config written: {paths.config} (board {opts.board}, broker {host}:{port})")
+
+    public = _outside_allowed(host)
+    if public is not None:
+        dropin = paths.inside("/etc/systemd/system/lfr-edge.service.d/network.conf")
+        dropin.parent.mkdir(parents=True, exist_ok=True)
+        prefix = 32 if public.version == 4 else 128
+        text = (
+            "# Written by lfr-provision init: the broker's public address.\n"
+            f"[Service]\nIPAddressAllow={public}/{prefix}\n"
+        )
+        write_file(dropin, text.encode(), 0o644, True)
+        report.done.append(f"{dropin}: the service may reach the broker at {public}")
+
+    _set_owners(paths, private_files, report)
+    report.next_steps.append("lfr-provision install --root " + str(opts.root) + " (if not done yet)")
+    report.next_steps.append("lfr-edge selftest --config /etc/lfr-edge/config.toml")
+    return report
+
+
+def _set_owners(paths: layout.UnitLayout, private_files: list[Path], report: Report) -> None:
+    """Keys: owner lfr-edge, 0600; directories: root:lfr-edge 0750 (the daemon reads, cannot change)."""
+    ids = _service_ids(paths.root)
+    if ids is None or os.geteuid() != 0:
+        who = "the user lfr-edge does not exist yet" if ids is None else "not running as root"
+        report.next_steps.append(
+            f"{who}: after `systemd-sysusers` has created it, re-run init with --force or run "
+            f"`chown lfr-edge: {' '.join(str(p) for p in private_files)}"
+            f" && chgrp -R lfr-edge {paths.etc} {paths.state}`"
+        )
+        return
+    uid, gid = ids
+    for directory in (paths.etc, paths.keys, paths.tls, paths.handsets):
+        os.chown(directory, 0, gid)
+    os.chown(paths.state, uid, gid)
+    os.chown(paths.config, 0, gid)
+    for key in private_files:
+        os.chown(key, uid, gid)
+    report.done.append(f"owners set: private keys lfr-edge ({uid}), directories root:lfr-edge ({gid})")

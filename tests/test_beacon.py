@@ -1,0 +1,293 @@
+"""The beacon driver against the simulated beacon on a real pseudo-terminal, faults included."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import serial
+
+from lfr_edge.alerts import beacon_protocol as bp
+from lfr_edge.alerts.beacon import BeaconDriver
+from lfr_edge.alerts.beacon_protocol import Command, Frame, NakReason, Pattern
+from lfr_edge.config import BeaconConfig, ConfigError, parse_config
+from lfr_hwsim.beacon import SimulatedBeacon
+
+WAIT_S = 3.0  # upper bound for an awaited event; tests finish as soon as the event happens
+
+DriverFactory = Callable[..., tuple[BeaconDriver, BeaconConfig]]
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[SimulatedBeacon]:
+    beacon = SimulatedBeacon(tmp_path / "lfr-beacon")
+    beacon.start()
+    yield beacon
+    beacon.stop()
+
+
+@pytest.fixture
+def make_driver(sim: SimulatedBeacon) -> Iterator[DriverFactory]:
+    drivers: list[BeaconDriver] = []
+
+    def make(**overrides: Any) -> tuple[BeaconDriver, BeaconConfig]:
+        settings: dict[str, Any] = {
+            "port": str(sim.link),
+            "heartbeat_s": 0.15,
+            "ack_timeout_s": 0.1,
+            "retries": 2,
+            "alert_hold_s": 0.4,
+            "watchdog_beats": 3,
+            "reconnect_min_s": 0.01,
+            "reconnect_max_s": 0.1,
+        }
+        cfg = BeaconConfig(**(settings | overrides))
+        driver = BeaconDriver(cfg)
+        driver.start()
+        drivers.append(driver)
+        return driver, cfg
+
+    yield make
+    for driver in drivers:
+        driver.close(park=False)
+
+
+def ready(driver: BeaconDriver, pattern: Pattern = Pattern.IDLE) -> None:
+    assert driver.wait_until(lambda s: s.responsive and s.pattern_acked is pattern, WAIT_S)
+
+
+def times_executed(sim: SimulatedBeacon, command: Frame) -> int:
+    return sum(1 for f in sim.executed() if (f.kind, f.args) == (command.kind, command.args))
+
+
+def test_alert_shows_on_beacon_then_returns_to_idle_after_hold(
+    sim: SimulatedBeacon, make_driver: DriverFactory
+) -> None:
+    driver, cfg = make_driver()
+    ready(driver)
+    shown_at = time.monotonic()
+    driver.show_alert("cam0")
+    assert sim.wait_for(Pattern.ALERT, WAIT_S)
+    assert driver.state().alert_camera == "cam0"
+    assert sim.wait_for(Pattern.IDLE, WAIT_S)
+    assert time.monotonic() - shown_at >= cfg.alert_hold_s
+    assert driver.wait_until(lambda s: s.pattern_acked is Pattern.IDLE and s.alert_camera is None, WAIT_S)
+
+
+def test_alert_shows_over_a_fault_and_the_fault_returns_after_hold(
+    sim: SimulatedBeacon, make_driver: DriverFactory
+) -> None:
+    driver, _ = make_driver(alert_hold_s=0.2)
+    driver.show_fault("camera stalled")
+    assert sim.wait_for(Pattern.FAULT, WAIT_S)
+    driver.show_alert("cam1")
+    assert sim.wait_for(Pattern.ALERT, WAIT_S)
+    assert sim.wait_for(Pattern.FAULT, WAIT_S)
+    assert driver.state().fault_reason == "camera stalled"
+    assert not sim.state.watchdog_tripped
+    driver.show_idle()
+    assert sim.wait_for(Pattern.IDLE, WAIT_S)
+
+
+def test_beacon_shows_fault_by_itself_when_heartbeats_stop(
+    sim: SimulatedBeacon, make_driver: DriverFactory
+) -> None:
+    driver, cfg = make_driver()
+    watchdog_ms = round(cfg.watchdog_beats * cfg.heartbeat_s * 1000)
+    ready(driver)
+    assert sim.wait_until(lambda s: s.watchdog_ms == watchdog_ms, WAIT_S)
+    assert driver.wait_until(lambda s: s.acked >= 4, WAIT_S)  # heartbeats are flowing
+    assert not sim.state.watchdog_tripped
+    driver.close(park=False)  # as if the daemon crashed: no goodbye to the beacon
+    assert sim.wait_until(lambda s: s.watchdog_tripped, WAIT_S)
+    assert sim.state.pattern is Pattern.FAULT
+
+
+def test_clean_close_parks_the_beacon_idle_with_its_watchdog_off(
+    sim: SimulatedBeacon, make_driver: DriverFactory
+) -> None:
+    driver, _ = make_driver()
+    driver.show_fault("camera stalled")
+    assert sim.wait_for(Pattern.FAULT, WAIT_S)
+    driver.close()
+    state = sim.state
+    assert (state.pattern, state.watchdog_ms, state.watchdog_tripped) == (Pattern.IDLE, 0, False)
+
+
+def test_corrupted_reply_is_retried_and_the_command_runs_once(
+    sim: SimulatedBeacon, make_driver: DriverFactory
+) -> None:
+    driver, _ = make_driver()
+    ready(driver)
+    sim.corrupt_next_replies(1, Command.SET_PATTERN)
+    driver.show_alert("cam0")
+    ready(driver, Pattern.ALERT)
+    state = driver.state()
+    assert state.corrupt_replies == 1
+    assert state.retries >= 1
+    assert sim.duplicates >= 1
+    assert times_executed(sim, bp.set_pattern(0, Pattern.ALERT)) == 1
+
+
+def test_lost_ack_is_resent_and_the_beacon_does_not_execute_twice(
+    sim: SimulatedBeacon, make_driver: DriverFactory
+) -> None:
+    driver, _ = make_driver()
+    ready(driver)
+    sim.drop_next_acks(1, Command.BUZZER)
+    driver.buzz(duration_s=2.0)
+    assert sim.wait_until(lambda s: s.buzzer_on, WAIT_S)
+    assert sim.wait_for_duplicates(1, WAIT_S)
+    assert driver.wait_until(lambda s: s.timeouts >= 1 and s.retries >= 1, WAIT_S)
+    assert times_executed(sim, bp.buzzer(0, 2000)) == 1
+    driver.buzz(on=False)
+    assert sim.wait_until(lambda s: not s.buzzer_on, WAIT_S)
+
+
+def test_buzzer_sounds_for_its_duration(sim: SimulatedBeacon, make_driver: DriverFactory) -> None:
+    driver, _ = make_driver()
+    ready(driver)
+    driver.buzz(duration_s=0.2)
+    assert sim.wait_until(lambda s: s.buzzer_on, WAIT_S)
+    on_at = time.monotonic()
+    assert sim.wait_until(lambda s: not s.buzzer_on, WAIT_S)
+    assert time.monotonic() - on_at >= 0.15
+
+
+def test_garbage_from_beacon_is_skipped_counted_and_logged_once(
+    sim: SimulatedBeacon, make_driver: DriverFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    driver, _ = make_driver()
+    ready(driver)
+    caplog.set_level(logging.INFO, logger="lfr_edge.alerts.beacon")
+    rng = random.Random(7)
+    garbage = bytes(rng.choice((bp.START, bp.ESCAPE, rng.randrange(256))) for _ in range(1000))
+    sim.send_garbage(garbage)
+    driver.show_alert("cam0")
+    ready(driver, Pattern.ALERT)
+    assert sim.state.pattern is Pattern.ALERT
+    assert driver.state().garbage_bytes >= len(garbage)
+    garbage_logs = [r for r in caplog.records if "unparseable" in r.getMessage()]
+    # One warning when the burst starts, one line when the driver is back in step: not one per byte.
+    assert [r.levelno for r in garbage_logs] == [logging.WARNING, logging.INFO]
+    assert driver.selftest(WAIT_S)
+
+
+def test_silent_beacon_is_reported_unresponsive_and_recovers(
+    sim: SimulatedBeacon, make_driver: DriverFactory
+) -> None:
+    driver, cfg = make_driver()
+    ready(driver)
+    sim.go_silent()
+    assert driver.wait_until(lambda s: not s.responsive, WAIT_S)
+    state = driver.state()
+    assert state.connected
+    assert state.timeouts >= 1 + cfg.retries
+    assert not driver.selftest(WAIT_S)
+    sim.resume()
+    assert driver.wait_until(lambda s: s.responsive, WAIT_S)
+    assert driver.selftest(WAIT_S)
+
+
+def test_unplug_is_reported_and_replug_replays_the_current_state(
+    sim: SimulatedBeacon, make_driver: DriverFactory
+) -> None:
+    driver, _ = make_driver(alert_hold_s=30.0)
+    ready(driver)
+    driver.show_alert("cam2")
+    assert sim.wait_for(Pattern.ALERT, WAIT_S)
+    sim.unplug()
+    assert driver.wait_until(lambda s: not s.connected, WAIT_S)
+    assert not driver.selftest(WAIT_S)
+    sim.replug()  # a new pty behind the same link; the beacon powers up with its lamps off
+    assert sim.wait_for(Pattern.ALERT, WAIT_S)
+    state = driver.state()
+    assert (state.connected, state.reconnects, state.port_errors) == (True, 1, 1)
+    assert driver.selftest(WAIT_S)
+
+
+def test_driver_started_before_the_beacon_is_plugged_in_connects_later(
+    sim: SimulatedBeacon, make_driver: DriverFactory
+) -> None:
+    sim.unplug()
+    driver, _ = make_driver()
+    assert not driver.selftest(0.2)
+    assert not driver.state().connected
+    sim.replug()
+    ready(driver)
+    assert sim.state.pattern is Pattern.IDLE
+
+
+def test_selftest_reports_the_beacons_own_state(sim: SimulatedBeacon, make_driver: DriverFactory) -> None:
+    driver, _ = make_driver()
+    ready(driver)
+    assert driver.selftest(WAIT_S)
+    device = driver.state().device
+    assert device is not None
+    assert (device.pattern, device.watchdog_tripped, device.watchdog_off) == (Pattern.IDLE, False, False)
+
+
+def read_reply(port: serial.Serial) -> Frame | bp.BadChecksum:
+    decoder = bp.FrameDecoder()
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        events = decoder.feed(port.read(1))
+        if events:
+            return events[0]
+    raise AssertionError("no reply from the simulated beacon")
+
+
+@pytest.mark.parametrize(
+    ("wire", "reason"),
+    [
+        (bp.encode(bp.set_pattern(3, Pattern.ALERT))[:-1] + b"\x00", NakReason.BAD_CHECKSUM),
+        (bp.encode(Frame(3, 0x55)), NakReason.UNKNOWN_COMMAND),
+        (bp.encode(Frame(3, Command.SET_PATTERN, b"\x09")), NakReason.BAD_ARGUMENT),
+        (bp.encode(Frame(3, Command.SET_PATTERN)), NakReason.BAD_LENGTH),
+    ],
+)
+def test_simulated_beacon_naks_bad_commands_and_executes_nothing(
+    sim: SimulatedBeacon, wire: bytes, reason: NakReason
+) -> None:
+    with serial.Serial(str(sim.link), timeout=0.1) as port:
+        port.write(wire)
+        assert read_reply(port) == bp.nak(3, reason)
+        port.write(bp.encode(bp.query(4)))
+        reply = read_reply(port)
+    assert isinstance(reply, Frame)
+    assert bp.parse_state(reply).pattern is Pattern.OFF
+    assert [f.kind for f in sim.executed()] == [Command.QUERY]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"retries": -1}, "beacon.retries"),
+        ({"watchdog_beats": 1}, "beacon.watchdog_beats"),
+        ({"ack_timeout_s": 1.0, "retries": 3, "heartbeat_s": 1.0}, "beacon.ack_timeout_s"),
+        ({"reconnect_min_s": 2.0, "reconnect_max_s": 1.0}, "beacon.reconnect_max_s"),
+        ({"heartbeat_s": 30.0}, "beacon.heartbeat_s"),
+        ({"protocol": "x10"}, "beacon.protocol"),
+        ({"alert_hold_s": 0}, "beacon.alert_hold_s"),
+    ],
+)
+def test_bad_beacon_config_is_refused_naming_the_key(overrides: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        parse_config({"beacon": overrides})
+
+
+def test_default_beacon_config_is_valid() -> None:
+    cfg = parse_config({"beacon": {}}).beacon
+    assert cfg == BeaconConfig()
+    assert dataclasses.replace(cfg, retries=0).retries == 0
+
+
+def test_driver_refuses_a_protocol_it_does_not_implement(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"beacon\.protocol"):
+        BeaconDriver(BeaconConfig(port=str(tmp_path / "beacon"), protocol="patlite"))

@@ -1,0 +1,181 @@
+"""The real `lfr-edge run` as its own process: real broker, real models, real photos, pty beacon.
+
+A watchlisted person's photos give exactly one alert at the paired handset and the beacon's alert
+pattern; a stranger gives nothing and leaves no file behind; READY, WATCHDOG and a clean SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lfr_edge.alerts.beacon_protocol import Pattern
+from lfr_edge.daemon.audit import verify
+from lfr_edge.vision.pipeline import FacePipeline
+from lfr_edge.watchlist.enrol import PipelineEnroller
+from lfr_hwsim.broker import COMMAND_CENTRE
+from lfr_hwsim.van import SimulatedVan, Subject
+from mqtt_fixtures import Collector
+
+pytestmark = [pytest.mark.slow, pytest.mark.broker]
+
+WANTED, STRANGER = "7205", "7204"  # identities of ../shared/faces/wild
+
+
+def photos(faces: Path, identity: str) -> list[Path]:
+    return sorted((faces / "wild" / identity).glob("*.jpg"))
+
+
+def replay_folder(tmp: Path, name: str, images: list[Path]) -> Path:
+    folder = tmp / name
+    folder.mkdir()
+    for i, image in enumerate(images):
+        (folder / f"{i:03d}.jpg").symlink_to(image)
+    return folder
+
+
+def camera(folder: Path) -> dict[str, object]:
+    return {
+        "name": "cam0",
+        "source": "replay",
+        "uri": str(folder),
+        "fps": 8.0,
+        "options": {"realtime": True, "loop": True},
+    }
+
+
+@pytest.fixture
+def van(tmp_path: Path) -> Iterator[SimulatedVan]:
+    with SimulatedVan(tmp_path / "van", unit_id="van-01") as running:
+        yield running
+
+
+def files_under(root: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in root.rglob("*") if p.is_file()}
+
+
+def test_watchlisted_person_gives_one_alert_to_the_handset_and_the_beacon(
+    van: SimulatedVan, faces: Path, pipeline: FacePipeline, tmp_path: Path
+) -> None:
+    wanted = photos(faces, WANTED)
+    bundle = van.build_watchlist(
+        [Subject("S-7205", "wanted", tuple(wanted[:2]), "ref 1/23")],
+        PipelineEnroller(pipeline),
+        threshold=0.5,
+    )
+    van.publish_watchlist(bundle, wait_ack_s=None)  # retained: the unit picks it up when it connects
+    frames = replay_folder(tmp_path, "frames", wanted[2:])
+    config = van.write_config([camera(frames)], daemon={"telemetry_interval_s": 0.5})
+    phone = van.handset()
+    status = Collector(van.broker, COMMAND_CENTRE)
+    status.subscribe(van.topics.status)
+    daemon = van.start_daemon(config)
+    try:
+        ready = daemon.wait_for("READY", timeout=60)
+        assert "watchlist" in ready.get("STATUS", "")
+        daemon.wait_for("WATCHDOG", timeout=10)
+        got = phone.alerts.get(timeout=60)
+        assert got.alert.subject_id == "S-7205" and got.alert.category == "wanted"
+        assert got.alert.score >= 0.5 and got.alert.live_jpeg[:2] == b"\xff\xd8"
+        assert van.beacon is not None and van.beacon.wait_for(Pattern.ALERT, timeout_s=10)
+        phone.decide(got.alert.alert_id, "engage")
+        # The same person keeps walking past (the replay loops): the cooldown keeps it to one prompt.
+        with pytest.raises(queue.Empty):
+            phone.alerts.get(timeout=3)
+        started = time.monotonic()
+        assert daemon.terminate(timeout=10) == 0
+        assert time.monotonic() - started < 5.0
+    finally:
+        status.close()
+    audit_log = van.paths.state / "audit.jsonl"
+    events = [json.loads(line)["event"] for line in audit_log.read_text().splitlines()]
+    assert events.count("alert_raised") == 1
+    assert "decision" in events and "watchlist_applied" in events
+    assert events[-2:] == ["watchlist_wiped", "stopped"] or events[-1] == "stopped"
+    assert "watchlist_wiped" in events
+    assert verify(audit_log).ok
+    states = []
+    while True:
+        try:
+            states.append(json.loads(status.next(timeout=0.5).payload)["state"])
+        except queue.Empty:
+            break
+    assert states and states[-1] == "stopped"
+
+
+def test_a_stranger_gives_no_alert_and_nothing_of_them_is_written(
+    van: SimulatedVan, faces: Path, pipeline: FacePipeline, tmp_path: Path
+) -> None:
+    wanted = photos(faces, WANTED)
+    bundle = van.build_watchlist(
+        [Subject("S-7205", "wanted", tuple(wanted[:2]))], PipelineEnroller(pipeline), threshold=0.5
+    )
+    van.publish_watchlist(bundle, wait_ack_s=None)
+    frames = replay_folder(tmp_path, "frames", photos(faces, STRANGER))
+    config = van.write_config([camera(frames)], daemon={"telemetry_interval_s": 0.5})
+    phone = van.handset()
+    spy = Collector(van.broker, COMMAND_CENTRE)
+    spy.subscribe(f"{van.broker.prefix}/#")
+    before = files_under(tmp_path)
+    daemon = van.start_daemon(config)
+    try:
+        daemon.wait_for("READY", timeout=60)
+        # Wait until the unit has looked at every photo of the stranger twice, by its own telemetry.
+        deadline = time.monotonic() + 60
+        telemetry: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            message = spy.next(timeout=5)
+            if message.topic == van.topics.telemetry:
+                telemetry = json.loads(message.payload)
+                if int(str(telemetry["frames"])) >= 2 * len(photos(faces, STRANGER)):
+                    break
+        assert int(str(telemetry.get("faces_embedded", 0))) > 0
+        assert phone.alerts.empty()
+        assert daemon.terminate(timeout=10) == 0
+    finally:
+        spy.close()
+    # Privacy: nothing new on disk but the audit log, the daemon's own log and the broker's files.
+    allowed = ("audit.jsonl", "daemon.log", "mosquitto.log", ".sock")
+    changed = [p for p, m in files_under(tmp_path).items() if before.get(p) != m and not p.endswith(allowed)]
+    assert changed == []
+    # ... and nothing published carried pictures or embeddings: only small JSON documents.
+    while True:
+        try:
+            message = spy.next(timeout=0.2)
+        except queue.Empty:
+            break
+        if message.topic == van.topics.watchlist:
+            continue  # the command centre's retained bundle
+        assert message.topic != van.topics.alerts
+        body = json.loads(message.payload)
+        assert len(message.payload) < 8192 and "emb" not in json.dumps(body)
+
+
+def test_kill_9_then_restart_picks_up_the_retained_watchlist(
+    van: SimulatedVan, faces: Path, pipeline: FacePipeline, tmp_path: Path
+) -> None:
+    wanted = photos(faces, WANTED)
+    bundle = van.build_watchlist(
+        [Subject("S-1", "wanted", tuple(wanted[:2]))], PipelineEnroller(pipeline), 0.5
+    )
+    van.publish_watchlist(bundle, wait_ack_s=None)
+    acks = Collector(van.broker, COMMAND_CENTRE)
+    acks.subscribe(van.topics.watchlist_ack)
+    config = van.write_config([camera(replay_folder(tmp_path, "frames", wanted[2:]))])
+    try:
+        for _ in range(2):
+            daemon = van.start_daemon(config)
+            daemon.wait_for("READY", timeout=60)
+            ack = json.loads(acks.next_on(van.topics.watchlist_ack, timeout=30).payload)
+            assert ack["status"] == "applied" and ack["version"] == van.watchlist_version
+            os.kill(daemon.proc.pid, 9)
+            daemon.proc.wait(10)
+            daemon.close()
+    finally:
+        acks.close()

@@ -1,0 +1,160 @@
+"""The service unit and its companions, checked by systemd's own tools."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from systemd_tools import needs_systemd_analyze, prepare_root, security_exposure, verify_unit
+
+SYSTEMD = Path(__file__).resolve().parents[1] / "systemd"
+# The exposure this unit reaches with systemd 252 (Debian bookworm); a change that weakens it fails here.
+MAX_EXPOSURE = 1.4
+
+
+def install_unit(root: Path, text: str | None = None) -> None:
+    prepare_root(root)
+    target = root / "etc/systemd/system"
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "lfr-edge.service").write_text(text or (SYSTEMD / "lfr-edge.service").read_text())
+
+
+@needs_systemd_analyze
+def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    install_unit(tmp_path)
+    assert verify_unit(tmp_path) == ""
+
+
+@needs_systemd_analyze
+def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
+    text = (SYSTEMD / "lfr-edge.service").read_text().replace("Type=notify", "Type=notified")
+    install_unit(tmp_path, text)
+    assert "Failed to parse service type" in verify_unit(tmp_path)
+
+
+@needs_systemd_analyze
+def test_unit_with_drop_ins_passes_verify(tmp_path: Path) -> None:
+    install_unit(tmp_path)
+    dropins = tmp_path / "etc/systemd/system/lfr-edge.service.d"
+    shutil.copytree(SYSTEMD / "lfr-edge.service.d", dropins)
+    (dropins / "network.conf.example").rename(dropins / "network.conf")
+    assert verify_unit(tmp_path) == ""
+
+
+@needs_systemd_analyze
+def test_security_exposure_stays_at_or_below_the_recorded_level(tmp_path: Path) -> None:
+    install_unit(tmp_path)
+    exposure, output = security_exposure(tmp_path)
+    remaining = [line.split()[1] for line in output.splitlines() if line.startswith("✗")]
+    print(f"systemd-analyze security exposure: {exposure}; remaining: {', '.join(remaining)}")
+    assert exposure <= MAX_EXPOSURE
+    unit_text = (SYSTEMD / "lfr-edge.service").read_text()
+    for name in remaining:  # every remaining exposure is explained in the unit's header
+        assert name.split("=")[0] + "=" in unit_text, f"no comment explains {name}"
+
+
+def test_unit_has_the_contract_settings() -> None:
+    text = (SYSTEMD / "lfr-edge.service").read_text()
+    for setting in (
+        "Type=notify",
+        "NotifyAccess=main",
+        "Restart=on-failure",
+        "User=lfr-edge",
+        "ProtectSystem=strict",
+        "DevicePolicy=closed",
+        "LimitCORE=0",
+        "MemorySwapMax=0",
+        "SystemCallFilter=@system-service",
+        "ExecStart=/opt/lfr-edge/.venv/bin/lfr-edge run --config /etc/lfr-edge/config.toml",
+    ):
+        assert re.search(rf"^{re.escape(setting)}$", text, re.M), setting
+    assert not re.search(r"^PrivateDevices=yes$", text, re.M)
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers not installed")
+def test_sysusers_and_tmpfiles_create_the_user_and_directories(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    subprocess.run(
+        ["systemd-sysusers", f"--root={tmp_path}", str(SYSTEMD / "lfr-edge.sysusers.conf")],
+        check=True,
+        capture_output=True,
+    )
+    passwd = (tmp_path / "etc/passwd").read_text()
+    assert re.search(r"^lfr-edge:x:\d+:\d+:.*:/var/lib/lfr-edge:/usr/sbin/nologin$", passwd, re.M)
+    result = subprocess.run(
+        ["systemd-tmpfiles", f"--root={tmp_path}", "--create", str(SYSTEMD / "lfr-edge.tmpfiles.conf")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "var/lib/lfr-edge").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "run/lfr-edge").is_dir()
+
+
+def test_udev_rule_names_the_beacon_and_gives_the_service_group_access() -> None:
+    rules = [
+        line
+        for line in (SYSTEMD / "99-lfr-beacon.rules").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert len(rules) == 1
+    keys = dict(re.findall(r'([A-Z_]+(?:\{[^}]+\})?)[+!:]?==?"([^"]*)"', rules[0]))
+    assert keys["SUBSYSTEM"] == "tty"
+    assert re.fullmatch(r"[0-9a-f]{4}", keys["ATTRS{idVendor}"]) and re.fullmatch(
+        r"[0-9a-f]{4}", keys["ATTRS{idProduct}"]
+    )
+    assert keys["SYMLINK"] == "lfr-beacon" and keys["GROUP"] == "lfr-edge" and keys["MODE"] == "0660"
+
+
+MDWE_PROBE = """
+import mmap, sys
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+it = Interpreter(model_path=sys.argv[1], num_threads=2)
+it.allocate_tensors()
+inp = it.get_input_details()[0]
+it.set_tensor(inp["index"], np.zeros(inp["shape"], dtype=np.float32))
+it.invoke()
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    print("filter inactive")
+except OSError:
+    print("inference ok, W+X refused")
+"""
+
+
+def _system_python_with_seccomp() -> str | None:
+    python = shutil.which("python3", path="/usr/bin")
+    if python is None:
+        return None
+    probe = subprocess.run([python, "-c", "import seccomp"], capture_output=True, check=False)
+    return python if probe.returncode == 0 else None
+
+
+@pytest.mark.skipif(_system_python_with_seccomp() is None, reason="needs Debian's python3-seccomp")
+def test_litert_xnnpack_runs_under_memory_deny_write_execute(tmp_path: Path) -> None:
+    """MemoryDenyWriteExecute=yes stays in the unit only because XNNPACK needs no W+X memory."""
+    import sys
+
+    models = Path("~/.cache/lfr-edge/models").expanduser()
+    model = next(iter(sorted(models.glob("face_detection_*.tflite"))), None)
+    if model is None:
+        pytest.skip(f"no built detector model in {models} (run `make models`)")
+    script = tmp_path / "probe.py"
+    script.write_text(MDWE_PROBE)
+    helper = Path(__file__).with_name("mdwe_exec.py")
+    python = _system_python_with_seccomp()
+    assert python is not None
+    result = subprocess.run(
+        [python, str(helper), sys.executable, str(script), str(model)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "inference ok, W+X refused" in result.stdout

@@ -1,0 +1,186 @@
+"""Applying bundles and close commands on the unit: every refusal leaves the held list unchanged."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from lfr_edge.watchlist import bundle
+from lfr_edge.watchlist.store import WatchlistUnavailable
+from lfr_edge.watchlist.sync import WatchlistSync
+from watchlist_helpers import MODEL, NOW, Keys, make_bundle, subjects
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingAudit:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def append(self, event: str, **fields: object) -> None:
+        self.events.append((event, fields))
+
+
+class Harness:
+    def __init__(self, keys: Keys, max_bytes: int = 100_000) -> None:
+        self.keys = keys
+        self.clock = FakeClock(NOW)
+        self.audit = RecordingAudit()
+        self.acks: list[dict[str, Any]] = []
+        self.sync = WatchlistSync(
+            unit_id="unit-a",
+            model_id=MODEL,
+            command_centre_key=keys.centre.public_key(),
+            unit_key=keys.unit,
+            max_bundle_bytes=max_bytes,
+            ack_topic="lfr/v1/units/unit-a/watchlist/ack",
+            publish=lambda topic, payload: self.acks.append(json.loads(payload)) is None,
+            audit=self.audit,
+            clock=self.clock,
+        )
+
+    def held(self) -> tuple[int, str] | None:
+        store = self.sync.store
+        return None if store is None else (store.version, store.digest)
+
+
+@pytest.fixture
+def applied() -> Harness:
+    h = Harness(Keys())
+    h.sync.handle_message("t", make_bundle(h.keys, version=5))
+    assert h.acks[-1]["status"] == "applied"
+    return h
+
+
+def test_a_valid_bundle_is_applied_and_acked_with_version_and_digest() -> None:
+    h = Harness(Keys())
+    data = make_bundle(h.keys, version=7)
+    h.sync.handle_message("t", data)
+    ack = h.acks[-1]
+    assert ack == {
+        "status": "applied",
+        "version": 7,
+        "deployment": "DEP-1",
+        "digest": ack["digest"],
+        "subjects": 3,
+    }
+    assert h.held() == (7, ack["digest"])
+    assert h.audit.events[-1][0] == "watchlist_applied"
+    assert h.sync.store is not None and h.sync.store.subject(1).id == "S001"
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    b = bytearray(data)
+    b[at] ^= 0x40
+    return bytes(b)
+
+
+def _refusals(keys: Keys) -> dict[str, bytes]:
+    good = make_bundle(keys, version=6)
+    other_centre = Keys(centre=Ed25519PrivateKey.generate(), unit=keys.unit)
+    return {
+        "oversize": make_bundle(keys, version=6, subjects=subjects(2000)),
+        "truncated": good[: len(good) - 10],
+        "garbled": _flip(good, len(good) - 20),
+        "bad_magic": b"GARBAGE" + good[7:],
+        "bad_signature": make_bundle(other_centre, version=6),
+        "wrong_unit": make_bundle(keys, version=6, unit_id="unit-b"),
+        "wrong_model": make_bundle(keys, version=6, model_id="mobilefacenet/other/111111111111"),
+        "expired": make_bundle(keys, version=6, valid_from=NOW - 7200, valid_until=NOW - 1),
+        "not_yet_valid": make_bundle(keys, version=6, valid_from=NOW + 60, valid_until=NOW + 7200),
+        "replay": make_bundle(keys, version=5),
+        "rollback": make_bundle(keys, version=4),
+        "undecryptable": make_bundle(keys, version=6, unit_key=X25519PrivateKey.generate().public_key()),
+    }
+
+
+@pytest.mark.parametrize("reason", list(_refusals(Keys()).keys()))
+def test_each_bad_bundle_is_refused_with_its_reason_and_the_held_list_is_unchanged(
+    applied: Harness, reason: str
+) -> None:
+    before = applied.held()
+    store_before = applied.sync.store
+    payload = _refusals(applied.keys)[reason]
+    if reason == "oversize":
+        assert len(payload) > 100_000
+    applied.sync.handle_message("t", payload)
+    assert applied.acks[-1]["status"] == "refused"
+    assert applied.acks[-1]["reason"] == reason, applied.acks[-1]
+    assert applied.audit.events[-1][0] == "watchlist_refused"
+    assert applied.held() == before
+    assert applied.sync.store is store_before and not store_before.wiped  # type: ignore[union-attr]
+
+
+def test_a_newer_version_replaces_and_wipes_the_old_store(applied: Harness) -> None:
+    old = applied.sync.store
+    applied.sync.handle_message("t", make_bundle(applied.keys, version=6))
+    assert applied.held() is not None and applied.held()[0] == 6  # type: ignore[index]
+    assert old is not None and old.wiped and not old.matrix_for_tests.any()
+
+
+def test_expiry_wipes_with_a_fake_clock_and_search_refuses_even_before_the_timer(applied: Harness) -> None:
+    store = applied.sync.store
+    assert store is not None
+    probe = np.zeros((1, 16), np.float32)
+    store.search(probe, now=applied.clock.now)
+    applied.clock.now = store.valid_until
+    with pytest.raises(WatchlistUnavailable):
+        store.search(probe, now=applied.clock.now)  # expired: refused even though not yet wiped
+    assert applied.sync.check_expiry()
+    assert applied.sync.store is None and store.wiped
+    assert applied.audit.events[-1] == (
+        "watchlist_wiped",
+        {"deployment": "DEP-1", "version": 5, "reason": "expired"},
+    )
+
+
+def test_signed_close_for_the_held_deployment_wipes(applied: Harness) -> None:
+    store = applied.sync.store
+    close = bundle.build_close("DEP-1", "unit-a", applied.keys.centre, NOW, "n1")
+    applied.sync.handle_message("t", close)
+    assert applied.sync.store is None and store is not None and store.wiped
+    assert applied.acks[-1]["status"] == "closed"
+    # the wiped bundle cannot be replayed afterwards
+    applied.sync.handle_message("t", make_bundle(applied.keys, version=5))
+    assert applied.acks[-1]["reason"] == "replay" and applied.sync.store is None
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (
+            lambda k: bundle.build_close("DEP-1", "unit-a", Ed25519PrivateKey.generate(), NOW, "n"),
+            "bad_signature",
+        ),
+        (lambda k: bundle.build_close("DEP-1", "unit-b", k.centre, NOW, "n"), "wrong_unit"),
+        (lambda k: bundle.build_close("DEP-1", "unit-a", k.centre, NOW - 3600, "n"), "stale_close"),
+    ],
+)
+def test_bad_close_commands_are_refused_and_keep_the_list(applied: Harness, make: Any, reason: str) -> None:
+    before = applied.held()
+    applied.sync.handle_message("t", make(applied.keys))
+    assert applied.acks[-1]["reason"] == reason
+    assert applied.held() == before
+
+
+def test_close_for_another_deployment_keeps_the_list(applied: Harness) -> None:
+    before = applied.held()
+    applied.sync.handle_message("t", bundle.build_close("DEP-2", "unit-a", applied.keys.centre, NOW, "n"))
+    assert applied.held() == before
+
+
+def test_shutdown_wipes(applied: Harness) -> None:
+    store = applied.sync.store
+    applied.sync.shutdown()
+    assert applied.sync.store is None and store is not None and store.wiped
