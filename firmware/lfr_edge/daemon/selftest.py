@@ -30,6 +30,7 @@ import numpy as np
 
 from lfr_edge import crypto
 from lfr_edge.config import Config, ConfigError, load_config
+from lfr_edge.inference.base import Backend
 
 Verdict = Literal["PASS", "WARN", "FAIL", "SKIP"]
 DEFAULT_CONFIG = Path("/etc/lfr-edge/config.toml")
@@ -110,20 +111,30 @@ def check_backend(cfg: Config, models: _Models, opts: Options) -> Iterator[Check
         yield Check(f"latency {name}", "SKIP", "not run: the model file did not verify")
     rng = np.random.default_rng(0)
     for name, path in models.files.items():
-        model = backend.load(path)
-        inputs = [rng.uniform(-1, 1, spec.shape).astype(np.float32) for spec in model.inputs]
-        model.run(*inputs)  # warm-up: delegates compile on the first invoke
-        times = []
-        for _ in range(opts.runs):
-            start = time.perf_counter()
-            model.run(*inputs)
-            times.append((time.perf_counter() - start) * 1e3)
+        try:
+            times = _time_model(backend, path, opts.runs, rng)
+        except Exception as exc:  # the backend names what is missing (delegate, provider, device)
+            yield Check(f"latency {name}", "FAIL", f"{backend.name} cannot run {path.name}: {exc}")
+            continue
         median, worst = statistics.median(times), max(times)
         yield Check(
             f"latency {name}",
             "PASS",
             f"median {median:.2f} ms, max {worst:.2f} ms over {opts.runs} runs on {backend.name}",
         )
+
+
+def _time_model(backend: Backend, path: Path, runs: int, rng: np.random.Generator) -> list[float]:
+    """Milliseconds per invoke on random input of the model's own shapes, after one warm-up run."""
+    model = backend.load(path)
+    inputs = [rng.uniform(-1, 1, spec.shape).astype(np.float32) for spec in model.inputs]
+    model.run(*inputs)  # warm-up: delegates compile and engines build on the first invoke
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        model.run(*inputs)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 def _grab(cfg: Config, index: int, opts: Options) -> Check:
@@ -253,6 +264,9 @@ def check_keys(cfg: Config) -> Iterator[Check]:
 
     from lfr_edge.alerts.handset import load_handsets
 
+    if not cfg.alerts.handsets_dir.is_dir():
+        yield Check("handsets", "FAIL", f"alerts.handsets_dir {cfg.alerts.handsets_dir} does not exist")
+        return
     paired = load_handsets(cfg.alerts.handsets_dir)
     if paired:
         yield Check("handsets", "PASS", f"{len(paired)} paired: {', '.join(sorted(paired))}")
