@@ -87,6 +87,8 @@ def pair_handset(
         outcome = pairing.serve()
     except KeyboardInterrupt:
         pairing.cancel()
+    except ConnectionError as exc:  # lost the broker mid-way: any handset already registered stays
+        raise ProvisionError(f"{exc}; check `lfr-provision handsets list`, then pair again") from exc
     finally:
         stop.set()
         pairing.close(outcome.result)
