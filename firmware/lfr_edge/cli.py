@@ -10,6 +10,7 @@ from pathlib import Path
 from lfr_edge import __version__, demo_photos, embed_cmd
 from lfr_edge.camera.base import CameraError
 from lfr_edge.config import Config, ConfigError, load_config
+from lfr_edge.daemon import selftest
 from lfr_edge.daemon.audit import add_audit_parser
 from lfr_edge.inference.base import BackendUnavailable
 from lfr_edge.models import ModelError
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed_cmd.add_parser(sub)
     demo_photos.add_parser(sub)
     add_audit_parser(sub)
+    selftest.add_parser(sub)
     return parser
 
 

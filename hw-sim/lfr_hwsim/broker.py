@@ -5,8 +5,10 @@ certificate per name (the certificate's CN is the MQTT username: `use_identity_a
 `acl_text` writes the project's access rules (see DESIGN.md, MQTT topics): a unit reads only its own
 watchlist and decisions and writes only its own status, ack, alerts, telemetry and audit; the command
 centre writes any unit's watchlist and reads acks and status; a handset reads alerts and writes
-decisions of the units it is paired with. `MosquittoBroker` runs `mosquitto -c FILE` on a loopback port
-and can be stopped and restarted on the same port (broker-restart tests).
+decisions of the units it is paired with. Pairing (docs/pairing.md): a unit writes its offer and the
+confirmations, reads requests; a handset reads the offer and its own confirmation, writes requests.
+`MosquittoBroker` runs `mosquitto -c FILE` on a loopback port and can be stopped and restarted on the
+same port (broker-restart tests).
 """
 
 from __future__ import annotations
@@ -126,13 +128,18 @@ def acl_text(
     command_centre: str = COMMAND_CENTRE,
     handsets: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
-    """The broker's ACL file. `handsets` maps a handset's username to the unit ids it is paired with."""
+    """The broker's ACL file. `handsets` maps a handset's username to the unit ids it may pair with and
+    then receive alerts from (the command centre enrols handset certificates per van)."""
     units = f"{prefix}/units"
     lines = [
         "# Units: the username is the certificate CN, which is the unit id.",
         f"pattern read {units}/%u/watchlist",
         f"pattern read {units}/%u/decisions",
         *(f"pattern write {units}/%u/{leaf}" for leaf in ("status", "watchlist/ack", "alerts", "telemetry", "audit")),
+        "# Handset pairing (docs/pairing.md): the unit offers, reads requests, answers one handset.",
+        f"pattern write {units}/%u/pairing/offer",
+        f"pattern read {units}/%u/pairing/request",
+        f"pattern write {units}/%u/pairing/confirm/+",
         "",
         f"user {command_centre}",
         f"topic write {units}/+/watchlist",
@@ -143,6 +150,11 @@ def acl_text(
         for unit in paired_units:
             lines += [f"topic read {units}/{unit}/alerts", f"topic read {units}/{unit}/status"]
             lines += [f"topic write {units}/{unit}/decisions"]
+            lines += [
+                f"topic read {units}/{unit}/pairing/offer",
+                f"topic write {units}/{unit}/pairing/request",
+                f"topic read {units}/{unit}/pairing/confirm/{handset}",
+            ]
     return "\n".join(lines) + "\n"
 
 

@@ -1,8 +1,6 @@
-"""`lfr-provision`: the technician's tool (init, install, handsets list/unpair).
+"""`lfr-provision`: the technician's tool (init, install, pair-handset, handsets list/unpair).
 
 Every command prints what it did and what comes next; an error names the file or option and exits 2.
-`pair-handset` needs the MQTT transport and is added when the MQTT client lands (lfr_provision.pairing
-holds the protocol).
 """
 
 from __future__ import annotations
@@ -17,6 +15,8 @@ from lfr_provision.identity import ProvisionError
 from lfr_provision.init import InitOptions, init_unit
 from lfr_provision.install import DROP_INS, SYSTEMD_SOURCE, InstallOptions, install
 from lfr_provision.layout import UnitLayout
+from lfr_provision.pair_handset import pair_handset
+from lfr_provision.pairing import CODE_TTL_S
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     inst.add_argument("--enable", action="store_true", help="also run sysusers, daemon-reload, enable --now")
 
+    pair = commands.add_parser(
+        "pair-handset", help="show a one-time code and pair the handset that sends it (over MQTT)"
+    )
+    pair.add_argument("--config", type=Path, default=Path("/etc/lfr-edge/config.toml"), help="the unit's config file")
+    pair.add_argument("--handset-id", help="accept only this handset (its certificate CN)")
+    pair.add_argument("--timeout", type=float, default=CODE_TTL_S, help="seconds the code stays valid (default 300)")
+
     handset = commands.add_parser("handsets", help="list or unpair paired handsets")
     handset.add_argument("--root", type=Path, default=Path("/"))
     handset_commands = handset.add_subparsers(dest="handset_command", required=True)
@@ -60,7 +67,8 @@ def _handsets(args: argparse.Namespace) -> int:
         return 0
     path = handsets.unpair(directory, args.handset_id)
     print(f"unpaired {args.handset_id}: removed {path}")
-    print("Next:\n  1. systemctl reload lfr-edge (the daemon stops sealing alerts to it)")
+    print("Next:\n  1. nothing to restart: the daemon re-reads the handsets folder every 5 s and stops")
+    print("     sealing alerts to it; revoke its broker certificate too if the handset was lost")
     return 0
 
 
@@ -89,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     enable=args.enable,
                 )
             )
+        elif args.command == "pair-handset":
+            return pair_handset(args.config, handset_id=args.handset_id, timeout_s=args.timeout)
         else:
             return _handsets(args)
     except ProvisionError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ def register(directory: Path, handset: PairedHandset) -> Path:
     """Write handsets/<id>.json; pairing the same handset again replaces its keys."""
     path = _path(directory, handset.handset_id)
     write_file(path, handset.to_json().encode(), FILE_MODE, force=True)
+    if os.geteuid() == 0:  # the technician runs as root; the daemon reads through the folder's group
+        os.chown(path, 0, directory.stat().st_gid)
     return path
 
 

@@ -2,7 +2,8 @@
 
 It holds the handset's two key pairs (X25519 to open alerts, Ed25519 to sign decisions), subscribes to a
 unit's alerts, prints each one (subject, score, age) and can save the two pictures; `decide` answers an
-alert with a signed decision.
+alert with a signed decision; `pair` pairs with a unit by the one-time code the technician reads out
+(docs/pairing.md) and keeps the unit's key in the key folder, where listen and decide find it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ log = logging.getLogger(__name__)
 
 SEALING_KEY = "handset-x25519.key"
 SIGNING_KEY = "handset-ed25519.key"
+
+
+def unit_key_file(directory: Path, unit_id: str) -> Path:
+    """Where pairing stores a unit's Ed25519 public key (alerts from that unit are checked with it)."""
+    return directory / f"unit-{unit_id}-ed25519.pub"
 
 
 @dataclass(frozen=True)
@@ -146,20 +152,28 @@ def _broker(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _connection_args(p: argparse.ArgumentParser) -> None:
+def _connection_args(p: argparse.ArgumentParser, unit_key: bool = True) -> None:
     p.add_argument("--unit", required=True, help="the unit id")
     p.add_argument("--broker", required=True, type=_broker, help="HOST:PORT of the broker")
     p.add_argument("--ca", required=True, type=Path, help="the broker's CA certificate")
     p.add_argument("--cert", required=True, type=Path, help="this handset's client certificate")
     p.add_argument("--key", required=True, type=Path, help="this handset's client certificate key")
     p.add_argument("--keys", required=True, type=Path, help="this handset's key folder (from pairing or keygen)")
-    p.add_argument("--unit-key", required=True, type=Path, help="the unit's Ed25519 public key (from pairing)")
+    if unit_key:
+        p.add_argument(
+            "--unit-key",
+            type=Path,
+            help="the unit's Ed25519 public key (default: the one pairing stored in --keys)",
+        )
     p.add_argument("--prefix", default="lfr/v1", help="topic prefix (default lfr/v1)")
 
 
 def _client(args: argparse.Namespace) -> HandsetClient:
     keys = HandsetKeys.load(args.keys)
-    unit_key = crypto.load_ed25519_public(args.unit_key)
+    unit_key_path = args.unit_key or unit_key_file(args.keys, args.unit)
+    if args.unit_key is None and not unit_key_path.exists():
+        raise crypto.KeyFileError(f"{unit_key_path}: no key for unit {args.unit}; pair first or give --unit-key")
+    unit_key = crypto.load_ed25519_public(unit_key_path)
     host, port = args.broker
     return HandsetClient(keys, args.unit, unit_key, host, port, (args.ca, args.cert, args.key), args.prefix)
 
@@ -216,6 +230,42 @@ def keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def pair(args: argparse.Namespace) -> int:
+    from lfr_provision.pair_mqtt import certificate_cn, pair_with_unit
+    from lfr_provision.pairing import PairingError, normalise_code
+
+    try:
+        normalise_code(args.code)
+        if (args.keys / SEALING_KEY).exists():
+            keys = HandsetKeys.load(args.keys)
+            if args.id is not None and args.id != keys.handset_id:
+                raise PairingError(f"{args.keys} holds handset {keys.handset_id!r}, not {args.id!r}")
+        else:
+            keys = HandsetKeys.generate(args.keys, args.id or certificate_cn(args.cert))
+            print(f"handset {keys.handset_id}: new key pairs in {args.keys} (private keys mode 0600)")
+        host, port = args.broker
+        unit = pair_with_unit(
+            keys.handset_id,
+            args.code,
+            keys.sealing,
+            keys.signing,
+            args.unit,
+            host,
+            port,
+            (args.ca, args.cert, args.key),
+            prefix=args.prefix,
+            timeout_s=args.timeout,
+        )
+    except PairingError as exc:
+        print(f"lfr-handset pair: {exc}", file=sys.stderr)
+        return 1
+    path = unit_key_file(args.keys, unit.unit_id)
+    crypto.save_public_key(path, unit.ed25519_public)
+    print(f"handset {keys.handset_id} paired with unit {unit.unit_id}; the unit's key is in {path}")
+    print(f"next: lfr-handset listen --unit {unit.unit_id} --keys {args.keys} --broker ... --ca ... ")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lfr-handset", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -229,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("decision", choices=DECISIONS)
     _connection_args(p)
     p.set_defaults(func=decide)
+    p = sub.add_parser("pair", help="pair with a unit using the code its technician shows")
+    p.add_argument("--code", required=True, help="the one-time code, e.g. 1234-5678")
+    _connection_args(p, unit_key=False)
+    p.add_argument("--id", help="handset id for new keys (default: the certificate's CN)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the unit")
+    p.set_defaults(func=pair)
     p = sub.add_parser("keygen", help="make this handset's key pairs (until it is paired)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--id", required=True, help="handset id (its MQTT certificate name)")

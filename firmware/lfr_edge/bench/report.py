@@ -34,9 +34,7 @@ def summary_of(parts: list[PartResult]) -> dict[str, float | None]:
     return summary
 
 
-def write_results(
-    out_dir: Path, machine: dict[str, Any], command: str, parts: list[PartResult]
-) -> dict[str, Any]:
+def write_results(out_dir: Path, machine: dict[str, Any], command: str, parts: list[PartResult]) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     for part in parts:
         write_json(out_dir / f"{part.name}.json", {"machine": machine, "command": command, **part.to_json()})
@@ -66,8 +64,7 @@ def render_report(
     lines = [
         "# lfr-edge benchmark report",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores; Python {machine['python']}; "
-        f"{machine['platform']}",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores; Python {machine['python']}; {machine['platform']}",
         f"Libraries: {libs}",
         f"Command: `{command}`",
         "",

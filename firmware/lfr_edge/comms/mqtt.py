@@ -47,6 +47,11 @@ class Topics:
     decisions: str
     telemetry: str
     audit: str
+    # Handset pairing (docs/pairing.md): the unit's retained offer, handsets' requests, and the unit's
+    # answer to one handset on `<pairing_confirm>/<handset id>`.
+    pairing_offer: str
+    pairing_request: str
+    pairing_confirm: str
 
     @classmethod
     def for_unit(cls, prefix: str, unit_id: str) -> Topics:
@@ -59,7 +64,13 @@ class Topics:
             decisions=f"{base}/decisions",
             telemetry=f"{base}/telemetry",
             audit=f"{base}/audit",
+            pairing_offer=f"{base}/pairing/offer",
+            pairing_request=f"{base}/pairing/request",
+            pairing_confirm=f"{base}/pairing/confirm",
         )
+
+    def pairing_confirm_for(self, handset_id: str) -> str:
+        return f"{self.pairing_confirm}/{handset_id}"
 
 
 def status_payload(state: str, unit_id: str, seq: int, now: dt.datetime | None = None) -> bytes:
@@ -76,6 +87,57 @@ def tls_client(client_id: str, ca_file: Path, cert_file: Path, key_file: Path) -
         keyfile=str(key_file),
         tls_version=ssl.PROTOCOL_TLS_CLIENT,
     )
+    return client
+
+
+def connect_tls(
+    client_id: str,
+    host: str,
+    port: int,
+    tls: tuple[Path, Path, Path],  # CA, certificate, key
+    *,
+    keepalive: int = 10,
+    timeout_s: float = 10.0,
+) -> paho.Client:
+    """Connect now with mutual TLS and return once the broker accepted (for short-lived tools: pairing,
+    self-test). Raises ConnectionError naming the broker and the reason (TLS files, trust, refusal)."""
+    where = f"broker {host}:{port}"
+    try:
+        client = tls_client(client_id, *tls)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        files = ", ".join(str(p) for p in tls)
+        raise ConnectionError(f"{where}: cannot use the TLS files ({files}): {exc}") from exc
+    outcome: queue.Queue[str | None] = queue.Queue()
+    client.on_connect = lambda c, u, f, reason, p: outcome.put(
+        f"the broker refused the connection ({reason})" if reason.is_failure else None
+    )
+    client.on_disconnect = lambda c, u, f, reason, p: outcome.put(
+        f"the broker closed the connection before accepting it ({reason}); "
+        f"is the certificate {tls[1]} signed by the broker's CA and its CN allowed?"
+    )
+    try:
+        client.connect(host, port, keepalive=keepalive)
+    except ssl.SSLCertVerificationError as exc:
+        raise ConnectionError(
+            f"{where}: TLS: the broker's certificate does not verify against {tls[0]} ({exc.verify_message})"
+        ) from exc
+    except ssl.SSLError as exc:
+        raise ConnectionError(f"{where}: TLS handshake failed ({exc.reason or exc})") from exc
+    except ConnectionRefusedError as exc:
+        raise ConnectionError(f"{where}: connection refused (is the broker running?)") from exc
+    except OSError as exc:
+        raise ConnectionError(f"{where}: cannot connect ({exc.strerror or exc})") from exc
+    client.loop_start()
+    try:
+        failure = outcome.get(timeout=timeout_s)
+    except queue.Empty:
+        failure = f"no answer to CONNECT within {timeout_s:g} s"
+    if failure is not None:
+        client.disconnect()
+        client.loop_stop()
+        raise ConnectionError(f"{where}: {failure}")
+    client.on_connect = None
+    client.on_disconnect = None
     return client
 
 

@@ -1,0 +1,113 @@
+"""`lfr-provision pair-handset`: show a one-time code and pair the officer's handset that types it in.
+
+Runs on the unit, next to the daemon (which need not stop): it reads the unit's config for the broker,
+the unit's TLS certificate, its keys and the handsets folder, then waits for the handset's request.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from lfr_edge import crypto
+from lfr_edge.config import ConfigError, load_config
+from lfr_provision import layout
+from lfr_provision.identity import ProvisionError
+from lfr_provision.pair_mqtt import PairingOutcome, UnitPairing
+from lfr_provision.pairing import PairingSession
+
+HANDSET_RELOAD_S = 5  # the daemon re-reads the handsets folder this often (daemon/run.py)
+
+
+def pair_handset(
+    config_path: Path,
+    *,
+    handset_id: str | None = None,
+    timeout_s: float = 300.0,
+    emit: Callable[[str], None] = print,
+    cancel: threading.Event | None = None,
+) -> int:
+    """Run one pairing session; 0 when a handset paired, 1 when the code expired, was voided or the
+    technician cancelled. Problems with the config, keys or broker raise ProvisionError naming them."""
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        raise ProvisionError(str(exc)) from exc
+    if timeout_s <= 0:
+        raise ProvisionError(f"--timeout {timeout_s:g}: must be more than 0 seconds")
+    keys = cfg.unit.keys_dir
+    try:
+        signer = crypto.load_ed25519_private(keys / layout.UNIT_ED25519_KEY)
+        sealing = crypto.load_x25519_private(keys / layout.UNIT_X25519_KEY)
+    except crypto.KeyFileError as exc:
+        raise ProvisionError(f"{exc} (run `lfr-provision init` first)") from exc
+    if not cfg.alerts.handsets_dir.is_dir():
+        raise ProvisionError(f"alerts.handsets_dir {cfg.alerts.handsets_dir} does not exist (run `lfr-provision init`)")
+    mqtt = cfg.mqtt
+    session = PairingSession(cfg.unit.id, sealing.public_key(), signer, ttl_s=timeout_s)
+    pairing = UnitPairing(
+        session,
+        mqtt.host,
+        mqtt.port,
+        (mqtt.ca_file, mqtt.cert_file, mqtt.key_file),
+        cfg.alerts.handsets_dir,
+        prefix=mqtt.topic_prefix,
+        expected_handset=handset_id,
+        on_refusal=lambda reason: emit(f"  refused: {reason}"),
+    )
+    try:
+        pairing.open()
+    except ConnectionError as exc:
+        raise ProvisionError(f"{exc} (settings: [mqtt] in {config_path})") from exc
+    stop = cancel or threading.Event()
+
+    def cancel_when_asked() -> None:
+        stop.wait()
+        pairing.cancel()
+
+    watcher = threading.Thread(target=cancel_when_asked, daemon=True)
+    watcher.start()
+    minutes = timeout_s / 60
+    emit(f"Pairing a handset with unit {cfg.unit.id} (broker {mqtt.host}:{mqtt.port}).")
+    emit("")
+    emit(f"    Code:  {session.code}    (valid {minutes:.0f} min, single use, 5 wrong tries void it)")
+    emit("")
+    emit("On the handset, run (with the handset's own certificate and key folder):")
+    emit(
+        f"  lfr-handset pair --code {session.code} --unit {cfg.unit.id} --broker {mqtt.host}:{mqtt.port} "
+        "--ca CA.crt --cert HANDSET.crt --key HANDSET.key --keys HANDSET_KEY_DIR"
+    )
+    who = f"handset {handset_id}" if handset_id else "the handset"
+    emit(f"Waiting for {who}... (Ctrl-C to cancel)")
+    outcome = PairingOutcome("cancelled")
+    try:
+        outcome = pairing.serve()
+    except KeyboardInterrupt:
+        pairing.cancel()
+    except ConnectionError as exc:  # lost the broker mid-way: any handset already registered stays
+        raise ProvisionError(f"{exc}; check `lfr-provision handsets list`, then pair again") from exc
+    finally:
+        stop.set()
+        pairing.close(outcome.result)
+    if outcome.result == "cancelled":
+        emit("Cancelled: no handset paired; the code is void.")
+        return 1
+    if outcome.result != "paired" or outcome.handset is None:
+        why = {
+            "expired": f"the code expired after {minutes:.0f} min",
+            "voided": "too many wrong codes: the code is void",
+        }[outcome.result]
+        emit(f"Not paired: {why}. Run `lfr-provision pair-handset` again for a new code.")
+        return 1
+    emit("Done:")
+    emit(f"  - paired handset {outcome.handset.handset_id}: {outcome.registry_file}")
+    emit("  - the handset received this unit's Ed25519 key and checks every alert's signature with it")
+    emit("Next:")
+    emit(
+        f"  1. nothing to restart: the running daemon re-reads {cfg.alerts.handsets_dir} every "
+        f"{HANDSET_RELOAD_S} s and seals the next alert to this handset too"
+    )
+    emit("  2. on the handset: lfr-handset listen ... (the unit key is found in its key folder)")
+    emit("  3. lfr-provision handsets list  (to review), lfr-provision handsets unpair ID (to remove)")
+    return 0

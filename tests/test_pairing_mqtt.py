@@ -1,0 +1,300 @@
+"""Handset pairing over a real mosquitto (mutual TLS, the project's ACL): `lfr-provision pair-handset`
+against `lfr-handset pair`, and the refusals a handset without the code, a replay or a late try meet."""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from lfr_edge import crypto
+from lfr_edge.alerts.handset import HandsetChannel, load_handsets
+from lfr_edge.alerts.handset_client import HandsetClient, HandsetKeys, unit_key_file
+from lfr_edge.alerts.handset_client import main as handset_main
+from lfr_edge.alerts.protocol import Alert
+from lfr_edge.comms.mqtt import Topics, UnitMqttClient
+from lfr_edge.config import AlertsConfig
+from lfr_hwsim.broker import MosquittoBroker
+from lfr_provision import layout
+from lfr_provision.pair_handset import pair_handset
+from lfr_provision.pair_mqtt import PairingOutcome, UnitPairing, pair_with_unit
+from lfr_provision.pairing import MAX_ATTEMPTS, PairingError, PairingSession, normalise_code, pairing_topics
+from mqtt_fixtures import Collector, unit_mqtt_config
+
+UNIT = "unit-a"  # the broker fixture lets handset-1 pair with unit-a
+HANDSET = "handset-1"
+WAIT_S = 10.0
+
+pytestmark = pytest.mark.broker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def wrong(code: str) -> str:
+    return f"{(int(normalise_code(code)) + 1) % 10**8:08d}"
+
+
+class UnitSide:
+    """The unit's pairing session on the broker, served on a thread until it ends."""
+
+    def __init__(self, broker: MosquittoBroker, handsets_dir: Path, clock: Clock | None = None) -> None:
+        self.signer = Ed25519PrivateKey.generate()
+        self.sealing = X25519PrivateKey.generate()
+        extra: dict[str, Any] = {"now": clock} if clock else {}
+        self.session = PairingSession(UNIT, self.sealing.public_key(), self.signer, **extra)
+        tls = broker.client(UNIT)
+        self.refusals: queue.Queue[str] = queue.Queue()
+        self.pairing = UnitPairing(
+            self.session,
+            broker.host,
+            broker.port,
+            (tls.ca_file, tls.cert_file, tls.key_file),
+            handsets_dir,
+            prefix=broker.prefix,
+            on_refusal=self.refusals.put,
+        )
+        self.outcome: PairingOutcome | None = None
+        self.pairing.open()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self.outcome = self.pairing.serve()
+        self.pairing.close(self.outcome.result)
+
+    def finish(self) -> PairingOutcome:
+        self._thread.join(WAIT_S)
+        assert not self._thread.is_alive() and self.outcome is not None
+        return self.outcome
+
+    def stop(self) -> PairingOutcome:
+        self.pairing.cancel()
+        return self.finish()
+
+
+def handset_pair(broker: MosquittoBroker, code: str, keys: HandsetKeys) -> Any:
+    tls = broker.client(keys.handset_id)
+    return pair_with_unit(
+        keys.handset_id,
+        code,
+        keys.sealing,
+        keys.signing,
+        UNIT,
+        broker.host,
+        broker.port,
+        (tls.ca_file, tls.cert_file, tls.key_file),
+        prefix=broker.prefix,
+        timeout_s=WAIT_S,
+    )
+
+
+def write_unit(tmp_path: Path, broker: MosquittoBroker) -> tuple[Path, Path, Path]:
+    """A provisioned unit in tmp: its keys, handsets folder and a config pointing at the test broker."""
+    keys, handsets_dir = tmp_path / "unit" / "keys", tmp_path / "unit" / "handsets"
+    keys.mkdir(parents=True)
+    handsets_dir.mkdir()
+    crypto.save_private_key(keys / layout.UNIT_ED25519_KEY, Ed25519PrivateKey.generate())
+    crypto.save_private_key(keys / layout.UNIT_X25519_KEY, X25519PrivateKey.generate())
+    tls = broker.client(UNIT)
+    config = tmp_path / "unit" / "config.toml"
+    config.write_text(
+        f'[unit]\nid = "{UNIT}"\nkeys_dir = "{keys}"\n\n'
+        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nca_file = "{tls.ca_file}"\n'
+        f'cert_file = "{tls.cert_file}"\nkey_file = "{tls.key_file}"\n\n'
+        f'[alerts]\nhandsets_dir = "{handsets_dir}"\n'
+    )
+    return config, keys, handsets_dir
+
+
+def test_topics_match_the_protocol_module() -> None:
+    topics, pure = Topics.for_unit("lfr/v1", UNIT), pairing_topics("lfr/v1", UNIT)
+    assert (topics.pairing_offer, topics.pairing_request) == (pure["offer"], pure["request"])
+    assert topics.pairing_confirm_for("h") == pure["confirm"].replace("+", "h")
+
+
+def test_right_code_pairs_and_the_handset_opens_the_units_next_alert(broker: MosquittoBroker, tmp_path: Path) -> None:
+    config, unit_keys, handsets_dir = write_unit(tmp_path, broker)
+    lines: queue.Queue[str] = queue.Queue()
+    result: list[int] = []
+    technician = threading.Thread(
+        target=lambda: result.append(pair_handset(config, timeout_s=60, emit=lines.put)), daemon=True
+    )
+    technician.start()
+    code = ""
+    while not code:
+        match = re.search(r"Code:\s+(\d{4}-\d{4})", lines.get(timeout=WAIT_S))
+        code = match.group(1) if match else ""
+
+    tls = broker.client(HANDSET)
+    phone_dir = tmp_path / "phone"
+    args = ["--unit", UNIT, "--broker", f"{broker.host}:{broker.port}", "--ca", str(tls.ca_file)]
+    args += ["--cert", str(tls.cert_file), "--key", str(tls.key_file), "--keys", str(phone_dir)]
+    assert handset_main(["pair", "--code", code, *args]) == 0
+    technician.join(WAIT_S)
+    assert result == [0]
+    told = list(lines.queue)
+    assert any("no restart" in line or "nothing to restart" in line for line in told)
+
+    # The unit registered the handset's keys; the handset (its id from its certificate) has the unit's.
+    registry = load_handsets(handsets_dir)
+    phone = HandsetKeys.load(phone_dir)
+    assert list(registry) == [HANDSET] == [phone.handset_id]
+    unit_signer = crypto.load_ed25519_private(unit_keys / layout.UNIT_ED25519_KEY)
+    stored = crypto.load_ed25519_public(unit_key_file(phone_dir, UNIT))
+    assert stored.public_bytes_raw() == unit_signer.public_key().public_bytes_raw()
+
+    # A real alert, sealed to the registry and signed by the unit, opens on the paired handset.
+    unit_mqtt = UnitMqttClient(UNIT, unit_mqtt_config(broker, UNIT))
+    channel = HandsetChannel(
+        unit_mqtt,
+        unit_mqtt.topics.alerts,
+        UNIT,
+        unit_signer,
+        lambda: load_handsets(handsets_dir),
+        AlertsConfig(),
+        audit=type("NoAudit", (), {"append": lambda self, event, **f: None})(),
+    )
+    client = HandsetClient(phone, UNIT, stored, broker.host, broker.port, (tls.ca_file, tls.cert_file, tls.key_file))
+    unit_mqtt.start()
+    client.start()
+    try:
+        assert unit_mqtt.connected.wait(WAIT_S)
+        alert = Alert("a-1", UNIT, "cam0", time.time(), 0.7, 0.55, "S-1", "wanted", "", b"\xff\xd8l", b"\xff\xd8w")
+        channel.send(alert)
+        received = client.alerts.get(timeout=WAIT_S)
+        assert received.alert.alert_id == "a-1" and received.alert.live_jpeg == b"\xff\xd8l"
+    finally:
+        client.stop()
+        unit_mqtt.stop()
+
+
+def test_wrong_code_is_refused_and_registers_nothing(broker: MosquittoBroker, tmp_path: Path) -> None:
+    unit = UnitSide(broker, tmp_path)
+    phone = HandsetKeys.generate(tmp_path / "phone", HANDSET)
+    try:
+        with pytest.raises(PairingError, match=rf"wrong pairing code \({MAX_ATTEMPTS - 1} tries left\)"):
+            handset_pair(broker, wrong(unit.session.code), phone)
+        assert "wrong pairing code" in unit.refusals.get(timeout=WAIT_S)
+        assert not list(tmp_path.glob("*.json"))
+        # the officer mistyped once: the right code still works
+        paired_unit = handset_pair(broker, unit.session.code, phone)
+        assert paired_unit.unit_id == UNIT
+    finally:
+        outcome = unit.stop()
+    assert outcome.result == "paired" and outcome.registry_file == tmp_path / f"{HANDSET}.json"
+    assert len(outcome.refusals) == 1
+
+
+def test_a_recorded_request_replayed_later_is_refused(broker: MosquittoBroker, tmp_path: Path) -> None:
+    topics = Topics.for_unit(broker.prefix, UNIT)
+    recorder = Collector(broker, UNIT)  # whoever can read the request topic records the exchange
+    attacker = Collector(broker, HANDSET)  # and whoever can write it replays it
+    try:
+        assert recorder.subscribe(topics.pairing_request) == [1]
+        first = UnitSide(broker, tmp_path)
+        phone = HandsetKeys.generate(tmp_path / "phone", HANDSET)
+        handset_pair(broker, first.session.code, phone)
+        assert first.finish().result == "paired"
+        recorded = recorder.next_on(topics.pairing_request).payload
+        (tmp_path / f"{HANDSET}.json").unlink()  # the technician unpairs it
+
+        second = UnitSide(broker, tmp_path)
+        attacker.publish(topics.pairing_request, recorded)
+        assert "another (older) pairing session" in second.refusals.get(timeout=WAIT_S)
+
+        # within one session too: a request seen once is not taken again, and costs no try
+        rival = HandsetKeys.generate(tmp_path / "rival", HANDSET)
+        with pytest.raises(PairingError, match="wrong pairing code"):
+            handset_pair(broker, wrong(second.session.code), rival)
+        assert "wrong pairing code" in second.refusals.get(timeout=WAIT_S)
+        wrong_request = recorded
+        while wrong_request == recorded:  # skip the replay above, which the recorder saw as well
+            wrong_request = recorder.next_on(topics.pairing_request).payload
+        tries_left = second.session.attempts_left
+        attacker.publish(topics.pairing_request, wrong_request)
+        assert "replayed" in second.refusals.get(timeout=WAIT_S)
+        assert second.session.attempts_left == tries_left == MAX_ATTEMPTS - 1
+        assert not (tmp_path / f"{HANDSET}.json").exists()
+        assert second.stop().result == "cancelled"
+    finally:
+        recorder.close()
+        attacker.close()
+
+
+def test_code_expires_and_a_late_handset_is_told_so(broker: MosquittoBroker, tmp_path: Path) -> None:
+    clock = Clock()
+    unit = UnitSide(broker, tmp_path, clock)
+    clock.now += unit.session.ttl_s + 1  # five minutes and a second later
+    assert unit.finish().result == "expired"
+    phone = HandsetKeys.generate(tmp_path / "phone", HANDSET)
+    with pytest.raises(PairingError, match="last code expired"):
+        handset_pair(broker, unit.session.code, phone)
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_too_many_wrong_codes_void_the_code_even_for_the_right_one(broker: MosquittoBroker, tmp_path: Path) -> None:
+    unit = UnitSide(broker, tmp_path)
+    phone = HandsetKeys.generate(tmp_path / "phone", HANDSET)
+    for attempt in range(MAX_ATTEMPTS):
+        with pytest.raises(PairingError, match="wrong pairing code") as refused:
+            handset_pair(broker, wrong(unit.session.code), phone)
+        if attempt == MAX_ATTEMPTS - 1:
+            assert "void" in str(refused.value)
+    outcome = unit.finish()
+    assert outcome.result == "voided" and len(outcome.refusals) == MAX_ATTEMPTS
+    with pytest.raises(PairingError, match="voided after too many wrong tries"):
+        handset_pair(broker, unit.session.code, phone)
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_handset_pair_refuses_a_malformed_code_before_touching_the_broker(tmp_path: Path) -> None:
+    missing = tmp_path / "none.crt"
+    args = ["pair", "--code", "12-34", "--unit", UNIT, "--broker", "127.0.0.1:1", "--ca", str(missing)]
+    args += ["--cert", str(missing), "--key", str(missing), "--keys", str(tmp_path / "k"), "--id", HANDSET]
+    assert handset_main(args) == 1
+    assert not (tmp_path / "k").exists()  # nothing generated for a code that cannot be right
+
+
+def test_pair_handset_names_a_broker_that_is_not_there(broker: MosquittoBroker, tmp_path: Path) -> None:
+    config, _, _ = write_unit(tmp_path, broker)
+    broker.stop()
+    from lfr_provision.identity import ProvisionError
+
+    with pytest.raises(ProvisionError, match=rf"broker 127\.0\.0\.1:{broker.port}: connection refused"):
+        pair_handset(config, emit=lambda line: None)
+
+
+def test_a_handset_id_other_than_its_certificate_name_is_refused_before_sending(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    unit = UnitSide(broker, tmp_path)
+    try:
+        impostor = HandsetKeys.generate(tmp_path / "phone", "handset-9")
+        tls = broker.client(HANDSET)  # handset-1's certificate, claiming to be handset-9
+        with pytest.raises(PairingError, match="is not the CN of its certificate"):
+            pair_with_unit(
+                impostor.handset_id,
+                unit.session.code,
+                impostor.sealing,
+                impostor.signing,
+                UNIT,
+                broker.host,
+                broker.port,
+                (tls.ca_file, tls.cert_file, tls.key_file),
+                timeout_s=WAIT_S,
+            )
+    finally:
+        assert unit.stop().result == "cancelled"

@@ -1,0 +1,223 @@
+"""`lfr-edge selftest` on a unit provisioned into a temporary root, against real parts: the built models
+on LiteRT, a replay camera on generated images, a simulated beacon on a pty and a TLS mosquitto."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lfr_edge import cli
+from lfr_edge.alerts.handset_client import HandsetKeys
+from lfr_edge.camera.opencv import import_cv2
+from lfr_edge.config import ModelsConfig
+from lfr_edge.daemon.selftest import Check, Options, check_clock, check_memory, format_table, run_checks
+from lfr_edge.models import load_manifest
+from lfr_hwsim.beacon import SimulatedBeacon
+from lfr_hwsim.broker import MosquittoBroker
+from lfr_provision.init import InitOptions, init_unit
+from lfr_provision.layout import UnitLayout
+
+UNIT = "unit-a"
+FAST = Options(timeout_s=5.0, frames=5, runs=3)
+
+
+@dataclass
+class Unit:
+    root: UnitLayout
+    config: Path
+    broker: MosquittoBroker
+    beacon: SimulatedBeacon
+    frames: Path
+    models: Path
+
+    def write_config(self, *, models: Path | None = None, camera_uri: Path | None = None) -> Path:
+        tls = self.broker.client(UNIT)
+        self.config.write_text(
+            f"""
+[unit]
+id = "{UNIT}"
+keys_dir = "{self.root.keys}"
+state_dir = "{self.root.state}"
+audit_log = "{self.root.state / "audit.jsonl"}"
+
+[models]
+dir = "{models or self.models}"
+
+[inference]
+backend = "litert-cpu"
+threads = 1
+
+[[cameras]]
+name = "cam0"
+source = "replay"
+uri = "{camera_uri or self.frames}"
+width = 320
+height = 240
+fps = 50.0
+options = {{ loop = true }}
+
+[mqtt]
+host = "{self.broker.host}"
+port = {self.broker.port}
+ca_file = "{tls.ca_file}"
+cert_file = "{tls.cert_file}"
+key_file = "{tls.key_file}"
+topic_prefix = "{self.broker.prefix}"
+
+[watchlist]
+command_centre_key = "{self.root.keys / "command-centre.pub"}"
+
+[alerts]
+handsets_dir = "{self.root.handsets}"
+
+[beacon]
+enabled = true
+port = "{self.beacon.link}"
+"""
+        )
+        return self.config
+
+
+def built_models() -> Path:
+    models = ModelsConfig().dir.expanduser()
+    if not any(models.glob("*.tflite")):
+        pytest.fail(f"no built models in {models}: run `make models` first")
+    return models
+
+
+@pytest.fixture
+def unit(tmp_path: Path, broker: MosquittoBroker) -> Iterator[Unit]:
+    """`lfr-provision init` into tmp, a paired handset, a camera folder, a beacon on a pty."""
+    cc_key = tmp_path / "command-centre.pub"
+    cc_key.write_bytes(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    root = UnitLayout(tmp_path / "root")
+    init_unit(InitOptions(UNIT, root.root, board="generic", command_centre_key=cc_key))
+    keys = HandsetKeys.generate(tmp_path / "handset", "handset-1")
+    (root.handsets / "handset-1.json").write_bytes(keys.record())
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2 = import_cv2()
+    rng = np.random.default_rng(1)
+    for i in range(4):  # plain generated pictures: no face is needed to grab frames
+        image = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+        cv2.imwrite(str(frames / f"{i:03d}.png"), image)
+    beacon = SimulatedBeacon(tmp_path / "lfr-beacon")
+    beacon.start()
+    made = Unit(root, root.config, broker, beacon, frames, built_models())
+    made.write_config()
+    yield made
+    beacon.stop()
+
+
+def verdicts(rows: list[Check]) -> dict[str, str]:
+    return {row.name: row.verdict for row in rows}
+
+
+def detail(rows: list[Check], name: str) -> str:
+    return next(row.detail for row in rows if row.name == name)
+
+
+@pytest.mark.broker
+def test_a_healthy_unit_passes_and_names_backend_and_latency_per_model(
+    unit: Unit, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(["selftest", "--config", str(unit.config), "--frames", "5", "--runs", "3"])
+    table = capsys.readouterr().out
+    assert code == 0, table
+    assert "GO:" in table and "NO-GO" not in table
+    rows = run_checks(unit.config, FAST)
+    found = verdicts(rows)
+    assert set(found.values()) <= {"PASS", "WARN"}, format_table(rows)
+    for name in ("config", "backend", "camera cam0", "beacon", "broker", "keys", "handsets", "memory"):
+        assert found[name] == "PASS", format_table(rows)
+    assert "litert-cpu" in detail(rows, "backend") and "XNNPACK" in detail(rows, "backend")
+    for model in ("blazeface-full", "blazeface-short", "mobilefacenet"):
+        assert found[f"model {model}"] == "PASS"
+        assert "median" in detail(rows, f"latency {model}")
+    assert "320x240, 5 frames" in detail(rows, "camera cam0")
+    assert f"{unit.broker.host}:{unit.broker.port}" in detail(rows, "broker")
+
+
+@pytest.mark.broker
+def test_a_model_whose_hash_differs_fails_and_is_not_run(unit: Unit, tmp_path: Path) -> None:
+    corrupt = tmp_path / "models"
+    corrupt.mkdir()
+    for path in unit.models.glob("*.tflite"):
+        shutil.copy(path, corrupt / path.name)
+    configured = load_manifest(ModelsConfig().manifest).model("blazeface-full").variant("default")
+    victim = corrupt / configured.file
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    unit.write_config(models=corrupt)
+    rows = run_checks(unit.config, FAST)
+    found = verdicts(rows)
+    assert found["model blazeface-full"] == "FAIL"
+    assert str(victim) in detail(rows, "model blazeface-full")
+    assert found["latency blazeface-full"] == "SKIP"
+    assert found["model mobilefacenet"] == "PASS"
+    assert cli.main(["--config", str(unit.config), "selftest", "--frames", "2", "--runs", "1"]) == 1
+
+
+@pytest.mark.broker
+def test_a_broker_that_is_not_running_fails_naming_it(unit: Unit) -> None:
+    unit.broker.stop()
+    rows = run_checks(unit.config, FAST)
+    assert verdicts(rows)["broker"] == "FAIL"
+    assert f"broker 127.0.0.1:{unit.broker.port}: connection refused" in detail(rows, "broker")
+    assert "NO-GO" in format_table(rows)
+
+
+@pytest.mark.broker
+def test_a_missing_camera_fails_naming_it(unit: Unit, tmp_path: Path) -> None:
+    unit.write_config(camera_uri=tmp_path / "no-such-camera")
+    rows = run_checks(unit.config, FAST)
+    assert verdicts(rows)["camera cam0"] == "FAIL"
+    assert "no-such-camera: no such video file or image folder" in detail(rows, "camera cam0")
+
+
+@pytest.mark.broker
+def test_a_key_readable_by_others_and_an_unplugged_beacon_fail(unit: Unit) -> None:
+    os.chmod(unit.root.keys / "unit-ed25519.key", 0o644)
+    unit.beacon.unplug()
+    rows = run_checks(unit.config, FAST)
+    found = verdicts(rows)
+    assert found["keys"] == "FAIL" and "mode 0644, must be 0600" in detail(rows, "keys")
+    assert found["beacon"] == "FAIL"
+
+
+def test_a_bad_config_fails_and_skips_what_depends_on_it(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[unit]\nid = "unit-a"\ncolour = "blue"\n')
+    rows = run_checks(config, FAST)
+    assert rows[0].verdict == "FAIL" and "unknown key 'colour'" in rows[0].detail
+    assert verdicts(rows)["broker"] == "SKIP"
+    assert cli.main(["selftest", "--config", str(tmp_path / "missing.toml")]) == 1
+
+
+def test_clock_before_2025_fails_and_unsynchronised_warns() -> None:
+    assert check_clock(datetime(1970, 1, 1, tzinfo=UTC), lambda: True).verdict == "FAIL"
+    assert check_clock(datetime(2026, 3, 1, tzinfo=UTC), lambda: False).verdict == "WARN"
+    assert check_clock(datetime(2026, 3, 1, tzinfo=UTC), lambda: None).verdict == "WARN"
+    assert check_clock(datetime(2026, 3, 1, tzinfo=UTC), lambda: True).verdict == "PASS"
+
+
+def test_memory_below_the_floor_fails(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:  4000000 kB\nMemFree:  100 kB\nMemAvailable:  100000 kB\n")
+    low = check_memory(Options(min_memory_mb=256), meminfo)
+    assert low.verdict == "FAIL" and "98 MiB available of 3.8 GiB" in low.detail
+    assert check_memory(Options(min_memory_mb=64), meminfo).verdict == "PASS"
