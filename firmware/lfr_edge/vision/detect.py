@@ -87,7 +87,7 @@ class BlazeFace:
         """Scores (N,) and decoded boxes+keypoints (N, 16) in [0, 1] units of the square input."""
         size = self.spec.input_size
         if square.shape[:2] != (size, size):
-            square = np.asarray(cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA), dtype=np.uint8)
+            square = np.asarray(cv2.resize(square, (size, size), interpolation=cv2.INTER_LINEAR), dtype=np.uint8)
         tensor = (square.astype(np.float32) * (1.0 / 127.5) - 1.0)[None]
         outputs = self.model.run(tensor)
         regressors = outputs[self._regressor_index][0]
@@ -161,15 +161,17 @@ def letterbox_window(width: int, height: int) -> Window:
 
 
 def crop_square(image: Image, win: Window, size: int) -> Image:
-    """The window's pixels resized to size x size; parts outside the frame are black."""
+    """The window's pixels resized to size x size; parts outside the frame are black. Bilinear, as
+    MediaPipe's own image-to-tensor step does: faster than area averaging and as good for BlazeFace
+    (measured on the simulator's scenes)."""
     h, w = image.shape[:2]
     x1, y1, x2, y2 = max(win.x, 0), max(win.y, 0), min(win.x + win.side, w), min(win.y + win.side, h)
     scale = size / win.side
     region = image[y1:y2, x1:x2]
     out_w, out_h = max(1, round((x2 - x1) * scale)), max(1, round((y2 - y1) * scale))
-    resized = cv2.resize(region, (out_w, out_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    resized = np.asarray(cv2.resize(region, (out_w, out_h), interpolation=cv2.INTER_LINEAR), dtype=np.uint8)
     if (out_w, out_h) == (size, size):
-        return np.asarray(resized, dtype=np.uint8)
+        return resized
     canvas = np.zeros((size, size, 3), dtype=np.uint8)
     ox, oy = round((x1 - win.x) * scale), round((y1 - win.y) * scale)
     out_h, out_w = min(out_h, size - oy), min(out_w, size - ox)
@@ -200,7 +202,8 @@ class FaceDetector:
 
     def plan(self, width: int, height: int) -> list[tuple[BlazeFace, Window]]:
         """Which model sees which window. With both models: full range on the whole frame, short range
-        on tiles; with short range alone on a photo-like frame: the whole frame."""
+        on `tile_rows` rows of tiles (0: none, the fastest and blind to faces under ~80 px at 720p);
+        with one model alone: the whole frame."""
         jobs: list[tuple[BlazeFace, Window]] = []
         whole = letterbox_window(width, height)
         if self.full_range is not None:
@@ -208,7 +211,7 @@ class FaceDetector:
         if self.short_range is not None:
             if self.full_range is None:
                 jobs.append((self.short_range, whole))
-            if self.full_range is not None or self.tile_rows > 1:
+            if self.tile_rows > 0 and (self.full_range is not None or self.tile_rows > 1):
                 jobs.extend((self.short_range, w) for w in tile_windows(width, height, self.tile_rows))
         return jobs
 
