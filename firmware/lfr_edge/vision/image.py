@@ -27,8 +27,12 @@ def read_image(path: Path) -> npt.NDArray[np.uint8]:
 
 def decode_image(data: bytes, name: str = "image") -> npt.NDArray[np.uint8]:
     """Decode JPEG/PNG bytes to RGB; refuses garbage and decompression bombs."""
-    buf = np.frombuffer(data, dtype=np.uint8)
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if not data:
+        raise ImageError(f"{name}: not a readable image (empty)")
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise ImageError(f"{name}: not a readable image ({exc.msg})") from exc
     if bgr is None:
         raise ImageError(f"{name}: not a readable image (JPEG or PNG expected)")
     if bgr.shape[0] * bgr.shape[1] > MAX_PIXELS:
