@@ -162,7 +162,7 @@ def test_hef_runs_through_float32_vstreams_on_a_scheduled_vdevice(fake_hailo: ty
 
 def test_wrong_input_shape_is_refused_before_the_device(fake_hailo: types.ModuleType, tmp_path: Path) -> None:
     model = create_backend(InferenceConfig(backend="hailo")).load(hef_file(tmp_path))
-    with pytest.raises(ValueError, match=r"wants shape \(N, \*\(112, 112, 3\)\)"):
+    with pytest.raises(ValueError, match=r"wants shape \(-1, 112, 112, 3\)"):
         model.run(np.zeros((1, 128, 128, 3), np.float32))
     with pytest.raises(ValueError, match="takes 1 inputs, got 2"):
         model.run(np.zeros((1, 112, 112, 3), np.float32), np.zeros((1, 112, 112, 3), np.float32))

@@ -27,6 +27,34 @@ class TensorSpec:
     dtype: np.dtype[np.generic]
 
 
+class ModelTensors:
+    """The tensor specs of a loaded model and the check of run()'s arguments, shared by every backend's
+    model class. A -1 in a spec is a dynamic dimension; with `free_batch` the first one is too."""
+
+    _inputs: tuple[TensorSpec, ...]
+    _outputs: tuple[TensorSpec, ...]
+    free_batch = False
+
+    @property
+    def inputs(self) -> Sequence[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> Sequence[TensorSpec]:
+        return self._outputs
+
+    def checked(self, inputs: Sequence[npt.NDArray[np.float32]]) -> list[tuple[TensorSpec, npt.NDArray[np.float32]]]:
+        """Pairs of (spec, array), or a ValueError naming the input whose count or shape is wrong."""
+        if len(inputs) != len(self._inputs):
+            raise ValueError(f"model takes {len(self._inputs)} inputs, got {len(inputs)}")
+        for spec, array in zip(self._inputs, inputs, strict=True):
+            wanted = (-1, *spec.shape[1:]) if self.free_batch else spec.shape
+            fits = array.ndim == len(wanted) and all(w in (-1, g) for w, g in zip(wanted, array.shape, strict=True))
+            if not fits:
+                raise ValueError(f"input {spec.name!r} wants shape {wanted}, got {tuple(array.shape)}")
+        return list(zip(self._inputs, inputs, strict=True))
+
+
 class LoadedModel(Protocol):
     """A model ready to run. Inputs and outputs are float32 (quantisation is internal to the model)."""
 

@@ -7,7 +7,6 @@ network group is activated by hand. Inputs and outputs are float32 on the host; 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lfr_edge.config import InferenceConfig
-from lfr_edge.inference.base import BackendUnavailable, TensorSpec
+from lfr_edge.inference.base import BackendUnavailable, ModelTensors, TensorSpec
 
 INSTALL_HINT = (
     "HailoRT's Python API (hailo_platform) is missing: on Raspberry Pi OS run `sudo apt install hailo-all` "
@@ -31,8 +30,10 @@ def import_hailo() -> Any:
     return hailo_platform
 
 
-class HailoModel:
+class HailoModel(ModelTensors):
     """One HEF configured on the shared VDevice, with its input/output virtual streams kept open."""
+
+    free_batch = True  # HailoRT takes any batch N in the first dimension; specs show a batch of 1
 
     def __init__(self, hp: Any, vdevice: Any, hef_path: Path) -> None:
         try:
@@ -51,23 +52,8 @@ class HailoModel:
         self._pipeline = hp.InferVStreams(self._group, input_params, output_params)
         self._pipeline.__enter__()
 
-    @property
-    def inputs(self) -> Sequence[TensorSpec]:
-        """Shapes with a batch of 1; run() takes any batch size N in the first dimension."""
-        return self._inputs
-
-    @property
-    def outputs(self) -> Sequence[TensorSpec]:
-        return self._outputs
-
     def run(self, *inputs: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
-        if len(inputs) != len(self._inputs):
-            raise ValueError(f"model takes {len(self._inputs)} inputs, got {len(inputs)}")
-        feed: dict[str, npt.NDArray[np.float32]] = {}
-        for spec, array in zip(self._inputs, inputs, strict=True):
-            if array.ndim != len(spec.shape) or tuple(array.shape[1:]) != spec.shape[1:]:
-                raise ValueError(f"input {spec.name!r} wants shape (N, *{spec.shape[1:]}), got {array.shape}")
-            feed[spec.name] = np.ascontiguousarray(array, dtype=np.float32)
+        feed = {spec.name: np.ascontiguousarray(array, dtype=np.float32) for spec, array in self.checked(inputs)}
         results = self._pipeline.infer(feed)
         return [np.array(results[spec.name], dtype=np.float32) for spec in self._outputs]
 

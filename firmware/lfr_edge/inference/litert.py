@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from lfr_edge.inference.base import BackendUnavailable, TensorSpec
+from lfr_edge.inference.base import BackendUnavailable, ModelTensors, TensorSpec
 
 
 def import_interpreter() -> tuple[Any, Any, str]:
@@ -31,7 +30,7 @@ def import_interpreter() -> tuple[Any, Any, str]:
         ) from None
 
 
-class LiteRTModel:
+class LiteRTModel(ModelTensors):
     """One interpreter per model; not thread-safe (each pipeline thread loads its own)."""
 
     def __init__(self, interpreter: Any) -> None:
@@ -42,20 +41,8 @@ class LiteRTModel:
         self._inputs = tuple(TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"]) for d in self._in)
         self._outputs = tuple(TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"]) for d in self._out)
 
-    @property
-    def inputs(self) -> Sequence[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> Sequence[TensorSpec]:
-        return self._outputs
-
     def run(self, *inputs: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
-        if len(inputs) != len(self._in):
-            raise ValueError(f"model takes {len(self._in)} inputs, got {len(inputs)}")
-        for detail, spec, array in zip(self._in, self._inputs, inputs, strict=True):
-            if tuple(array.shape) != spec.shape:
-                raise ValueError(f"input {spec.name!r} wants shape {spec.shape}, got {tuple(array.shape)}")
+        for detail, (spec, array) in zip(self._in, self.checked(inputs), strict=True):
             self._it.set_tensor(detail["index"], np.ascontiguousarray(array, dtype=spec.dtype))
         self._it.invoke()
         return [np.array(self._it.get_tensor(d["index"]), dtype=np.float32) for d in self._out]

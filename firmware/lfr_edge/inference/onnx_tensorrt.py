@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import platform
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lfr_edge.config import InferenceConfig
-from lfr_edge.inference.base import BackendUnavailable, TensorSpec
+from lfr_edge.inference.base import BackendUnavailable, ModelTensors, TensorSpec
 from lfr_edge.models import sha256_file
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ def runtime_tag(ort: Any) -> str:
     return f"ort{ort.__version__}{trt_version}"
 
 
-class OnnxModel:
+class OnnxModel(ModelTensors):
     def __init__(self, session: Any, provider: str) -> None:
         self._session = session
         self.provider = provider
@@ -85,25 +84,8 @@ class OnnxModel:
             raise ValueError(f"tensor {arg.name!r} has type {arg.type}, which this backend does not feed")
         return TensorSpec(arg.name, shape, np.dtype(DTYPES[arg.type]))
 
-    @property
-    def inputs(self) -> Sequence[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> Sequence[TensorSpec]:
-        return self._outputs
-
     def run(self, *inputs: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
-        if len(inputs) != len(self._inputs):
-            raise ValueError(f"model takes {len(self._inputs)} inputs, got {len(inputs)}")
-        feed = {}
-        for spec, array in zip(self._inputs, inputs, strict=True):
-            fits = array.ndim == len(spec.shape) and all(
-                want in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)
-            )
-            if not fits:
-                raise ValueError(f"input {spec.name!r} wants shape {spec.shape}, got {tuple(array.shape)}")
-            feed[spec.name] = np.ascontiguousarray(array, dtype=spec.dtype)
+        feed = {spec.name: np.ascontiguousarray(array, dtype=spec.dtype) for spec, array in self.checked(inputs)}
         outputs = self._session.run([o.name for o in self._outputs], feed)
         return [np.array(o, dtype=np.float32) for o in outputs]
 
