@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import queue
 import time
 from collections.abc import Iterator
@@ -177,3 +178,31 @@ def test_kill_9_then_restart_picks_up_the_retained_watchlist(
             daemon.close()
     finally:
         acks.close()
+
+
+def test_sighup_applies_safe_changes_refuses_bad_ones_and_names_what_needs_a_restart(
+    van: SimulatedVan, faces: Path, tmp_path: Path
+) -> None:
+    frames = replay_folder(tmp_path, "frames", photos(faces, STRANGER))
+    config = van.write_config([camera(frames)])
+    daemon = van.start_daemon(config)
+    original = config.read_text()
+    try:
+        daemon.wait_for("READY", timeout=60)
+        config.write_text(original.replace("[mqtt]", "[match]\ncooldown_s = 5.0\n\n[mqtt]", 1))
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_for("RELOADING", timeout=10)
+        daemon.wait_for("READY", timeout=10)
+        config.write_text(original.replace('name = "cam0"', 'name = "cam1"'))
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_for("READY", timeout=10)
+        config.write_text(original.replace("[mqtt]", "[match]\ncooldown_s = -1.0\nbogus = 1\n\n[mqtt]", 1))
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_for("READY", timeout=10)
+        assert daemon.proc.poll() is None
+    finally:
+        assert daemon.terminate(timeout=10) == 0
+    log = daemon.log_path.read_text()
+    assert log.count("config reloaded") == 2
+    assert "change only on restart: cameras" in log
+    assert "reload refused, keeping the running config" in log and "bogus" in log
