@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import queue
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
