@@ -67,9 +67,13 @@ def status_payload(state: str, unit_id: str, seq: int, now: dt.datetime | None =
     return json.dumps({"state": state, "unit": unit_id, "time": when, "seq": seq}).encode()
 
 
-def tls_client(client_id: str, ca_file: Path, cert_file: Path, key_file: Path) -> paho.Client:
+def tls_client(
+    client_id: str, ca_file: Path, cert_file: Path, key_file: Path, *, clean_session: bool = True
+) -> paho.Client:
     """A plain paho client with mutual TLS, for tools (lfr-watchlist publish, handsets, tests)."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=paho.MQTTv311)
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session, protocol=paho.MQTTv311
+    )
     client.tls_set(
         ca_certs=str(ca_file),
         certfile=str(cert_file),
