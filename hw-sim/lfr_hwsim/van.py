@@ -70,6 +70,7 @@ class DaemonProcess:
             env=environment,
         )
         self.messages: list[dict[str, str]] = []
+        self.message_times: list[float] = []  # time.monotonic() at which each of `messages` arrived
         self._inbox: queue.Queue[dict[str, str]] = queue.Queue()
         self._reader = threading.Thread(target=self._read_notify, name="notify-reader", daemon=True)
         self._reader.start()
@@ -85,6 +86,7 @@ class DaemonProcess:
             except OSError:
                 return
             fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.message_times.append(time.monotonic())
             self.messages.append(fields)
             self._inbox.put(fields)
 

@@ -125,9 +125,9 @@ class UnitMqttClient:
                 info.wait_for_publish(timeout_s)
             except (RuntimeError, ValueError) as exc:
                 log.warning("mqtt: the 'stopped' status was not delivered: %s", exc)
+        self.connected.clear()  # before disconnecting: a clean stop is not logged as a lost connection
         self._client.disconnect()
         self._client.loop_stop()
-        self.connected.clear()
         if self._dispatcher is not None:
             self._inbox.put(None)
             self._dispatcher.join(timeout_s)
