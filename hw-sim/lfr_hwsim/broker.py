@@ -309,6 +309,7 @@ class Collector:
         self._up = threading.Event()
         self._topics: list[str] = []
         self.client.on_connect = self._on_connect
+        self.client.reconnect_delay_set(0.1, 1)  # back soon after a broker restart
         self.client.on_message = lambda c, u, m: self.messages.put(Received(m.topic, bytes(m.payload), m.retain))
         self._resubscribed: set[int] = set()
         self.client.on_subscribe = self._on_subscribe
