@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import queue
 import threading
@@ -26,6 +27,7 @@ from lfr_edge.alerts.beacon_protocol import Pattern
 from lfr_edge.alerts.handset_client import ReceivedAlert
 from lfr_edge.vision.pipeline import FacePipeline
 from lfr_edge.watchlist.enrol import PipelineEnroller
+from lfr_hwsim.beacon import LampState
 from lfr_hwsim.broker import COMMAND_CENTRE, Collector
 from lfr_hwsim.demo import usable_watchlisted
 from lfr_hwsim.facelocate import default_locator
@@ -160,19 +162,23 @@ class Watcher:
     def _lamp(self) -> None:
         beacon = self.van.beacon
         assert beacon is not None
-        last = None
+        last: tuple[Pattern, bool] | None = None
         while not self.stop.is_set():
             state = beacon.state
-            if last is None or (state.pattern, state.plugged) != last:
+            if (state.pattern, state.plugged) != last:
                 last = (state.pattern, state.plugged)
                 self.run.lamp.append((time.time(), state.pattern, state.plugged))
-            beacon.wait_until(lambda s, seen=last: (s.pattern, s.plugged) != seen, 0.2)
+            beacon.wait_until(functools.partial(_changed, last), 0.2)
 
     def close(self) -> None:
         self.stop.set()
         for t in self.threads:
             t.join(2)
         self.collector.close()
+
+
+def _changed(seen: tuple[Pattern, bool], state: LampState) -> bool:
+    return (state.pattern, state.plugged) != seen
 
 
 def street(faces: Path, seed: int, duration_s: float, watchlisted: int, crowd: float) -> ScenePlan:

@@ -309,7 +309,7 @@ class Collector:
         self._up = threading.Event()
         self._topics: list[str] = []
         self.client.on_connect = self._on_connect
-        self.client.reconnect_delay_set(0.1, 1)  # back soon after a broker restart
+        self.client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]  # back soon after a broker restart
         self.client.on_message = lambda c, u, m: self.messages.put(Received(m.topic, bytes(m.payload), m.retain))
         self._resubscribed: set[int] = set()
         self.client.on_subscribe = self._on_subscribe
@@ -319,7 +319,9 @@ class Collector:
 
     def _on_connect(self, client: paho.Client, userdata: object, flags: object, reason: object, props: object) -> None:
         for topic in self._topics:  # a clean session: subscribe again after a reconnect (broker restart)
-            self._resubscribed.add(client.subscribe(topic, 1)[1])
+            mid = client.subscribe(topic, 1)[1]
+            if mid is not None:
+                self._resubscribed.add(mid)
         self._up.set()
 
     def _on_subscribe(self, client: paho.Client, userdata: object, mid: int, codes: list[Any], props: object) -> None:

@@ -324,4 +324,4 @@ class FaultInjector:
 def _ack(ack: dict[str, Any] | None) -> str:
     if ack is None:
         return "nothing"
-    return ack.get("status", "?") + (f" ({ack['reason']})" if "reason" in ack else "")
+    return str(ack.get("status", "?")) + (f" ({ack['reason']})" if "reason" in ack else "")
