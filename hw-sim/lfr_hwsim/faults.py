@@ -168,7 +168,7 @@ class FaultInjector:
         self.ack_timeout_s = ack_timeout_s
         self._clock = clock
         self._stop = threading.Event()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._events: list[FaultEvent] = []
         self._active: dict[str, Fault] = {}  # target -> fault injected and not yet cleared
         self._started_at: float | None = None
@@ -199,25 +199,11 @@ class FaultInjector:
 
     @property
     def events(self) -> list[FaultEvent]:
-        with self._cond:
+        with self._lock:
             return list(self._events)
 
     def report(self) -> list[dict[str, Any]]:
         return [e.to_json() for e in self.events]
-
-    def wait_for(self, kind: str, action: str, timeout_s: float) -> FaultEvent:
-        """The first event of `kind` and `action`, waiting up to `timeout_s`; TimeoutError if none."""
-
-        def found() -> FaultEvent | None:
-            return next((e for e in self._events if e.kind == kind and e.action == action), None)
-
-        with self._cond:
-            if not self._cond.wait_for(lambda: found() is not None or not self._thread.is_alive(), timeout_s):
-                raise TimeoutError(f"fault injector: no {action} of {kind} within {timeout_s} s")
-            event = found()
-        if event is None:
-            raise TimeoutError(f"fault injector finished without a {action} of {kind}: {self.events}")
-        return event
 
     def wait_done(self, timeout_s: float) -> bool:
         """True once every fault in the script has been injected and cleared."""
@@ -243,14 +229,11 @@ class FaultInjector:
             if self._stop.wait(max(0.0, due_s - self._elapsed())):
                 return
             self._do(fault, action)
-        with self._cond:
-            self._cond.notify_all()
 
     def _record(self, kind: str, action: str, detail: str) -> None:
         event = FaultEvent(self._elapsed(), time.time(), kind, action, detail)
-        with self._cond:
+        with self._lock:
             self._events.append(event)
-            self._cond.notify_all()
 
     def _do(self, fault: Fault, action: str, why: str = "") -> None:
         target = KINDS[fault.kind].target
