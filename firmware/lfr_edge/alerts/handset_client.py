@@ -164,11 +164,12 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix", default="lfr/v1", help="topic prefix (default lfr/v1)")
 
 
-def _client(args: argparse.Namespace, persistent: bool = True) -> HandsetClient:
+def _client(args: argparse.Namespace) -> HandsetClient:
     keys = HandsetKeys.load(args.keys)
     unit_key = crypto.load_ed25519_public(args.unit_key)
     host, port = args.broker
-    tls = (args.ca, args.cert, args.key)
+    # Only `listen` holds the handset's persistent session; a one-off `decide` must not take it over.
+    tls, persistent = (args.ca, args.cert, args.key), args.command == "listen"
     return HandsetClient(keys, args.unit, unit_key, host, port, tls, args.prefix, persistent=persistent)
 
 
@@ -206,7 +207,7 @@ def listen(args: argparse.Namespace) -> int:
 
 
 def decide(args: argparse.Namespace) -> int:
-    client = _client(args, persistent=False)  # a one-off sender must not take over a listener's session
+    client = _client(args)
     client.start()
     client.decide(args.alert_id, args.decision)
     client.stop()
