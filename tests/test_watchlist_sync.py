@@ -184,3 +184,20 @@ def test_shutdown_wipes(applied: Harness) -> None:
     store = applied.sync.store
     applied.sync.shutdown()
     assert applied.sync.store is None and store is not None and store.wiped
+
+
+def test_the_held_bundle_redelivered_after_a_reconnect_is_not_a_refusal() -> None:
+    """The broker sends the retained bundle again on every resubscribe: quiet, no refusal, no audit."""
+    h = Harness(Keys())
+    data = make_bundle(h.keys, version=5)
+    h.sync.handle_message("t", data)
+    store, acks, events = h.sync.store, len(h.acks), len(h.audit.events)
+    h.sync.handle_message("t", data)
+    assert h.sync.store is store and len(h.acks) == acks and len(h.audit.events) == events
+    # ... but a different message claiming the held version is still a replay, and so is the
+    # same bundle once the list was wiped.
+    h.sync.handle_message("t", make_bundle(h.keys, version=5))
+    assert h.acks[-1]["reason"] == "replay" and h.audit.events[-1][0] == "watchlist_refused"
+    h.sync.wipe("closed")
+    h.sync.handle_message("t", data)
+    assert h.acks[-1]["reason"] == "replay" and h.sync.store is None

@@ -27,6 +27,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 from cryptography import x509
@@ -158,14 +159,22 @@ def acl_text(
     return "\n".join(lines) + "\n"
 
 
-def mosquitto_conf(port: int, server: ClientTls, acl_file: Path, log_file: Path) -> str:
+def mosquitto_conf(
+    port: int, server: ClientTls, acl_file: Path, log_file: Path, persistence_dir: Path | None = None
+) -> str:
+    """With `persistence_dir`, sessions, queued messages and retained ones survive a restart."""
+    persistence = (
+        ["persistence false"]
+        if persistence_dir is None
+        else ["persistence true", f"persistence_location {persistence_dir}/", "autosave_interval 60"]
+    )
     return "\n".join(
         [
             # run as whoever started it (mosquitto started as root would switch to the 'mosquitto' user,
             # who cannot read a private temporary folder)
             f"user {getpass.getuser()}",
             "per_listener_settings false",
-            "persistence false",
+            *persistence,
             f"log_dest file {log_file}",
             "log_type error",
             "log_type warning",
@@ -208,6 +217,7 @@ class MosquittoBroker:
         prefix: str = DEFAULT_PREFIX,
         handsets: Mapping[str, Sequence[str]] | None = None,
         port: int | None = None,
+        persistence: bool = False,
     ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -219,7 +229,12 @@ class MosquittoBroker:
         self.acl_file = self.dir / "acl"
         self.acl_file.write_text(acl_text(prefix, handsets=handsets))
         self.conf_file = self.dir / "mosquitto.conf"
-        self.conf_file.write_text(mosquitto_conf(self.port, self.pki.server, self.acl_file, self.log_file))
+        persistence_dir = self.dir / "db" if persistence else None
+        if persistence_dir is not None:
+            persistence_dir.mkdir(exist_ok=True)
+        self.conf_file.write_text(
+            mosquitto_conf(self.port, self.pki.server, self.acl_file, self.log_file, persistence_dir)
+        )
         self._proc: subprocess.Popen[bytes] | None = None
 
     def client(self, name: str) -> ClientTls:
@@ -304,14 +319,31 @@ class Collector:
         self.messages: queue.Queue[Received] = queue.Queue()
         self.subacks: queue.Queue[list[int]] = queue.Queue()
         self._up = threading.Event()
-        self.client.on_connect = lambda c, u, f, reason, p: self._up.set()
+        self._topics: list[str] = []
+        self.client.on_connect = self._on_connect
+        self.client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]  # back soon after a broker restart
         self.client.on_message = lambda c, u, m: self.messages.put(Received(m.topic, bytes(m.payload), m.retain))
-        self.client.on_subscribe = lambda c, u, mid, codes, p: self.subacks.put([int(x.value) for x in codes])
+        self._resubscribed: set[int] = set()
+        self.client.on_subscribe = self._on_subscribe
         self.client.connect(broker.host, broker.port, keepalive=10)
         self.client.loop_start()
         assert self._up.wait(10), f"{name} could not connect: {broker.log_tail()}"
 
+    def _on_connect(self, client: paho.Client, userdata: object, flags: object, reason: object, props: object) -> None:
+        for topic in self._topics:  # a clean session: subscribe again after a reconnect (broker restart)
+            mid = client.subscribe(topic, 1)[1]
+            if mid is not None:
+                self._resubscribed.add(mid)
+        self._up.set()
+
+    def _on_subscribe(self, client: paho.Client, userdata: object, mid: int, codes: list[Any], props: object) -> None:
+        if mid in self._resubscribed:
+            self._resubscribed.discard(mid)
+        else:
+            self.subacks.put([int(x.value) for x in codes])
+
     def subscribe(self, topic: str) -> list[int]:
+        self._topics.append(topic)
         self.client.subscribe(topic, 1)
         return self.subacks.get(timeout=10)
 

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,22 @@ from lfr_edge.vision.pipeline import build_pipeline
 from lfr_edge.watchlist.enrol import PipelineEnroller
 from lfr_hwsim.broker import COMMAND_CENTRE, Collector
 from lfr_hwsim.facelocate import default_locator
+from lfr_hwsim.faults import Fault, FaultInjector, FaultScriptError, parse_script
 from lfr_hwsim.plan import PlanRequest, ScenePlan, build_plan
 from lfr_hwsim.van import SimulatedVan, Subject
 
 MIN_USABLE_FACE_PX = 48  # a walker whose face never gets this wide cannot be expected to be recognised
-PRIVATE_OK = ("audit.jsonl", "daemon.log", "mosquitto.log", ".sock", "truth.jsonl")
+# Files that may change during a run: logs, sockets, the camera's fault-control file and the broker's
+# session store (sealed alerts queued for an offline handset: matches only).
+PRIVATE_OK = (
+    "audit.jsonl",
+    "daemon.log",
+    "mosquitto.log",
+    ".sock",
+    "truth.jsonl",
+    "camera-control.json",
+    "mosquitto.db",
+)
 
 
 @dataclass
@@ -44,6 +55,7 @@ class Observed:
     telemetry: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     beacon_states: list[tuple[float, str]] = field(default_factory=list)
+    faults_announced: int = 0
 
 
 def usable_watchlisted(plan: ScenePlan, duration_s: float) -> dict[str, tuple[float, float]]:
@@ -83,8 +95,15 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def run_demo(
-    faces: Path, duration_s: float, out: Path, watchlisted: int = 4, seed: int = 7, fps: float = 25.0
+    faces: Path,
+    duration_s: float,
+    out: Path,
+    watchlisted: int = 4,
+    seed: int = 7,
+    fps: float = 25.0,
+    faults: Sequence[Fault] | str = (),
 ) -> dict[str, Any]:
+    script = parse_script(faults) if isinstance(faults, str) else tuple(faults)
     out.mkdir(parents=True, exist_ok=True)
     with scratch_dir() as work:
         say(f"planning a {duration_s:.0f} s street scene from {faces / 'wild'} ...")
@@ -103,6 +122,8 @@ def run_demo(
             ]
             say(f"command centre: enrolling {len(subjects)} watchlisted identities with {pipeline.model_id}")
             bundle = van.build_watchlist(subjects, PipelineEnroller(pipeline), threshold=0.5)
+            if any(f.kind == "watchlist-replay" for f in script):
+                bundle = van.reissue_watchlist()  # the first version is the one a replay sends again
             van.publish_watchlist(bundle, wait_ack_s=None)
             camera = {
                 "name": "cam0",
@@ -110,7 +131,8 @@ def run_demo(
                 "width": plan.width,
                 "height": plan.height,
                 "fps": plan.fps,
-                "options": {"plan_file": str(plan_file), "realtime": True},
+                "options": {"plan_file": str(plan_file), "realtime": True}
+                | ({"control_file": str(van.camera_control_file)} if script else {}),
             }
             config = van.write_config([camera], daemon={"telemetry_interval_s": 1.0})
             phone = van.handset()
@@ -120,6 +142,9 @@ def run_demo(
             daemon = van.start_daemon(config)
             daemon.wait_for("READY", timeout=120)
             started = time.monotonic()
+            injector = FaultInjector(van, script, handset=phone).start() if script else None
+            if script:
+                say("faults scheduled: " + ", ".join(str(f) for f in script))
             last_printed = [-10.0]
             say("unit READY; the street scene is running (Ctrl-C stops early)\n")
             try:
@@ -130,9 +155,14 @@ def run_demo(
                         if not observed.beacon_states or observed.beacon_states[-1][1] != pattern:
                             observed.beacon_states.append((elapsed, pattern))
                     progress(elapsed, duration_s, observed, last_printed)
+                    if injector is not None:
+                        announce_faults(injector, observed)
                     time.sleep(0.25)
             except KeyboardInterrupt:
                 say("\nstopped early")
+            if injector is not None:
+                injector.stop()
+                announce_faults(injector, observed)
             code = daemon.terminate(timeout=10)
             drain_alerts(phone, observed, started)
             listener.stop()
@@ -142,6 +172,7 @@ def run_demo(
                 json.loads(line)["event"] for line in (van.paths.state / "audit.jsonl").read_text().splitlines()
             ]
         report = make_report(plan, duration_s, observed, written, audit_events, code)
+        report["faults"] = injector.report() if injector is not None else []
     (out / "report.json").write_text(json.dumps(report, indent=2))
     plot_timeline(observed, report, out / "timeline.png")
     print_report(report, out)
@@ -189,6 +220,14 @@ def drain_alerts(phone: Any, observed: Observed, started: float) -> None:
             }
         )
         say(f"\n  ALERT at the handset: subject {alert.subject_id}, score {alert.score:.2f}, {item.age_ms:.0f} ms")
+
+
+def announce_faults(injector: FaultInjector, observed: Observed) -> None:
+    """Print each fault action once, as it happens."""
+    events = injector.events
+    for event in events[observed.faults_announced :]:
+        say(f"\n  FAULT {event.action} at {event.at_s:.1f} s: {event.kind}: {event.detail}")
+    observed.faults_announced = len(events)
 
 
 def progress(elapsed: float, duration: float, observed: Observed, last_printed: list[float]) -> None:
@@ -304,6 +343,10 @@ def print_report(report: dict[str, Any], out: Path) -> None:
         f"non-match files written: {report['non_match_files_written']}"
         + (" -- nothing of the non-matches was kept" if report["non_match_files_written"] == 0 else ""),
         f"daemon exit code: {report['daemon_exit_code']}",
+        *(
+            f"fault {f['action']:<6} at {f['at_s']:5.1f} s: {f['kind']}: {f['detail']}"
+            for f in report.get("faults", [])
+        ),
         f"written: {out / 'report.json'}, {out / 'timeline.png'}",
     ]
     print("\n".join(lines))
@@ -324,4 +367,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--watchlisted", type=int, default=4, help="identities on the watchlist (default 4)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out", type=Path, default=Path("demo-results"))
-    p.set_defaults(func=lambda a: 0 if run_demo(a.faces, a.duration, a.out, a.watchlisted, a.seed) else 1)
+    p.add_argument(
+        "--faults",
+        type=_fault_script,
+        default=(),
+        metavar="SCRIPT",
+        help="inject faults: 'TIME:KIND[=DURATION], ...' in seconds after READY, kinds: "
+        "broker-restart, camera-stall, camera-disconnect, beacon-unplug, handset-offline, "
+        "watchlist-corrupt, watchlist-replay, watchlist-expire (e.g. '8:broker-restart=4, 20:camera-stall=3')",
+    )
+    p.set_defaults(
+        func=lambda a: 0 if run_demo(a.faces, a.duration, a.out, a.watchlisted, a.seed, faults=a.faults) else 1
+    )
+
+
+def _fault_script(text: str) -> tuple[Fault, ...]:
+    try:
+        return parse_script(text)
+    except FaultScriptError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc

@@ -70,6 +70,7 @@ class DaemonProcess:
             env=environment,
         )
         self.messages: list[dict[str, str]] = []
+        self.message_times: list[float] = []  # time.monotonic() at which each of `messages` arrived
         self._inbox: queue.Queue[dict[str, str]] = queue.Queue()
         self._reader = threading.Thread(target=self._read_notify, name="notify-reader", daemon=True)
         self._reader.start()
@@ -85,6 +86,7 @@ class DaemonProcess:
             except OSError:
                 return
             fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.message_times.append(time.monotonic())
             self.messages.append(fields)
             self._inbox.put(fields)
 
@@ -145,7 +147,11 @@ class SimulatedVan:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.unit_id = unit_id
         self.handset_ids = tuple(handset_ids)
-        self.broker = MosquittoBroker(self.dir / "broker", handsets={h: [unit_id] for h in self.handset_ids})
+        # Persistence keeps the handsets' sessions (subscriptions, queued alerts) over a broker restart,
+        # as a deployed broker does.
+        self.broker = MosquittoBroker(
+            self.dir / "broker", handsets={h: [unit_id] for h in self.handset_ids}, persistence=True
+        )
         self.root = self.dir / "root"
         self.paths = layout.UnitLayout(self.root)
         self.topics = Topics.for_unit(self.broker.prefix, unit_id)
@@ -154,6 +160,10 @@ class SimulatedVan:
         self.handsets: dict[str, HandsetKeys] = {}
         self._clients: list[HandsetClient] = []
         self.watchlist_version = int(time.time())
+        self.camera_control_file = self.dir / "camera-control.json"  # the simulator camera's `control_file`
+        self.issued: dict[int, bytes] = {}  # every bundle the command centre built, by version
+        self.published: list[bytes] = []  # retained publications, newest last
+        self._enrolled: tuple[list[Any], float, str] | None = None  # entries, threshold, model id
 
     # set-up ----------------------------------------------------------------------------------------
 
@@ -232,9 +242,17 @@ class SimulatedVan:
         entries, problems = enrol_subjects(rows, Path("/"), enroller, skip_unusable=False, progress=False)
         if len(entries) != len(subjects):
             raise ValueError("watchlist: some subjects could not be enrolled: " + "; ".join(problems))
+        self._enrolled = (list(entries), threshold, enroller.model_id)
+        return self.reissue_watchlist(valid_for_s, version)
+
+    def reissue_watchlist(self, valid_for_s: float = 3600.0, version: int | None = None) -> bytes:
+        """A new version of the last built watchlist (same subjects, no re-enrolment), valid for `valid_for_s`."""
+        if self._enrolled is None:
+            raise ValueError("watchlist: nothing enrolled yet (build_watchlist first)")
+        entries, threshold, model_id = self._enrolled
         self.watchlist_version = version if version is not None else self.watchlist_version + 1
         now = time.time()
-        return bundle.build_bundle(
+        payload = bundle.build_bundle(
             entries,
             deployment="sim-deployment",
             unit_id=self.unit_id,
@@ -243,18 +261,37 @@ class SimulatedVan:
             valid_from=now - 60,
             valid_until=now + valid_for_s,
             threshold=threshold,
-            model_id=enroller.model_id,
+            model_id=model_id,
             sign_key=self.command_centre_key,
             issued_at=now,
         )
+        self.issued[self.watchlist_version] = payload
+        return payload
 
-    def publish_watchlist(self, payload: bytes, wait_ack_s: float | None = 30.0) -> dict[str, Any] | None:
-        """Publish retained as the command centre; return the unit's ack (or None if not waiting)."""
+    @property
+    def current_bundle(self) -> bytes:
+        """The watchlist the command centre last published (retained)."""
+        if not self.published:
+            raise ValueError("watchlist: nothing published yet")
+        return self.published[-1]
+
+    def earlier_bundle(self) -> tuple[int, bytes]:
+        """The newest bundle built before the current one: what an attacker could replay."""
+        current = bundle.read_envelope(self.current_bundle, len(self.current_bundle)).header.get("version")
+        older = [v for v in self.issued if isinstance(current, int) and v < current]
+        if not older:
+            raise ValueError(f"watchlist: no bundle older than version {current} was ever issued")
+        return max(older), self.issued[max(older)]
+
+    def publish_watchlist(
+        self, payload: bytes, wait_ack_s: float | None = 30.0, retain: bool = True
+    ) -> dict[str, Any] | None:
+        """Publish (retained) as the command centre; return the unit's ack (or None if not waiting)."""
         tls = self.broker.client(COMMAND_CENTRE)
         client = tls_client(f"cc-{time.monotonic_ns()}", tls.ca_file, tls.cert_file, tls.key_file)
-        acks: list[dict[str, Any]] = []
+        acks: queue.Queue[dict[str, Any]] = queue.Queue()
         subscribed = paho_event()
-        client.on_message = lambda c, u, m: acks.append(json.loads(m.payload))
+        client.on_message = lambda c, u, m: acks.put(json.loads(m.payload))
         client.on_subscribe = lambda *a: subscribed.set()
         client.connect(self.broker.host, self.broker.port, keepalive=10)
         client.loop_start()
@@ -262,15 +299,15 @@ class SimulatedVan:
             if wait_ack_s is not None:
                 client.subscribe(self.topics.watchlist_ack, 1)
                 subscribed.wait(10)
-            client.publish(self.topics.watchlist, payload, qos=1, retain=True).wait_for_publish(10)
+            client.publish(self.topics.watchlist, payload, qos=1, retain=retain).wait_for_publish(10)
+            if retain:
+                self.published.append(payload)
             if wait_ack_s is None:
                 return None
-            deadline = time.monotonic() + wait_ack_s
-            while time.monotonic() < deadline:
-                if (acks and acks[-1].get("version") is not None) or len(acks) > 0:
-                    return acks[-1]
-                time.sleep(0.02)
-            raise TimeoutError(f"unit {self.unit_id} did not acknowledge the watchlist in {wait_ack_s} s")
+            try:
+                return acks.get(timeout=wait_ack_s)
+            except queue.Empty:
+                raise TimeoutError(f"unit {self.unit_id} did not acknowledge the watchlist in {wait_ack_s} s") from None
         finally:
             client.disconnect()
             client.loop_stop()

@@ -289,6 +289,7 @@ class BeaconDriver:
 
     def _lose_port(self, why: str) -> None:
         log.warning("beacon: %s; reopening %s", why, self._cfg.port)
+        self._open_failing = True  # this line says it: failed reopen attempts are not logged again
         self._close_port()
         with self._cond:
             self._counts["port_errors"] += 1

@@ -82,7 +82,12 @@ class ReceivedAlert:
 
 
 class HandsetClient:
-    """Connects as one handset (its own client certificate) and receives one unit's alerts."""
+    """Connects as one handset (its own client certificate) and receives one unit's alerts.
+
+    By default the session is persistent (client id = handset id, clean_session off, QoS 1 subscription):
+    the broker keeps the subscription while the handset is offline and queues the alerts published
+    meanwhile, which arrive when it reconnects. Only one client per handset id can be connected at once.
+    """
 
     def __init__(
         self,
@@ -93,6 +98,7 @@ class HandsetClient:
         port: int,
         tls: tuple[Path, Path, Path],  # CA, certificate, key
         prefix: str = "lfr/v1",
+        persistent: bool = True,
     ) -> None:
         self.keys = keys
         self.unit_id = unit_id
@@ -103,7 +109,8 @@ class HandsetClient:
         self.seen: set[str] = set()
         self.duplicates = 0
         self.connected = threading.Event()
-        self._client = tls_client(f"{keys.handset_id}-{secrets.token_hex(3)}", *tls)
+        client_id = keys.handset_id if persistent else f"{keys.handset_id}-{secrets.token_hex(3)}"
+        self._client = tls_client(client_id, *tls, clean_session=not persistent)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = lambda *a: self.connected.clear()
         self._client.on_message = self._on_message
@@ -175,7 +182,9 @@ def _client(args: argparse.Namespace) -> HandsetClient:
         raise crypto.KeyFileError(f"{unit_key_path}: no key for unit {args.unit}; pair first or give --unit-key")
     unit_key = crypto.load_ed25519_public(unit_key_path)
     host, port = args.broker
-    return HandsetClient(keys, args.unit, unit_key, host, port, (args.ca, args.cert, args.key), args.prefix)
+    # Only `listen` holds the handset's persistent session; a one-off `decide` must not take it over.
+    tls, persistent = (args.ca, args.cert, args.key), args.command == "listen"
+    return HandsetClient(keys, args.unit, unit_key, host, port, tls, args.prefix, persistent=persistent)
 
 
 def listen(args: argparse.Namespace) -> int:

@@ -78,9 +78,13 @@ def status_payload(state: str, unit_id: str, seq: int, now: dt.datetime | None =
     return json.dumps({"state": state, "unit": unit_id, "time": when, "seq": seq}).encode()
 
 
-def tls_client(client_id: str, ca_file: Path, cert_file: Path, key_file: Path) -> paho.Client:
+def tls_client(
+    client_id: str, ca_file: Path, cert_file: Path, key_file: Path, *, clean_session: bool = True
+) -> paho.Client:
     """A plain paho client with mutual TLS, for tools (lfr-watchlist publish, handsets, tests)."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=paho.MQTTv311)
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session, protocol=paho.MQTTv311
+    )
     client.tls_set(
         ca_certs=str(ca_file),
         certfile=str(cert_file),
@@ -183,9 +187,9 @@ class UnitMqttClient:
                 info.wait_for_publish(timeout_s)
             except (RuntimeError, ValueError) as exc:
                 log.warning("mqtt: the 'stopped' status was not delivered: %s", exc)
+        self.connected.clear()  # before disconnecting: a clean stop is not logged as a lost connection
         self._client.disconnect()
         self._client.loop_stop()
-        self.connected.clear()
         if self._dispatcher is not None:
             self._inbox.put(None)
             self._dispatcher.join(timeout_s)

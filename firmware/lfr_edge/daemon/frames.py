@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 
 from lfr_edge.camera.base import CameraError, EndOfStream, Frame, FrameSource
@@ -57,7 +58,14 @@ class FrameQueue:
 class CaptureThread(threading.Thread):
     """Reads one camera into the shared queue; reopens the camera with capped backoff when it fails."""
 
-    def __init__(self, source: FrameSource, queue: FrameQueue, stop: threading.Event, max_backoff_s: float = 5.0):
+    def __init__(
+        self,
+        source: FrameSource,
+        queue: FrameQueue,
+        stop: threading.Event,
+        max_backoff_s: float = 5.0,
+        stall_after_s: float = 2.0,
+    ):
         super().__init__(name=f"capture-{source.name}", daemon=True)
         self.source = source
         self.queue = queue
@@ -66,6 +74,10 @@ class CaptureThread(threading.Thread):
         self.state = "starting"  # starting, streaming, reconnecting, ended, stopped
         self.first_frame = threading.Event()
         self.last_error = ""
+        self.stall_after_s = stall_after_s
+        self.stalled = False  # streaming, but no frame for stall_after_s (a hung camera: read() blocks)
+        self._last_frame_at: float | None = None
+        self._stall_lock = threading.Lock()
 
     def run(self) -> None:
         backoff = 0.2
@@ -92,11 +104,30 @@ class CaptureThread(threading.Thread):
             if self.state != "streaming":
                 log.info("camera %s streaming (%s)", self.source.name, self.source.describe())
             self.state, backoff = "streaming", 0.2
+            self._frame_arrived()
             self.first_frame.set()
             self.queue.put(frame)
         self._close_quietly()
         if self.state != "ended":
             self.state = "stopped"
+
+    def check_stall(self, now: float) -> bool:
+        """From the main loop: a streaming camera that delivered nothing for stall_after_s is logged once."""
+        with self._stall_lock:
+            last = self._last_frame_at
+            if self.stalled or self.state != "streaming" or last is None or now - last <= self.stall_after_s:
+                return self.stalled
+            self.stalled = True
+        log.warning("camera %s stalled: no frame for %.1f s; waiting for it", self.source.name, now - last)
+        return True
+
+    def _frame_arrived(self) -> None:
+        now = time.monotonic()
+        with self._stall_lock:
+            was_stalled, last = self.stalled, self._last_frame_at
+            self.stalled, self._last_frame_at = False, now
+        if was_stalled and last is not None:
+            log.info("camera %s: frames again after %.1f s", self.source.name, now - last)
 
     def _close_quietly(self) -> None:
         try:

@@ -201,7 +201,10 @@ class Daemon:
 
         self.queue = FrameQueue(sum(c.queue_size for c in cfg.cameras))
         self.sources: list[FrameSource] = [create_source(c) for c in cfg.cameras]
-        self.captures = [CaptureThread(s, self.queue, self.stop_event) for s in self.sources]
+        self.captures = [
+            CaptureThread(s, self.queue, self.stop_event, stall_after_s=max(2.0, 5.0 / c.fps))
+            for s, c in zip(self.sources, cfg.cameras, strict=True)
+        ]
         self.worker = PipelineWorker(
             self.pipeline,
             [c.name for c in cfg.cameras],
@@ -249,6 +252,8 @@ class Daemon:
                 self.reload_requested.clear()
                 self.reload()
             frame = self.queue.get(timeout=0.5)
+            for capture in self.captures:
+                capture.check_stall(time.monotonic())
             if frame is not None:
                 self.worker.process(frame)
                 if self.watchdog is not None:
@@ -306,7 +311,7 @@ class Daemon:
             "watchlist": None
             if store is None
             else {"version": store.version, "subjects": store.size, "valid_until": store.valid_until},
-            "cameras": {c.source.name: c.state for c in self.captures},
+            "cameras": {c.source.name: "stalled" if c.stalled else c.state for c in self.captures},
             "camera_dropped": {s.name: s.stats.dropped for s in self.sources},
             "beacon": None
             if beacon is None
