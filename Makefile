@@ -7,6 +7,7 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 LFR_FACES   ?= $(abspath ../shared/faces)
 DURATION    ?= 60
+FAULTS      ?=
 QUICK       ?= 0
 PYTEST_ARGS ?=
 export LFR_FACES
@@ -60,7 +61,7 @@ test-fast: venv
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: venv system-deps models
-	$(VENV)/bin/lfr-hwsim demo --faces "$(LFR_FACES)" --duration $(DURATION) --out demo-results
+	$(VENV)/bin/lfr-hwsim demo --faces "$(LFR_FACES)" --duration $(DURATION) --out demo-results $(if $(FAULTS),--faults "$(FAULTS)")
 
 bench: venv system-deps models
 	$(PY) -m lfr_edge.bench --quick $(QUICK)
