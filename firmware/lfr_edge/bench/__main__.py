@@ -60,9 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     frameset = photos = None
     if not vision_reason and {"perception", "peer"} & set(wanted):
         default = next(v for v in variants if v.is_default)
-        sprites = make_sprites(
-            build(default, cfg, ctx.all_threads), wild_photos(faces), 24 if quick else 60, ctx.seed
-        )
+        sprites = make_sprites(build(default, cfg, ctx.all_threads), wild_photos(faces), 24 if quick else 60, ctx.seed)
         frameset = FrameSet(sprites, ctx.seed)
     if not vision_reason:
         photos = accuracy.photo_set(ctx)

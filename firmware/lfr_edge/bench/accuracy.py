@@ -110,9 +110,7 @@ def run(ctx: BenchContext, cfg: Config, variants: list[BenchVariant], photos: Ph
             [pipeline.embed_aligned(aligned_images[i : i + 64]) for i in range(0, len(aligned_images), 64)]
         )
         per_variant[variant.name] = evaluate(
-            ScoredSet(
-                wild.emb.astype(np.float64) @ wild.emb.T.astype(np.float64), wild.found, photos.wild_labels
-            ),
+            ScoredSet(wild.emb.astype(np.float64) @ wild.emb.T.astype(np.float64), wild.found, photos.wild_labels),
             ScoredSet(
                 aligned_emb.astype(np.float64) @ aligned_emb.T.astype(np.float64),
                 np.ones(len(aligned_emb), dtype=bool),

@@ -102,6 +102,8 @@ def sealed_bundle(van: Any, entries: list[Any], threshold: float, model_id: str,
 def synthetic_entries(n: int, faces_dir: Path, seed: int, dim: int = 192) -> list[Any]:
     """`n` subjects with random unit embeddings and a reference JPEG of the real size (a 128 px crop of
     a corpus photo, as `reference_crop` makes): memory depends on sizes, not on whose faces they are."""
+    import cv2
+
     from lfr_edge.bench.watchlists import unit_vectors
     from lfr_edge.vision.image import encode_jpeg, read_image
     from lfr_edge.watchlist.bundle import SubjectEntry
@@ -114,14 +116,11 @@ def synthetic_entries(n: int, faces_dir: Path, seed: int, dim: int = 192) -> lis
         h, w = image.shape[:2]
         side = min(h, w) // 2
         top, left = (h - side) // 3, (w - side) // 2
-        import cv2
-
-        crop = cv2.resize(np.ascontiguousarray(image[top : top + side, left : left + side]), (REFERENCE_MAX_SIDE,) * 2)
+        square = np.ascontiguousarray(image[top : top + side, left : left + side])
+        crop = np.asarray(cv2.resize(square, (REFERENCE_MAX_SIDE, REFERENCE_MAX_SIDE)), dtype=np.uint8)
         crops.append(encode_jpeg(crop, quality=85))
     vectors = unit_vectors(n, dim, seed)
-    return [
-        SubjectEntry(f"S{i:06d}", "wanted", "", vectors[i : i + 1].copy(), crops[i % len(crops)]) for i in range(n)
-    ]
+    return [SubjectEntry(f"S{i:06d}", "wanted", "", vectors[i : i + 1].copy(), crops[i % len(crops)]) for i in range(n)]
 
 
 @dataclass(frozen=True)

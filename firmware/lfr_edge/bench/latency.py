@@ -132,20 +132,17 @@ def is_alert_pattern(frame: Any) -> bool:
 
 
 def beacon_latencies(frame_times: list[float], executions: list[float]) -> list[float]:
-    """For each alert (by frame time), ms to the first SET_PATTERN(alert) the beacon carried out after
-    that frame and no later than the next alert's frame; an alert that found the lamps still showing
-    the previous alert gets none (counted apart)."""
+    """ms from an alert's frame to the SET_PATTERN(alert) it caused. The beacon driver sends that command
+    only when the lamps are not already showing the alert, so each execution belongs to the earliest
+    alert since the previous execution; later alerts in between found the lamps lit and sent none."""
     times = sorted(frame_times)
     out = []
-    j = 0
-    ordered = sorted(executions)
-    for i, t in enumerate(times):
-        upper = times[i + 1] if i + 1 < len(times) else float("inf")
-        while j < len(ordered) and ordered[j] <= t:
-            j += 1
-        if j < len(ordered) and ordered[j] <= upper:
-            out.append((ordered[j] - t) * 1e3)
-            j += 1
+    i = 0
+    for executed in sorted(executions):
+        if i < len(times) and times[i] < executed:
+            out.append((executed - times[i]) * 1e3)
+            while i < len(times) and times[i] < executed:
+                i += 1
     return out
 
 

@@ -24,11 +24,9 @@ SUMMARY_KEYS = ("fps_720p_5faces", "frame_ms_720p_5faces", "detect_ms_720p", "em
 
 
 def run(ctx: BenchContext, cfg: Config, variants: list[BenchVariant], frameset: FrameSet) -> PartResult:
-    n_frames, reps = (2, 4) if ctx.quick else (5, 10)
+    n_frames, reps = (2, 2) if ctx.quick else (5, 10)
     try:
-        store: Any = watchlists.store_from_matrix(
-            watchlists.unit_vectors(WATCHLIST_SIZE, watchlists.DIM, ctx.seed)
-        )
+        store: Any = watchlists.store_from_matrix(watchlists.unit_vectors(WATCHLIST_SIZE, watchlists.DIM, ctx.seed))
         match_note = f"match: top-3 search of the frame's embeddings in a {WATCHLIST_SIZE}-subject store"
     except watchlists.StoreUnavailable as exc:
         store = None
@@ -120,10 +118,7 @@ def _pick(rows: list[dict[str, Any]], variant: str, threads: int, res: str, face
     return next(
         r
         for r in rows
-        if r["variant"] == variant
-        and r["threads"] == threads
-        and r["resolution"] == res
-        and r["faces"] == faces
+        if r["variant"] == variant and r["threads"] == threads and r["resolution"] == res and r["faces"] == faces
     )
 
 
@@ -150,9 +145,7 @@ def _plot(ctx: BenchContext, rows: list[dict[str, Any]], default: str) -> str:
     for variant in sorted({r["variant"] for r in rows}):
         for threads in sorted({r["threads"] for r in rows}):
             sel = [
-                r
-                for r in rows
-                if r["variant"] == variant and r["threads"] == threads and r["resolution"] == "1280x720"
+                r for r in rows if r["variant"] == variant and r["threads"] == threads and r["resolution"] == "1280x720"
             ]
             axes[1].plot(
                 [r["faces"] for r in sel],

@@ -68,9 +68,7 @@ def _apply_bundle(matrix: np.ndarray) -> tuple[Any, float, float]:
     centre, unit = Ed25519PrivateKey.generate(), X25519PrivateKey.generate()
     model_id = "mobilefacenet/bench/000000000000"
     photo = b"\xff\xd8" + bytes(300)  # a reference photo's worth of bytes
-    subjects = [
-        bundle.SubjectEntry(f"S{i:07d}", "wanted", "", matrix[i : i + 1], photo) for i in range(len(matrix))
-    ]
+    subjects = [bundle.SubjectEntry(f"S{i:07d}", "wanted", "", matrix[i : i + 1], photo) for i in range(len(matrix))]
     now = watchlists.NOW
     payload = bundle.build_bundle(
         subjects, deployment="BENCH", unit_id="unit-bench", unit_key=unit.public_key(), version=1,

@@ -64,9 +64,7 @@ def manifest_variants(cfg: Config) -> list[BenchVariant]:
         files = ModelFiles(full, short, emb, f"{EMBEDDER_MODEL}/{v.name}/{v.sha256[:12]}")
         out.append(BenchVariant(v.name, files, v.name == entry.default_variant, _sizes(files)))
     if not out:
-        raise VariantsUnavailable(
-            f"{cfg.models.manifest}: no {EMBEDDER_MODEL} variant built (run `make models`)"
-        )
+        raise VariantsUnavailable(f"{cfg.models.manifest}: no {EMBEDDER_MODEL} variant built (run `make models`)")
     return out
 
 

@@ -43,9 +43,7 @@ def unit_vectors(n: int, dim: int, seed: int) -> npt.NDArray[np.float32]:
 
 def header(n: int, dim: int, model_id: str = "mobilefacenet/bench/000000000000") -> Any:
     bundle = watchlist_module("bundle")
-    return bundle.BundleHeader(
-        "BENCH", "unit-bench", 1, NOW - 60, NOW - 60, NOW + 86400, 0.5, model_id, n, dim, 0, ""
-    )
+    return bundle.BundleHeader("BENCH", "unit-bench", 1, NOW - 60, NOW - 60, NOW + 86400, 0.5, model_id, n, dim, 0, "")
 
 
 def store_from_matrix(matrix: npt.NDArray[np.float32]) -> Any:
