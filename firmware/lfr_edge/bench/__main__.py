@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         "scale": lambda: scale.run(ctx),
         "pipeline": lambda: pipeline.run(ctx),
         "latency": lambda: latency.run(ctx),
-        "memory": lambda: memory.run(ctx),
+        "memory": lambda: memory.run(ctx, results.get("pipeline")),
     }
     needs_vision = {
         "perception": perception.SUMMARY_KEYS,

@@ -1,12 +1,13 @@
 """Pipeline throughput: the real daemon on the simulator's camera as fast as it goes (fps, faces/s,
 CPU use, dropped frames), and the headroom left at the camera's 25 fps.
 
-Two runs of `lfr-edge run` on the same seeded 1280x720 street scene (about 5 people in frame):
-1. `realtime = false`: the simulated camera renders frames as fast as its capture thread can, so the
+Two runs of `lfr-edge run` on the same seeded 1280x720 street scene (about 5 people in frame), each
+holding the same 10,000-subject watchlist (the memory part reads its figures from the first run):
+1. `realtime = true` at 25 fps, the camera's real rate: READY without a watchlist, then the command
+   centre publishes it; the fps the daemon keeps, its CPU share, the frames it had no time for.
+2. `realtime = false`: the simulated camera renders frames as fast as its capture thread can, so the
    pipeline is never idle. The capture thread outruns the pipeline, so the drop-oldest frame queue drops
    frames: that is expected here and reported as such, not as a fault.
-2. `realtime = true` at 25 fps, the camera's real rate: the fps the daemon keeps, its CPU share, and
-   the frames it had no time for.
 CPU use is the daemon process's user+system time from /proc over the same window as the telemetry;
 it includes the simulated camera's own rendering (a real camera's capture costs far less), which the
 table states next to it.
@@ -18,6 +19,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from lfr_edge.bench import memory
 from lfr_edge.bench.common import BenchContext, PartResult, format_table, not_measured, pyplot
 from lfr_edge.bench.daemon_harness import (
     Rates,
@@ -49,24 +51,37 @@ def run(ctx: BenchContext) -> PartResult:
     missing = van_missing(ctx)
     if missing is not None:
         return not_measured("pipeline", missing, SUMMARY_KEYS)
-    warmup_s, window_s = (3.0, 6.0) if ctx.quick else (8.0, 40.0)
+    warmup_s, window_s = (2.0, 5.0) if ctx.quick else (8.0, 40.0)
+    settle_s, paced_window_s = memory.settings(ctx)
     runs: dict[str, tuple[Rates, list[Sample]]] = {}
     with bench_van("pipeline") as van:
         plan_file, scene = street_plan(ctx, van.dir, CROWD, duration_s=60.0)
         render_ms = simulator_render_ms(plan_file, 20 if ctx.quick else 60)
-        for name, realtime in (("max", False), ("25fps", True)):
+        bundle = memory.bench_bundle(ctx, van)
+        # 25 fps first: READY without a watchlist, then the command centre publishes it (retained), so the
+        # full-speed daemon started next receives the same watchlist as soon as it subscribes.
+        for name, realtime in (("25fps", True), ("max", False)):
             camera = simulator_camera(plan_file, 1280, 720, CAMERA_FPS, realtime)
             config = van.write_config([camera], daemon={"telemetry_interval_s": 1.0})
             watch = TelemetryWatch(van)
             daemon = start_ready(van, config)
-            watch.pid = daemon.proc.pid
+            pid = daemon.proc.pid
+            watch.pid = pid
             try:
-                window = watch.window(warmup_s, window_s)
-                runs[name] = (rates(window, daemon.proc.pid), window)
+                if realtime:
+                    held = memory.watchlist_run(van, watch, pid, bundle, settle_s, paced_window_s)
+                    runs[name] = (rates(held.window, pid), held.window)
+                    watchlist_data = memory.as_data(held, settle_s, paced_window_s)
+                else:
+                    window = watch.window(warmup_s, window_s)
+                    held_subjects = (window[0].telemetry.get("watchlist") or {}).get("subjects")
+                    if held_subjects != memory.SUBJECTS:
+                        raise RuntimeError(f"the full-speed daemon holds {held_subjects} subjects, not the bench's")
+                    runs[name] = (rates(window, pid), window)
             finally:
                 daemon.terminate(timeout=10)
                 watch.stop()
-    return result(ctx, scene, render_ms, warmup_s, runs)
+    return result(ctx, scene, render_ms, runs, watchlist_data)
 
 
 def simulator_render_ms(plan_file: Any, frames: int) -> float:
@@ -92,8 +107,8 @@ def result(
     ctx: BenchContext,
     scene: dict[str, Any],
     render_ms: float,
-    warmup_s: float,
     runs: dict[str, tuple[Rates, list[Sample]]],
+    watchlist_data: dict[str, Any],
 ) -> PartResult:
     fast, _ = runs["max"]
     paced, _ = runs["25fps"]
@@ -135,8 +150,8 @@ def result(
     keeps_up = paced.fps >= 0.95 * CAMERA_FPS
     notes = [
         f"Scene: seeded 1280x720 street, about {CROWD:g} people in frame (seed {scene['seed']}, "
-        f"{scene['walkers']} walkers); the daemon's own telemetry over a steady window after {warmup_s:g} s of "
-        "warm-up; CPU from /proc/<pid>/stat over the same window.",
+        f"{scene['walkers']} walkers), with a {memory.SUBJECTS:,}-subject watchlist held; the daemon's own "
+        "telemetry over a steady window after a warm-up; CPU from /proc/<pid>/stat over the same window.",
         f"Dropped frames at full speed ({fast.dropped}) are expected: the simulated camera's capture thread "
         "renders frames faster than the pipeline takes them, and the queue drops the oldest.",
         f"The simulated camera renders inside the daemon's process: {render_ms:g} ms per frame (median, "
@@ -157,6 +172,7 @@ def result(
             "scene": scene,
             "camera_fps": CAMERA_FPS,
             "simulator_render_ms": render_ms,
+            "watchlist_run": watchlist_data,
             "runs": {name: asdict(r) for name, (r, _) in runs.items()},
             "telemetry": {
                 name: [{"t": s.received - window[0].received, **s.telemetry} for s in window]
