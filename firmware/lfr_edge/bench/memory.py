@@ -148,11 +148,11 @@ def result(ctx: BenchContext, scene: dict[str, Any], held: dict[str, Any], where
         [f"{SUBJECTS:,} subjects (steady)", steady["rss_mb"], steady["rss_peak_window_mb"], steady["hwm_mb"]],
     ]
     table = format_table(["daemon", "VmRSS MB (last)", "VmRSS MB (window peak)", "VmHWM MB (peak since start)"], rows)
-    met = steady["hwm_mb"] < TARGET_MB
     notes = [
         f"Headline `daemon_rss_mb_10k` = VmHWM, the peak resident memory since start ({steady['hwm_mb']:g} MB), "
         f"which includes applying the {bundle_bytes / 1e6:.1f} MB bundle; steady VmRSS {steady['rss_mb']:g} MB. "
-        f"Target under {TARGET_MB:g} MB: {'met' if met else 'NOT met'}.",
+        f"Target under {TARGET_MB:g} MB: peak {'met' if steady['hwm_mb'] < TARGET_MB else 'NOT met'}, steady "
+        f"{'met' if steady['rss_mb'] < TARGET_MB else 'NOT met'}.",
         f"The watchlist adds {steady['rss_mb'] - before['rss_mb']:.1f} MB resident at steady state "
         f"({SUBJECTS:,} subjects, one 192-d embedding and one ~4.6 KB reference JPEG each).",
         f"Camera: the simulator's 1280x720 street scene at 25 fps (seed {scene['seed']}, about {scene['crowd']:g} "
