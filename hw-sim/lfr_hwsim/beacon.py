@@ -74,6 +74,7 @@ class SimulatedBeacon:
         self._last_command: Frame | None = None
         self._last_reply: Frame | None = None
         self._executed: list[Frame] = []
+        self._executed_at: list[float] = []  # wall-clock time each executed command was carried out
         self.duplicates = 0
         self.naks_sent = 0
         self._thread = threading.Thread(target=self._run, name="sim-beacon", daemon=True)
@@ -111,6 +112,12 @@ class SimulatedBeacon:
         """Every command the beacon carried out (duplicates and refused commands are not in it)."""
         with self._cond:
             return list(self._executed)
+
+    def executed_at(self) -> list[tuple[float, Frame]]:
+        """Every executed command with the wall-clock time (time.time()) the beacon carried it out, just
+        before it answered ACK: for latency measurements against an alert's frame time."""
+        with self._cond:
+            return list(zip(self._executed_at, self._executed, strict=True))
 
     def wait_until(self, predicate: Callable[[LampState], bool], timeout_s: float) -> bool:
         with self._cond:
@@ -271,6 +278,7 @@ class SimulatedBeacon:
 
     def _execute(self, command: Frame, now: float) -> Frame:
         self._executed.append(command)
+        self._executed_at.append(time.time())
         state = self._state
         if command.kind == Command.SET_PATTERN:
             self._commanded = Pattern(command.args[0])

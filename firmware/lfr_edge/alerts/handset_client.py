@@ -74,11 +74,17 @@ class HandsetKeys:
 @dataclass(frozen=True)
 class ReceivedAlert:
     alert: Alert
-    received_at: float  # epoch seconds
+    received_at: float  # epoch seconds, when the message arrived (before it was verified and decrypted)
+    decoded_at: float | None = None  # epoch seconds, once verified and decrypted
 
     @property
     def age_ms(self) -> float:
         return (self.received_at - self.alert.time) * 1e3
+
+    @property
+    def decoded_age_ms(self) -> float | None:
+        """Frame time to the alert decrypted at the handset (what the officer can first see)."""
+        return None if self.decoded_at is None else (self.decoded_at - self.alert.time) * 1e3
 
 
 class HandsetClient:
@@ -141,6 +147,7 @@ class HandsetClient:
         received_at = time.time()
         try:
             alert = decode_alert(bytes(message.payload), self.unit_id, self.unit_key, self.keys.sealing)
+            decoded_at = time.time()
         except ProtocolError as exc:
             self.refused.put(str(exc))
             log.warning("alert refused: %s", exc)
@@ -149,7 +156,7 @@ class HandsetClient:
             self.duplicates += 1
             return
         self.seen.add(alert.alert_id)
-        self.alerts.put(ReceivedAlert(alert, received_at))
+        self.alerts.put(ReceivedAlert(alert, received_at, decoded_at))
 
 
 def _broker(value: str) -> tuple[str, int]:

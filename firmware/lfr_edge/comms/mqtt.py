@@ -277,3 +277,5 @@ class UnitMqttClient:
                     handler(topic, payload)
                 except Exception:
                     log.exception("mqtt: handler for %s failed", topic)
+            # Drop the payload now: the next get() may block for hours, and a watchlist bundle is large.
+            del item, payload
