@@ -58,6 +58,15 @@ def _libc() -> ctypes.CDLL | None:
     return ctypes.CDLL(name, use_errno=True) if name else None
 
 
+def release_freed_memory() -> None:
+    """Hand the heap freed by a bundle's temporary copies back to the OS (glibc keeps it otherwise, and
+    the daemon's resident memory would stay at its peak). A no-op where malloc_trim does not exist."""
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if trim is not None:
+        trim(0)
+
+
 def harden_process() -> list[str]:
     """No core dumps and not dumpable (no ptrace by other users' processes, no /proc/PID/mem reads).
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from lfr_edge.watchlist import bundle
-from lfr_edge.watchlist.store import WatchlistStore
+from lfr_edge.watchlist.store import WatchlistStore, release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ class WatchlistSync:
             self._highest_version = new_store.version
         if old is not None:
             old.wipe()
+        release_freed_memory()
         header = new_store.header
         log.info(
             "watchlist: applied version %d of deployment %s (%d subjects, valid until %s)",
@@ -185,6 +186,7 @@ class WatchlistSync:
         if old is None:
             return
         old.wipe()
+        release_freed_memory()
         log.info("watchlist: wiped version %d of deployment %s (%s)", old.version, old.deployment, reason)
         self._audit.append("watchlist_wiped", deployment=old.deployment, version=old.version, reason=reason)
 
