@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from lfr_edge.alerts.beacon_protocol import Pattern
-from lfr_edge.daemon.audit import verify
+from lfr_edge.daemon.audit import Head, verify
 from lfr_edge.vision.pipeline import FacePipeline
 from lfr_edge.watchlist.enrol import PipelineEnroller
 from lfr_hwsim.broker import COMMAND_CENTRE
@@ -76,6 +76,8 @@ def test_watchlisted_person_gives_one_alert_to_the_handset_and_the_beacon(
     phone = van.handset()
     status = Collector(van.broker, COMMAND_CENTRE)
     status.subscribe(van.topics.status)
+    heads = Collector(van.broker, COMMAND_CENTRE)
+    heads.subscribe(van.topics.audit)
     daemon = van.start_daemon(config)
     try:
         ready = daemon.wait_for("READY", timeout=60)
@@ -95,6 +97,15 @@ def test_watchlisted_person_gives_one_alert_to_the_handset_and_the_beacon(
     finally:
         status.close()
     audit_log = van.paths.state / "audit.jsonl"
+    # The retained audit head the unit published last matches the file's last line.
+    published = []
+    while True:
+        try:
+            published.append(json.loads(heads.next(timeout=0.5).payload))
+        except queue.Empty:
+            break
+    heads.close()
+    assert published and verify(audit_log, expected_head=Head(published[-1]["seq"], published[-1]["hash"])).ok
     events = [json.loads(line)["event"] for line in audit_log.read_text().splitlines()]
     assert events.count("alert_raised") == 1
     assert "decision" in events and "watchlist_applied" in events

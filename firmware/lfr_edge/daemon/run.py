@@ -149,6 +149,7 @@ class Daemon:
         self.started_at = time.monotonic()
         self.beacon: Any = None
         self._faces_audited: dict[str, int] = {}
+        self._published_head: Any = None
         self._threads: list[threading.Thread] = []
 
     # start-up ---------------------------------------------------------------------------------------
@@ -328,6 +329,16 @@ class Daemon:
             self._audit_faces_seen()
             if self.mqtt.connected.is_set():
                 self.mqtt.publish(self.mqtt.topics.telemetry, json.dumps(self.telemetry()).encode(), qos=0)
+                self._publish_audit_head()
+
+    def _publish_audit_head(self) -> None:
+        """The audit log's head (seq and hash of its last line), retained: someone who cuts lines off the
+        end of the file cannot make it match (`lfr-edge audit verify --expect-head SEQ:HASH`)."""
+        head = self.audit.head
+        if head is not None and head != self._published_head:
+            body = {"unit": self.cfg.unit.id, "seq": head.seq, "hash": head.hash, "time": time.time()}
+            if self.mqtt.publish(self.mqtt.topics.audit, json.dumps(body).encode(), qos=1, retain=True):
+                self._published_head = head
 
     def _audit_faces_seen(self) -> None:
         """Counts for the deployment report (faces scanned), per camera, since the last entry."""
@@ -383,11 +394,13 @@ class Daemon:
         self.queue.close()
         self.worker.end_all_tracks()
         self.sync.shutdown()
-        self.mqtt.stop(timeout_s=max(0.2, min(1.5, deadline - time.monotonic())))
         if self.beacon is not None:
-            self.beacon.close(park=True, timeout_s=max(0.2, deadline - time.monotonic()))
+            self.beacon.close(park=True, timeout_s=max(0.2, min(1.5, deadline - time.monotonic())))
         self._audit_faces_seen()
         self.audit.append(audit_events.STOPPED, reason="signal", frames=self.worker.stats.frames)
+        if self.mqtt.connected.is_set():
+            self._publish_audit_head()
+        self.mqtt.stop(timeout_s=max(0.2, min(1.5, deadline - time.monotonic())))
         self.audit.close()
         log.info("stopped cleanly")
 
