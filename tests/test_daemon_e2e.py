@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,3 +220,46 @@ def test_sighup_applies_safe_changes_refuses_bad_ones_and_names_what_needs_a_res
     assert log.count("config reloaded") == 2
     assert "change only on restart: cameras" in log
     assert "reload refused, keeping the running config" in log and "bogus" in log
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lfr_edge.cli", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_daemon_refuses_a_model_whose_hash_is_not_the_manifests(van: SimulatedVan, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(Path("~/.cache/lfr-edge/models").expanduser(), models, ignore=shutil.ignore_patterns("downloads"))
+    victim = next(models.glob("mobilefacenet.int8-weights.tflite"))
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    config = van.write_config([camera(tmp_path)], models={"dir": str(models)})
+    result = run_cli("--config", str(config), "run")
+    assert result.returncode == 2
+    assert "mobilefacenet.int8-weights.tflite" in result.stderr and "refusing to load it" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("[unit]\nid = 'van-01'\nbogus = 1\n", "unknown key 'bogus'"),
+        ("[detect]\nscore_threshold = 2.0\n", "detect.score_threshold"),
+        ("[inference]\nbackend = 'cuda-magic'\n", "inference.backend"),
+        ("[[cameras]]\nname = 'a'\n[[cameras]]\nname = 'a'\n", "camera names must be unique"),
+        ("this is = = not toml", "not valid TOML"),
+    ],
+)
+def test_daemon_refuses_a_bad_config_naming_the_key(tmp_path: Path, text: str, named: str) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+    result = run_cli("--config", str(config), "run")
+    assert result.returncode == 2 and named in result.stderr and str(config) in result.stderr
+
+
+def test_daemon_without_its_keys_names_the_missing_file(van: SimulatedVan, tmp_path: Path) -> None:
+    config = van.write_config([camera(tmp_path)])
+    (van.paths.keys / "unit-ed25519.key").unlink()
+    result = run_cli("--config", str(config), "run")
+    assert result.returncode == 2 and "unit-ed25519.key" in result.stderr

@@ -10,8 +10,9 @@ from pathlib import Path
 from lfr_edge import __version__, demo_photos, embed_cmd
 from lfr_edge.camera.base import CameraError
 from lfr_edge.config import Config, ConfigError, load_config
+from lfr_edge.crypto import CryptoError
 from lfr_edge.daemon import selftest
-from lfr_edge.daemon.audit import add_audit_parser
+from lfr_edge.daemon.audit import AuditError, add_audit_parser
 from lfr_edge.inference.base import BackendUnavailable
 from lfr_edge.models import ModelError
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         code: int = args.func(args)
-    except (ConfigError, ModelError, BackendUnavailable, CameraError) as exc:
+    except (ConfigError, ModelError, BackendUnavailable, CameraError, CryptoError, AuditError) as exc:
         print(f"lfr-edge {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
