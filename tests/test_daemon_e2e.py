@@ -263,3 +263,31 @@ def test_daemon_without_its_keys_names_the_missing_file(van: SimulatedVan, tmp_p
     (van.paths.keys / "unit-ed25519.key").unlink()
     result = run_cli("--config", str(config), "run")
     assert result.returncode == 2 and "unit-ed25519.key" in result.stderr
+
+
+def test_watchdog_stops_while_the_pipeline_makes_no_progress_and_resumes_after(
+    van: SimulatedVan, faces: Path, tmp_path: Path
+) -> None:
+    from lfr_hwsim.camera import write_control
+
+    camera = {
+        "name": "cam0",
+        "source": "simulator",
+        "fps": 10.0,
+        "options": {"seed": 1, "duration_s": 60.0, "crowd": 1.0, "control_file": str(van.camera_control_file)},
+    }
+    config = van.write_config([camera], daemon={"watchdog_stall_s": 1.0})
+    daemon = van.start_daemon(config)  # WATCHDOG_USEC=2 s: the unit pets every second while it progresses
+    try:
+        daemon.wait_for("READY", timeout=60)
+        daemon.wait_for("WATCHDOG", timeout=5)
+        write_control(van.camera_control_file, "stall")  # no frames: the pipeline makes no progress
+        stalled = daemon.wait_for("STATUS", timeout=10)
+        while "stalled" not in stalled["STATUS"]:
+            stalled = daemon.wait_for("STATUS", timeout=10)
+        with pytest.raises(TimeoutError):
+            daemon.wait_for("WATCHDOG", timeout=3)  # systemd would now restart the service
+        write_control(van.camera_control_file, "ok")
+        daemon.wait_for("WATCHDOG", timeout=10)
+    finally:
+        assert daemon.terminate(timeout=10) == 0
