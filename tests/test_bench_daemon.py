@@ -74,7 +74,7 @@ def test_the_report_marks_the_steady_memory_target(tmp_path: Path) -> None:
     )
     write_results(tmp_path, MACHINE, "bench", [part])
     report = (tmp_path / "REPORT.md").read_text()
-    assert "(peak, VmHWM): NOT met" in report
+    assert "(peak VmRSS at steady state): NOT met" in report
     assert "(steady VmRSS): met" in report
 
 
