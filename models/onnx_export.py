@@ -35,8 +35,9 @@ IR_VERSION = 8
 PRODUCER = "lfr-edge models/onnx_export.py"
 
 OP = schema.BuiltinOperator
-OP_NAMES = {int(v): k for k, v in vars(OP).items() if not k.startswith("_")}
+OP_NAMES: dict[int, str] = {int(v): k for k, v in vars(OP).items() if not k.startswith("_")}
 ACT = schema.ActivationFunctionType
+ACT_NAMES: dict[int, str] = {int(v): k for k, v in vars(ACT).items() if not k.startswith("_")}
 PADDING_SAME = schema.Padding.SAME
 TO_NCHW = (0, 3, 1, 2)
 TO_NHWC = (0, 2, 3, 1)
@@ -130,19 +131,13 @@ class _Export:
         activation = getattr(op.builtinOptions, "fusedActivationFunction", ACT.NONE)
         if activation == ACT.NONE:
             self.node(result_op, inputs, final, **attrs)
+        elif activation == ACT.RELU:  # the only fused activation the three graphs use
+            self.node("Relu", [self.node(result_op, inputs, f"{final}:pre_activation", **attrs)], final)
         else:
-            pre = self.node(result_op, inputs, f"{final}:pre_activation", **attrs)
-            if activation == ACT.RELU:
-                self.node("Relu", [pre], final)
-            elif activation in (ACT.RELU6, ACT.RELU_N1_TO_1):
-                low, high = (0.0, 6.0) if activation == ACT.RELU6 else (-1.0, 1.0)
-                bounds = [
-                    self.add_constant(f"{final}:min", np.float32(low)),
-                    self.add_constant(f"{final}:max", np.float32(high)),
-                ]
-                self.node("Clip", [pre, *bounds], final)
-            else:
-                raise UnsupportedOp(f"{self.label}: {self.names[t]!r} has fused activation {activation}")
+            raise UnsupportedOp(
+                f"{self.label}: {self.names[t]!r} has fused activation {ACT_NAMES.get(activation, activation)}; "
+                "models/onnx_export.py converts NONE and RELU"
+            )
         (self.nchw if nchw else self.as_is)[t] = final
 
     def same_pads(self, op: Any, kernel: tuple[int, int]) -> list[int]:
@@ -282,7 +277,8 @@ def builtin_code(model: Model, op: Any) -> int:
 def op_name(model: Model, op: Any) -> str:
     builtin = builtin_code(model, op)
     if builtin == OP.CUSTOM:
-        return f"CUSTOM ({(model.operatorCodes[op.opcodeIndex].customCode or b'').decode()})"
+        custom: bytes = model.operatorCodes[op.opcodeIndex].customCode or b""
+        return f"CUSTOM ({custom.decode()})"
     return OP_NAMES.get(builtin, f"builtin op code {builtin}")
 
 

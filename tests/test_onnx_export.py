@@ -79,6 +79,15 @@ def test_converter_refuses_an_unsupported_op_and_names_it() -> None:
         tflite_to_onnx(write_model(model), "blazeface-short")
 
 
+def test_converter_refuses_a_fused_activation_it_does_not_convert() -> None:
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = read_model(float_tflite("blazeface-short").read_bytes())
+    model.subgraphs[0].operators[0].builtinOptions.fusedActivationFunction = schema.ActivationFunctionType.TANH
+    with pytest.raises(UnsupportedOp, match=r"blazeface-short: .* has fused activation TANH.*NONE and RELU"):
+        tflite_to_onnx(write_model(model), "blazeface-short")
+
+
 def test_a_manifest_whose_default_is_an_onnx_variant_is_refused(tmp_path: Path) -> None:
     text = MANIFEST_PATH.read_text(encoding="utf-8")
     head, tail = text.split('name = "mobilefacenet"\n')
