@@ -66,19 +66,22 @@ def wild_photos(faces: Path, count: int | None = None) -> Photos:
     return load(spread(files, count) if count else files)
 
 
+def embedder_input(face: Image) -> npt.NDArray[np.float32]:
+    """One batch: the aligned face and its mirror, as the unit runs them (flip-averaging)."""
+    x = (face.astype(np.float32) - 127.5) * (1.0 / 128.0)
+    return np.stack([x, x[:, ::-1]])
+
+
 def embedder_samples(aligned: Photos) -> list[dict[str, Any]]:
-    """One batch per face: the face and its mirror, as the unit runs them (flip-averaging)."""
-    out = []
-    for img in aligned.images:
-        x = (img.astype(np.float32) - 127.5) * (1.0 / 128.0)
-        out.append({"input": np.stack([x, x[:, ::-1]])})
-    return out
+    return [{"input": embedder_input(img)} for img in aligned.images]
+
+
+def detector_input(img: Image, size: int) -> npt.NDArray[np.float32]:
+    """The photo letterboxed to the detector's square input, scaled to [-1, 1] as the unit does."""
+    square = crop_square(img, letterbox_window(img.shape[1], img.shape[0]), size)
+    batch: npt.NDArray[np.float32] = (square.astype(np.float32) * (1.0 / 127.5) - 1.0)[None]
+    return batch
 
 
 def detector_samples(wild: Photos, size: int) -> list[dict[str, Any]]:
-    """Each photo letterboxed to the detector's square input, scaled to [-1, 1] as the unit does."""
-    out = []
-    for img in wild.images:
-        square = crop_square(img, letterbox_window(img.shape[1], img.shape[0]), size)
-        out.append({"input": (square.astype(np.float32) * (1.0 / 127.5) - 1.0)[None]})
-    return out
+    return [{"input": detector_input(img, size)} for img in wild.images]

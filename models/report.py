@@ -4,7 +4,11 @@ Per variant: file size, single-thread median latency of one invoke, and
 - embedder: TAR at FAR 1e-3 over all pairs of `aligned/` (crops embedded directly) and of `wild/`
   (float detectors → largest face → alignment → embedding), flip-averaged as the unit runs it, and the
   cosine to the float embedding of the same face;
-- detectors: share of `wild/` photos with a face, and agreement of the largest box with float's.
+- detectors: share of `wild/` photos with a face, and agreement of the largest box with float's;
+- ONNX variants (for the Jetson's ONNX Runtime backend, never a CPU unit's default): single-thread
+  latency on ONNX Runtime's CPU provider, and agreement with the float .tflite on LiteRT over every photo
+  and face of the corpus, prepared as calibration prepares them (letterboxed photos, aligned faces with
+  their mirrors): the largest difference of the raw outputs and the cosine of the embeddings.
 Faces, crops and embeddings stay in memory; only the figures are written.
 """
 
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +26,7 @@ import numpy.typing as npt
 import corpus
 from fetch import BuildError
 from lfr_edge.config import DetectConfig
+from lfr_edge.inference.base import LoadedModel
 from lfr_edge.inference.litert import LiteRTModel, load_model
 from lfr_edge.metrics import pair_scores, tar_at_far
 from lfr_edge.vision.align import align_face
@@ -38,6 +44,17 @@ MIN_MEAN_COSINE = 0.95
 MIN_BOX_IOU = 0.8
 DETECTORS = {"blazeface-short": SHORT_RANGE, "blazeface-full": FULL_RANGE}
 EMBEDDER = "mobilefacenet"
+LITERT, ORT_CPU = "litert", "onnxruntime-cpu"
+# The ONNX export is the same float32 function as the float .tflite: only the order of float additions
+# differs (MLAS vs XNNPACK kernels, NCHW vs NHWC). Those rounding differences scale with the values
+# summed, so the bound is relative to each output's largest magnitude on that input (BlazeFace short
+# range's heads reach 1e4 px and -3e4 logits on real photos). Measured over the whole corpus: at most
+# 2.3e-5 of the scale (short range), 5.5e-6 (full range), 2.5e-6 (MobileFaceNet); a wrong conversion
+# is far off (SAME padding on the wrong side: 0.97 of the scale; resize with another coordinate mode:
+# 0.72). The bound, 1e-4, leaves 4x headroom over float noise and is 7000x below those errors.
+# Embeddings: measured cosine 1 - 2e-12 at worst; the bound is 1 - 1e-6.
+ONNX_MAX_REL_DIFF = 1e-4
+ONNX_MIN_COSINE = 1.0 - 1e-6
 
 
 @dataclass
@@ -52,6 +69,9 @@ class VariantFigures:
     cosine_min: float | None = None
     found_rate: float | None = None  # detectors: wild photos with a face
     box_iou_median: float | None = None  # detectors: largest box vs float's
+    runtime: str = LITERT  # ONNX variants: measured on ONNX Runtime's CPU provider
+    max_abs_diff: float | None = None  # ONNX: raw outputs vs the float .tflite on LiteRT, worst element
+    max_rel_diff: float | None = None  # ONNX: the same, over the output's largest magnitude
 
 
 @dataclass
@@ -72,10 +92,27 @@ class Report:
         return Report(figures, data["defaults"], data["reasons"], data["corpus"], data["seconds"])
 
 
+def load_ort_cpu(path: Path, threads: int) -> LoadedModel:
+    """An ONNX model on ONNX Runtime's CPU provider, through the unit's ONNX model class."""
+    import onnxruntime
+
+    from lfr_edge.inference.onnx_tensorrt import OnnxModel
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return OnnxModel(session, "CPUExecutionProvider")
+
+
+def load_any(path: Path, threads: int) -> LoadedModel:
+    return load_ort_cpu(path, threads) if path.suffix == ".onnx" else load_model(path, threads)
+
+
 def latencies_ms(paths: dict[str, Path], rounds: int = 12, per_round: int = 15) -> dict[str, float]:
     """Single-thread latency of one invoke per variant, robust to other work on the machine: the
     variants take turns (round-robin), and each gets the lowest of its per-round medians."""
-    models = {name: load_model(path, threads=1) for name, path in paths.items()}
+    models = {name: load_any(path, threads=1) for name, path in paths.items()}
     inputs = {n: [np.zeros(s.shape, dtype=np.float32) for s in m.inputs] for n, m in models.items()}
     best = dict.fromkeys(models, float("inf"))
     for n, m in models.items():
@@ -121,7 +158,7 @@ def evaluate(artifacts: dict[str, dict[str, Path]], faces: Path) -> Report:
     for name, spec in DETECTORS.items():
         report.figures[name] = {}
         speed = latencies_ms(artifacts[name])
-        for variant, path in artifacts[name].items():
+        for variant, path in litert_variants(artifacts[name]).items():
             det = detector(load_model(path, EVAL_THREADS), spec)
             boxes: list[tuple[float, float, float, float] | None] = [
                 (d.box if (d := largest(det.detect(img))) else None) for img in wild.images
@@ -134,6 +171,9 @@ def evaluate(artifacts: dict[str, dict[str, Path]], faces: Path) -> Report:
                 ious = [box_iou(a, b) for a, b in zip(boxes, largest_boxes[name], strict=True) if a and b]
                 fig.box_iou_median = float(np.median(ious)) if ious else 0.0
             report.figures[name][variant] = fig
+        for variant, path in onnx_variants(artifacts[name]).items():
+            inputs = (corpus.detector_input(img, spec.input_size) for img in wild.images)
+            report.figures[name][variant] = onnx_figures(artifacts[name]["float"], path, inputs, speed[variant])
 
     # Wild faces for the embedder: the unit's float detectors (both), largest face, aligned once.
     full = BlazeFace(load_model(artifacts["blazeface-full"]["float"], EVAL_THREADS), FULL_RANGE)
@@ -154,7 +194,7 @@ def evaluate(artifacts: dict[str, dict[str, Path]], faces: Path) -> Report:
     report.figures[EMBEDDER] = {}
     speed = latencies_ms(artifacts[EMBEDDER], rounds=8, per_round=8)
     reference: npt.NDArray[np.float32] | None = None
-    for variant, path in artifacts[EMBEDDER].items():
+    for variant, path in litert_variants(artifacts[EMBEDDER]).items():
         embedder = Embedder(load_model(path, EVAL_THREADS), flip_average=True)
         emb_aligned = embedder.embed(aligned_faces)
         emb_wild = embedder.embed(wild_faces)
@@ -167,6 +207,9 @@ def evaluate(artifacts: dict[str, dict[str, Path]], faces: Path) -> Report:
             cos = np.sum(emb_aligned * reference, axis=1)
             fig.cosine_mean, fig.cosine_min = float(cos.mean()), float(cos.min())
         report.figures[EMBEDDER][variant] = fig
+    for variant, path in onnx_variants(artifacts[EMBEDDER]).items():
+        inputs = (corpus.embedder_input(face) for face in aligned.images)
+        report.figures[EMBEDDER][variant] = onnx_figures(artifacts[EMBEDDER]["float"], path, inputs, speed[variant])
 
     check_close_to_float(report)
     choose_defaults(report)
@@ -174,9 +217,67 @@ def evaluate(artifacts: dict[str, dict[str, Path]], faces: Path) -> Report:
     return report
 
 
+def litert_variants(paths: dict[str, Path]) -> dict[str, Path]:
+    return {v: p for v, p in paths.items() if p.suffix != ".onnx"}
+
+
+def onnx_variants(paths: dict[str, Path]) -> dict[str, Path]:
+    return {v: p for v, p in paths.items() if p.suffix == ".onnx"}
+
+
+def onnx_figures(
+    float_tflite: Path, onnx_file: Path, inputs: Iterable[npt.NDArray[np.float32]], latency_ms: float
+) -> VariantFigures:
+    """Run the ONNX export (ONNX Runtime, CPU) and the float .tflite (LiteRT) on the same inputs."""
+    litert, ort = load_model(float_tflite, EVAL_THREADS), load_ort_cpu(onnx_file, EVAL_THREADS)
+    names = [o.name for o in litert.outputs]
+    if [o.name for o in ort.outputs] != names or [i.shape for i in ort.inputs] != [i.shape for i in litert.inputs]:
+        raise BuildError(
+            f"{onnx_file.name}: its inputs/outputs {[(i.name, i.shape) for i in ort.inputs]} -> "
+            f"{[o.name for o in ort.outputs]} are not the float model's {[(i.name, i.shape) for i in litert.inputs]}"
+            f" -> {names}; nothing was installed"
+        )
+    abs_diff, rel_diff, cosines = 0.0, 0.0, []
+    for x in inputs:
+        for want, got in zip(litert.run(x), ort.run(x), strict=True):
+            diff = float(np.max(np.abs(got - want)))
+            abs_diff = max(abs_diff, diff)
+            rel_diff = max(rel_diff, diff / max(1.0, float(np.max(np.abs(want)))))
+            if want.ndim == 2:  # embeddings [batch, D]: compare directions, as the matcher does
+                cosines.extend(_cosines(want, got))
+    fig = VariantFigures(onnx_file.stat().st_size, latency_ms, runtime=ORT_CPU)
+    fig.max_abs_diff, fig.max_rel_diff = abs_diff, rel_diff
+    if cosines:
+        fig.cosine_mean, fig.cosine_min = float(np.mean(cosines)), float(np.min(cosines))
+    return fig
+
+
+def _cosines(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> list[float]:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    dots = np.sum(a64 * b64, axis=1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
+    return [float(c) for c in dots]
+
+
+def check_onnx_agrees(model: str, variant: str, fig: VariantFigures) -> None:
+    if fig.max_rel_diff is not None and fig.max_rel_diff > ONNX_MAX_REL_DIFF:
+        raise BuildError(
+            f"{model}/{variant}: the ONNX export disagrees with the float .tflite on the corpus: raw outputs "
+            f"differ by up to {fig.max_abs_diff:.3g} ({fig.max_rel_diff:.2g} of the output's scale, bound "
+            f"{ONNX_MAX_REL_DIFF:g}); models/onnx_export.py converts an op wrongly. Nothing was installed"
+        )
+    if fig.cosine_min is not None and fig.cosine_min < ONNX_MIN_COSINE:
+        raise BuildError(
+            f"{model}/{variant}: the ONNX export's embeddings differ from the float .tflite's: cosine down to "
+            f"{fig.cosine_min:.9f} (bound {ONNX_MIN_COSINE:.9f}); nothing was installed"
+        )
+
+
 def check_close_to_float(report: Report) -> None:
     for model, variants in report.figures.items():
         for variant, fig in variants.items():
+            if fig.runtime == ORT_CPU:
+                check_onnx_agrees(model, variant, fig)
+                continue
             if fig.cosine_mean is not None and fig.cosine_mean < MIN_MEAN_COSINE:
                 raise BuildError(
                     f"{model}/{variant}: mean cosine to float embeddings is {fig.cosine_mean:.3f} "
@@ -199,7 +300,7 @@ def _fastest(candidates: list[tuple[str, VariantFigures]]) -> str:
 def choose_defaults(report: Report) -> None:
     """Embedder: the fastest variant within 0.5 points of float's TAR on both sets. Detectors: the
     fastest whose found rate is within 0.5 points of float's and whose boxes agree with float's."""
-    emb = report.figures[EMBEDDER]
+    emb = _litert_figures(report.figures[EMBEDDER])
     ref = emb["float"]
     assert ref.tar_aligned is not None and ref.tar_wild is not None
     ok = [
@@ -225,7 +326,7 @@ def choose_defaults(report: Report) -> None:
     if rejected:
         report.reasons[EMBEDDER] += f"; over the 0.5-point TAR budget: {', '.join(rejected)}"
     for name in DETECTORS:
-        variants = report.figures[name]
+        variants = _litert_figures(report.figures[name])
         ref = variants["float"]
         assert ref.found_rate is not None
         ok = [
@@ -242,6 +343,11 @@ def choose_defaults(report: Report) -> None:
             f"{winner}: {fig.latency_ms:.2f} ms vs float {ref.latency_ms:.2f} ms, faces found in "
             f"{100 * (fig.found_rate or 0):.1f}% of wild photos (float {100 * ref.found_rate:.1f}%)"
         )
+
+
+def _litert_figures(variants: dict[str, VariantFigures]) -> dict[str, VariantFigures]:
+    """The variants a CPU unit can run: ONNX exports are for the Jetson backend, never a default."""
+    return {v: f for v, f in variants.items() if f.runtime == LITERT}
 
 
 def _pts(value: float, reference: float) -> str:
@@ -263,7 +369,7 @@ def markdown(report: Report) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for model, variants in report.figures.items():
-        for variant, f in variants.items():
+        for variant, f in _litert_figures(variants).items():
             mark = " (default)" if report.defaults.get(model) == variant else ""
             lines.append(
                 f"| {model} | {variant}{mark} | {f.size_bytes / 1e6:.2f} | {f.latency_ms:.2f} "
@@ -272,7 +378,36 @@ def markdown(report: Report) -> str:
             )
     lines += ["", "Defaults:", ""]
     lines += [f"- {model}: {reason}" for model, reason in report.reasons.items()]
+    lines += [
+        "",
+        'ONNX exports (for `inference.backend = "onnx-tensorrt"`, never a CPU default), run on ONNX Runtime\'s '
+        "CPU provider against the float .tflite on LiteRT, over every wild photo (letterboxed) or aligned "
+        f"face and its mirror; bounds: raw outputs within {ONNX_MAX_REL_DIFF:g} of their scale, embedding "
+        f"cosine >= 1 - {1 - ONNX_MIN_COSINE:.0e}.",
+        "",
+        "| model | variant | size MB | ms ORT CPU (1 thread) | ms LiteRT float (1 thread) | max abs diff "
+        "| max diff / scale | cos to float mean/min |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for model, variants in report.figures.items():
+        for variant, f in variants.items():
+            if f.runtime != ORT_CPU:
+                continue
+            ref = variants.get("float")
+            lines.append(
+                f"| {model} | {variant} | {f.size_bytes / 1e6:.2f} | {f.latency_ms:.2f} "
+                f"| {'' if ref is None else f'{ref.latency_ms:.2f}'} | {_sci(f.max_abs_diff)} "
+                f"| {_sci(f.max_rel_diff)} | {_cos_near_one(f.cosine_mean, f.cosine_min)} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _sci(x: float | None) -> str:
+    return "" if x is None else f"{x:.2e}"
+
+
+def _cos_near_one(mean: float | None, low: float | None) -> str:
+    return "" if mean is None or low is None else f"1 - {1 - mean:.1e} / 1 - {1 - low:.1e}"
 
 
 def _pct(x: float | None) -> str:

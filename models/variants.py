@@ -16,6 +16,7 @@ from typing import Any
 
 import corpus
 import graph_fixes
+import onnx_export
 import quantise
 from fetch import BuildError
 
@@ -84,6 +85,14 @@ def _weights(f: bytes, c: Calibration) -> bytes:
         return quantise.weight_only_int8(f)
 
 
+def _onnx(model: str) -> Recipe:
+    """The float variant in ONNX, for ONNX Runtime / TensorRT (checked against LiteRT in report.py)."""
+    return Recipe(
+        "the float variant exported to ONNX (opset 17), NHWC in and out, NCHW inside",
+        lambda f, c: onnx_export.tflite_to_onnx(f, model),
+    )
+
+
 RECIPES: dict[str, dict[str, Recipe]] = {
     "blazeface-short": {
         "float": Recipe("fp16 weights folded to fp32, op codes fixed, RELU fused", lambda f, c: f),
@@ -91,6 +100,7 @@ RECIPES: dict[str, dict[str, Recipe]] = {
             "static int8, output heads in float, moving-average calibration on wild photos",
             lambda f, c: c.static(f, c.detector(128), "moving-average", SHORT_RANGE_HEADS),
         ),
+        "onnx": _onnx("blazeface-short"),
     },
     "blazeface-full": {
         "float": Recipe("fp16 weights folded to fp32, op codes fixed, RELU fused", lambda f, c: f),
@@ -98,6 +108,7 @@ RECIPES: dict[str, dict[str, Recipe]] = {
             "static int8, global min/max calibration on wild photos (keeps the positive logits)",
             lambda f, c: c.static(f, c.detector(192), "min-max"),
         ),
+        "onnx": _onnx("blazeface-full"),
     },
     "mobilefacenet": {
         "float": Recipe("spelled-out PReLU rewritten as PRELU, op codes fixed", lambda f, c: f),
@@ -110,6 +121,7 @@ RECIPES: dict[str, dict[str, Recipe]] = {
             "static int8 with the embedding head (global depthwise + 1x1 convs) in float",
             lambda f, c: c.static(f, c.embedder(), "moving-average", MOBILEFACENET_TAIL),
         ),
+        "onnx": _onnx("mobilefacenet"),
     },
 }
 

@@ -23,6 +23,11 @@ class Variant:
     sha256: str
     description: str = ""
 
+    @property
+    def is_onnx(self) -> bool:
+        """An ONNX export (for `inference.backend = "onnx-tensorrt"`), not a .tflite file for LiteRT."""
+        return self.file.endswith(".onnx")
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -123,6 +128,11 @@ def load_manifest(path: Path) -> Manifest:
             )
             if entry.source not in sources:
                 raise ModelError(f"{path}: model {entry.name!r} names unknown source {entry.source!r}")
+            if any(v.is_onnx and v.name == entry.default_variant for v in variants):
+                raise ModelError(
+                    f"{path}: model {entry.name!r}: default_variant {entry.default_variant!r} is an ONNX "
+                    "file, which the CPU unit (LiteRT) cannot run; the default must be a .tflite variant"
+                )
             models[entry.name] = entry
     except KeyError as exc:
         raise ModelError(f"{path}: an entry lacks the key {exc.args[0]!r}") from exc

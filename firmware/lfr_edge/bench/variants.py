@@ -51,6 +51,8 @@ def manifest_variants(cfg: Config) -> list[BenchVariant]:
     models_dir = cfg.models.dir.expanduser()
     out = []
     for v in entry.variants:
+        if v.is_onnx:
+            continue  # the bench runs LiteRT; ONNX exports are the onnx-tensorrt backend's
         try:
             full, _ = manifest.artifact(
                 FULL_RANGE.name, _detector_variant(manifest, FULL_RANGE.name, v.name), models_dir

@@ -73,18 +73,19 @@ def _mib(n_bytes: float) -> str:
 def check_models(cfg: Config, models: _Models) -> Iterator[Check]:
     from lfr_edge.models import ModelError, load_manifest
     from lfr_edge.vision.detect import FULL_RANGE, SHORT_RANGE
-    from lfr_edge.vision.pipeline import EMBEDDER_MODEL
+    from lfr_edge.vision.pipeline import EMBEDDER_MODEL, model_variants
 
     try:
         manifest = load_manifest(cfg.models.manifest)
+        detector_variant, embedder_variant = model_variants(cfg)  # the backend's own variants
     except ModelError as exc:
         yield Check("models", "FAIL", str(exc))
         return
-    wanted = [(EMBEDDER_MODEL, cfg.models.embedder_variant)]
+    wanted = [(EMBEDDER_MODEL, embedder_variant)]
     if cfg.models.detector in ("full", "both"):
-        wanted.insert(0, (FULL_RANGE.name, "default"))
+        wanted.insert(0, (FULL_RANGE.name, detector_variant))
     if cfg.models.detector in ("short", "both"):
-        wanted.insert(-1, (SHORT_RANGE.name, "default"))
+        wanted.insert(-1, (SHORT_RANGE.name, detector_variant))
     for name, variant in wanted:
         try:
             path, v = manifest.artifact(name, variant, cfg.models.dir)

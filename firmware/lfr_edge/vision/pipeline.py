@@ -17,7 +17,7 @@ import numpy.typing as npt
 from lfr_edge.config import Config, DetectConfig, QualityConfig
 from lfr_edge.inference import create_backend
 from lfr_edge.inference.base import Backend
-from lfr_edge.models import load_manifest
+from lfr_edge.models import ModelError, load_manifest
 from lfr_edge.vision.align import ALIGNED_SIZE, align_face
 from lfr_edge.vision.detect import FULL_RANGE, SHORT_RANGE, BlazeFace, Detection, FaceDetector
 from lfr_edge.vision.embed import Embedder
@@ -25,6 +25,11 @@ from lfr_edge.vision.quality import QualityVerdict, assess
 
 Image = npt.NDArray[np.uint8]
 EMBEDDER_MODEL = "mobilefacenet"
+# Backends that cannot run .tflite files, and the variant of every model they run instead (the models
+# build exports it). The embedder's model id then names that variant, and a watchlist is enrolled for one
+# model id: a Jetson unit's watchlists must be enrolled with the Jetson's own model id
+# (mobilefacenet/onnx/...), or the unit refuses them.
+BACKEND_VARIANTS = {"onnx-tensorrt": "onnx"}
 
 
 @dataclass(frozen=True)
@@ -96,17 +101,32 @@ class FacePipeline:
         return self.embedder.embed(faces)
 
 
+def model_variants(cfg: Config, variant: str | None = None) -> tuple[str, str]:
+    """(detector variant, embedder variant) for the configured backend: the manifest's defaults and the
+    asked-for embedder variant, or the one variant a non-LiteRT backend runs (BACKEND_VARIANTS)."""
+    wanted = variant or cfg.models.embedder_variant
+    only = BACKEND_VARIANTS.get(cfg.inference.backend)
+    if only is None:
+        return "default", wanted
+    if wanted not in ("default", only):
+        raise ModelError(
+            f"inference.backend = {cfg.inference.backend!r} runs the {only!r} model variants, not the "
+            f'embedder variant {wanted!r}: leave models.embedder_variant at "default"'
+        )
+    return only, only
+
+
 def resolve_model_files(cfg: Config, variant: str | None = None) -> ModelFiles:
     """Find the configured models' artifacts and verify each against the manifest's sha256."""
     manifest = load_manifest(cfg.models.manifest)
     models_dir = cfg.models.dir.expanduser()
     full = short = None
-    detector_variant = "default"
+    detector_variant, embedder_variant = model_variants(cfg, variant)
     if cfg.models.detector in ("full", "both"):
         full, _ = manifest.artifact(FULL_RANGE.name, detector_variant, models_dir)
     if cfg.models.detector in ("short", "both"):
         short, _ = manifest.artifact(SHORT_RANGE.name, detector_variant, models_dir)
-    embedder_path, v = manifest.artifact(EMBEDDER_MODEL, variant or cfg.models.embedder_variant, models_dir)
+    embedder_path, v = manifest.artifact(EMBEDDER_MODEL, embedder_variant, models_dir)
     return ModelFiles(full, short, embedder_path, f"{EMBEDDER_MODEL}/{v.name}/{v.sha256[:12]}")
 
 
