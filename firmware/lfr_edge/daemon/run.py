@@ -9,6 +9,7 @@ idle and exits 0 within 5 s. SIGHUP re-reads the config and applies what is safe
 from __future__ import annotations
 
 import faulthandler
+import gc
 import json
 import logging
 import os
@@ -246,6 +247,10 @@ class Daemon:
     # the main loop ----------------------------------------------------------------------------------
 
     def run(self) -> int:
+        # Everything allocated at start (modules, models, config) never becomes garbage: keep the
+        # collector from walking it again on every full collection in the frame loop.
+        gc.collect()
+        gc.freeze()
         ready = False
         last_status = 0.0
         while not self.stop_event.is_set():
