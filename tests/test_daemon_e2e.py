@@ -60,6 +60,24 @@ def van(tmp_path: Path) -> Iterator[SimulatedVan]:
         yield running
 
 
+def listening_sockets(pid: int) -> list[str]:
+    """TCP sockets of `pid` in the LISTEN state, and bound UDP sockets, from /proc (no tools needed)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            listening = state == "0A" if table.startswith("tcp") else True
+            if inode in inodes and listening:
+                found.append(f"{table} {local}")
+    return found
+
+
 def files_under(root: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime for p in root.rglob("*") if p.is_file()}
 
@@ -152,6 +170,7 @@ def test_a_stranger_gives_no_alert_and_nothing_of_them_is_written(
                     break
         assert int(str(telemetry.get("faces_embedded", 0))) > 0
         assert phone.alerts.empty()
+        assert listening_sockets(daemon.proc.pid) == []  # DESIGN rule 4: the unit opens no listening socket
         assert daemon.terminate(timeout=10) == 0
     finally:
         spy.close()
@@ -291,3 +310,12 @@ def test_watchdog_stops_while_the_pipeline_makes_no_progress_and_resumes_after(
         daemon.wait_for("WATCHDOG", timeout=10)
     finally:
         assert daemon.terminate(timeout=10) == 0
+
+
+def test_the_listening_socket_check_sees_a_listener() -> None:
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert any(entry.startswith("tcp ") for entry in listening_sockets(os.getpid()))
