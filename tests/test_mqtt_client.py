@@ -121,3 +121,17 @@ def test_publish_reports_whether_the_message_was_queued(broker: MosquittoBroker)
     assert unit.publish(unit.topics.telemetry, b"{}", qos=1)
     unit.stop()
     assert not unit.publish(unit.topics.telemetry, b"{}", qos=0)
+
+
+def test_packets_go_out_at_once_without_nagle_delay(broker: MosquittoBroker) -> None:
+    """An alert published right after a QoS 0 message must not wait for the broker's delayed ACK."""
+    import socket
+
+    unit = UnitMqttClient("unit-a", unit_mqtt_config(broker, "unit-a"))
+    unit.start()
+    try:
+        assert unit.connected.wait(10)
+        sock = unit._client.socket()
+        assert sock is not None and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        unit.stop()
