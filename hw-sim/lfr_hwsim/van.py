@@ -22,14 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lfr_edge import crypto
 from lfr_edge.alerts.handset_client import HandsetClient, HandsetKeys
 from lfr_edge.comms.mqtt import Topics, tls_client
-from lfr_edge.vision.image import read_image
 from lfr_edge.watchlist import bundle
 from lfr_edge.watchlist.enrol import Enroller
 from lfr_hwsim.beacon import SimulatedBeacon
@@ -290,7 +288,7 @@ class SimulatedVan:
         tls = self.broker.client(COMMAND_CENTRE)
         client = tls_client(f"cc-{time.monotonic_ns()}", tls.ca_file, tls.cert_file, tls.key_file)
         acks: queue.Queue[dict[str, Any]] = queue.Queue()
-        subscribed = paho_event()
+        subscribed = threading.Event()
         client.on_message = lambda c, u, m: acks.put(json.loads(m.payload))
         client.on_subscribe = lambda *a: subscribed.set()
         client.connect(self.broker.host, self.broker.port, keepalive=10)
@@ -352,12 +350,4 @@ class SimulatedVan:
         self.stop()
 
 
-def paho_event() -> threading.Event:
-    return threading.Event()
-
-
-def load_photo(path: Path) -> Any:
-    return read_image(path)
-
-
-__all__ = ["DaemonProcess", "SimulatedVan", "Subject", "paho"]
+__all__ = ["DaemonProcess", "SimulatedVan", "Subject"]
