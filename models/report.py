@@ -131,10 +131,8 @@ def latencies_ms(paths: dict[str, Path], rounds: int = 12, per_round: int = 15) 
 
 def detector(model: LiteRTModel, spec: BlazeFaceSpec) -> FaceDetector:
     blaze = BlazeFace(model, spec)
-    cfg = DetectConfig()
-    if spec is FULL_RANGE:
-        return FaceDetector(blaze, None, cfg.score_threshold, cfg.nms_iou, 1, cfg.max_faces)
-    return FaceDetector(None, blaze, cfg.score_threshold, cfg.nms_iou, 1, cfg.max_faces)
+    full, short = (blaze, None) if spec is FULL_RANGE else (None, blaze)
+    return FaceDetector.from_config(full, short, DetectConfig(), tile_rows=1)
 
 
 def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -178,8 +176,7 @@ def evaluate(artifacts: dict[str, dict[str, Path]], faces: Path) -> Report:
     # Wild faces for the embedder: the unit's float detectors (both), largest face, aligned once.
     full = BlazeFace(load_model(artifacts["blazeface-full"]["float"], EVAL_THREADS), FULL_RANGE)
     short = BlazeFace(load_model(artifacts["blazeface-short"]["float"], EVAL_THREADS), SHORT_RANGE)
-    cfg = DetectConfig()
-    unit_detector = FaceDetector(full, short, cfg.score_threshold, cfg.nms_iou, cfg.tile_rows, cfg.max_faces)
+    unit_detector = FaceDetector.from_config(full, short, DetectConfig())
     crops, crop_labels = [], []
     for img, label in zip(wild.images, wild.labels, strict=True):
         face = largest(unit_detector.detect(img))

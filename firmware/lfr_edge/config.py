@@ -306,21 +306,17 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
     base = base or Path.cwd()
     data = dict(data)
     cameras_raw = data.pop("cameras", None)
-    cfg = parse_section(Config, {k: v for k, v in data.items()}, "config", base) if data else Config()
+    cfg = parse_section(Config, data, "config", base)
     if cameras_raw is not None:
         if not isinstance(cameras_raw, list):
             raise ConfigError("cameras: expected [[cameras]] tables")
-        cams = tuple(
-            parse_section(CameraConfig, cam, f"cameras[{i}]", base) if isinstance(cam, dict) else _bad_cam(i)
-            for i, cam in enumerate(cameras_raw)
-        )
+        for i, cam in enumerate(cameras_raw):
+            if not isinstance(cam, dict):
+                raise ConfigError(f"cameras[{i}]: expected a table")
+        cams = tuple(parse_section(CameraConfig, cam, f"cameras[{i}]", base) for i, cam in enumerate(cameras_raw))
         cfg = dataclasses.replace(cfg, cameras=cams)
     _check_ranges(cfg)
     return cfg
-
-
-def _bad_cam(index: int) -> CameraConfig:
-    raise ConfigError(f"cameras[{index}]: expected a table")
 
 
 def load_config(path: Path) -> Config:

@@ -151,7 +151,6 @@ class Daemon:
         self.beacon: Any = None
         self._faces_audited: dict[str, int] = {}
         self._published_head: Any = None
-        self._threads: list[threading.Thread] = []
 
     # start-up ---------------------------------------------------------------------------------------
 
@@ -240,9 +239,7 @@ class Daemon:
             capture.start()
         self.sync.start_expiry_timer()
         self.watchdog = Watchdog.from_env(self.notifier, self.cfg.daemon.watchdog_stall_s, self.env)
-        telemetry = threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True)
-        telemetry.start()
-        self._threads.append(telemetry)
+        threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True).start()
 
     # the main loop ----------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from lfr_edge.config import DetectConfig
 from lfr_edge.inference.base import LoadedModel
 
 FloatArray = npt.NDArray[np.float32]
@@ -199,6 +200,18 @@ class FaceDetector:
         self.nms_iou = nms_iou
         self.tile_rows = tile_rows
         self.max_faces = max_faces
+
+    @classmethod
+    def from_config(
+        cls,
+        full_range: BlazeFace | None,
+        short_range: BlazeFace | None,
+        cfg: DetectConfig,
+        tile_rows: int | None = None,
+    ) -> FaceDetector:
+        """The detector as `[detect]` configures it (`tile_rows` overrides the config's, e.g. for photos)."""
+        rows = cfg.tile_rows if tile_rows is None else tile_rows
+        return cls(full_range, short_range, cfg.score_threshold, cfg.nms_iou, rows, cfg.max_faces)
 
     def plan(self, width: int, height: int) -> list[tuple[BlazeFace, Window]]:
         """Which model sees which window. With both models: full range on the whole frame, short range

@@ -139,7 +139,7 @@ def pipeline_from_files(
 ) -> FacePipeline:
     full = BlazeFace(backend.load(files.full_range), FULL_RANGE) if files.full_range else None
     short = BlazeFace(backend.load(files.short_range), SHORT_RANGE) if files.short_range else None
-    detector = FaceDetector(full, short, detect.score_threshold, detect.nms_iou, detect.tile_rows, detect.max_faces)
+    detector = FaceDetector.from_config(full, short, detect)
     embedder = Embedder(backend.load(files.embedder), flip_average)
     return FacePipeline(detector, embedder, quality, files.model_id)
 
