@@ -268,3 +268,23 @@ def test_a_handset_that_is_not_paired_cannot_read_the_alert(
     finally:
         eavesdropper.stop()
         unit.mqtt.stop()
+
+
+def test_an_alert_with_no_paired_handset_is_counted_and_never_published(tmp_path: Path) -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.connected = threading.Event()
+            self.connected.set()
+            self.sent: list[bytes] = []
+
+        def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
+            self.sent.append(payload)
+            return True
+
+    registry = load_handsets(tmp_path / "no-such-folder")
+    mqtt = Recorder()
+    channel = HandsetChannel(
+        mqtt, "t", "unit-a", Ed25519PrivateKey.generate(), lambda: registry, AlertsConfig(), ListAudit()
+    )
+    channel.send(make_alert("lonely"))
+    assert registry == {} and channel.stats.no_handsets == 1 and mqtt.sent == []
