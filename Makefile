@@ -10,6 +10,9 @@ DURATION    ?= 60
 FAULTS      ?=
 QUICK       ?= 0
 PYTEST_ARGS ?=
+# Where code runs: contracts (everyone), firmware (the van), tools (elsewhere), provisioning (the technician),
+# hw-sim (the simulator), benchmarks; models/ builds the models and tests/ tests them all.
+CODE_DIRS   := contracts firmware tools provisioning hw-sim benchmarks models tests
 export LFR_FACES
 
 .PHONY: all venv system-deps models lint typecheck test test-fast demo bench clean
@@ -48,11 +51,11 @@ models: venv system-deps
 	$(PY) models/build.py --faces "$(LFR_FACES)"
 
 lint: venv
-	$(VENV)/bin/ruff check firmware hw-sim provisioning models tests
-	$(VENV)/bin/ruff format --check firmware hw-sim provisioning models tests
+	$(VENV)/bin/ruff check $(CODE_DIRS)
+	$(VENV)/bin/ruff format --check $(CODE_DIRS)
 
 typecheck: venv
-	$(VENV)/bin/mypy firmware hw-sim provisioning
+	$(VENV)/bin/mypy $(CODE_DIRS)
 
 test: venv system-deps models lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -64,7 +67,7 @@ demo: venv system-deps models
 	$(VENV)/bin/lfr-hwsim demo --faces "$(LFR_FACES)" --duration $(DURATION) --out demo-results $(if $(FAULTS),--faults "$(FAULTS)")
 
 bench: venv system-deps models
-	$(PY) -m lfr_edge.bench --quick $(QUICK)
+	$(PY) -m lfr_bench --quick $(QUICK)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-results bench-results

@@ -28,10 +28,10 @@ from fetch import BuildError
 from lfr_edge.config import DetectConfig
 from lfr_edge.inference.base import LoadedModel
 from lfr_edge.inference.litert import LiteRTModel, load_model
-from lfr_edge.metrics import pair_scores, tar_at_far
 from lfr_edge.vision.align import align_face
 from lfr_edge.vision.detect import FULL_RANGE, SHORT_RANGE, BlazeFace, BlazeFaceSpec, FaceDetector, largest
 from lfr_edge.vision.embed import Embedder
+from lfr_tools.metrics import pair_scores, tar_at_far
 
 FAR = 1e-3
 TAR_TOLERANCE = 0.005  # a variant may lose at most 0.5 points of TAR against float, on each set

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from lfr_edge.config import MqttConfig
-from lfr_hwsim.broker import MosquittoBroker, mosquitto_binary
+from lfr_hwsim.broker import Collector, MosquittoBroker, Received, mosquitto_binary
+
+__all__ = ["Collector", "Received", "broker", "unit_mqtt_config"]
 
 
 @pytest.fixture
@@ -38,6 +40,3 @@ def unit_mqtt_config(broker: MosquittoBroker, name: str, **overrides: Any) -> Mq
         reconnect_max_s=0.5,
     )
     return replace(cfg, **overrides)
-
-
-from lfr_hwsim.broker import Collector, Received  # noqa: E402,F401  (re-exported for tests)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lfr_edge.daemon import audit
-from lfr_edge.daemon.audit import AuditChainError, AuditLog, BiometricFieldError, Head, genesis_hash, verify
+from lfr_edge.audit import log as audit
+from lfr_edge.audit.log import AuditChainError, AuditLog, BiometricFieldError, Head, genesis_hash, verify
 
 UNIT = "van-07"
 

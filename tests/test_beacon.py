@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import serial
 
-from lfr_edge.alerts import beacon_protocol as bp
+from lfr_contracts import beacon as bp
+from lfr_contracts.beacon import Command, Frame, NakReason, Pattern
+from lfr_contracts.errors import ConfigError
 from lfr_edge.alerts.beacon import BeaconDriver
-from lfr_edge.alerts.beacon_protocol import Command, Frame, NakReason, Pattern
-from lfr_edge.config import BeaconConfig, ConfigError, parse_config
+from lfr_edge.config import BeaconConfig, parse_config
 from lfr_hwsim.beacon import SimulatedBeacon
 
 WAIT_S = 3.0  # upper bound for an awaited event; tests finish as soon as the event happens

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from lfr_edge.alerts import beacon_protocol as bp
-from lfr_edge.alerts.beacon_protocol import BadChecksum, Command, Frame, FrameDecoder, NakReason, Pattern
+from lfr_contracts import beacon as bp
+from lfr_contracts.beacon import BadChecksum, Command, Frame, FrameDecoder, NakReason, Pattern
 
 
 def random_frame(rng: random.Random) -> Frame:

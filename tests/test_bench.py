@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lfr_edge.bench import identification as idm
-from lfr_edge.bench.common import PartResult, format_table, ms_stats, not_measured
-from lfr_edge.bench.report import REQUIRED_SUMMARY, write_results
+from lfr_bench import identification as idm
+from lfr_bench.common import PartResult, format_table, ms_stats, not_measured
+from lfr_bench.report import REQUIRED_SUMMARY, write_results
 
 MACHINE = {"cpu": "test cpu", "cores": 2, "python": "3.11", "platform": "linux", "libraries": {"numpy": "2"}}
 
@@ -20,7 +20,7 @@ def test_summary_has_every_required_key_and_says_why_one_is_missing(tmp_path: Pa
         PartResult("perception", True, data={"rows": []}, table="| a |", summary={"fps_720p_5faces": 80.0}),
         not_measured("memory", "the daemon is not in this checkout", ("daemon_rss_mb_10k",)),
     ]
-    doc = write_results(tmp_path, MACHINE, "python -m lfr_edge.bench --quick", parts)
+    doc = write_results(tmp_path, MACHINE, "python -m lfr_bench --quick", parts)
     summary = json.loads((tmp_path / "summary.json").read_text())["summary"]
     assert set(REQUIRED_SUMMARY) <= set(summary)
     assert summary["fps_720p_5faces"] == 80.0

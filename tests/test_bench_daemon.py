@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import serial
 
-from lfr_edge.alerts import beacon_protocol as bp
-from lfr_edge.alerts.handset_client import ReceivedAlert
-from lfr_edge.alerts.protocol import Alert
-from lfr_edge.bench.common import BenchContext
-from lfr_edge.bench.daemon_harness import Sample, rates, van_missing
-from lfr_edge.bench.latency import beacon_latencies, percentiles
-from lfr_edge.bench.report import write_results
+from lfr_bench.common import BenchContext
+from lfr_bench.daemon_harness import Sample, rates, van_missing
+from lfr_bench.latency import beacon_latencies, percentiles
+from lfr_bench.report import write_results
+from lfr_contracts import beacon as bp
+from lfr_contracts.alerts import Alert
 from lfr_hwsim.beacon import SimulatedBeacon
+from lfr_tools.handset.cli import ReceivedAlert
 
 MACHINE = {"cpu": "test cpu", "cores": 2, "python": "3.11", "platform": "linux", "libraries": {}}
 
@@ -67,7 +67,7 @@ def test_rates_come_from_counter_differences_over_the_window() -> None:
 
 
 def test_the_report_marks_the_steady_memory_target(tmp_path: Path) -> None:
-    from lfr_edge.bench.common import PartResult
+    from lfr_bench.common import PartResult
 
     part = PartResult(
         "memory", True, summary={"daemon_rss_mb_10k": 420.0, "daemon_rss_steady_mb_10k": 290.0}, table="| a |"
@@ -121,7 +121,7 @@ def test_the_handset_age_after_decryption_is_measured_from_the_frame_time() -> N
 
 @pytest.mark.slow
 def test_the_latency_part_measures_alerts_from_the_real_daemon(tmp_path: Path) -> None:
-    from lfr_edge.bench import latency
+    from lfr_bench import latency
 
     faces = Path(os.environ.get("LFR_FACES", Path(__file__).resolve().parents[2] / "shared" / "faces"))
     ctx = BenchContext(tmp_path, True, faces.resolve(), Path(__file__).resolve().parents[1])

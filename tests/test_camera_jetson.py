@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from lfr_edge.camera import CameraError, CameraUnavailable, EndOfStream, create_source
+from lfr_contracts.camera import CameraConfig, CameraError, CameraUnavailable, EndOfStream
+from lfr_edge.camera import create_source
 from lfr_edge.camera.jetson import JetsonSource
-from lfr_edge.config import CameraConfig
 
 W, H = 32, 24
 

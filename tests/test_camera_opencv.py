@@ -10,9 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from lfr_edge.camera import CameraError, CameraUnavailable, EndOfStream, create_source
+from lfr_contracts.camera import CameraConfig, CameraError, CameraUnavailable, EndOfStream
+from lfr_contracts.errors import ConfigError
+from lfr_edge.camera import create_source
 from lfr_edge.camera.opencv import OpenCVSource, guess_backend
-from lfr_edge.config import CameraConfig, ConfigError
 
 RED, GREEN, BLUE = (220, 30, 30), (30, 220, 30), (30, 30, 220)  # RGB
 

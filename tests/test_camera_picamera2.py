@@ -10,9 +10,10 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from lfr_edge.camera import CameraError, CameraUnavailable, create_source
+from lfr_contracts.camera import CameraConfig, CameraError, CameraUnavailable
+from lfr_contracts.errors import ConfigError
+from lfr_edge.camera import create_source
 from lfr_edge.camera.picamera2 import Picamera2Source
-from lfr_edge.config import CameraConfig, ConfigError
 
 W, H = 64, 48
 
@@ -123,7 +124,7 @@ def test_frames_are_rgb_at_the_configured_size_with_sensor_timestamps(
     first, second = source.read(), source.read()
     assert first.image.shape == (H, W, 3) and first.image.dtype == np.uint8
     assert tuple(first.image[0, 0]) == (220, 30, 30) and tuple(second.image[0, 0]) == (30, 30, 220)
-    assert second.timestamp - first.timestamp == pytest.approx(0.040, abs=1e-6)
+    assert second.timestamp - first.timestamp == pytest.approx(0.040, abs=1e-9)  # the sensor's spacing, exactly
     assert abs(first.timestamp - time.monotonic()) < 1.0  # on the pipeline's monotonic clock
     assert camera.released == 2
     assert source.stats.dropped == 0 and source.stats.late == 0

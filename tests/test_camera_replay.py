@@ -11,9 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from lfr_edge.camera import CameraError, CameraUnavailable, EndOfStream, create_source
+from lfr_contracts.camera import CameraConfig, CameraError, CameraUnavailable, EndOfStream
+from lfr_contracts.errors import ConfigError
+from lfr_edge.camera import create_source
 from lfr_edge.camera.replay import ReplaySource
-from lfr_edge.config import CameraConfig, ConfigError
 
 RED, GREEN, BLUE = (220, 30, 30), (30, 220, 30), (30, 30, 220)  # RGB
 
@@ -143,7 +144,7 @@ def test_bad_options_name_the_key(folder: Path) -> None:
 
 
 def test_every_source_implements_the_frame_source_interface() -> None:
-    from lfr_edge.camera import FrameSource, SourceStats
+    from lfr_contracts.camera import FrameSource, SourceStats
     from lfr_edge.camera.jetson import JetsonSource
     from lfr_edge.camera.opencv import OpenCVSource
     from lfr_edge.camera.picamera2 import Picamera2Source

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from lfr_edge.config import Config, ConfigError, load_config, parse_config
+from lfr_contracts.errors import ConfigError
+from lfr_edge.config import Config, load_config, parse_config, require_cameras
 
 
 def test_an_empty_document_gives_the_defaults() -> None:
@@ -39,8 +40,8 @@ def test_relative_paths_are_taken_from_the_config_files_folder(tmp_path: Path) -
         ({"models": {"dir": ""}}, "models.dir: expected a file path"),
         ({"cameras": {"name": "a"}}, "cameras: expected [[cameras]] tables"),
         ({"cameras": ["cam0"]}, "cameras[0]: expected a table"),
-        ({"cameras": []}, "at least one [[cameras]]"),
-        ({"cameras": [{"name": "a", "fps": -1.0}]}, "cameras[a].fps"),
+        ({"cameras": [{"name": "a", "source": "replay", "fps": -1.0}]}, "cameras[a].fps"),
+        ({"cameras": [{"name": "a"}]}, "cameras[a].source: must name a source"),
         ({"detect": {"tile_rows": -1}}, "detect.tile_rows"),
         ({"sections": {}}, "unknown key 'sections'"),
     ],
@@ -58,3 +59,9 @@ def test_an_unreadable_or_non_toml_file_is_named(tmp_path: Path) -> None:
     broken.write_bytes(b"\xff\xfe not utf-8")
     with pytest.raises(ConfigError, match=r"broken\.toml: not valid TOML"):
         load_config(broken)
+
+
+def test_a_running_unit_needs_a_camera_and_tools_reading_its_config_do_not() -> None:
+    assert parse_config({"cameras": []}).cameras == ()
+    with pytest.raises(ConfigError, match=r"at least one \[\[cameras\]\]"):
+        require_cameras(parse_config({}))

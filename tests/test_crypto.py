@@ -9,7 +9,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from lfr_edge import crypto
+from lfr_contracts import crypto
+from lfr_edge import keyfiles
 
 
 def test_every_recipient_opens_what_was_sealed_to_several() -> None:
@@ -67,23 +68,23 @@ def test_signature_verifies_only_for_the_signed_data_and_key() -> None:
 def test_private_keys_are_written_0600_and_never_overwritten(tmp_path: Path) -> None:
     key = Ed25519PrivateKey.generate()
     path = tmp_path / "cc.key"
-    crypto.save_private_key(path, key)
+    keyfiles.save_private_key(path, key)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with pytest.raises(crypto.KeyFileError, match="already exists"):
-        crypto.save_private_key(path, Ed25519PrivateKey.generate())
-    loaded = crypto.load_ed25519_private(path)
+        keyfiles.save_private_key(path, Ed25519PrivateKey.generate())
+    loaded = keyfiles.load_ed25519_private(path)
     assert crypto.key_id(loaded.public_key()) == crypto.key_id(key.public_key())
-    crypto.save_public_key(tmp_path / "cc.pub", key.public_key())
-    assert isinstance(crypto.load_ed25519_public(tmp_path / "cc.pub"), Ed25519PublicKey)
+    keyfiles.save_public_key(tmp_path / "cc.pub", key.public_key())
+    assert isinstance(keyfiles.load_ed25519_public(tmp_path / "cc.pub"), Ed25519PublicKey)
 
 
 def test_key_files_of_the_wrong_kind_or_garbage_are_named(tmp_path: Path) -> None:
-    crypto.save_public_key(tmp_path / "unit.pub", X25519PrivateKey.generate().public_key())
+    keyfiles.save_public_key(tmp_path / "unit.pub", X25519PrivateKey.generate().public_key())
     with pytest.raises(crypto.KeyFileError, match=r"unit\.pub: expected an Ed25519 public key"):
-        crypto.load_ed25519_public(tmp_path / "unit.pub")
-    assert isinstance(crypto.load_x25519_public(tmp_path / "unit.pub"), X25519PublicKey)
+        keyfiles.load_ed25519_public(tmp_path / "unit.pub")
+    assert isinstance(keyfiles.load_x25519_public(tmp_path / "unit.pub"), X25519PublicKey)
     (tmp_path / "junk.key").write_bytes(b"not pem")
     with pytest.raises(crypto.KeyFileError, match=r"junk\.key: not a PEM private key"):
-        crypto.load_x25519_private(tmp_path / "junk.key")
+        keyfiles.load_x25519_private(tmp_path / "junk.key")
     with pytest.raises(crypto.KeyFileError, match=r"missing\.key: cannot read"):
-        crypto.load_x25519_private(tmp_path / "missing.key")
+        keyfiles.load_x25519_private(tmp_path / "missing.key")

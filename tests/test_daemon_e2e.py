@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from lfr_edge.alerts.beacon_protocol import Pattern
-from lfr_edge.daemon.audit import Head, verify
+from lfr_contracts.beacon import Pattern
+from lfr_edge.audit.log import Head, verify
 from lfr_edge.vision.pipeline import FacePipeline
-from lfr_edge.watchlist.enrol import PipelineEnroller
 from lfr_hwsim.broker import COMMAND_CENTRE
 from lfr_hwsim.van import SimulatedVan, Subject
+from lfr_tools.command_centre.enrol import PipelineEnroller
 from mqtt_fixtures import Collector
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
@@ -267,6 +267,7 @@ def test_daemon_refuses_a_model_whose_hash_is_not_the_manifests(van: SimulatedVa
         ("[detect]\nscore_threshold = 2.0\n", "detect.score_threshold"),
         ("[inference]\nbackend = 'cuda-magic'\n", "inference.backend"),
         ("[[cameras]]\nname = 'a'\n[[cameras]]\nname = 'a'\n", "camera names must be unique"),
+        ("[[cameras]]\nname = 'a'\n", "cameras[a].source: must name a source"),
         ("this is = = not toml", "not valid TOML"),
     ],
 )
@@ -275,6 +276,13 @@ def test_daemon_refuses_a_bad_config_naming_the_key(tmp_path: Path, text: str, n
     config.write_text(text)
     result = run_cli("--config", str(config), "run")
     assert result.returncode == 2 and named in result.stderr and str(config) in result.stderr
+
+
+def test_daemon_refuses_a_config_without_cameras(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[unit]\nid = 'van-01'\n")
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 2 and "at least one [[cameras]]" in result.stderr
 
 
 def test_daemon_without_its_keys_names_the_missing_file(van: SimulatedVan, tmp_path: Path) -> None:

@@ -23,10 +23,8 @@ from typing import Any
 
 import pytest
 
-from lfr_edge.alerts.beacon_protocol import Pattern
-from lfr_edge.alerts.handset_client import ReceivedAlert
+from lfr_contracts.beacon import Pattern
 from lfr_edge.vision.pipeline import FacePipeline
-from lfr_edge.watchlist.enrol import PipelineEnroller
 from lfr_hwsim.beacon import LampState
 from lfr_hwsim.broker import COMMAND_CENTRE, Collector
 from lfr_hwsim.demo import usable_watchlisted
@@ -34,6 +32,8 @@ from lfr_hwsim.facelocate import default_locator
 from lfr_hwsim.faults import FaultEvent, FaultInjector, FaultScriptError, corrupt, parse_script
 from lfr_hwsim.plan import PlanRequest, ScenePlan, Walker, build_plan
 from lfr_hwsim.van import SimulatedVan, Subject
+from lfr_tools.command_centre.enrol import PipelineEnroller
+from lfr_tools.handset.cli import ReceivedAlert
 
 ALERT_HOLD_S = 40.0  # the beacon keeps the alert pattern for the whole faults run
 

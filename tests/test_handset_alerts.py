@@ -11,9 +11,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from lfr_edge.alerts.handset import HandsetChannel, PairedHandset, load_handsets, parse_handset
-from lfr_edge.alerts.handset_client import HandsetClient, HandsetKeys
-from lfr_edge.alerts.protocol import (
+from lfr_contracts.alerts import (
     Alert,
     Decision,
     ProtocolError,
@@ -21,9 +19,12 @@ from lfr_edge.alerts.protocol import (
     encode_alert,
     encode_decision,
 )
-from lfr_edge.comms.mqtt import Topics, UnitMqttClient
+from lfr_contracts.topics import Topics
+from lfr_edge.alerts.handset import HandsetChannel, PairedHandset, load_handsets, parse_handset
+from lfr_edge.comms.mqtt import UnitMqttClient
 from lfr_edge.config import AlertsConfig
 from lfr_hwsim.broker import MosquittoBroker
+from lfr_tools.handset.cli import HandsetClient, HandsetKeys
 from mqtt_fixtures import Collector, unit_mqtt_config
 
 

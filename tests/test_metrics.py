@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lfr_edge.metrics import pair_scores, tar_at_far
+from lfr_tools.metrics import pair_scores, tar_at_far
 
 
 def test_pair_scores_splits_all_unordered_pairs_by_label() -> None:

@@ -7,7 +7,8 @@ import queue
 
 import pytest
 
-from lfr_edge.comms.mqtt import Topics, UnitMqttClient
+from lfr_contracts.topics import Topics
+from lfr_edge.comms.mqtt import UnitMqttClient
 from lfr_hwsim.broker import MosquittoBroker
 from mqtt_fixtures import Collector, unit_mqtt_config
 
@@ -132,6 +133,6 @@ def test_packets_go_out_at_once_without_nagle_delay(broker: MosquittoBroker) -> 
     try:
         assert unit.connected.wait(10)
         sock = unit._client.socket()
-        assert sock is not None and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert isinstance(sock, socket.socket) and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         unit.stop()

@@ -166,7 +166,8 @@ def test_watchdog_tick_decides_from_the_age_of_the_last_progress(
 
 
 def test_config_refuses_a_watchdog_stall_that_is_not_positive() -> None:
-    from lfr_edge.config import ConfigError, parse_config
+    from lfr_contracts.errors import ConfigError
+    from lfr_edge.config import parse_config
 
     assert parse_config({"daemon": {"watchdog_stall_s": 12}}).daemon.watchdog_stall_s == 12.0
     with pytest.raises(ConfigError, match=r"daemon\.watchdog_stall_s"):

@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO / "models"))
 
 import build  # noqa: E402
 import corpus  # noqa: E402
+import fetch  # noqa: E402
 import report  # noqa: E402
 from graph_fixes import read_model, write_model  # noqa: E402
 from onnx_export import OP, UnsupportedOp, tflite_to_onnx  # noqa: E402
@@ -29,7 +30,9 @@ from onnx_export import OP, UnsupportedOp, tflite_to_onnx  # noqa: E402
 MANIFEST_PATH = REPO / "models" / "manifest.toml"
 MANIFEST = load_manifest(MANIFEST_PATH)
 MODELS = ("blazeface-short", "blazeface-full", "mobilefacenet")
-CPU = [("CPUExecutionProvider", {})]  # tests only: the unit runs TensorRT or CUDA, never the CPU provider
+CPU: list[tuple[str, dict[str, str]]] = [
+    ("CPUExecutionProvider", {})
+]  # tests only: the unit runs TensorRT or CUDA, never the CPU provider
 # What the build measured over the whole corpus (report.py explains the bounds): raw outputs within 2.3e-5
 # of their scale, embedding cosine 1 - 2e-12. The bounds here are the build's.
 MAX_REL_DIFF = report.ONNX_MAX_REL_DIFF
@@ -121,7 +124,7 @@ def test_build_fails_when_the_onnx_export_disagrees_with_float() -> None:
     rep.figures["blazeface-full"] = {
         "onnx": report.VariantFigures(1000, 1.0, runtime=report.ORT_CPU, max_abs_diff=0.9, max_rel_diff=0.7)
     }
-    with pytest.raises(report.BuildError, match=r"blazeface-full/onnx: the ONNX export disagrees.*0\.7"):
+    with pytest.raises(fetch.BuildError, match=r"blazeface-full/onnx: the ONNX export disagrees.*0\.7"):
         report.check_close_to_float(rep)
 
 

@@ -9,17 +9,17 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from lfr_provision import handsets
-from lfr_provision.identity import ProvisionError
-from lfr_provision.pairing import (
+from lfr_contracts.pairing import (
     MAX_ATTEMPTS,
     HandsetPairing,
     PairingError,
     PairingSession,
     new_code,
     normalise_code,
-    pairing_topics,
 )
+from lfr_contracts.topics import Topics
+from lfr_provision import handsets
+from lfr_provision.identity import ProvisionError
 
 UNIT = "van-07"
 
@@ -183,7 +183,9 @@ def test_codes_are_eight_digits_and_typing_is_forgiving() -> None:
 
 
 def test_topics_live_under_the_units_prefix() -> None:
-    assert pairing_topics("lfr/v1", UNIT)["request"] == "lfr/v1/units/van-07/pairing/request"
+    topics = Topics.for_unit("lfr/v1", UNIT)
+    assert topics.pairing_request == "lfr/v1/units/van-07/pairing/request"
+    assert topics.pairing_confirm_for("h") == "lfr/v1/units/van-07/pairing/confirm/h"
 
 
 def test_registry_list_and_unpair(tmp_path: Path) -> None:

@@ -14,18 +14,20 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from lfr_edge import crypto
+from lfr_contracts import layout
+from lfr_contracts.alerts import Alert
+from lfr_contracts.pairing import MAX_ATTEMPTS, PairingError, PairingSession, normalise_code
+from lfr_contracts.topics import Topics
+from lfr_edge import keyfiles
 from lfr_edge.alerts.handset import HandsetChannel, load_handsets
-from lfr_edge.alerts.handset_client import HandsetClient, HandsetKeys, unit_key_file
-from lfr_edge.alerts.handset_client import main as handset_main
-from lfr_edge.alerts.protocol import Alert
-from lfr_edge.comms.mqtt import Topics, UnitMqttClient
+from lfr_edge.comms.mqtt import UnitMqttClient
 from lfr_edge.config import AlertsConfig
 from lfr_hwsim.broker import MosquittoBroker
-from lfr_provision import layout
 from lfr_provision.pair_handset import pair_handset
-from lfr_provision.pair_mqtt import PairingOutcome, UnitPairing, pair_with_unit
-from lfr_provision.pairing import MAX_ATTEMPTS, PairingError, PairingSession, normalise_code, pairing_topics
+from lfr_provision.pair_mqtt import PairingOutcome, UnitPairing
+from lfr_tools.handset.cli import HandsetClient, HandsetKeys, unit_key_file
+from lfr_tools.handset.cli import main as handset_main
+from lfr_tools.handset.pairing import pair_with_unit
 from mqtt_fixtures import Collector, unit_mqtt_config
 
 UNIT = "unit-a"  # the broker fixture lets handset-1 pair with unit-a
@@ -106,8 +108,8 @@ def write_unit(tmp_path: Path, broker: MosquittoBroker) -> tuple[Path, Path, Pat
     keys, handsets_dir = tmp_path / "unit" / "keys", tmp_path / "unit" / "handsets"
     keys.mkdir(parents=True)
     handsets_dir.mkdir()
-    crypto.save_private_key(keys / layout.UNIT_ED25519_KEY, Ed25519PrivateKey.generate())
-    crypto.save_private_key(keys / layout.UNIT_X25519_KEY, X25519PrivateKey.generate())
+    keyfiles.save_private_key(keys / layout.UNIT_ED25519_KEY, Ed25519PrivateKey.generate())
+    keyfiles.save_private_key(keys / layout.UNIT_X25519_KEY, X25519PrivateKey.generate())
     tls = broker.client(UNIT)
     config = tmp_path / "unit" / "config.toml"
     config.write_text(
@@ -117,12 +119,6 @@ def write_unit(tmp_path: Path, broker: MosquittoBroker) -> tuple[Path, Path, Pat
         f'[alerts]\nhandsets_dir = "{handsets_dir}"\n'
     )
     return config, keys, handsets_dir
-
-
-def test_topics_match_the_protocol_module() -> None:
-    topics, pure = Topics.for_unit("lfr/v1", UNIT), pairing_topics("lfr/v1", UNIT)
-    assert (topics.pairing_offer, topics.pairing_request) == (pure["offer"], pure["request"])
-    assert topics.pairing_confirm_for("h") == pure["confirm"].replace("+", "h")
 
 
 def test_right_code_pairs_and_the_handset_opens_the_units_next_alert(broker: MosquittoBroker, tmp_path: Path) -> None:
@@ -152,8 +148,8 @@ def test_right_code_pairs_and_the_handset_opens_the_units_next_alert(broker: Mos
     registry = load_handsets(handsets_dir)
     phone = HandsetKeys.load(phone_dir)
     assert list(registry) == [HANDSET] == [phone.handset_id]
-    unit_signer = crypto.load_ed25519_private(unit_keys / layout.UNIT_ED25519_KEY)
-    stored = crypto.load_ed25519_public(unit_key_file(phone_dir, UNIT))
+    unit_signer = keyfiles.load_ed25519_private(unit_keys / layout.UNIT_ED25519_KEY)
+    stored = keyfiles.load_ed25519_public(unit_key_file(phone_dir, UNIT))
     assert stored.public_bytes_raw() == unit_signer.public_key().public_bytes_raw()
 
     # A real alert, sealed to the registry and signed by the unit, opens on the paired handset.

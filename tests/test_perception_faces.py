@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lfr_edge.metrics import pair_scores, tar_at_far
 from lfr_edge.vision.detect import largest
 from lfr_edge.vision.image import ImageError, decode_image, read_image
 from lfr_edge.vision.pipeline import FacePipeline
+from lfr_tools.metrics import pair_scores, tar_at_far
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ def test_embed_command_writes_the_npz_and_reports_unreadable_files(faces: Path, 
     listing.write_text("\n".join([str(good[0]), str(garbage), str(tmp_path / "missing.jpg"), str(good[1])]))
     out = tmp_path / "out.npz"
     result = subprocess.run(
-        [sys.executable, "-m", "lfr_edge.cli", "embed", "--list", str(listing), "--npz", str(out)],
+        [sys.executable, "-m", "lfr_tools.photos.cli", "embed", "--list", str(listing), "--npz", str(out)],
         capture_output=True,
         text=True,
         check=False,
@@ -66,7 +66,7 @@ def test_embed_command_writes_the_npz_and_reports_unreadable_files(faces: Path, 
 
 def test_embed_command_without_a_readable_list_exits_non_zero(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "lfr_edge.cli", "embed", "--list", str(tmp_path / "nope.txt"), "--npz", "x.npz"],
+        [sys.executable, "-m", "lfr_tools.photos.cli", "embed", "--list", str(tmp_path / "nope.txt"), "--npz", "x.npz"],
         capture_output=True,
         text=True,
         check=False,

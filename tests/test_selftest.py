@@ -15,8 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from lfr_contracts.layout import UnitLayout
 from lfr_edge import cli
-from lfr_edge.alerts.handset_client import HandsetKeys
 from lfr_edge.camera.opencv import import_cv2
 from lfr_edge.config import ModelsConfig
 from lfr_edge.daemon.selftest import Check, Options, check_clock, check_memory, format_table, run_checks
@@ -24,7 +24,7 @@ from lfr_edge.models import load_manifest
 from lfr_hwsim.beacon import SimulatedBeacon
 from lfr_hwsim.broker import MosquittoBroker
 from lfr_provision.init import InitOptions, init_unit
-from lfr_provision.layout import UnitLayout
+from lfr_tools.handset.cli import HandsetKeys
 
 UNIT = "unit-a"
 FAST = Options(timeout_s=5.0, frames=5, runs=3)

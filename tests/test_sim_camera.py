@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lfr_contracts.camera import CameraConfig, CameraError, EndOfStream, Frame
+from lfr_contracts.errors import ConfigError
 from lfr_edge.camera import create_source
-from lfr_edge.camera.base import CameraError, EndOfStream, Frame
-from lfr_edge.config import CameraConfig, ConfigError
 from lfr_hwsim.camera import SimulatorSource, create, write_control
 from lfr_hwsim.facelocate import LocatorUnavailable, default_locator
 from lfr_hwsim.plan import PlanRequest, build_plan, load_plan

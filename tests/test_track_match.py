@@ -52,7 +52,7 @@ class ListWatchlist:
 def test_one_person_walking_gets_one_track_through_short_misses() -> None:
     tracker = Tracker("cam0", TrackConfig(max_missed_frames=3))
     alice = person()
-    ids = set()
+    ids: set[int] = set()
     for frame in range(20):
         faces = [] if frame in (5, 6) else [face_at(100 + 8 * frame, 100, 60 + frame, alice)]
         update = tracker.update(faces, frame, frame / 25)

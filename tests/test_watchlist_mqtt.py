@@ -14,14 +14,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from lfr_edge import crypto
+from lfr_contracts import bundle
+from lfr_edge import keyfiles
 from lfr_edge.comms.mqtt import UnitMqttClient
 from lfr_edge.vision.image import read_image
-from lfr_edge.watchlist import bundle
-from lfr_edge.watchlist.cli import main as watchlist_main
-from lfr_edge.watchlist.enrol import Enrolment, PipelineEnroller
 from lfr_edge.watchlist.sync import WatchlistSync
 from lfr_hwsim.broker import MosquittoBroker
+from lfr_tools.command_centre.cli import main as watchlist_main
+from lfr_tools.command_centre.enrol import Enrolment, PipelineEnroller
 from mqtt_fixtures import Collector, unit_mqtt_config
 from watchlist_helpers import MODEL, subjects
 
@@ -112,7 +112,7 @@ def _write_photo(path: Path, value: int) -> None:
 def test_build_lists_unusable_photos_and_fails_without_skip_unusable(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from lfr_edge.watchlist import cli
+    from lfr_tools.command_centre import cli
 
     _write_photo(tmp_path / "good.png", 200)
     _write_photo(tmp_path / "dark.png", 0)
@@ -122,7 +122,7 @@ def test_build_lists_unusable_photos_and_fails_without_skip_unusable(
     assert watchlist_main(["keygen", "--out", str(tmp_path / "cc")]) == 0
     assert stat.S_IMODE((tmp_path / "cc" / "command-centre.key").stat().st_mode) == 0o600
     unit_key = X25519PrivateKey.generate()
-    crypto.save_public_key(tmp_path / "unit-a.pub", unit_key.public_key())
+    keyfiles.save_public_key(tmp_path / "unit-a.pub", unit_key.public_key())
     argv = [
         "build", "--photos", str(tmp_path), "--subjects", str(tmp_path / "s.csv"), "--deployment", "D",
         "--valid-from", "2026-01-01T00:00Z", "--valid-until", "2026-01-02T00:00Z", "--threshold", "0.5",
@@ -142,7 +142,7 @@ def test_build_lists_unusable_photos_and_fails_without_skip_unusable(
     capsys.readouterr()
     assert watchlist_main(["inspect", str(out), "--verify-key", str(tmp_path / "cc" / "command-centre.pub")]) == 0
     assert "signature: valid" in capsys.readouterr().out
-    crypto.save_public_key(tmp_path / "other.pub", Ed25519PrivateKey.generate().public_key())
+    keyfiles.save_public_key(tmp_path / "other.pub", Ed25519PrivateKey.generate().public_key())
     assert watchlist_main(["inspect", str(out), "--verify-key", str(tmp_path / "other.pub")]) == 1
 
 
@@ -157,7 +157,7 @@ def test_round_trip_from_photos_to_a_match_on_the_unit(
     broker: MosquittoBroker, pipeline: object, faces: Path, tmp_path: Path, centre_files: Path
 ) -> None:
     from lfr_edge.vision.pipeline import FacePipeline
-    from lfr_edge.watchlist import cli
+    from lfr_tools.command_centre import cli
 
     assert isinstance(pipeline, FacePipeline)
     enroller = PipelineEnroller(pipeline)
@@ -167,7 +167,7 @@ def test_round_trip_from_photos_to_a_match_on_the_unit(
     lines += [f"{i},wanted,{i}/0.jpg;{i}/1.jpg;{i}/2.jpg;{i}/3.jpg,case {i}" for i in enrolled]
     (tmp_path / "subjects.csv").write_text("\n".join(lines) + "\n")
     unit_key = X25519PrivateKey.generate()
-    crypto.save_public_key(tmp_path / "unit-a.pub", unit_key.public_key())
+    keyfiles.save_public_key(tmp_path / "unit-a.pub", unit_key.public_key())
     now = time.time()
     args = cli.build_parser().parse_args([
         "build", "--photos", str(wild), "--subjects", str(tmp_path / "subjects.csv"),
@@ -178,7 +178,7 @@ def test_round_trip_from_photos_to_a_match_on_the_unit(
         "--out", str(tmp_path / "unit-a.lfrwl"), "--version", "10",
     ])  # fmt: skip
     assert cli.cmd_build(args, enroller) == 0
-    centre = crypto.load_ed25519_private(centre_files / "command-centre.key")
+    centre = keyfiles.load_ed25519_private(centre_files / "command-centre.key")
     unit = Unit(broker, unit_key, centre, pipeline.model_id)
     tls = broker.client("command-centre")
     assert watchlist_main([

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from lfr_edge.watchlist.bundle import open_bundle
+from lfr_contracts.bundle import open_bundle
 from lfr_edge.watchlist.store import WatchlistStore, WatchlistUnavailable
 from watchlist_helpers import MODEL, NOW, Keys, make_bundle, subjects, unit_vectors
 

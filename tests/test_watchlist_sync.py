@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from lfr_edge.watchlist import bundle
+from lfr_contracts import bundle
 from lfr_edge.watchlist.store import WatchlistUnavailable
 from lfr_edge.watchlist.sync import WatchlistSync
 from watchlist_helpers import MODEL, NOW, Keys, make_bundle, subjects
@@ -45,10 +45,14 @@ class Harness:
             unit_key=keys.unit,
             max_bundle_bytes=max_bytes,
             ack_topic="lfr/v1/units/unit-a/watchlist/ack",
-            publish=lambda topic, payload: self.acks.append(json.loads(payload)) is None,
+            publish=self._publish,
             audit=self.audit,
             clock=self.clock,
         )
+
+    def _publish(self, topic: str, payload: bytes) -> bool:
+        self.acks.append(json.loads(payload))
+        return True
 
     def held(self) -> tuple[int, str] | None:
         store = self.sync.store

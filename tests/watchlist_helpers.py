@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from lfr_edge.watchlist.bundle import SubjectEntry, build_bundle
+from lfr_contracts.bundle import SubjectEntry, build_bundle
 
 MODEL = "mobilefacenet/test/000000000000"
 NOW = 1_800_000_000.0
@@ -21,10 +22,11 @@ class Keys:
     unit: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
 
 
-def unit_vectors(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+def unit_vectors(n: int, dim: int = DIM, seed: int = 0) -> npt.NDArray[np.float32]:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    normed: npt.NDArray[np.float32] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return normed
 
 
 def subjects(n: int = 3, rows: int = 1, seed: int = 0) -> list[SubjectEntry]:

@@ -1,4 +1,8 @@
-"""`lfr-edge`: the unit's command line (run the daemon, embed photos, self-test, audit, demo)."""
+"""`lfr-edge`: the unit's command line (run the daemon, self-test, audit).
+
+Global options (`--config`, `-v`) are accepted before or after the command, so the unit file's
+`lfr-edge run --config FILE` and `lfr-edge --config FILE run` mean the same.
+"""
 
 from __future__ import annotations
 
@@ -7,45 +11,51 @@ import logging
 import sys
 from pathlib import Path
 
-from lfr_edge import __version__, demo_photos, embed_cmd
-from lfr_edge.camera.base import CameraError
-from lfr_edge.config import Config, ConfigError, load_config
-from lfr_edge.crypto import CryptoError
+from lfr_contracts.camera import CameraError
+from lfr_contracts.crypto import CryptoError
+from lfr_contracts.errors import ConfigError
+from lfr_contracts.layout import DEFAULT_CONFIG
+from lfr_edge import __version__
+from lfr_edge.audit.log import AuditError, add_audit_parser
+from lfr_edge.config import load_config_or_defaults
 from lfr_edge.daemon import selftest
-from lfr_edge.daemon.audit import AuditError, add_audit_parser
 from lfr_edge.inference.base import BackendUnavailable
 from lfr_edge.models import ModelError
 
-DEFAULT_CONFIG = Path("/etc/lfr-edge/config.toml")
 
-
-def load_cli_config(args: argparse.Namespace) -> Config:
-    """The --config file if given (or the unit's default one if it exists), else built-in defaults."""
-    path: Path | None = getattr(args, "config", None)
-    if path is None and DEFAULT_CONFIG.is_file():
-        path = DEFAULT_CONFIG
-    return load_config(path) if path is not None else Config()
+def global_options(after_command: bool) -> argparse.ArgumentParser:
+    """The options every command takes. Given after the command (`after_command`), an option left out must
+    not reset what was given before it, hence no defaults there."""
+    parent = argparse.ArgumentParser(add_help=False)
+    if after_command:
+        parent.add_argument(
+            "--config", type=Path, default=argparse.SUPPRESS, help=f"config file (default {DEFAULT_CONFIG})"
+        )
+        parent.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    else:
+        parent.add_argument("--config", type=Path, default=None, help=f"config file (default {DEFAULT_CONFIG})")
+        parent.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parent
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lfr-edge", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="lfr-edge", description=__doc__, parents=[global_options(after_command=False)]
+    )
     parser.add_argument("--version", action="version", version=f"lfr-edge {__version__}")
-    parser.add_argument("--config", type=Path, default=None, help="config file (default /etc/lfr-edge/config.toml)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="run the unit daemon (under systemd: Type=notify)")
+    after = [global_options(after_command=True)]
+    run = sub.add_parser("run", help="run the unit daemon (under systemd: Type=notify)", parents=after)
     run.set_defaults(func=_run)
-    embed_cmd.add_parser(sub)
-    demo_photos.add_parser(sub)
-    add_audit_parser(sub)
-    selftest.add_parser(sub)
+    add_audit_parser(sub, parents=after)
+    selftest.add_parser(sub, parents=after)
     return parser
 
 
 def _run(args: argparse.Namespace) -> int:
     from lfr_edge.daemon.run import run_daemon
 
-    return run_daemon(load_cli_config(args), getattr(args, "config", None))
+    return run_daemon(load_config_or_defaults(args.config), args.config)
 
 
 def main(argv: list[str] | None = None) -> int:

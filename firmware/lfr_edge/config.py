@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from lfr_contracts.camera import CameraConfig
+from lfr_contracts.errors import ConfigError
+from lfr_contracts.layout import DEFAULT_CONFIG
+
 # The repository root, when running from a checkout (the manifest and default model cache live there).
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or invalid; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -73,18 +73,6 @@ class QualityConfig:
 @dataclass(frozen=True)
 class EmbedConfig:
     flip_average: bool = True
-
-
-@dataclass(frozen=True)
-class CameraConfig:
-    name: str = "cam0"
-    source: Literal["simulator", "replay", "opencv", "picamera2", "jetson"] = "simulator"
-    uri: str = ""  # device path, RTSP url, video file or image folder, by source
-    width: int = 1280
-    height: int = 720
-    fps: float = 25.0
-    queue_size: int = 4
-    options: dict[str, Any] = field(default_factory=dict)  # source-specific, validated by the source
 
 
 @dataclass(frozen=True)
@@ -158,7 +146,7 @@ class Config:
     detect: DetectConfig = field(default_factory=DetectConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
-    cameras: tuple[CameraConfig, ...] = (CameraConfig(),)
+    cameras: tuple[CameraConfig, ...] = ()  # a unit's config names its cameras; offline tools need none
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     watchlist: WatchlistConfig = field(default_factory=WatchlistConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
@@ -254,12 +242,12 @@ def _check_ranges(cfg: Config) -> None:
     unit_interval("quality.min_score", cfg.quality.min_score)
     if not 0 < cfg.quality.max_yaw_deg <= 90:
         raise ConfigError(f"quality.max_yaw_deg: must be in (0, 90], got {cfg.quality.max_yaw_deg}")
-    if not cfg.cameras:
-        raise ConfigError("cameras: at least one [[cameras]] table is needed")
     names = [c.name for c in cfg.cameras]
     if len(set(names)) != len(names):
         raise ConfigError(f"cameras.name: camera names must be unique, got {names}")
     for cam in cfg.cameras:
+        if not cam.source:
+            raise ConfigError(f"cameras[{cam.name}].source: must name a source (replay, opencv, picamera2, jetson)")
         positive(f"cameras[{cam.name}].width", cam.width)
         positive(f"cameras[{cam.name}].height", cam.height)
         positive(f"cameras[{cam.name}].fps", cam.fps)
@@ -301,6 +289,12 @@ def _check_beacon(beacon: BeaconConfig) -> None:
         )
 
 
+def require_cameras(cfg: Config) -> None:
+    """A running unit needs a camera; tools that read the unit's config (pairing, enrolment) do not."""
+    if not cfg.cameras:
+        raise ConfigError("cameras: at least one [[cameras]] table is needed (see docs/config.md)")
+
+
 def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
     """Validate a decoded TOML document. Relative paths are taken relative to `base`."""
     base = base or Path.cwd()
@@ -333,3 +327,11 @@ def load_config(path: Path) -> Config:
         return parse_config(data, base=path.parent.resolve())
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def load_config_or_defaults(path: Path | None) -> Config:
+    """`path` if given, else the unit's own config if this machine is a provisioned unit, else the built-in
+    defaults (offline tools on a workstation need only the models and vision sections)."""
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    return load_config(path) if path is not None else Config()

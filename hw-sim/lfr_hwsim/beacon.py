@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lfr_edge.alerts import beacon_protocol as bp
-from lfr_edge.alerts.beacon_protocol import BadChecksum, Command, DeviceState, Frame, NakReason, Pattern
+from lfr_contracts import beacon as bp
+from lfr_contracts.beacon import BadChecksum, Command, DeviceState, Frame, NakReason, Pattern
 
 POWER_ON_WATCHDOG_S = 5.0  # watchdog before the first HEARTBEAT sets one (docs/beacon-protocol.md)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import serial
 
-from lfr_edge.alerts import beacon_protocol as bp
+from lfr_contracts import beacon as bp
 from lfr_edge.alerts.beacon import BeaconDriver
 from lfr_edge.config import BeaconConfig
 from lfr_hwsim.beacon import SimulatedBeacon

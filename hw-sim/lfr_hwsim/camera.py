@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from lfr_edge.camera.base import CameraError, EndOfStream, Frame, SourceStats
-from lfr_edge.config import CameraConfig, ConfigError
+from lfr_contracts.camera import CameraConfig, CameraError, EndOfStream, Frame, SourceStats
+from lfr_contracts.errors import ConfigError
 from lfr_hwsim.facelocate import LocatorUnavailable, default_locator
 from lfr_hwsim.plan import PlanError, PlanRequest, ScenePlan, build_plan, list_identities, load_plan
 from lfr_hwsim.scene import FrameTruth, SceneRenderer

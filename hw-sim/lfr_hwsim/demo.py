@@ -27,12 +27,12 @@ from typing import Any
 
 from lfr_edge.config import Config
 from lfr_edge.vision.pipeline import build_pipeline
-from lfr_edge.watchlist.enrol import PipelineEnroller
 from lfr_hwsim.broker import COMMAND_CENTRE, Collector
 from lfr_hwsim.facelocate import default_locator
 from lfr_hwsim.faults import Fault, FaultInjector, FaultScriptError, parse_script
 from lfr_hwsim.plan import PlanRequest, ScenePlan, build_plan
 from lfr_hwsim.van import SimulatedVan, Subject
+from lfr_tools.command_centre.enrol import PipelineEnroller
 
 MIN_USABLE_FACE_PX = 48  # a walker whose face never gets this wide cannot be expected to be recognised
 # Files that may change during a run: logs, sockets, the camera's fault-control file and the broker's

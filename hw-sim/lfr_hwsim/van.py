@@ -25,15 +25,15 @@ from typing import Any
 import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from lfr_edge import crypto
-from lfr_edge.alerts.handset_client import HandsetClient, HandsetKeys
-from lfr_edge.comms.mqtt import Topics, tls_client
-from lfr_edge.watchlist import bundle
-from lfr_edge.watchlist.enrol import Enroller
+from lfr_contracts import bundle, layout
+from lfr_contracts.topics import Topics
+from lfr_edge import keyfiles
+from lfr_edge.comms.mqtt import tls_client
 from lfr_hwsim.beacon import SimulatedBeacon
 from lfr_hwsim.broker import COMMAND_CENTRE, MosquittoBroker
-from lfr_provision import layout
 from lfr_provision.init import InitOptions, init_unit
+from lfr_tools.command_centre.enrol import Enroller
+from lfr_tools.handset.cli import HandsetClient, HandsetKeys
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ class SimulatedVan:
         cc_dir = self.dir / "command-centre"
         cc_dir.mkdir(exist_ok=True)
         self.command_centre_key = Ed25519PrivateKey.generate()
-        crypto.save_public_key(cc_dir / "command-centre.pub", self.command_centre_key.public_key())
+        keyfiles.save_public_key(cc_dir / "command-centre.pub", self.command_centre_key.public_key())
         init_unit(
             InitOptions(
                 unit_id=self.unit_id,
@@ -234,7 +234,7 @@ class SimulatedVan:
         valid_for_s: float = 3600.0,
         version: int | None = None,
     ) -> bytes:
-        from lfr_edge.watchlist.cli import SubjectRow, enrol_subjects
+        from lfr_tools.command_centre.cli import SubjectRow, enrol_subjects
 
         rows = [SubjectRow(s.subject_id, s.category, [str(p) for p in s.photos], s.reference) for s in subjects]
         entries, problems = enrol_subjects(rows, Path("/"), enroller, skip_unusable=False, progress=False)
@@ -254,7 +254,7 @@ class SimulatedVan:
             entries,
             deployment="sim-deployment",
             unit_id=self.unit_id,
-            unit_key=crypto.load_x25519_public(self.paths.keys / layout.UNIT_X25519_PUB),
+            unit_key=keyfiles.load_x25519_public(self.paths.keys / layout.UNIT_X25519_PUB),
             version=self.watchlist_version,
             valid_from=now - 60,
             valid_until=now + valid_for_s,
@@ -316,7 +316,7 @@ class SimulatedVan:
         """A connected reference handset (started; stopped by `stop()`)."""
         keys = self.handsets[handset_id or self.handset_ids[0]]
         tls = self.broker.client(keys.handset_id)
-        unit_key = crypto.load_ed25519_public(self.paths.keys / layout.UNIT_ED25519_PUB)
+        unit_key = keyfiles.load_ed25519_public(self.paths.keys / layout.UNIT_ED25519_PUB)
         client = HandsetClient(
             keys,
             self.unit_id,

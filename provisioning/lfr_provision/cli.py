@@ -10,13 +10,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from lfr_contracts.layout import UnitLayout
+from lfr_contracts.pairing import CODE_TTL_S
 from lfr_provision import handsets
 from lfr_provision.identity import ProvisionError
 from lfr_provision.init import InitOptions, init_unit
 from lfr_provision.install import DROP_INS, SYSTEMD_SOURCE, InstallOptions, install
-from lfr_provision.layout import UnitLayout
 from lfr_provision.pair_handset import pair_handset
-from lfr_provision.pairing import CODE_TTL_S
 
 
 def _parser() -> argparse.ArgumentParser:

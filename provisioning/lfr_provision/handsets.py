@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
+from lfr_contracts.pairing import PairedHandset
 from lfr_provision.identity import ProvisionError, write_file
-from lfr_provision.pairing import PairedHandset
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 FILE_MODE = 0o640

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from lfr_provision import layout
+from lfr_contracts import layout
 from lfr_provision.identity import (
     PRIVATE_MODE,
     PUBLIC_MODE,

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lfr_contracts.layout import UnitLayout
 from lfr_provision.identity import ProvisionError
 from lfr_provision.init import Report
-from lfr_provision.layout import UnitLayout
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD_SOURCE = REPO_ROOT / "systemd"

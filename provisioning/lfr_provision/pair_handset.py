@@ -10,12 +10,13 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from lfr_edge import crypto
-from lfr_edge.config import ConfigError, load_config
-from lfr_provision import layout
+from lfr_contracts import crypto, layout
+from lfr_contracts.errors import ConfigError
+from lfr_contracts.pairing import PairingSession
+from lfr_edge import keyfiles
+from lfr_edge.config import load_config
 from lfr_provision.identity import ProvisionError
 from lfr_provision.pair_mqtt import PairingOutcome, UnitPairing
-from lfr_provision.pairing import PairingSession
 
 HANDSET_RELOAD_S = 5  # the daemon re-reads the handsets folder this often (daemon/run.py)
 
@@ -38,8 +39,8 @@ def pair_handset(
         raise ProvisionError(f"--timeout {timeout_s:g}: must be more than 0 seconds")
     keys = cfg.unit.keys_dir
     try:
-        signer = crypto.load_ed25519_private(keys / layout.UNIT_ED25519_KEY)
-        sealing = crypto.load_x25519_private(keys / layout.UNIT_X25519_KEY)
+        signer = keyfiles.load_ed25519_private(keys / layout.UNIT_ED25519_KEY)
+        sealing = keyfiles.load_x25519_private(keys / layout.UNIT_X25519_KEY)
     except crypto.KeyFileError as exc:
         raise ProvisionError(f"{exc} (run `lfr-provision init` first)") from exc
     if not cfg.alerts.handsets_dir.is_dir():

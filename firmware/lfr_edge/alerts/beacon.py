@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import serial
 
-from lfr_edge.alerts import beacon_protocol as bp
-from lfr_edge.alerts.beacon_protocol import BadChecksum, DeviceState, Frame, Pattern, Reply
-from lfr_edge.config import BeaconConfig, ConfigError
+from lfr_contracts import beacon as bp
+from lfr_contracts.beacon import BadChecksum, DeviceState, Frame, Pattern, Reply
+from lfr_contracts.errors import ConfigError
+from lfr_edge.config import BeaconConfig
 
 log = logging.getLogger(__name__)
 

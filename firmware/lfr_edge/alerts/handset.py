@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from lfr_edge import crypto
-from lfr_edge.alerts.protocol import Alert, ProtocolError, encode_alert, parse_decision
+from lfr_contracts import crypto
+from lfr_contracts.alerts import Alert, ProtocolError, encode_alert, parse_decision
 from lfr_edge.config import AlertsConfig
 
 log = logging.getLogger(__name__)

@@ -1,42 +1,32 @@
-"""Camera sources, one file each, chosen by `cameras[].source` in the config; imported only when selected."""
+"""Camera sources, one file each, chosen by `cameras[].source` in the config; imported only when selected.
+
+Sources are found in the `lfr_edge.camera_sources` entry-point group (name -> "module:function" building the
+source from its `CameraConfig`). The van's own sources are registered by this distribution; a plugin (the
+simulator) registers its own, so the van package never names it.
+"""
 
 from __future__ import annotations
 
-import importlib
+from importlib.metadata import EntryPoint, entry_points
 
-from lfr_edge.camera.base import CameraError, CameraUnavailable, EndOfStream, Frame, FrameSource, SourceStats
-from lfr_edge.config import CameraConfig
+from lfr_contracts.camera import CameraConfig, CameraUnavailable, FrameSource
 
-# config key -> "module:function" that builds the source from its CameraConfig
-SOURCES: dict[str, str] = {
-    "simulator": "lfr_hwsim.camera:create",
-    "replay": "lfr_edge.camera.replay:create",
-    "opencv": "lfr_edge.camera.opencv:create",
-    "picamera2": "lfr_edge.camera.picamera2:create",
-    "jetson": "lfr_edge.camera.jetson:create",
-}
+ENTRY_POINT_GROUP = "lfr_edge.camera_sources"
+
+
+def available_sources() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def create_source(cfg: CameraConfig) -> FrameSource:
-    target = SOURCES.get(cfg.source)
-    if target is None:
-        raise CameraUnavailable(f"cameras[{cfg.name}].source {cfg.source!r} is unknown (known: {', '.join(SOURCES)})")
-    module_name, func = target.split(":")
+    sources = available_sources()
+    entry = sources.get(cfg.source)
+    if entry is None:
+        known = ", ".join(sorted(sources)) or "none: is lfr-edge installed (pip install -e .)?"
+        raise CameraUnavailable(f"cameras[{cfg.name}].source {cfg.source!r} is unknown (known: {known})")
     try:
-        module = importlib.import_module(module_name)
+        factory = entry.load()
     except ImportError as exc:
         raise CameraUnavailable(f"camera source {cfg.source!r} cannot be imported: {exc}") from exc
-    source: FrameSource = getattr(module, func)(cfg)
+    source: FrameSource = factory(cfg)
     return source
-
-
-__all__ = [
-    "SOURCES",
-    "CameraError",
-    "CameraUnavailable",
-    "EndOfStream",
-    "Frame",
-    "FrameSource",
-    "SourceStats",
-    "create_source",
-]

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lfr_edge.camera.base import (
+from lfr_contracts.camera import (
+    CameraConfig,
     CameraError,
     CameraUnavailable,
     EndOfStream,
@@ -28,7 +29,7 @@ from lfr_edge.camera.base import (
     monotonic,
     source_options,
 )
-from lfr_edge.config import CameraConfig, ConfigError
+from lfr_contracts.errors import ConfigError
 
 OPTIONS: dict[str, tuple[type, ...]] = {"timeout_ms": (int,), "argv": (list,)}
 

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lfr_edge.camera.base import (
+from lfr_contracts.camera import (
+    CameraConfig,
     CameraError,
     CameraUnavailable,
     EndOfStream,
@@ -31,7 +32,7 @@ from lfr_edge.camera.base import (
     monotonic,
     source_options,
 )
-from lfr_edge.config import CameraConfig, ConfigError
+from lfr_contracts.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lfr_edge.camera.base import (
+from lfr_contracts.camera import (
+    CameraConfig,
     CameraError,
     CameraUnavailable,
     Frame,
@@ -26,7 +27,6 @@ from lfr_edge.camera.base import (
     monotonic,
     source_options,
 )
-from lfr_edge.config import CameraConfig
 
 OPTIONS: dict[str, tuple[type, ...]] = {"camera_num": (int,), "buffer_count": (int,)}
 
@@ -44,9 +44,18 @@ def import_picamera2() -> Any:
     return Picamera2
 
 
-def boottime_to_monotonic_s(sensor_ns: int) -> float:
-    """The sensor's CLOCK_BOOTTIME nanoseconds on the time.monotonic() clock the pipeline uses."""
-    return sensor_ns / 1e9 + (time.monotonic() - time.clock_gettime(time.CLOCK_BOOTTIME))
+def boottime_offset_s(samples: int = 7) -> float:
+    """time.monotonic() minus CLOCK_BOOTTIME, in seconds: the two clocks differ by the time the board was
+    suspended, so the offset is fixed while the camera runs. Of several readings it keeps the one whose two
+    monotonic reads lie closest together, the one least disturbed by the scheduler."""
+    best_span, best_offset = float("inf"), 0.0
+    for _ in range(samples):
+        before = time.monotonic()
+        boot = time.clock_gettime(time.CLOCK_BOOTTIME)
+        after = time.monotonic()
+        if after - before < best_span:
+            best_span, best_offset = after - before, (before + after) / 2 - boot
+    return best_offset
 
 
 class Picamera2Source:
@@ -61,6 +70,7 @@ class Picamera2Source:
         self._model = ""
         self._index = 0
         self._last_sensor_ns: int | None = None
+        self._boot_offset_s = 0.0
 
     def open(self) -> None:
         picamera2_cls = import_picamera2()
@@ -86,6 +96,7 @@ class Picamera2Source:
             ) from exc
         self._camera = camera
         self._last_sensor_ns = None
+        self._boot_offset_s = boottime_offset_s()  # once per open: frame intervals keep the sensor's spacing
 
     def read(self) -> Frame:
         if self._camera is None:
@@ -109,7 +120,7 @@ class Picamera2Source:
             if self._last_sensor_ns is not None:
                 gap = frames_skipped((sensor_ns - self._last_sensor_ns) / 1e9, interval_s)
             self._last_sensor_ns = sensor_ns
-            timestamp = boottime_to_monotonic_s(sensor_ns)
+            timestamp = sensor_ns / 1e9 + self._boot_offset_s
         else:
             timestamp = monotonic()
         self._index += gap

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lfr_edge.camera.base import (
+from lfr_contracts.camera import (
+    CameraConfig,
     CameraError,
     CameraUnavailable,
     EndOfStream,
@@ -28,7 +29,6 @@ from lfr_edge.camera.base import (
     source_options,
 )
 from lfr_edge.camera.opencv import import_cv2
-from lfr_edge.config import CameraConfig
 
 log = logging.getLogger(__name__)
 

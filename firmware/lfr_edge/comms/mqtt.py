@@ -13,8 +13,6 @@ watchlist) cannot stall keep-alives.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import json
 import logging
 import queue
 import secrets
@@ -22,7 +20,6 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,54 +27,14 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from lfr_contracts.topics import Topics, status_payload
 from lfr_edge.config import MqttConfig
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
+WAIT_S = 10.0  # short-lived tools: upper bound for one broker round trip (subscribe, publish)
 _CONNECTED = ("", b"")  # a marker on the dispatcher queue: run the connect listeners
-
-
-@dataclass(frozen=True)
-class Topics:
-    """Every topic of one unit, in one place (DESIGN.md, MQTT topics)."""
-
-    status: str
-    watchlist: str
-    watchlist_ack: str
-    alerts: str
-    decisions: str
-    telemetry: str
-    audit: str
-    # Handset pairing (docs/pairing.md): the unit's retained offer, handsets' requests, and the unit's
-    # answer to one handset on `<pairing_confirm>/<handset id>`.
-    pairing_offer: str
-    pairing_request: str
-    pairing_confirm: str
-
-    @classmethod
-    def for_unit(cls, prefix: str, unit_id: str) -> Topics:
-        base = f"{prefix}/units/{unit_id}"
-        return cls(
-            status=f"{base}/status",
-            watchlist=f"{base}/watchlist",
-            watchlist_ack=f"{base}/watchlist/ack",
-            alerts=f"{base}/alerts",
-            decisions=f"{base}/decisions",
-            telemetry=f"{base}/telemetry",
-            audit=f"{base}/audit",
-            pairing_offer=f"{base}/pairing/offer",
-            pairing_request=f"{base}/pairing/request",
-            pairing_confirm=f"{base}/pairing/confirm",
-        )
-
-    def pairing_confirm_for(self, handset_id: str) -> str:
-        return f"{self.pairing_confirm}/{handset_id}"
-
-
-def status_payload(state: str, unit_id: str, seq: int, now: dt.datetime | None = None) -> bytes:
-    when = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return json.dumps({"state": state, "unit": unit_id, "time": when, "seq": seq}).encode()
 
 
 def tls_client(
@@ -153,6 +110,39 @@ def connect_tls(
     client.on_connect = None
     client.on_disconnect = None
     return client
+
+
+class QueuedClient:
+    """A connected paho client whose messages land in a queue; subscribe() waits for the broker's SUBACK."""
+
+    def __init__(self, client: paho.Client) -> None:
+        self.client = client
+        self.messages: queue.Queue[paho.MQTTMessage] = queue.Queue()
+        self._subacks: queue.Queue[list[int]] = queue.Queue()
+        client.on_message = lambda c, u, m: self.messages.put(m)
+        client.on_subscribe = lambda c, u, mid, codes, p: self._subacks.put([int(x.value) for x in codes])
+
+    def subscribe(self, topic: str) -> None:
+        self.client.subscribe(topic, 1)
+        try:
+            codes = self._subacks.get(timeout=WAIT_S)
+        except queue.Empty:
+            raise ConnectionError(f"the broker did not answer the subscription to {topic}") from None
+        if any(code >= 0x80 for code in codes):
+            raise ConnectionError(f"the broker's ACL does not let this certificate read {topic}")
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        try:
+            info.wait_for_publish(WAIT_S)
+        except (RuntimeError, ValueError) as exc:
+            raise ConnectionError(f"publishing on {topic} failed: {exc}") from exc
+        if not info.is_published():
+            raise ConnectionError(f"the broker did not acknowledge the message on {topic}")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 class UnitMqttClient:

@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 
-from lfr_edge.camera.base import CameraError, EndOfStream, Frame, FrameSource
+from lfr_contracts.camera import CameraError, EndOfStream, Frame, FrameSource
 
 log = logging.getLogger(__name__)
 

@@ -25,15 +25,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lfr_edge import crypto
+from lfr_contracts.alerts import Alert
+from lfr_contracts.camera import FrameSource
+from lfr_contracts.errors import ConfigError
+from lfr_edge import keyfiles
 from lfr_edge.alerts.handset import HandsetChannel, load_handsets
-from lfr_edge.alerts.protocol import Alert
+from lfr_edge.audit import log as audit_events
+from lfr_edge.audit.log import AuditLog
 from lfr_edge.camera import create_source
-from lfr_edge.camera.base import FrameSource
 from lfr_edge.comms.mqtt import UnitMqttClient
-from lfr_edge.config import Config, ConfigError, load_config
-from lfr_edge.daemon import audit as audit_events
-from lfr_edge.daemon.audit import AuditLog
+from lfr_edge.config import Config, load_config, require_cameras
 from lfr_edge.daemon.frames import CaptureThread, FrameQueue
 from lfr_edge.daemon.notify import Notifier, Watchdog
 from lfr_edge.daemon.worker import PipelineWorker
@@ -46,7 +47,7 @@ from lfr_edge.watchlist.sync import WatchlistSync
 
 log = logging.getLogger("lfr_edge.daemon")
 
-UNIT_X25519_KEY = "unit-x25519.key"  # names fixed by provisioning (lfr_provision.layout)
+UNIT_X25519_KEY = "unit-x25519.key"  # names fixed by provisioning (lfr_contracts.layout)
 UNIT_ED25519_KEY = "unit-ed25519.key"
 STOP_DEADLINE_S = 4.0  # everything in stop() shares this budget; systemd's TimeoutStopSec is 5 s
 
@@ -161,9 +162,9 @@ class Daemon:
         self.audit = AuditLog.open(cfg.unit.audit_log, cfg.unit.id, on_damage="rotate")
         self.audit.append(audit_events.STARTED, version=_version(), cameras=[c.name for c in cfg.cameras])
         keys = cfg.unit.keys_dir
-        self.unit_signing = crypto.load_ed25519_private(keys / UNIT_ED25519_KEY)
-        unit_sealing = crypto.load_x25519_private(keys / UNIT_X25519_KEY)
-        command_centre = crypto.load_ed25519_public(cfg.watchlist.command_centre_key)
+        self.unit_signing = keyfiles.load_ed25519_private(keys / UNIT_ED25519_KEY)
+        unit_sealing = keyfiles.load_x25519_private(keys / UNIT_X25519_KEY)
+        command_centre = keyfiles.load_ed25519_public(cfg.watchlist.command_centre_key)
 
         self.notifier.status("loading models")
         self.pipeline = build_pipeline(cfg)
@@ -428,6 +429,7 @@ def install_signal_handlers(daemon: Daemon) -> None:
 
 
 def run_daemon(cfg: Config, config_path: Path | None, on_started: Callable[[Daemon], None] | None = None) -> int:
+    require_cameras(cfg)
     daemon = Daemon(cfg, config_path)
     install_signal_handlers(daemon)
     daemon.setup()

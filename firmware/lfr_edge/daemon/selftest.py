@@ -28,13 +28,15 @@ from typing import Literal
 
 import numpy as np
 
-from lfr_edge import crypto
-from lfr_edge.config import Config, ConfigError, load_config
+from lfr_contracts import crypto
+from lfr_contracts.errors import ConfigError
+from lfr_contracts.layout import DEFAULT_CONFIG
+from lfr_edge import keyfiles
+from lfr_edge.config import Config, load_config
 from lfr_edge.inference.base import Backend
 
 Verdict = Literal["PASS", "WARN", "FAIL", "SKIP"]
-DEFAULT_CONFIG = Path("/etc/lfr-edge/config.toml")
-UNIT_X25519_KEY = "unit-x25519.key"  # names fixed by provisioning (lfr_provision.layout)
+UNIT_X25519_KEY = "unit-x25519.key"  # names fixed by provisioning (lfr_contracts.layout)
 UNIT_ED25519_KEY = "unit-ed25519.key"
 MIN_YEAR = 2025
 
@@ -137,7 +139,8 @@ def _time_model(backend: Backend, path: Path, runs: int, rng: np.random.Generato
 
 
 def _grab(cfg: Config, index: int, opts: Options) -> Check:
-    from lfr_edge.camera import CameraError, create_source
+    from lfr_contracts.camera import CameraError
+    from lfr_edge.camera import create_source
 
     cam = cfg.cameras[index]
     name = f"camera {cam.name}"
@@ -241,8 +244,8 @@ def check_keys(cfg: Config) -> Iterator[Check]:
     keys = cfg.unit.keys_dir
     problems: list[str] = []
     loaders: list[tuple[Path, Callable[[Path], object]]] = [
-        (keys / UNIT_X25519_KEY, crypto.load_x25519_private),
-        (keys / UNIT_ED25519_KEY, crypto.load_ed25519_private),
+        (keys / UNIT_X25519_KEY, keyfiles.load_x25519_private),
+        (keys / UNIT_ED25519_KEY, keyfiles.load_ed25519_private),
     ]
     for path, load in loaders:
         try:
@@ -253,7 +256,7 @@ def check_keys(cfg: Config) -> Iterator[Check]:
         problems += filter(None, [_private_key_problem(path)])
     problems += filter(None, [_private_key_problem(cfg.mqtt.key_file)])
     try:
-        crypto.load_ed25519_public(cfg.watchlist.command_centre_key)
+        keyfiles.load_ed25519_public(cfg.watchlist.command_centre_key)
     except crypto.KeyFileError as exc:
         problems.append(f"command centre key: {exc}")
     if problems:
@@ -392,14 +395,12 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
 
 def add_parser(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    parents: list[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
-    """Add `selftest` to a CLI; sets args.func(args) -> exit code (1 on any FAIL)."""
-    p = subparsers.add_parser("selftest", help="check config, models, backend, camera, beacon, broker...")
-    p.add_argument(
-        "--config",
-        type=Path,
-        default=argparse.SUPPRESS,  # keeps a `lfr-edge --config X selftest` given before the command
-        help=f"config file (default {DEFAULT_CONFIG})",
+    """Add `selftest` to a CLI; sets args.func(args) -> exit code (1 on any FAIL). `parents` carry the
+    global options (`--config`)."""
+    p = subparsers.add_parser(
+        "selftest", help="check config, models, backend, camera, beacon, broker...", parents=parents
     )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per camera, beacon and broker")
     p.add_argument("--frames", type=int, default=10, help="frames to grab per camera")

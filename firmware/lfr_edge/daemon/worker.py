@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from lfr_edge.camera.base import Frame
+from lfr_contracts.camera import Frame
 from lfr_edge.config import MatchConfig, TrackConfig
 from lfr_edge.vision.match import Cooldowns, MatchDecision, Watchlist, evaluate
 from lfr_edge.vision.pipeline import FacePipeline

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from lfr_edge.watchlist.bundle import BundleHeader, OpenedBundle, iso
+from lfr_contracts.bundle import BundleHeader, OpenedBundle, iso
 
 log = logging.getLogger(__name__)
 

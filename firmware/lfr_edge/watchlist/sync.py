@@ -19,14 +19,14 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from lfr_edge.watchlist import bundle
+from lfr_contracts import bundle
 from lfr_edge.watchlist.store import WatchlistStore, release_freed_memory
 
 log = logging.getLogger(__name__)
 
 
 class AuditSink(Protocol):
-    """What sync needs of the audit log (lfr_edge.daemon.audit.AuditLog fits)."""
+    """What sync needs of the audit log (lfr_edge.audit.log.AuditLog fits)."""
 
     def append(self, event: str, **fields: Any) -> object: ...
 

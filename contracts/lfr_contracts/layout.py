@@ -1,0 +1,58 @@
+"""Where a provisioned unit keeps its files, relative to the root the technician provisions into.
+
+All keys are PEM: private keys unencrypted PKCS#8 (mode 0600, owned by the service user), public keys
+SubjectPublicKeyInfo, TLS requests and certificates X.509 PEM. The daemon's config names the directories
+(unit.keys_dir, mqtt.*_file, alerts.handsets_dir); the file names inside them are fixed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SERVICE_USER = "lfr-edge"
+DEFAULT_CONFIG = Path("/etc/lfr-edge/config.toml")  # what the unit file and every tool read by default
+UNIT_X25519_KEY = "unit-x25519.key"  # opens watchlist bundles sealed to this unit
+UNIT_X25519_PUB = "unit-x25519.pub"  # sent to the command centre, which seals bundles to it
+UNIT_ED25519_KEY = "unit-ed25519.key"  # signs the unit's decisions, audit heads, pairing replies
+UNIT_ED25519_PUB = "unit-ed25519.pub"
+COMMAND_CENTRE_PUB = "command-centre.pub"  # verifies watchlist bundles (Ed25519)
+TLS_KEY = "unit.key"
+TLS_CSR = "unit.csr"
+TLS_CERT = "unit.crt"
+TLS_CA = "ca.crt"
+
+
+@dataclass(frozen=True)
+class UnitLayout:
+    """The unit's paths under `root` ("/" on a board, a folder for tests and image builds)."""
+
+    root: Path
+
+    def inside(self, absolute: str | Path) -> Path:
+        """Map an absolute path on the unit to its place under root."""
+        return self.root / Path(absolute).relative_to("/")
+
+    @property
+    def etc(self) -> Path:
+        return self.inside("/etc/lfr-edge")
+
+    @property
+    def config(self) -> Path:
+        return self.etc / "config.toml"
+
+    @property
+    def keys(self) -> Path:
+        return self.etc / "keys"
+
+    @property
+    def tls(self) -> Path:
+        return self.etc / "tls"
+
+    @property
+    def handsets(self) -> Path:
+        return self.etc / "handsets"
+
+    @property
+    def state(self) -> Path:
+        return self.inside("/var/lib/lfr-edge")

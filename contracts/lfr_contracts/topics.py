@@ -1,0 +1,49 @@
+"""The MQTT topic names of a unit and its retained status message: one place for every side."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic of one unit, in one place (DESIGN.md, MQTT topics)."""
+
+    status: str
+    watchlist: str
+    watchlist_ack: str
+    alerts: str
+    decisions: str
+    telemetry: str
+    audit: str
+    # Handset pairing (docs/pairing.md): the unit's retained offer, handsets' requests, and the unit's
+    # answer to one handset on `<pairing_confirm>/<handset id>`.
+    pairing_offer: str
+    pairing_request: str
+    pairing_confirm: str
+
+    @classmethod
+    def for_unit(cls, prefix: str, unit_id: str) -> Topics:
+        base = f"{prefix}/units/{unit_id}"
+        return cls(
+            status=f"{base}/status",
+            watchlist=f"{base}/watchlist",
+            watchlist_ack=f"{base}/watchlist/ack",
+            alerts=f"{base}/alerts",
+            decisions=f"{base}/decisions",
+            telemetry=f"{base}/telemetry",
+            audit=f"{base}/audit",
+            pairing_offer=f"{base}/pairing/offer",
+            pairing_request=f"{base}/pairing/request",
+            pairing_confirm=f"{base}/pairing/confirm",
+        )
+
+    def pairing_confirm_for(self, handset_id: str) -> str:
+        return f"{self.pairing_confirm}/{handset_id}"
+
+
+def status_payload(state: str, unit_id: str, seq: int, now: dt.datetime | None = None) -> bytes:
+    when = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return json.dumps({"state": state, "unit": unit_id, "time": when, "seq": seq}).encode()

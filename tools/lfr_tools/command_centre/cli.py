@@ -1,0 +1,334 @@
+"""`lfr-watchlist`: the command centre's tool to build, sign, seal, publish, close and inspect watchlists.
+
+    lfr-watchlist keygen --out DIR
+    lfr-watchlist build --photos DIR --subjects CSV --deployment ID --valid-from T --valid-until T
+                        --threshold X --sign-key KEY --unit-key [ID=]UNIT.pub [--unit-key ...]
+                        --out PATTERN [--version N] [--skip-unusable] [--config UNIT_CONFIG]
+    lfr-watchlist publish BUNDLE --broker HOST:PORT --ca CA --cert CERT --key KEY --unit ID [--wait-ack]
+    lfr-watchlist close --deployment ID --unit ID --sign-key KEY --broker ... [--wait-ack]
+    lfr-watchlist inspect BUNDLE [--verify-key KEY.pub]
+
+The subjects CSV has a header row with the columns subject_id, category, photos (file names in --photos,
+separated by ';') and reference. A unit key's id is given as `ID=PATH`, or is the file's name without
+its extension (`keys/van-07.pub` is unit `van-07`). `--out` names the bundle file; `{unit}` in it is
+replaced by the unit id, and it is required when there is more than one unit key
+(`--out out/{unit}.lfrwl`). Times are UTC ISO 8601 (`2026-05-01T08:00Z`) or epoch seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import queue
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+from tqdm import tqdm
+
+from lfr_contracts import bundle, crypto
+from lfr_contracts.topics import Topics
+from lfr_edge import keyfiles
+from lfr_edge.comms.mqtt import tls_client
+from lfr_tools.command_centre.enrol import Enroller
+
+MAX_INSPECT_BYTES = 1 << 31
+
+
+class CliError(Exception):
+    """A user error: the message says which argument or file is wrong."""
+
+
+@dataclass(frozen=True)
+class SubjectRow:
+    subject_id: str
+    category: str
+    photos: list[str]
+    reference: str
+
+
+def read_subjects(path: Path) -> list[SubjectRow]:
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            needed = {"subject_id", "category", "photos", "reference"}
+            missing = needed - set(reader.fieldnames or [])
+            if missing:
+                raise CliError(f"{path}: missing column(s) {', '.join(sorted(missing))} (need {sorted(needed)})")
+            rows = []
+            for line, rec in enumerate(reader, start=2):
+                sid = (rec["subject_id"] or "").strip()
+                photos = [p.strip() for p in (rec["photos"] or "").split(";") if p.strip()]
+                if not sid or not photos:
+                    raise CliError(f"{path}:{line}: subject_id and at least one photo are required")
+                rows.append(SubjectRow(sid, (rec["category"] or "").strip(), photos, (rec["reference"] or "").strip()))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CliError(f"{path}: cannot read the subjects CSV ({exc})") from exc
+    ids = [r.subject_id for r in rows]
+    if len(set(ids)) != len(ids):
+        raise CliError(f"{path}: subject ids must be unique")
+    if not rows:
+        raise CliError(f"{path}: no subjects")
+    return rows
+
+
+def enrol_subjects(
+    rows: list[SubjectRow],
+    photos_dir: Path,
+    enroller: Enroller,
+    *,
+    skip_unusable: bool,
+    progress: bool = True,
+) -> tuple[list[bundle.SubjectEntry], list[str]]:
+    """Enrol every photo; returns the entries and one line per unusable photo or skipped subject."""
+    from lfr_edge.vision.image import ImageError, read_image
+
+    problems: list[str] = []
+    entries: list[bundle.SubjectEntry] = []
+    total = sum(len(r.photos) for r in rows)
+    bar = tqdm(total=total, desc="enrolling", unit="photo", disable=not progress or total < 20, file=sys.stderr)
+    for row in rows:
+        embeddings, photo = [], b""
+        for name in row.photos:
+            bar.update(1)
+            try:
+                result = enroller.enrol(read_image(photos_dir / name))
+            except ImageError as exc:
+                problems.append(f"{row.subject_id}: {name}: unreadable ({exc})")
+                continue
+            if result.embedding is None:
+                problems.append(f"{row.subject_id}: {name}: {result.reason}")
+                continue
+            embeddings.append(result.embedding)
+            photo = photo or result.photo_jpeg
+        if not embeddings:
+            problems.append(f"{row.subject_id}: no usable photo" + ("; subject skipped" if skip_unusable else ""))
+            continue
+        entries.append(bundle.SubjectEntry(row.subject_id, row.category, row.reference, np.stack(embeddings), photo))
+    bar.close()
+    return entries, problems
+
+
+def parse_unit_key(spec: str) -> tuple[str, X25519PublicKey]:
+    unit_id, sep, path = spec.partition("=")
+    if not sep:
+        path, unit_id = spec, Path(spec).stem
+    return unit_id, keyfiles.load_x25519_public(Path(path))
+
+
+def _broker(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+def _time(value: str) -> float:
+    try:
+        return bundle.parse_time(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+# commands ---------------------------------------------------------------------------------------------
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    args.out.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    keyfiles.save_private_key(args.out / "command-centre.key", key)
+    keyfiles.save_public_key(args.out / "command-centre.pub", key.public_key())
+    print(f"wrote {args.out / 'command-centre.key'} (0600, keep it offline) and {args.out / 'command-centre.pub'}")
+    print("next: install command-centre.pub on each unit as watchlist.command_centre_key")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace, enroller: Enroller | None = None) -> int:
+    units = [parse_unit_key(spec) for spec in args.unit_key]
+    if len(units) > 1 and "{unit}" not in args.out:
+        raise CliError("--out must contain {unit} when there is more than one --unit-key")
+    if not 0 < args.threshold <= 1:
+        raise CliError(f"--threshold {args.threshold}: must be a cosine similarity in (0, 1]")
+    sign_key = keyfiles.load_ed25519_private(args.sign_key)
+    rows = read_subjects(args.subjects)
+    if enroller is None:
+        from lfr_edge.config import load_config_or_defaults
+        from lfr_edge.vision.pipeline import build_pipeline
+        from lfr_tools.command_centre.enrol import PipelineEnroller
+
+        enroller = PipelineEnroller(build_pipeline(load_config_or_defaults(getattr(args, "config", None))))
+    entries, problems = enrol_subjects(rows, args.photos, enroller, skip_unusable=args.skip_unusable)
+    for line in problems:
+        print(f"unusable: {line}", file=sys.stderr)
+    failed = [r.subject_id for r in rows if r.subject_id not in {e.id for e in entries}]
+    if failed and not args.skip_unusable:
+        raise CliError(f"{len(failed)} subject(s) have no usable photo: {', '.join(failed)} (or --skip-unusable)")
+    if not entries:
+        raise CliError("no subject could be enrolled")
+    version = args.version if args.version is not None else int(time.time())
+    for unit_id, unit_key in units:
+        data = bundle.build_bundle(
+            entries,
+            deployment=args.deployment,
+            unit_id=unit_id,
+            unit_key=unit_key,
+            version=version,
+            valid_from=args.valid_from,
+            valid_until=args.valid_until,
+            threshold=args.threshold,
+            model_id=enroller.model_id,
+            sign_key=sign_key,
+            issued_at=time.time(),
+        )
+        out = Path(args.out.replace("{unit}", unit_id))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+        print(f"{out}: unit {unit_id}, version {version}, {len(entries)} subjects, {len(data)} bytes")
+    return 0
+
+
+def _send(args: argparse.Namespace, unit_id: str, payload: bytes, describe: str) -> int:
+    """Publish retained QoS 1 to the unit's watchlist topic, wait for PUBACK and optionally the unit's ack."""
+    topics = Topics.for_unit(args.prefix, unit_id)
+    client = tls_client(f"command-centre-{secrets.token_hex(4)}", args.ca, args.cert, args.key)
+    acks: queue.Queue[dict[str, object]] = queue.Queue()
+    subscribed: queue.Queue[bool] = queue.Queue()
+    client.on_message = lambda c, u, m: acks.put(json.loads(m.payload))
+    client.on_subscribe = lambda c, u, mid, codes, p: subscribed.put(True)
+    try:
+        client.connect(args.broker[0], args.broker[1], keepalive=30)
+    except OSError as exc:
+        raise CliError(f"cannot connect to the broker {args.broker[0]}:{args.broker[1]}: {exc}") from exc
+    client.loop_start()
+    try:
+        if args.wait_ack:
+            client.subscribe(topics.watchlist_ack, 1)
+            subscribed.get(timeout=args.timeout)
+        info = client.publish(topics.watchlist, payload, qos=1, retain=True)
+        info.wait_for_publish(args.timeout)
+        print(f"published {describe} to {topics.watchlist} (retained, QoS 1, acknowledged by the broker)")
+        if not args.wait_ack:
+            return 0
+        deadline = time.monotonic() + args.timeout
+        while True:
+            try:
+                ack = acks.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise CliError(f"no answer from unit {unit_id} within {args.timeout} s") from None
+            print(f"unit {unit_id} answered: {json.dumps(ack)}")
+            return 0 if ack.get("status") in ("applied", "closed") else 1
+    except (queue.Empty, RuntimeError, ValueError) as exc:
+        raise CliError(f"the broker did not confirm the message: {exc}") from exc
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    data = args.bundle.read_bytes()
+    header = bundle.read_envelope(data, MAX_INSPECT_BYTES).header
+    if header.get("unit") != args.unit:
+        raise CliError(f"{args.bundle} is for unit {header.get('unit')!r}, not {args.unit!r}")
+    return _send(args, args.unit, data, f"{args.bundle} (version {header.get('version')})")
+
+
+def cmd_close(args: argparse.Namespace) -> int:
+    sign_key = keyfiles.load_ed25519_private(args.sign_key)
+    data = bundle.build_close(args.deployment, args.unit, sign_key, time.time(), secrets.token_hex(8))
+    return _send(args, args.unit, data, f"close of deployment {args.deployment}")
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    data = args.bundle.read_bytes()
+    envelope = bundle.read_envelope(data, MAX_INSPECT_BYTES)
+    kind = "watchlist bundle" if envelope.magic == bundle.BUNDLE_MAGIC else "close command"
+    print(f"{args.bundle}: {kind}, {len(data)} bytes")
+    print(json.dumps(envelope.header, indent=2, sort_keys=True))
+    if envelope.body:
+        ids = crypto.envelope_key_ids(envelope.body)
+        print(f"sealed to key id(s): {', '.join(i.hex() for i in ids)} (cannot be decrypted here)")
+    if args.verify_key is None:
+        print("signature: not checked (give --verify-key command-centre.pub)")
+        return 0
+    try:
+        bundle.verify_envelope(envelope, keyfiles.load_ed25519_public(args.verify_key))
+    except bundle.SignatureInvalid as exc:
+        print(f"signature: INVALID ({exc})")
+        return 1
+    print(f"signature: valid ({args.verify_key})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lfr-watchlist", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("keygen", help="create the command centre's Ed25519 signing key pair")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("build", help="enrol subjects and write one signed, sealed bundle per unit")
+    p.add_argument("--photos", type=Path, required=True)
+    p.add_argument("--subjects", type=Path, required=True)
+    p.add_argument("--deployment", required=True)
+    p.add_argument("--valid-from", type=_time, required=True)
+    p.add_argument("--valid-until", type=_time, required=True)
+    p.add_argument("--threshold", type=float, required=True)
+    p.add_argument("--sign-key", type=Path, required=True)
+    p.add_argument("--unit-key", action="append", required=True, metavar="[ID=]UNIT.pub")
+    p.add_argument("--out", required=True, help="bundle file; {unit} is replaced by the unit id")
+    p.add_argument("--version", type=int, default=None, help="default: the current time in epoch seconds")
+    p.add_argument("--skip-unusable", action="store_true", help="leave out subjects with no usable photo")
+    p.add_argument("--config", type=Path, default=None, help="the unit's config (models, quality settings)")
+    p.set_defaults(func=cmd_build)
+
+    for name, helptext in (
+        ("publish", "publish a bundle to a unit (retained)"),
+        ("close", "send a signed close"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        if name == "publish":
+            p.add_argument("bundle", type=Path)
+        else:
+            p.add_argument("--deployment", required=True)
+            p.add_argument("--sign-key", type=Path, required=True)
+        p.add_argument("--unit", required=True)
+        p.add_argument("--broker", type=_broker, required=True, metavar="HOST:PORT")
+        p.add_argument("--ca", type=Path, required=True)
+        p.add_argument("--cert", type=Path, required=True)
+        p.add_argument("--key", type=Path, required=True)
+        p.add_argument("--prefix", default="lfr/v1")
+        p.add_argument("--wait-ack", action="store_true", help="wait for the unit's ack or refusal")
+        p.add_argument("--timeout", type=float, default=30.0)
+        p.set_defaults(func=cmd_publish if name == "publish" else cmd_close)
+
+    p = sub.add_parser("inspect", help="print a bundle's header (no key needed) and check its signature")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--verify-key", type=Path, default=None)
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (CliError, crypto.CryptoError, bundle.BundleError, ValueError) as exc:
+        print(f"lfr-watchlist {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"lfr-watchlist {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""`lfr-handset`: the reference handset client, for the simulator and for field tests.
+
+It holds the handset's two key pairs (X25519 to open alerts, Ed25519 to sign decisions), subscribes to a
+unit's alerts, prints each one (subject, score, age) and can save the two pictures; `decide` answers an
+alert with a signed decision; `pair` pairs with a unit by the one-time code the technician reads out
+(docs/pairing.md) and keeps the unit's key in the key folder, where listen and decide find it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import secrets
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from lfr_contracts import crypto
+from lfr_contracts.alerts import DECISIONS, Alert, Decision, ProtocolError, decode_alert, encode_decision
+from lfr_contracts.topics import Topics
+from lfr_edge import keyfiles
+from lfr_edge.alerts.handset import handset_record
+from lfr_edge.comms.mqtt import tls_client
+
+log = logging.getLogger(__name__)
+
+SEALING_KEY = "handset-x25519.key"
+SIGNING_KEY = "handset-ed25519.key"
+
+
+def unit_key_file(directory: Path, unit_id: str) -> Path:
+    """Where pairing stores a unit's Ed25519 public key (alerts from that unit are checked with it)."""
+    return directory / f"unit-{unit_id}-ed25519.pub"
+
+
+@dataclass(frozen=True)
+class HandsetKeys:
+    handset_id: str
+    sealing: X25519PrivateKey
+    signing: Ed25519PrivateKey
+
+    @staticmethod
+    def generate(directory: Path, handset_id: str) -> HandsetKeys:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        keys = HandsetKeys(handset_id, X25519PrivateKey.generate(), Ed25519PrivateKey.generate())
+        keyfiles.save_private_key(directory / SEALING_KEY, keys.sealing)
+        keyfiles.save_private_key(directory / SIGNING_KEY, keys.signing)
+        (directory / "handset-id").write_text(handset_id + "\n")
+        (directory / f"{handset_id}.json").write_bytes(keys.record())
+        return keys
+
+    @staticmethod
+    def load(directory: Path) -> HandsetKeys:
+        try:
+            handset_id = (directory / "handset-id").read_text().strip()
+        except OSError as exc:
+            raise crypto.KeyFileError(f"{directory / 'handset-id'}: cannot read ({exc.strerror})") from exc
+        return HandsetKeys(
+            handset_id,
+            keyfiles.load_x25519_private(directory / SEALING_KEY),
+            keyfiles.load_ed25519_private(directory / SIGNING_KEY),
+        )
+
+    def record(self) -> bytes:
+        """The public record the unit keeps in its handsets directory."""
+        return handset_record(self.handset_id, self.sealing.public_key(), self.signing.public_key())
+
+
+@dataclass(frozen=True)
+class ReceivedAlert:
+    alert: Alert
+    received_at: float  # epoch seconds, when the message arrived (before it was verified and decrypted)
+    decoded_at: float | None = None  # epoch seconds, once verified and decrypted
+
+    @property
+    def age_ms(self) -> float:
+        return (self.received_at - self.alert.time) * 1e3
+
+    @property
+    def decoded_age_ms(self) -> float | None:
+        """Frame time to the alert decrypted at the handset (what the officer can first see)."""
+        return None if self.decoded_at is None else (self.decoded_at - self.alert.time) * 1e3
+
+
+class HandsetClient:
+    """Connects as one handset (its own client certificate) and receives one unit's alerts.
+
+    By default the session is persistent (client id = handset id, clean_session off, QoS 1 subscription):
+    the broker keeps the subscription while the handset is offline and queues the alerts published
+    meanwhile, which arrive when it reconnects. Only one client per handset id can be connected at once.
+    """
+
+    def __init__(
+        self,
+        keys: HandsetKeys,
+        unit_id: str,
+        unit_key: Ed25519PublicKey,
+        host: str,
+        port: int,
+        tls: tuple[Path, Path, Path],  # CA, certificate, key
+        prefix: str = "lfr/v1",
+        persistent: bool = True,
+    ) -> None:
+        self.keys = keys
+        self.unit_id = unit_id
+        self.unit_key = unit_key
+        self.topics = Topics.for_unit(prefix, unit_id)
+        self.alerts: queue.Queue[ReceivedAlert] = queue.Queue()
+        self.refused: queue.Queue[str] = queue.Queue()
+        self.seen: set[str] = set()
+        self.duplicates = 0
+        self.connected = threading.Event()
+        client_id = keys.handset_id if persistent else f"{keys.handset_id}-{secrets.token_hex(3)}"
+        self._client = tls_client(client_id, *tls, clean_session=not persistent)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = lambda *a: self.connected.clear()
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = lambda *a: self.connected.set()  # ready once the broker has the subscription
+        self._client.reconnect_delay_set(1, 2)
+        self._host, self._port = host, port
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._client.connect_async(self._host, self._port, keepalive=10)
+        self._client.loop_start()
+        if not self.connected.wait(timeout):
+            raise ConnectionError(f"handset {self.keys.handset_id}: no connection to {self._host}:{self._port}")
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def decide(self, alert_id: str, decision: str) -> None:
+        message = Decision(alert_id, self.unit_id, self.keys.handset_id, decision, time.time())
+        info = self._client.publish(self.topics.decisions, encode_decision(message, self.keys.signing), qos=1)
+        info.wait_for_publish(10)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if not reason.is_failure:
+            client.subscribe(self.topics.alerts, 1)
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        received_at = time.time()
+        try:
+            alert = decode_alert(bytes(message.payload), self.unit_id, self.unit_key, self.keys.sealing)
+            decoded_at = time.time()
+        except ProtocolError as exc:
+            self.refused.put(str(exc))
+            log.warning("alert refused: %s", exc)
+            return
+        if alert.alert_id in self.seen:
+            self.duplicates += 1
+            return
+        self.seen.add(alert.alert_id)
+        self.alerts.put(ReceivedAlert(alert, received_at, decoded_at))
+
+
+def _broker(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"--broker {value!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+def _connection_args(p: argparse.ArgumentParser, unit_key: bool = True) -> None:
+    p.add_argument("--unit", required=True, help="the unit id")
+    p.add_argument("--broker", required=True, type=_broker, help="HOST:PORT of the broker")
+    p.add_argument("--ca", required=True, type=Path, help="the broker's CA certificate")
+    p.add_argument("--cert", required=True, type=Path, help="this handset's client certificate")
+    p.add_argument("--key", required=True, type=Path, help="this handset's client certificate key")
+    p.add_argument("--keys", required=True, type=Path, help="this handset's key folder (from pairing or keygen)")
+    if unit_key:
+        p.add_argument(
+            "--unit-key",
+            type=Path,
+            help="the unit's Ed25519 public key (default: the one pairing stored in --keys)",
+        )
+    p.add_argument("--prefix", default="lfr/v1", help="topic prefix (default lfr/v1)")
+
+
+def _client(args: argparse.Namespace) -> HandsetClient:
+    keys = HandsetKeys.load(args.keys)
+    unit_key_path = args.unit_key or unit_key_file(args.keys, args.unit)
+    if args.unit_key is None and not unit_key_path.exists():
+        raise crypto.KeyFileError(f"{unit_key_path}: no key for unit {args.unit}; pair first or give --unit-key")
+    unit_key = keyfiles.load_ed25519_public(unit_key_path)
+    host, port = args.broker
+    # Only `listen` holds the handset's persistent session; a one-off `decide` must not take it over.
+    tls, persistent = (args.ca, args.cert, args.key), args.command == "listen"
+    return HandsetClient(keys, args.unit, unit_key, host, port, tls, args.prefix, persistent=persistent)
+
+
+def listen(args: argparse.Namespace) -> int:
+    client = _client(args)
+    client.start()
+    print(f"handset {client.keys.handset_id}: listening for alerts from unit {args.unit} (Ctrl-C to stop)")
+    received = 0
+    try:
+        while args.count is None or received < args.count:
+            try:
+                item = client.alerts.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            received += 1
+            a = item.alert
+            print(
+                f"ALERT {a.alert_id}  subject {a.subject_id} ({a.category})  score {a.score:.2f} "
+                f"(threshold {a.threshold:.2f})  camera {a.camera}  {item.age_ms:.0f} ms ago",
+                flush=True,
+            )
+            if a.reference:
+                print(f"      reference: {a.reference}")
+            if args.save:
+                args.save.mkdir(parents=True, exist_ok=True)
+                (args.save / f"{a.alert_id}-live.jpg").write_bytes(a.live_jpeg)
+                (args.save / f"{a.alert_id}-watchlist.jpg").write_bytes(a.watchlist_jpeg)
+                print(f"      pictures saved in {args.save}")
+            print(f"      decide: lfr-handset decide {a.alert_id} engage|no_action|false_alert ...")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.stop()
+    return 0
+
+
+def decide(args: argparse.Namespace) -> int:
+    client = _client(args)
+    client.start()
+    client.decide(args.alert_id, args.decision)
+    client.stop()
+    print(f"decision {args.decision} on alert {args.alert_id} sent")
+    return 0
+
+
+def keygen(args: argparse.Namespace) -> int:
+    if (args.out / SEALING_KEY).exists():
+        print(f"lfr-handset keygen: {args.out} already holds handset keys", file=sys.stderr)
+        return 2
+    keys = HandsetKeys.generate(args.out, args.id)
+    print(f"handset {keys.handset_id}: keys written to {args.out} (private keys mode 0600)")
+    print(f"give {args.out / (args.id + '.json')} to the unit's handsets folder, or pair with lfr-provision")
+    return 0
+
+
+def pair(args: argparse.Namespace) -> int:
+    from lfr_contracts.pairing import PairingError, normalise_code
+    from lfr_tools.handset.pairing import certificate_cn, pair_with_unit
+
+    try:
+        normalise_code(args.code)
+        if (args.keys / SEALING_KEY).exists():
+            keys = HandsetKeys.load(args.keys)
+            if args.id is not None and args.id != keys.handset_id:
+                raise PairingError(f"{args.keys} holds handset {keys.handset_id!r}, not {args.id!r}")
+        else:
+            keys = HandsetKeys.generate(args.keys, args.id or certificate_cn(args.cert))
+            print(f"handset {keys.handset_id}: new key pairs in {args.keys} (private keys mode 0600)")
+        host, port = args.broker
+        unit = pair_with_unit(
+            keys.handset_id,
+            args.code,
+            keys.sealing,
+            keys.signing,
+            args.unit,
+            host,
+            port,
+            (args.ca, args.cert, args.key),
+            prefix=args.prefix,
+            timeout_s=args.timeout,
+        )
+    except PairingError as exc:
+        print(f"lfr-handset pair: {exc}", file=sys.stderr)
+        return 1
+    path = unit_key_file(args.keys, unit.unit_id)
+    keyfiles.save_public_key(path, unit.ed25519_public)
+    print(f"handset {keys.handset_id} paired with unit {unit.unit_id}; the unit's key is in {path}")
+    print(f"next: lfr-handset listen --unit {unit.unit_id} --keys {args.keys} --broker ... --ca ... ")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lfr-handset", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("listen", help="print each alert as it arrives")
+    _connection_args(p)
+    p.add_argument("--save", type=Path, help="save the live and watchlist pictures in this folder")
+    p.add_argument("--count", type=int, help="stop after this many alerts")
+    p.set_defaults(func=listen)
+    p = sub.add_parser("decide", help="answer an alert")
+    p.add_argument("alert_id")
+    p.add_argument("decision", choices=DECISIONS)
+    _connection_args(p)
+    p.set_defaults(func=decide)
+    p = sub.add_parser("pair", help="pair with a unit using the code its technician shows")
+    p.add_argument("--code", required=True, help="the one-time code, e.g. 1234-5678")
+    _connection_args(p, unit_key=False)
+    p.add_argument("--id", help="handset id for new keys (default: the certificate's CN)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the unit")
+    p.set_defaults(func=pair)
+    p = sub.add_parser("keygen", help="make this handset's key pairs (until it is paired)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--id", required=True, help="handset id (its MQTT certificate name)")
+    p.set_defaults(func=keygen)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        code: int = args.func(args)
+    except (crypto.CryptoError, ConnectionError, OSError) as exc:
+        print(f"lfr-handset {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Offline photo tools: detect and embed a folder of photos, or a list into an npz."""
