@@ -151,7 +151,7 @@ def test_alert_reaches_the_paired_handset_and_its_decision_is_audited(
     unit.start()
     phone = handset_client(broker, handset_keys, unit)
     try:
-        unit.channel.send(make_alert("a-7"))
+        unit.channel.deliver(make_alert("a-7"))
         got = phone.alerts.get(timeout=10)
         assert got.alert.alert_id == "a-7" and got.alert.score == pytest.approx(0.71)
         phone.decide("a-7", "engage")
@@ -174,7 +174,7 @@ def test_bad_decisions_are_refused_and_audited(
 ) -> None:
     unit = Unit(broker, paired(handset_keys))
     unit.start()
-    unit.channel.send(make_alert("a-1"))
+    unit.channel.deliver(make_alert("a-1"))
     rogue = HandsetKeys.generate(tmp_path / "rogue", "handset-1")  # same id, other key: not the paired one
     sender = Collector(broker, "handset-1")
     topic = Topics.for_unit(broker.prefix, "unit-a").decisions
@@ -211,8 +211,8 @@ def test_alerts_wait_while_the_broker_is_down_and_go_out_on_reconnect(
     deadline = time.monotonic() + 10
     while unit.mqtt.connected.is_set() and time.monotonic() < deadline:
         time.sleep(0.01)
-    unit.channel.send(make_alert("queued-1"))
-    unit.channel.send(make_alert("queued-2"))
+    unit.channel.deliver(make_alert("queued-1"))
+    unit.channel.deliver(make_alert("queued-2"))
     assert unit.channel.stats.queued == 2 and unit.channel.stats.sent == 0
     broker.start()
     phone = handset_client(broker, handset_keys, unit)
@@ -245,11 +245,18 @@ def test_outbox_expires_and_overflows_are_counted_not_kept(handset_keys: Handset
         clock=lambda: now[0],
     )
     for i in range(3):
-        channel.send(make_alert(f"a-{i}"))
+        channel.deliver(make_alert(f"a-{i}"))
     assert channel.stats.overflowed == 1 and channel.stats.queued == 2
     now[0] += 31
     channel.flush()
     assert channel.stats.expired == 2 and channel.stats.queued == 0
+    channel.apply(AlertsConfig(queue_max=1, queue_ttl_s=5))  # a reload: the next alerts get the new limits
+    for i in range(2):
+        channel.deliver(make_alert(f"b-{i}"))
+    assert channel.stats.overflowed == 2 and channel.stats.queued == 1
+    now[0] += 6
+    channel.flush()
+    assert channel.stats.expired == 3 and channel.stats.queued == 0
 
 
 @pytest.mark.broker
@@ -262,7 +269,7 @@ def test_a_handset_that_is_not_paired_cannot_read_the_alert(
     other_keys = HandsetKeys.generate(tmp_path / "h2", "handset-1")  # right certificate, wrong keys
     eavesdropper = handset_client(broker, other_keys, unit)
     try:
-        unit.channel.send(make_alert("secret"))
+        unit.channel.deliver(make_alert("secret"))
         assert "not sealed to this key" in eavesdropper.refused.get(timeout=10)
         with pytest.raises(queue.Empty):
             eavesdropper.alerts.get_nowait()
@@ -287,5 +294,5 @@ def test_an_alert_with_no_paired_handset_is_counted_and_never_published(tmp_path
     channel = HandsetChannel(
         mqtt, "t", "unit-a", Ed25519PrivateKey.generate(), lambda: registry, AlertsConfig(), ListAudit()
     )
-    channel.send(make_alert("lonely"))
+    channel.deliver(make_alert("lonely"))
     assert registry == {} and channel.stats.no_handsets == 1 and mqtt.sent == []

@@ -169,7 +169,7 @@ def test_right_code_pairs_and_the_handset_opens_the_units_next_alert(broker: Mos
     try:
         assert unit_mqtt.connected.wait(WAIT_S)
         alert = Alert("a-1", UNIT, "cam0", time.time(), 0.7, 0.55, "S-1", "wanted", "", b"\xff\xd8l", b"\xff\xd8w")
-        channel.send(alert)
+        channel.deliver(alert)
         received = client.alerts.get(timeout=WAIT_S)
         assert received.alert.alert_id == "a-1" and received.alert.live_jpeg == b"\xff\xd8l"
     finally:

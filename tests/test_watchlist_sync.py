@@ -123,14 +123,18 @@ def test_each_bad_bundle_is_refused_with_its_reason_and_the_held_list_is_unchang
     assert applied.acks[-1]["reason"] == reason, applied.acks[-1]
     assert applied.audit.events[-1][0] == "watchlist_refused"
     assert applied.held() == before
-    assert applied.sync.store is store_before and not store_before.wiped  # type: ignore[union-attr]
+    assert store_before is not None and applied.sync.store is store_before
+    assert store_before.is_usable(applied.clock.now)
 
 
 def test_a_newer_version_replaces_and_wipes_the_old_store(applied: Harness) -> None:
     old = applied.sync.store
+    assert old is not None
+    old_matrix = old._matrix  # the live buffer itself: what wipe() must zero before dropping it
     applied.sync.handle_message("t", make_bundle(applied.keys, version=6))
-    assert applied.held() is not None and applied.held()[0] == 6  # type: ignore[index]
-    assert old is not None and old.wiped and not old.matrix_for_tests.any()
+    held = applied.held()
+    assert held is not None and held[0] == 6
+    assert not old.is_usable(applied.clock.now) and not old_matrix.any()
 
 
 def test_expiry_wipes_with_a_fake_clock_and_search_refuses_even_before_the_timer(applied: Harness) -> None:
@@ -142,7 +146,7 @@ def test_expiry_wipes_with_a_fake_clock_and_search_refuses_even_before_the_timer
     with pytest.raises(WatchlistUnavailable):
         store.search(probe, now=applied.clock.now)  # expired: refused even though not yet wiped
     assert applied.sync.check_expiry()
-    assert applied.sync.store is None and store.wiped
+    assert applied.sync.store is None and not store.is_usable(applied.clock.now - 1)  # wiped, not just expired
     assert applied.audit.events[-1] == (
         "watchlist_wiped",
         {"deployment": "DEP-1", "version": 5, "reason": "expired"},
@@ -153,7 +157,7 @@ def test_signed_close_for_the_held_deployment_wipes(applied: Harness) -> None:
     store = applied.sync.store
     close = bundle.build_close("DEP-1", "unit-a", applied.keys.centre, NOW, "n1")
     applied.sync.handle_message("t", close)
-    assert applied.sync.store is None and store is not None and store.wiped
+    assert applied.sync.store is None and store is not None and not store.is_usable(applied.clock.now)
     assert applied.acks[-1]["status"] == "closed"
     # the wiped bundle cannot be replayed afterwards
     applied.sync.handle_message("t", make_bundle(applied.keys, version=5))
@@ -187,7 +191,7 @@ def test_close_for_another_deployment_keeps_the_list(applied: Harness) -> None:
 def test_shutdown_wipes(applied: Harness) -> None:
     store = applied.sync.store
     applied.sync.shutdown()
-    assert applied.sync.store is None and store is not None and store.wiped
+    assert applied.sync.store is None and store is not None and not store.is_usable(applied.clock.now)
 
 
 def test_the_held_bundle_redelivered_after_a_reconnect_is_not_a_refusal() -> None:

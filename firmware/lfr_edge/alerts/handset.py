@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from lfr_contracts import crypto
 from lfr_contracts.alerts import Alert, ProtocolError, encode_alert, parse_decision
+from lfr_edge.alerts.channel import UnitState
 from lfr_edge.config import AlertsConfig
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,10 @@ class OutboxStats:
 
 
 class HandsetChannel:
+    """The paired handsets as an alert channel: each alert sealed to all of them, queued while offline."""
+
+    name = "handsets"
+
     def __init__(
         self,
         mqtt: Publisher,
@@ -129,7 +134,14 @@ class HandsetChannel:
         self._recent: OrderedDict[str, set[str]] = OrderedDict()  # alert id -> handsets that decided
         self._lock = threading.Lock()
 
-    def send(self, alert: Alert) -> None:
+    def apply(self, cfg: AlertsConfig) -> None:
+        """A reloaded [alerts] section: the outbox's size and time-to-live for the alerts queued from now."""
+        self.cfg = cfg
+
+    def show_state(self, state: UnitState) -> None:
+        """Nothing to show: the handset protocol carries alerts only; the unit's state is on its status topic."""
+
+    def deliver(self, alert: Alert) -> None:
         """Seal, sign and queue one alert, then publish what can be published now. Never blocks long."""
         paired = self.handsets()
         with self._lock:

@@ -16,33 +16,27 @@ import os
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-from lfr_contracts.alerts import Alert
 from lfr_contracts.camera import FrameSource
 from lfr_contracts.errors import ConfigError
 from lfr_edge import keyfiles
+from lfr_edge.alerts.channel import AlertChannel, UnitState, show_state_on_all
 from lfr_edge.alerts.handset import HandsetChannel, load_handsets
 from lfr_edge.audit import log as audit_events
 from lfr_edge.audit.log import AuditLog
 from lfr_edge.camera import create_source
 from lfr_edge.comms.mqtt import UnitMqttClient
 from lfr_edge.config import Config, load_config, require_cameras
+from lfr_edge.daemon.alerting import Alerter
 from lfr_edge.daemon.frames import CaptureThread, FrameQueue
 from lfr_edge.daemon.notify import Notifier, Watchdog
 from lfr_edge.daemon.worker import PipelineWorker
-from lfr_edge.vision.image import encode_jpeg
-from lfr_edge.vision.match import MatchDecision
 from lfr_edge.vision.pipeline import build_pipeline
-from lfr_edge.vision.track import TrackFace
-from lfr_edge.watchlist.store import WatchlistStore, WatchlistUnavailable, harden_process
+from lfr_edge.watchlist.store import harden_process
 from lfr_edge.watchlist.sync import WatchlistSync
 
 log = logging.getLogger("lfr_edge.daemon")
@@ -52,87 +46,9 @@ UNIT_ED25519_KEY = "unit-ed25519.key"
 STOP_DEADLINE_S = 4.0  # everything in stop() shares this budget; systemd's TimeoutStopSec is 5 s
 
 
-class StoreWatchlist:
-    """The held watchlist as matching sees it: an expired or wiped list answers with no candidates."""
-
-    def __init__(self, store: WatchlistStore) -> None:
-        self.store = store
-
-    @property
-    def threshold(self) -> float:
-        return self.store.threshold
-
-    def search(
-        self, probes: npt.NDArray[np.float32], k: int, now: float
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        try:
-            result = self.store.search(probes, now, k)
-        except WatchlistUnavailable:
-            empty = np.zeros((len(probes), 0))
-            return empty.astype(np.int64), empty.astype(np.float32)
-        return result.indices, result.scores
-
-    def subject_id(self, index: int) -> str:
-        return self.store.subject(index).id
-
-
-class UnitAlertSink:
-    """One decision → a sealed alert to the handsets, the beacon's alert pattern, an audit event."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-
-    def alert(self, decision: MatchDecision, live: TrackFace, frame_time: float) -> None:
-        d = self.daemon
-        store = d.sync.store
-        if store is None:
-            return
-        try:
-            subject = store.subject(decision.subject_index)
-        except (WatchlistUnavailable, IndexError) as exc:
-            log.warning("alert for track %d dropped: %s", decision.track_id, exc)
-            return
-        alert_id = uuid.uuid4().hex[:16]
-        # The frame's capture time is on the monotonic clock; alerts carry wall-clock time.
-        wall_time = time.time() - (time.monotonic() - frame_time)
-        alert = Alert(
-            alert_id=alert_id,
-            unit=d.cfg.unit.id,
-            camera=decision.camera,
-            time=wall_time,
-            score=round(decision.score, 4),
-            threshold=decision.threshold,
-            subject_id=subject.id,
-            category=subject.category,
-            reference=subject.reference,
-            live_jpeg=encode_jpeg(live.crop),
-            watchlist_jpeg=subject.photo_jpeg,
-        )
-        d.handsets.send(alert)
-        if d.beacon is not None:
-            d.beacon.show_alert(decision.camera)
-        d.audit.append(
-            audit_events.ALERT_RAISED,
-            alert_id=alert_id,
-            camera=decision.camera,
-            subject_id=subject.id,
-            score=round(decision.score, 3),
-            watchlist_version=store.version,
-        )
-        log.info(
-            "ALERT %s: subject %s on %s, score %.3f (threshold %.2f, %d frames)",
-            alert_id,
-            subject.id,
-            decision.camera,
-            decision.score,
-            decision.threshold,
-            decision.supporting_frames,
-        )
-
-
-@dataclass
+@dataclass(frozen=True)
 class Health:
-    """What READY=1 waits for, and what telemetry reports."""
+    """What READY=1 waits for."""
 
     models: bool = False
     broker: bool = False
@@ -150,6 +66,7 @@ class Daemon:
         self.notifier = Notifier(self.env)
         self.started_at = time.monotonic()
         self.beacon: Any = None
+        self.unit_state = UnitState()
         self._faces_audited: dict[str, int] = {}
         self._published_head: Any = None
 
@@ -168,7 +85,7 @@ class Daemon:
 
         self.notifier.status("loading models")
         self.pipeline = build_pipeline(cfg)
-        self.health.models = True
+        self.health = replace(self.health, models=True)
         log.info("models verified and loaded: %s (%s)", self.pipeline.model_id, cfg.inference.backend)
 
         self.mqtt = UnitMqttClient(cfg.unit.id, cfg.mqtt)
@@ -196,10 +113,12 @@ class Daemon:
         self.mqtt.subscribe(self.mqtt.topics.decisions, self.handsets.on_decision)
         self.mqtt.add_connect_listener(self._on_broker_connected)
 
+        self.channels: list[AlertChannel] = [self.handsets]
         if cfg.beacon.enabled:
-            from lfr_edge.alerts.beacon import BeaconDriver
+            from lfr_edge.alerts.beacon import BeaconChannel, BeaconDriver
 
             self.beacon = BeaconDriver(cfg.beacon)
+            self.channels.append(BeaconChannel(self.beacon))
 
         self.queue = FrameQueue(sum(c.queue_size for c in cfg.cameras))
         self.sources: list[FrameSource] = [create_source(c) for c in cfg.cameras]
@@ -212,8 +131,8 @@ class Daemon:
             [c.name for c in cfg.cameras],
             cfg.track,
             cfg.match,
-            self._current_watchlist,
-            UnitAlertSink(self),
+            lambda: self.sync.store,
+            Alerter(cfg.unit.id, self.channels, self.audit),
         )
 
     def _paired_handsets(self) -> dict[str, Any]:
@@ -223,10 +142,6 @@ class Daemon:
             handsets = load_handsets(self.cfg.alerts.handsets_dir)
             self._handset_cache = (time.monotonic(), handsets)
         return handsets
-
-    def _current_watchlist(self) -> StoreWatchlist | None:
-        store = self.sync.store
-        return StoreWatchlist(store) if store is not None else None
 
     def _on_broker_connected(self) -> None:
         self.handsets.flush()
@@ -258,6 +173,7 @@ class Daemon:
             frame = self.queue.get(timeout=0.5)
             for capture in self.captures:
                 capture.check_stall(time.monotonic())
+            self._show_unit_state()
             if frame is not None:
                 self.worker.process(frame)
                 if self.watchdog is not None:
@@ -269,9 +185,19 @@ class Daemon:
                 self.notifier.status(self.status_line())
         return 0
 
+    def _show_unit_state(self) -> None:
+        """The channels show the unit's faults (a camera lost or stalled) while they last."""
+        state = UnitState(tuple(fault for c in self.captures if (fault := c.fault()) is not None))
+        if state != self.unit_state:
+            self.unit_state = state
+            show_state_on_all(self.channels, state)
+
     def _check_ready(self) -> bool:
-        self.health.broker = self.mqtt.connected.is_set()
-        self.health.cameras = all(c.first_frame.is_set() for c in self.captures)
+        self.health = replace(
+            self.health,
+            broker=self.mqtt.connected.is_set(),
+            cameras=all(c.first_frame.is_set() for c in self.captures),
+        )
         if not (self.health.models and self.health.broker and self.health.cameras):
             waiting = [k for k, ok in vars(self.health).items() if not ok]
             self.notifier.status(f"starting: waiting for {', '.join(waiting)}")
@@ -371,13 +297,12 @@ class Daemon:
             for section in vars(new)
             if section not in live and getattr(new, section) != getattr(self.cfg, section)
         ]
-        self.worker.match_cfg = new.match
-        self.worker.cooldowns.seconds = new.match.cooldown_s
-        self.pipeline.quality = new.quality
-        self.handsets.cfg = new.alerts
-        for tracker in self.worker.trackers.values():
-            tracker.cfg = new.track
-        self.cfg = Config(**{**vars(self.cfg), **{s: getattr(new, s) for s in live}})
+        self.worker.apply(new.track, new.match)
+        self.pipeline.apply(new.quality)
+        self.handsets.apply(new.alerts)
+        if self.watchdog is not None:
+            self.watchdog.apply(new.daemon)
+        self.cfg = replace(self.cfg, **{s: getattr(new, s) for s in live})
         self.audit.append("config_reloaded", restart_needed=needs_restart)
         if needs_restart:
             log.warning("config reloaded; these sections change only on restart: %s", ", ".join(needs_restart))
@@ -405,6 +330,7 @@ class Daemon:
             self._publish_audit_head()
         self.mqtt.stop(timeout_s=max(0.2, min(1.5, deadline - time.monotonic())))
         self.audit.close()
+        self.notifier.close()
         log.info("stopped cleanly")
 
 

@@ -95,6 +95,10 @@ class Tracker:
         self.tracks: list[Track] = []
         self._next_id = 1
 
+    def apply(self, cfg: TrackConfig) -> None:
+        """A reloaded [track] section, for the next frame; tracks in progress keep what they hold."""
+        self.cfg = cfg
+
     def update(self, faces: list[Face], frame_index: int, timestamp: float) -> TrackUpdate:
         boxes = np.array([f.detection.box for f in faces], dtype=np.float32).reshape(-1, 4)
         assigned = self._associate(faces, boxes)

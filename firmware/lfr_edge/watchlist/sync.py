@@ -69,12 +69,8 @@ class WatchlistSync:
 
     @property
     def store(self) -> WatchlistStore | None:
-        """The held store, or None. Search it with `store.search(probes, now)`; it refuses when expired."""
+        """The held store, or None. `store.search(probes, now, k)` refuses once it is wiped or expired."""
         return self._store
-
-    @property
-    def highest_version(self) -> int | None:
-        return self._highest_version
 
     # messages --------------------------------------------------------------------------------------
 
