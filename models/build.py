@@ -17,6 +17,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from report import Report
 
 MODELS_DIR = Path(__file__).resolve().parent
 REPO = MODELS_DIR.parent
@@ -93,9 +97,9 @@ def build_all(manifest: Manifest, cache: Path, faces: Path) -> dict[str, dict[st
     return built
 
 
-def measure(built: dict[str, dict[str, bytes]], manifest: Manifest, cache: Path, faces: Path) -> object:
+def measure(built: dict[str, dict[str, bytes]], manifest: Manifest, cache: Path, faces: Path) -> Report:
     """Write the artifacts to a staging folder, verify they load, and measure them on the corpus."""
-    import report
+    import report  # numpy, LiteRT and the corpus: only when there is something to measure
 
     staging = cache / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
@@ -149,7 +153,7 @@ def run(faces: Path, cache: Path, record: bool) -> None:
     else:
         built = built_from_cache(manifest, cache)  # artifacts fine, only the report is missing
     result = measure(built, manifest, cache, faces)
-    defaults: dict[str, str] = result.defaults  # type: ignore[attr-defined]
+    defaults = result.defaults
     if record:
         hashes = {(m, v): sha256_bytes(data) for m, vs in built.items() for v, data in vs.items()}
         install(built, manifest, cache, record=True)

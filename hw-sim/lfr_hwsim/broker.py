@@ -321,7 +321,9 @@ class Collector:
         self._up = threading.Event()
         self._topics: list[str] = []
         self.client.on_connect = self._on_connect
-        self.client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]  # back soon after a broker restart
+        # Back soon after a broker restart. paho annotates the delays as int, but its reconnect wait is plain
+        # float arithmetic, so 0.1 s works.
+        self.client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]
         self.client.on_message = lambda c, u, m: self.messages.put(Received(m.topic, bytes(m.payload), m.retain))
         self._resubscribed: set[int] = set()
         self.client.on_subscribe = self._on_subscribe

@@ -162,6 +162,8 @@ class UnitMqttClient:
         self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=dispatch_queue_size)
         self._dispatcher: threading.Thread | None = None
         self._client = tls_client(self.client_id, cfg.ca_file, cfg.cert_file, cfg.key_file)
+        # paho annotates the delays as int, but its reconnect wait is plain float arithmetic: fractions of a
+        # second work, and a unit reconnects 0.2 s after a broker restart rather than a whole second later.
         self._client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
         self._set_will()
         self._client.on_connect = self._on_connect
