@@ -6,21 +6,20 @@ real audit log; the last test runs the real pipeline worker over real photos.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from lfr_contracts.alerts import Alert
+from lfr_contracts.audit_events import AlertRaised, AuditEvent, LogCreated, decode_event
 from lfr_contracts.bundle import SubjectEntry, open_bundle
 from lfr_contracts.camera import Frame
 from lfr_edge.alerts.channel import UnitState
-from lfr_edge.audit.log import AuditLog, verify
+from lfr_edge.audit.log import AuditLog, read_verified
 from lfr_edge.config import MatchConfig, TrackConfig
 from lfr_edge.daemon.alerting import Alerter
 from lfr_edge.daemon.worker import PipelineWorker
@@ -87,8 +86,11 @@ def decision_for(store: WatchlistStore, subject: int) -> tuple[MatchDecision, Tr
     return decision, track
 
 
-def audit_events(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+def audit_events(path: Path) -> list[AuditEvent]:
+    """The log as its readers see it: the verified lines, decoded into their event classes."""
+    report, lines = read_verified(path)
+    assert report.ok
+    return [decode_event(line.event, line.fields) for line in lines]
 
 
 def test_every_channel_gets_the_alert_even_after_one_fails(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -111,16 +113,8 @@ def test_every_channel_gets_the_alert_even_after_one_fails(tmp_path: Path, caplo
     assert abs(alert.time - (time.time() - 0.5)) < 5.0  # the frame's time, on the wall clock
     failures = [r for r in caplog.records if "the broken channel failed" in r.getMessage()]
     assert len(failures) == 1 and failures[0].exc_info is not None
-    raised = [e for e in audit_events(tmp_path / "audit.jsonl") if e["event"] == "alert_raised"]
-    assert len(raised) == 1
-    assert {k: raised[0][k] for k in ("alert_id", "camera", "subject_id", "score", "watchlist_version")} == {
-        "alert_id": "a-0001",
-        "camera": "cam1",
-        "subject_id": "S002",
-        "score": round(decision.score, 3),
-        "watchlist_version": store.version,
-    }
-    assert verify(tmp_path / "audit.jsonl").ok
+    raised = [e for e in audit_events(tmp_path / "audit.jsonl") if isinstance(e, AlertRaised)]
+    assert raised == [AlertRaised("a-0001", "cam1", "S002", round(decision.score, 3), store.version)]
 
 
 def test_a_list_wiped_after_the_decision_raises_no_alert(tmp_path: Path) -> None:
@@ -134,7 +128,7 @@ def test_a_list_wiped_after_the_decision_raises_no_alert(tmp_path: Path) -> None
     assert Alerter("unit-a", [channel], audit).raise_alert(decision, live, time.monotonic(), store) is None
     audit.close()
     assert channel.alerts == []
-    assert [e["event"] for e in audit_events(tmp_path / "audit.jsonl")] == ["log_created"]
+    assert [type(e) for e in audit_events(tmp_path / "audit.jsonl")] == [LogCreated]
 
 
 def test_the_worker_hands_a_watchlisted_face_to_every_channel_and_keeps_going(
@@ -157,7 +151,6 @@ def test_the_worker_hands_a_watchlisted_face_to_every_channel_and_keeps_going(
     assert worker.stats.frames == len(frames)
     assert sum(len(d) for d in decisions) == worker.stats.alerts == 1
     assert [a.subject_id for a in recording.alerts] == ["S-7205"]
-    assert [e["subject_id"] for e in audit_events(tmp_path / "audit.jsonl") if e["event"] == "alert_raised"] == [
-        "S-7205"
-    ]
+    raised = [e.subject_id for e in audit_events(tmp_path / "audit.jsonl") if isinstance(e, AlertRaised)]
+    assert raised == ["S-7205"]
     assert all(not image.any() for image in frames)  # every frame was overwritten once processed

@@ -118,9 +118,9 @@ def test_the_beacon_channel_shows_each_alert_and_the_units_faults(
     driver, _ = make_driver(alert_hold_s=0.2)
     channel = BeaconChannel(driver)
     ready(driver)
-    channel.show_state(UnitState(("camera cam0 lost", "camera cam1 stalled")))
+    channel.show_state(UnitState(("camera cam0 disconnected", "camera cam1 stalled")))
     assert sim.wait_for(Pattern.FAULT, WAIT_S)
-    assert driver.state().fault_reason == "camera cam0 lost; camera cam1 stalled"
+    assert driver.state().fault_reason == "camera cam0 disconnected; camera cam1 stalled"
     channel.deliver(alert_on("cam1"))
     assert sim.wait_for(Pattern.ALERT, WAIT_S)
     assert sim.wait_for(Pattern.FAULT, WAIT_S)  # the fault shows again once the alert's hold is over

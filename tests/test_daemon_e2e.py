@@ -19,8 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from lfr_contracts.alerts import DecisionKind
+from lfr_contracts.audit_events import AlertRaised, OfficerDecision, Stopped, WatchlistApplied, WatchlistWiped
 from lfr_contracts.beacon import Pattern
+from lfr_contracts.telemetry import Telemetry, decode_telemetry
 from lfr_edge.audit.log import Head, verify
+from lfr_edge.audit.report import read_events
 from lfr_edge.vision.pipeline import FacePipeline
 from lfr_hwsim.beacon import LampState
 from lfr_hwsim.broker import COMMAND_CENTRE
@@ -109,7 +113,7 @@ def test_watchlisted_person_gives_one_alert_to_the_handset_and_the_beacon(
         assert got.alert.subject_id == "S-7205" and got.alert.category == "wanted"
         assert got.alert.score >= 0.5 and got.alert.live_jpeg[:2] == b"\xff\xd8"
         assert van.beacon is not None and van.beacon.wait_for(Pattern.ALERT, timeout_s=10)
-        phone.decide(got.alert.alert_id, "engage")
+        phone.decide(got.alert.alert_id, DecisionKind.ENGAGE)
         # The same person keeps walking past (the replay loops): the cooldown keeps it to one prompt.
         with pytest.raises(queue.Empty):
             phone.alerts.get(timeout=3)
@@ -128,11 +132,10 @@ def test_watchlisted_person_gives_one_alert_to_the_handset_and_the_beacon(
             break
     heads.close()
     assert published and verify(audit_log, expected_head=Head(published[-1]["seq"], published[-1]["hash"])).ok
-    events = [json.loads(line)["event"] for line in audit_log.read_text().splitlines()]
-    assert events.count("alert_raised") == 1
-    assert "decision" in events and "watchlist_applied" in events
-    assert events[-2:] == ["watchlist_wiped", "stopped"] or events[-1] == "stopped"
-    assert "watchlist_wiped" in events
+    events = [type(e) for e in read_events(audit_log)]
+    assert events.count(AlertRaised) == 1
+    assert OfficerDecision in events and WatchlistApplied in events
+    assert events[-1] is Stopped and WatchlistWiped in events  # wiped at shutdown, before the last faces_seen
     assert verify(audit_log).ok
     states = []
     while True:
@@ -162,14 +165,14 @@ def test_a_stranger_gives_no_alert_and_nothing_of_them_is_written(
         daemon.wait_for("READY", timeout=60)
         # Wait until the unit has looked at every photo of the stranger twice, by its own telemetry.
         deadline = time.monotonic() + 60
-        telemetry: dict[str, object] = {}
+        telemetry: Telemetry | None = None
         while time.monotonic() < deadline:
             message = spy.next(timeout=5)
             if message.topic == van.topics.telemetry:
-                telemetry = json.loads(message.payload)
-                if int(str(telemetry["frames"])) >= 2 * len(photos(faces, STRANGER)):
+                telemetry = decode_telemetry(message.payload)
+                if telemetry.frames >= 2 * len(photos(faces, STRANGER)):
                     break
-        assert int(str(telemetry.get("faces_embedded", 0))) > 0
+        assert telemetry is not None and telemetry.faces_embedded > 0
         assert phone.alerts.empty()
         assert listening_sockets(daemon.proc.pid) == []  # DESIGN rule 4: the unit opens no listening socket
         assert daemon.terminate(timeout=10) == 0

@@ -14,11 +14,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from lfr_contracts.alerts import (
     Alert,
     Decision,
+    DecisionKind,
     ProtocolError,
     decode_alert,
     encode_alert,
     encode_decision,
 )
+from lfr_contracts.audit_events import AuditEvent, DecisionRefused, OfficerDecision
 from lfr_contracts.topics import Topics
 from lfr_edge.alerts.handset import HandsetChannel, PairedHandset, load_handsets, parse_handset
 from lfr_edge.comms.mqtt import UnitMqttClient
@@ -30,11 +32,11 @@ from mqtt_fixtures import Collector, unit_mqtt_config
 
 class ListAudit:
     def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.events: list[AuditEvent] = []
         self.changed = threading.Event()
 
-    def append(self, event: str, **fields: Any) -> None:
-        self.events.append((event, fields))
+    def append(self, event: AuditEvent) -> None:
+        self.events.append(event)
         self.changed.set()
 
 
@@ -154,10 +156,10 @@ def test_alert_reaches_the_paired_handset_and_its_decision_is_audited(
         unit.channel.deliver(make_alert("a-7"))
         got = phone.alerts.get(timeout=10)
         assert got.alert.alert_id == "a-7" and got.alert.score == pytest.approx(0.71)
-        phone.decide("a-7", "engage")
+        phone.decide("a-7", DecisionKind.ENGAGE)
         assert unit.audit.changed.wait(10)
-        assert unit.audit.events == [("decision", {"alert_id": "a-7", "handset_id": "handset-1", "decision": "engage"})]
-        phone.decide("a-7", "engage")  # a redelivery
+        assert unit.audit.events == [OfficerDecision("a-7", "handset-1", DecisionKind.ENGAGE)]
+        phone.decide("a-7", DecisionKind.ENGAGE)  # a redelivery
         deadline = time.monotonic() + 10
         while unit.channel.stats.duplicate_decisions == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -178,21 +180,22 @@ def test_bad_decisions_are_refused_and_audited(
     rogue = HandsetKeys.generate(tmp_path / "rogue", "handset-1")  # same id, other key: not the paired one
     sender = Collector(broker, "handset-1")
     topic = Topics.for_unit(broker.prefix, "unit-a").decisions
+    engage = DecisionKind.ENGAGE
     cases = [
         b"garbage{",
         b'{"v": 1}',
-        encode_decision(Decision("a-1", "unit-a", "handset-1", "engage", time.time()), rogue.signing),
-        encode_decision(Decision("a-404", "unit-a", "handset-1", "engage", time.time()), handset_keys.signing),
-        encode_decision(Decision("a-1", "unit-a", "handset-7", "engage", time.time()), handset_keys.signing),
-        encode_decision(Decision("a-1", "unit-b", "handset-1", "engage", time.time()), handset_keys.signing),
+        encode_decision(Decision("a-1", "unit-a", "handset-1", engage, time.time()), rogue.signing),
+        encode_decision(Decision("a-404", "unit-a", "handset-1", engage, time.time()), handset_keys.signing),
+        encode_decision(Decision("a-1", "unit-a", "handset-7", engage, time.time()), handset_keys.signing),
+        encode_decision(Decision("a-1", "unit-b", "handset-1", engage, time.time()), handset_keys.signing),
     ]
     try:
         for payload in cases:
             unit.audit.changed.clear()
             sender.publish(topic, payload)
             assert unit.audit.changed.wait(10)
-        reasons = [fields["reason"] for event, fields in unit.audit.events]
-        assert [event for event, _ in unit.audit.events] == ["decision_refused"] * len(cases)
+        reasons = [event.reason for event in unit.audit.events if isinstance(event, DecisionRefused)]
+        assert len(reasons) == len(unit.audit.events) == len(cases)
         assert "not valid JSON" in reasons[0]
         assert "signature" in reasons[2] and "unknown alert" in reasons[3]
         assert "unknown handset" in reasons[4] and "unit-b" in reasons[5]

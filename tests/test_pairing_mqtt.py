@@ -161,7 +161,7 @@ def test_right_code_pairs_and_the_handset_opens_the_units_next_alert(broker: Mos
         unit_signer,
         lambda: load_handsets(handsets_dir),
         AlertsConfig(),
-        audit=type("NoAudit", (), {"append": lambda self, event, **f: None})(),
+        audit=type("NoAudit", (), {"append": lambda self, event: None})(),
     )
     client = HandsetClient(phone, UNIT, stored, broker.host, broker.port, (tls.ca_file, tls.cert_file, tls.key_file))
     unit_mqtt.start()

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from lfr_contracts import bundle
+from lfr_contracts.audit_events import AuditEvent
 from lfr_edge import keyfiles
 from lfr_edge.comms.mqtt import UnitMqttClient
 from lfr_edge.vision.image import read_image
@@ -32,8 +33,8 @@ class ListAudit:
     def __init__(self) -> None:
         self.events: list[str] = []
 
-    def append(self, event: str, **fields: object) -> None:
-        self.events.append(event)
+    def append(self, event: AuditEvent) -> None:
+        self.events.append(event.name)
 
 
 class Unit:

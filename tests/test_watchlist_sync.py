@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from lfr_contracts import bundle
+from lfr_contracts.audit_events import AuditEvent, WatchlistApplied, WatchlistRefused, WatchlistWiped, WipeReason
 from lfr_edge.watchlist.store import WatchlistUnavailable
 from lfr_edge.watchlist.sync import WatchlistSync
 from watchlist_helpers import MODEL, NOW, Keys, make_bundle, subjects
@@ -26,10 +27,10 @@ class FakeClock:
 
 class RecordingAudit:
     def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.events: list[AuditEvent] = []
 
-    def append(self, event: str, **fields: object) -> None:
-        self.events.append((event, fields))
+    def append(self, event: AuditEvent) -> None:
+        self.events.append(event)
 
 
 class Harness:
@@ -80,7 +81,10 @@ def test_a_valid_bundle_is_applied_and_acked_with_version_and_digest() -> None:
         "subjects": 3,
     }
     assert h.held() == (7, ack["digest"])
-    assert h.audit.events[-1][0] == "watchlist_applied"
+    applied = h.audit.events[-1]
+    assert isinstance(applied, WatchlistApplied) and (applied.deployment, applied.version) == ("DEP-1", 7)
+    window = (bundle.iso(NOW - 60), bundle.iso(NOW + 3600))
+    assert applied.subjects == 3 and (applied.valid_from, applied.valid_until) == window
     assert h.sync.store is not None and h.sync.store.subject(1).id == "S001"
 
 
@@ -121,7 +125,7 @@ def test_each_bad_bundle_is_refused_with_its_reason_and_the_held_list_is_unchang
     applied.sync.handle_message("t", payload)
     assert applied.acks[-1]["status"] == "refused"
     assert applied.acks[-1]["reason"] == reason, applied.acks[-1]
-    assert applied.audit.events[-1][0] == "watchlist_refused"
+    assert isinstance(applied.audit.events[-1], WatchlistRefused)
     assert applied.held() == before
     assert store_before is not None and applied.sync.store is store_before
     assert store_before.is_usable(applied.clock.now)
@@ -147,10 +151,7 @@ def test_expiry_wipes_with_a_fake_clock_and_search_refuses_even_before_the_timer
         store.search(probe, now=applied.clock.now)  # expired: refused even though not yet wiped
     assert applied.sync.check_expiry()
     assert applied.sync.store is None and not store.is_usable(applied.clock.now - 1)  # wiped, not just expired
-    assert applied.audit.events[-1] == (
-        "watchlist_wiped",
-        {"deployment": "DEP-1", "version": 5, "reason": "expired"},
-    )
+    assert applied.audit.events[-1] == WatchlistWiped("DEP-1", 5, 3, WipeReason.EXPIRED)
 
 
 def test_signed_close_for_the_held_deployment_wipes(applied: Harness) -> None:
@@ -205,7 +206,7 @@ def test_the_held_bundle_redelivered_after_a_reconnect_is_not_a_refusal() -> Non
     # ... but a different message claiming the held version is still a replay, and so is the
     # same bundle once the list was wiped.
     h.sync.handle_message("t", make_bundle(h.keys, version=5))
-    assert h.acks[-1]["reason"] == "replay" and h.audit.events[-1][0] == "watchlist_refused"
-    h.sync.wipe("closed")
+    assert h.acks[-1]["reason"] == "replay" and isinstance(h.audit.events[-1], WatchlistRefused)
+    h.sync.wipe(WipeReason.CLOSED)
     h.sync.handle_message("t", data)
     assert h.acks[-1]["reason"] == "replay" and h.sync.store is None

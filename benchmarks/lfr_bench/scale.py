@@ -21,6 +21,7 @@ import numpy as np
 from lfr_bench import watchlists
 from lfr_bench.common import BenchContext, PartResult, format_table, ms_stats, not_measured, pyplot
 from lfr_bench.procstat import memory_mb
+from lfr_contracts.audit_events import AuditEvent
 
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
 SUMMARY_KEYS = ("search_ms_1m", "search_ms_10k", "apply_s_100k")
@@ -79,7 +80,7 @@ def _apply_bundle(matrix: np.ndarray) -> tuple[Any, float, float]:
     size_mb = round(len(payload) / 2**20, 1)
 
     class Audit:
-        def append(self, event: str, **fields: object) -> None:
+        def append(self, event: AuditEvent) -> None:
             pass
 
     sync = sync_mod.WatchlistSync(

@@ -16,7 +16,8 @@ from lfr_contracts.crypto import CryptoError
 from lfr_contracts.errors import ConfigError
 from lfr_contracts.layout import DEFAULT_CONFIG
 from lfr_edge import __version__
-from lfr_edge.audit.log import AuditError, add_audit_parser
+from lfr_edge.audit.cli import add_audit_parser
+from lfr_edge.audit.log import AuditError
 from lfr_edge.config import load_config_or_defaults
 from lfr_edge.daemon import selftest
 from lfr_edge.inference.base import BackendUnavailable

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class UnitState:
     """What the unit is doing now, for the channels that show a standing state (the beacon's lamp)."""
 
-    faults: tuple[str, ...] = ()  # why the unit is not scanning everywhere it should, e.g. "camera cam0 lost"
+    faults: tuple[str, ...] = ()  # why the unit is not scanning everywhere it should: "camera cam0 stalled"
 
     @property
     def ok(self) -> bool:

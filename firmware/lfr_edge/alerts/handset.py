@@ -16,7 +16,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from lfr_contracts import crypto
 from lfr_contracts.alerts import Alert, ProtocolError, encode_alert, parse_decision
+from lfr_contracts.audit_events import AuditSink, DecisionRefused, OfficerDecision
 from lfr_edge.alerts.channel import UnitState
 from lfr_edge.config import AlertsConfig
 
@@ -36,10 +37,6 @@ class Publisher(Protocol):
     connected: threading.Event
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool: ...
-
-
-class AuditSink(Protocol):
-    def append(self, event: str, **fields: Any) -> object: ...
 
 
 class HandsetRegistryError(ValueError):
@@ -204,10 +201,10 @@ class HandsetChannel:
         except ProtocolError as exc:
             self.stats.refused_decisions += 1
             log.warning("decision refused: %s", exc)
-            self.audit.append("decision_refused", reason=str(exc)[:200])
+            self.audit.append(DecisionRefused(reason=str(exc)[:200]))
             return
         self.stats.decisions += 1
         log.info("officer decision on alert %s: %s (%s)", decision.alert_id, decision.decision, decision.handset)
         self.audit.append(
-            "decision", alert_id=decision.alert_id, handset_id=decision.handset, decision=decision.decision
+            OfficerDecision(alert_id=decision.alert_id, handset_id=decision.handset, decision=decision.decision)
         )

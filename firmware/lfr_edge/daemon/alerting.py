@@ -13,9 +13,8 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from lfr_contracts.alerts import Alert
+from lfr_contracts.audit_events import AlertRaised, AuditSink
 from lfr_edge.alerts.channel import AlertChannel, deliver_to_all
-from lfr_edge.audit import log as audit_events
-from lfr_edge.audit.log import AuditLog
 from lfr_edge.vision.image import encode_jpeg
 from lfr_edge.vision.match import MatchDecision
 from lfr_edge.vision.track import TrackFace
@@ -53,7 +52,7 @@ class Alerter:
         self,
         unit_id: str,
         channels: Sequence[AlertChannel],
-        audit: AuditLog,
+        audit: AuditSink,
         *,
         new_id: Callable[[], str] = new_alert_id,
         wall_clock: Callable[[], float] = time.time,
@@ -81,12 +80,13 @@ class Alerter:
         alert = build_alert(alert_id, self._unit_id, wall_time, decision, live, subject)
         deliver_to_all(self._channels, alert)
         self._audit.append(
-            audit_events.ALERT_RAISED,
-            alert_id=alert_id,
-            camera=decision.camera,
-            subject_id=subject.id,
-            score=round(decision.score, 3),
-            watchlist_version=store.version,
+            AlertRaised(
+                alert_id=alert_id,
+                camera=decision.camera,
+                subject_id=subject.id,
+                score=round(float(decision.score), 3),
+                watchlist_version=store.version,
+            )
         )
         log.info(
             "ALERT %s: subject %s on %s, score %.3f (threshold %.2f, %d frames)",

@@ -121,15 +121,6 @@ class CaptureThread(threading.Thread):
         log.warning("camera %s stalled: no frame for %.1f s; waiting for it", self.source.name, now - last)
         return True
 
-    def fault(self) -> str | None:
-        """Why this camera is not delivering frames (lost, or stalled), or None while it is, or has not
-        started yet, or its recording ended."""
-        if self.state == "reconnecting":
-            return f"camera {self.source.name} lost"
-        if self.stalled:
-            return f"camera {self.source.name} stalled"
-        return None
-
     def _frame_arrived(self) -> None:
         now = time.monotonic()
         with self._stall_lock:

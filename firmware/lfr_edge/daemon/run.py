@@ -21,12 +21,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from lfr_contracts.audit_events import ConfigReloaded, FacesSeen, FaultComponent, Started, Stopped
 from lfr_contracts.camera import FrameSource
 from lfr_contracts.errors import ConfigError
+from lfr_contracts.telemetry import BeaconLink, CameraState, HeldWatchlist, Telemetry, encode_telemetry
 from lfr_edge import keyfiles
 from lfr_edge.alerts.channel import AlertChannel, UnitState, show_state_on_all
 from lfr_edge.alerts.handset import HandsetChannel, load_handsets
-from lfr_edge.audit import log as audit_events
+from lfr_edge.audit.faults import FaultMonitor, Problem, current_problems
 from lfr_edge.audit.log import AuditLog
 from lfr_edge.camera import create_source
 from lfr_edge.comms.mqtt import UnitMqttClient
@@ -77,7 +79,8 @@ class Daemon:
         for problem in harden_process():
             log.warning("hardening: %s", problem)
         self.audit = AuditLog.open(cfg.unit.audit_log, cfg.unit.id, on_damage="rotate")
-        self.audit.append(audit_events.STARTED, version=_version(), cameras=[c.name for c in cfg.cameras])
+        self.audit.append(Started(version=_version(), cameras=tuple(c.name for c in cfg.cameras)))
+        self.faults = FaultMonitor(self.audit)
         keys = cfg.unit.keys_dir
         self.unit_signing = keyfiles.load_ed25519_private(keys / UNIT_ED25519_KEY)
         unit_sealing = keyfiles.load_x25519_private(keys / UNIT_X25519_KEY)
@@ -183,11 +186,14 @@ class Daemon:
             elif time.monotonic() - last_status > 2.0:
                 last_status = time.monotonic()
                 self.notifier.status(self.status_line())
+            if ready:
+                self.faults.poll(time.monotonic(), self._current_problems)
         return 0
 
     def _show_unit_state(self) -> None:
-        """The channels show the unit's faults (a camera lost or stalled) while they last."""
-        state = UnitState(tuple(fault for c in self.captures if (fault := c.fault()) is not None))
+        """The channels show what keeps the unit from scanning (a camera lost or stalled) while it lasts."""
+        cameras = [p for p in self._current_problems() if p.component is FaultComponent.CAMERA]
+        state = UnitState(tuple(f"camera {p.source} {p.problem}" for p in cameras))
         if state != self.unit_state:
             self.unit_state = state
             show_state_on_all(self.channels, state)
@@ -208,6 +214,10 @@ class Daemon:
         log.info("ready: %s", self.status_line())
         return True
 
+    def _current_problems(self) -> list[Problem]:
+        broker = f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}"
+        return current_problems(self.captures, self.beacon, self.cfg.beacon.port, self.mqtt.connected.is_set(), broker)
+
     def status_line(self) -> str:
         stats = self.worker.stats
         store = self.sync.store
@@ -217,48 +227,43 @@ class Daemon:
             f"{stats.alerts} alerts, dropped {self.queue.dropped}"
         )
 
-    def telemetry(self) -> dict[str, Any]:
+    def telemetry(self) -> Telemetry:
         """Counts and timings only: no frame, crop or embedding is ever part of it."""
         stats = self.worker.stats
         store = self.sync.store
         beacon = self.beacon.state() if self.beacon is not None else None
-        return {
-            "unit": self.cfg.unit.id,
-            "time": time.time(),
-            "uptime_s": round(time.monotonic() - self.started_at, 1),
-            "fps": round(stats.fps(), 2),
-            "frames": stats.frames,
-            "faces_seen": stats.faces_seen,
-            "faces_embedded": stats.faces_embedded,
-            "faces_rejected": dict(stats.rejected),
-            "tracks_started": stats.tracks_started,
-            "tracks_ended_unmatched": stats.tracks_ended_unmatched,
-            "alerts": stats.alerts,
-            "stage_ms": stats.stage_medians(),
-            "dropped_frames": self.queue.dropped,
-            "queue_depth": self.queue.depth(),
-            "cpu_temp_c": cpu_temperature(),
-            "watchlist": None
-            if store is None
-            else {"version": store.version, "subjects": store.size, "valid_until": store.valid_until},
-            "cameras": {c.source.name: "stalled" if c.stalled else c.state for c in self.captures},
-            "camera_dropped": {s.name: s.stats.dropped for s in self.sources},
-            "beacon": None
-            if beacon is None
-            else {
-                "connected": beacon.connected,
-                "responsive": beacon.responsive,
-                "pattern": str(beacon.pattern_acked),
-            },
-            "alerts_outbox": vars(self.handsets.stats),
-        }
+        return Telemetry(
+            unit=self.cfg.unit.id,
+            time=time.time(),
+            uptime_s=round(time.monotonic() - self.started_at, 1),
+            fps=round(stats.fps(), 2),
+            frames=stats.frames,
+            faces_seen=stats.faces_seen,
+            faces_embedded=stats.faces_embedded,
+            faces_rejected=dict(stats.rejected),
+            tracks_started=stats.tracks_started,
+            tracks_ended_unmatched=stats.tracks_ended_unmatched,
+            alerts=stats.alerts,
+            stage_ms=stats.stage_medians(),
+            dropped_frames=self.queue.dropped,
+            queue_depth=self.queue.depth(),
+            cpu_temp_c=cpu_temperature(),
+            watchlist=None if store is None else HeldWatchlist(store.version, store.size, store.valid_until),
+            cameras={c.source.name: CameraState.STALLED if c.stalled else CameraState(c.state) for c in self.captures},
+            camera_dropped={s.name: s.stats.dropped for s in self.sources},
+            beacon=None if beacon is None else BeaconLink(beacon.connected, beacon.responsive, beacon.pattern_acked),
+            alerts_outbox=dict(vars(self.handsets.stats)),
+        )
 
     def _telemetry_loop(self) -> None:
         while not self.stop_event.wait(self.cfg.daemon.telemetry_interval_s):
-            self._audit_faces_seen()
-            if self.mqtt.connected.is_set():
-                self.mqtt.publish(self.mqtt.topics.telemetry, json.dumps(self.telemetry()).encode(), qos=0)
-                self._publish_audit_head()
+            try:
+                self._audit_faces_seen()
+                if self.mqtt.connected.is_set():
+                    self.mqtt.publish(self.mqtt.topics.telemetry, encode_telemetry(self.telemetry()), qos=0)
+                    self._publish_audit_head()
+            except Exception:  # a bug here must not end telemetry for the rest of the deployment
+                log.exception("telemetry: could not build or send a message; trying again next interval")
 
     def _publish_audit_head(self) -> None:
         """The audit log's head (seq and hash of its last line), retained: someone who cuts lines off the
@@ -275,7 +280,7 @@ class Daemon:
         for camera, count in list(counts.items()):
             delta = count - self._faces_audited.get(camera, 0)
             if delta > 0:
-                self.audit.append(audit_events.FACES_SEEN, camera=camera, count=delta)
+                self.audit.append(FacesSeen(camera=camera, count=delta))
                 self._faces_audited[camera] = count
 
     # reload and stop --------------------------------------------------------------------------------
@@ -303,7 +308,7 @@ class Daemon:
         if self.watchdog is not None:
             self.watchdog.apply(new.daemon)
         self.cfg = replace(self.cfg, **{s: getattr(new, s) for s in live})
-        self.audit.append("config_reloaded", restart_needed=needs_restart)
+        self.audit.append(ConfigReloaded(restart_needed=tuple(needs_restart)))
         if needs_restart:
             log.warning("config reloaded; these sections change only on restart: %s", ", ".join(needs_restart))
         else:
@@ -325,7 +330,7 @@ class Daemon:
         if self.beacon is not None:
             self.beacon.close(park=True, timeout_s=max(0.2, min(1.5, deadline - time.monotonic())))
         self._audit_faces_seen()
-        self.audit.append(audit_events.STOPPED, reason="signal", frames=self.worker.stats.frames)
+        self.audit.append(Stopped(reason="signal", frames=self.worker.stats.frames))
         if self.mqtt.connected.is_set():
             self._publish_audit_head()
         self.mqtt.stop(timeout_s=max(0.2, min(1.5, deadline - time.monotonic())))

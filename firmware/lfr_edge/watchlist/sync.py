@@ -14,21 +14,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from lfr_contracts import bundle
+from lfr_contracts.audit_events import (
+    AuditSink,
+    WatchlistApplied,
+    WatchlistClose,
+    WatchlistRefused,
+    WatchlistWiped,
+    WipeReason,
+)
 from lfr_edge.watchlist.store import WatchlistStore, release_freed_memory
 
 log = logging.getLogger(__name__)
-
-
-class AuditSink(Protocol):
-    """What sync needs of the audit log (lfr_edge.audit.log.AuditLog fits)."""
-
-    def append(self, event: str, **fields: Any) -> object: ...
 
 
 Publish = Callable[[str, bytes], bool]
@@ -120,13 +121,15 @@ class WatchlistSync:
             header.version, header.deployment, header.subjects, bundle.iso(header.valid_until),
         )  # fmt: skip
         self._audit.append(
-            "watchlist_applied",
-            deployment=header.deployment,
-            version=header.version,
-            digest=header.body_sha256,
-            subjects=header.subjects,
-            valid_until=bundle.iso(header.valid_until),
-            replaced=old.version if old is not None else None,
+            WatchlistApplied(
+                deployment=header.deployment,
+                version=header.version,
+                digest=header.body_sha256,
+                subjects=header.subjects,
+                valid_from=bundle.iso(header.valid_from),
+                valid_until=bundle.iso(header.valid_until),
+                replaced=old.version if old is not None else None,
+            )
         )
         self._ack(
             {"status": "applied", "version": header.version, "deployment": header.deployment,
@@ -147,7 +150,7 @@ class WatchlistSync:
     def _refuse(self, exc: bundle.BundleError, payload: bytes) -> None:
         version = _claimed_version(payload)
         log.warning("watchlist: refused a message (%s): %s; the held list is unchanged", exc.reason, exc)
-        self._audit.append("watchlist_refused", reason=exc.reason, detail=str(exc), version=version)
+        self._audit.append(WatchlistRefused(reason=exc.reason, detail=str(exc)[:500], version=version))
         self._ack({"status": "refused", "reason": exc.reason, "detail": str(exc), "version": version})
 
     def _handle_close(self, payload: bytes) -> None:
@@ -165,8 +168,8 @@ class WatchlistSync:
             self._refuse(exc, payload)
             return
         if held is not None and held.deployment == close.deployment:
-            self.wipe("closed")
-        self._audit.append("watchlist_close", deployment=close.deployment, nonce=close.nonce)
+            self.wipe(WipeReason.CLOSED)
+        self._audit.append(WatchlistClose(deployment=close.deployment, nonce=close.nonce))
         self._ack({"status": "closed", "deployment": close.deployment, "nonce": close.nonce})
 
     def _ack(self, body: dict[str, object]) -> None:
@@ -175,7 +178,7 @@ class WatchlistSync:
 
     # wiping ----------------------------------------------------------------------------------------
 
-    def wipe(self, reason: str) -> None:
+    def wipe(self, reason: WipeReason) -> None:
         """Zero and drop the held list (expired, closed, shutdown)."""
         with self._lock:
             old, self._store = self._store, None
@@ -184,13 +187,15 @@ class WatchlistSync:
         old.wipe()
         release_freed_memory()
         log.info("watchlist: wiped version %d of deployment %s (%s)", old.version, old.deployment, reason)
-        self._audit.append("watchlist_wiped", deployment=old.deployment, version=old.version, reason=reason)
+        self._audit.append(
+            WatchlistWiped(deployment=old.deployment, version=old.version, subjects=old.header.subjects, reason=reason)
+        )
 
     def check_expiry(self) -> bool:
         """Wipe the held list if its window has ended; True when it did."""
         held = self._store
         if held is not None and self._clock() >= held.valid_until:
-            self.wipe("expired")
+            self.wipe(WipeReason.EXPIRED)
             return True
         return False
 
@@ -208,7 +213,7 @@ class WatchlistSync:
         self._timer_stop.set()
         if self._timer is not None:
             self._timer.join(5)
-        self.wipe("shutdown")
+        self.wipe(WipeReason.SHUTDOWN)
 
 
 def _claimed_version(payload: bytes) -> int | None:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from lfr_contracts import crypto
-from lfr_contracts.alerts import DECISIONS, Alert, Decision, ProtocolError, decode_alert, encode_decision
+from lfr_contracts.alerts import DECISIONS, Alert, Decision, DecisionKind, ProtocolError, decode_alert, encode_decision
 from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
 from lfr_edge.alerts.handset import handset_record
@@ -136,7 +136,7 @@ class HandsetClient:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def decide(self, alert_id: str, decision: str) -> None:
+    def decide(self, alert_id: str, decision: DecisionKind) -> None:
         message = Decision(alert_id, self.unit_id, self.keys.handset_id, decision, time.time())
         info = self._client.publish(self.topics.decisions, encode_decision(message, self.keys.signing), qos=1)
         info.wait_for_publish(10)
@@ -232,7 +232,7 @@ def listen(args: argparse.Namespace) -> int:
 def decide(args: argparse.Namespace) -> int:
     client = _client(args)
     client.start()
-    client.decide(args.alert_id, args.decision)
+    client.decide(args.alert_id, DecisionKind(args.decision))
     client.stop()
     print(f"decision {args.decision} on alert {args.alert_id} sent")
     return 0
