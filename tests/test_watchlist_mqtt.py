@@ -54,7 +54,7 @@ class Unit:
             publish=lambda topic, payload: self.client.publish(topic, payload, qos=1),
             audit=self.audit,
         )
-        self.client.subscribe(self.client.topics.watchlist, self.sync.handle_message)
+        self.client.subscribe(self.client.topics.watchlist, self.sync.handle_message, max_bytes=16 << 20)
         self.client.start()
         assert self.client.connected.wait(10)
 

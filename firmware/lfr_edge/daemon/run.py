@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lfr_contracts.alerts import Alert
+from lfr_contracts.alerts import MAX_DECISION_BYTES, Alert
 from lfr_contracts.camera import FrameSource
 from lfr_contracts.errors import ConfigError
 from lfr_edge import keyfiles
@@ -33,7 +33,7 @@ from lfr_edge.alerts.handset import HandsetChannel, load_handsets
 from lfr_edge.audit import log as audit_events
 from lfr_edge.audit.log import AuditLog
 from lfr_edge.camera import create_source
-from lfr_edge.comms.mqtt import UnitMqttClient
+from lfr_edge.comms.mqtt import Overflow, UnitMqttClient
 from lfr_edge.config import Config, load_config, require_cameras
 from lfr_edge.daemon.frames import CaptureThread, FrameQueue
 from lfr_edge.daemon.notify import Notifier, Watchdog
@@ -192,8 +192,17 @@ class Daemon:
             self.audit,
         )
         self._handset_cache: tuple[float, dict[str, Any]] = (0.0, {})
-        self.mqtt.subscribe(self.mqtt.topics.watchlist, self.sync.handle_message)
-        self.mqtt.subscribe(self.mqtt.topics.decisions, self.handsets.on_decision)
+        # The command centre's messages are never dropped; a flood of decisions is, and cannot delay them.
+        self.mqtt.subscribe(
+            self.mqtt.topics.watchlist,
+            self.sync.handle_message,
+            max_bytes=cfg.watchlist.max_bundle_bytes,
+            queue_size=4,
+            overflow=Overflow.WAIT,
+        )
+        self.mqtt.subscribe(
+            self.mqtt.topics.decisions, self.handsets.on_decision, max_bytes=MAX_DECISION_BYTES, queue_size=256
+        )
         self.mqtt.add_connect_listener(self._on_broker_connected)
 
         if cfg.beacon.enabled:
