@@ -36,7 +36,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from lfr_contracts.topics import Topics, status_payload
+from lfr_contracts.status import UnitState, UnitStatus, WatchlistStatus, now_iso
+from lfr_contracts.topics import Topics
 from lfr_edge.config import MqttConfig
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,7 @@ class UnitMqttClient:
         self._dispatcher: threading.Thread | None = None
         self._started = False
         self._problem: str | None = None
+        self._watchlist: WatchlistStatus | None = None
         self._failed_attempts = 0
         self._problem_logged_at = 0.0
         self._client = tls_client(self.client_id, cfg.ca_file, cfg.cert_file, cfg.key_file)
@@ -261,9 +263,7 @@ class UnitMqttClient:
     def stop(self, timeout_s: float = 3.0) -> None:
         """Publish the retained `stopped` status (when connected), disconnect cleanly, end the threads."""
         if self.connected.is_set():
-            info = self._client.publish(
-                self.topics.status, status_payload("stopped", self.unit_id, self._seq), qos=1, retain=True
-            )
+            info = self._client.publish(self.topics.status, self._status("stopped"), qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout_s)
             except (RuntimeError, ValueError) as exc:
@@ -317,6 +317,18 @@ class UnitMqttClient:
         if self.connected.is_set():
             self._client.subscribe(topic, qos)
 
+    def set_watchlist_status(self, status: WatchlistStatus) -> None:
+        """Say which watchlist the unit holds in its retained status, now and in every later birth."""
+        if status == self._watchlist:
+            return
+        self._watchlist = status
+        if self.connected.is_set():
+            self._client.publish(self.topics.status, self._status("online"), qos=1, retain=True)
+
+    def _status(self, state: UnitState) -> bytes:
+        watchlist = None if state == "offline" else self._watchlist  # the will is the broker's word, not ours
+        return UnitStatus(state, self.unit_id, now_iso(), self._seq, watchlist).encode()
+
     def subscription_stats(self) -> dict[str, SubscriptionStats]:
         """Per topic: delivered, dropped (full queue, oversize), handler errors; for telemetry."""
         with self._lock:
@@ -329,9 +341,7 @@ class UnitMqttClient:
     # paho callbacks (network thread) ----------------------------------------------------------------
 
     def _set_will(self) -> None:
-        self._client.will_set(
-            self.topics.status, status_payload("offline", self.unit_id, self._seq), qos=1, retain=True
-        )
+        self._client.will_set(self.topics.status, self._status("offline"), qos=1, retain=True)
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any) -> None:
         if reason.is_failure:
@@ -343,7 +353,7 @@ class UnitMqttClient:
             subscriptions = [(sub.topic, sub.qos) for sub in self._subscriptions.values()]
         for topic, qos in subscriptions:
             client.subscribe(topic, qos)
-        client.publish(self.topics.status, status_payload("online", self.unit_id, self._seq), qos=1, retain=True)
+        client.publish(self.topics.status, self._status("online"), qos=1, retain=True)
         log.info("mqtt: connected to %s:%s as %s (seq %d)", self.cfg.host, self.cfg.port, self.client_id, self._seq)
         self.connected.set()
         self._events.put(True)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from lfr_contracts import layout
 from lfr_contracts.alerts import MAX_DECISION_BYTES, Alert
 from lfr_contracts.camera import FrameSource
 from lfr_contracts.errors import ConfigError
@@ -42,13 +43,12 @@ from lfr_edge.vision.image import encode_jpeg
 from lfr_edge.vision.match import MatchDecision
 from lfr_edge.vision.pipeline import build_pipeline
 from lfr_edge.vision.track import TrackFace
+from lfr_edge.watchlist.lifecycle import LifecycleFile
 from lfr_edge.watchlist.store import WatchlistStore, WatchlistUnavailable, harden_process
 from lfr_edge.watchlist.sync import WatchlistSync
 
 log = logging.getLogger("lfr_edge.daemon")
 
-UNIT_X25519_KEY = "unit-x25519.key"  # names fixed by provisioning (lfr_contracts.layout)
-UNIT_ED25519_KEY = "unit-ed25519.key"
 STOP_DEADLINE_S = 4.0  # everything in stop() shares this budget; systemd's TimeoutStopSec is 5 s
 
 
@@ -162,8 +162,8 @@ class Daemon:
         self.audit = AuditLog.open(cfg.unit.audit_log, cfg.unit.id, on_damage="rotate")
         self.audit.append(audit_events.STARTED, version=_version(), cameras=[c.name for c in cfg.cameras])
         keys = cfg.unit.keys_dir
-        self.unit_signing = keyfiles.load_ed25519_private(keys / UNIT_ED25519_KEY)
-        unit_sealing = keyfiles.load_x25519_private(keys / UNIT_X25519_KEY)
+        self.unit_signing = keyfiles.load_ed25519_private(keys / layout.UNIT_ED25519_KEY)
+        unit_sealing = keyfiles.load_x25519_private(keys / layout.UNIT_X25519_KEY)
         command_centre = keyfiles.load_ed25519_public(cfg.watchlist.command_centre_key)
 
         self.notifier.status("loading models")
@@ -181,7 +181,10 @@ class Daemon:
             ack_topic=self.mqtt.topics.watchlist_ack,
             publish=lambda topic, payload: self.mqtt.publish(topic, payload, qos=1),
             audit=self.audit,
+            record=LifecycleFile(cfg.unit.state_dir / layout.LIFECYCLE_RECORD, cfg.unit.id, self.unit_signing),
+            on_status=self.mqtt.set_watchlist_status,
         )
+        self.mqtt.set_watchlist_status(self.sync.status())  # the first birth already says it
         self.handsets = HandsetChannel(
             self.mqtt,
             self.mqtt.topics.alerts,
@@ -283,7 +286,9 @@ class Daemon:
         self.health.cameras = all(c.first_frame.is_set() for c in self.captures)
         if not (self.health.models and self.health.broker and self.health.cameras):
             waiting = [k for k, ok in vars(self.health).items() if not ok]
-            self.notifier.status(f"starting: waiting for {', '.join(waiting)}")
+            problem = self.mqtt.connection_problem()
+            reason = f" ({problem})" if problem and not self.health.broker else ""
+            self.notifier.status(f"starting: waiting for {', '.join(waiting)}{reason}")
             return False
         self.notifier.ready(self.status_line())
         if self.watchdog is not None:
@@ -293,10 +298,8 @@ class Daemon:
 
     def status_line(self) -> str:
         stats = self.worker.stats
-        store = self.sync.store
-        version = f"v{store.version} ({store.size} subjects)" if store is not None else "none"
         return (
-            f"{stats.fps():.1f} fps, {stats.faces_seen} faces, watchlist {version}, "
+            f"{stats.fps():.1f} fps, {stats.faces_seen} faces, watchlist {self.sync.status().summary()}, "
             f"{stats.alerts} alerts, dropped {self.queue.dropped}"
         )
 

@@ -28,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 
-from lfr_contracts import crypto
+from lfr_contracts import crypto, layout
 from lfr_contracts.errors import ConfigError
 from lfr_contracts.layout import DEFAULT_CONFIG
 from lfr_edge import keyfiles
@@ -36,8 +36,6 @@ from lfr_edge.config import Config, load_config
 from lfr_edge.inference.base import Backend
 
 Verdict = Literal["PASS", "WARN", "FAIL", "SKIP"]
-UNIT_X25519_KEY = "unit-x25519.key"  # names fixed by provisioning (lfr_contracts.layout)
-UNIT_ED25519_KEY = "unit-ed25519.key"
 MIN_YEAR = 2025
 
 
@@ -244,8 +242,8 @@ def check_keys(cfg: Config) -> Iterator[Check]:
     keys = cfg.unit.keys_dir
     problems: list[str] = []
     loaders: list[tuple[Path, Callable[[Path], object]]] = [
-        (keys / UNIT_X25519_KEY, keyfiles.load_x25519_private),
-        (keys / UNIT_ED25519_KEY, keyfiles.load_ed25519_private),
+        (keys / layout.UNIT_X25519_KEY, keyfiles.load_x25519_private),
+        (keys / layout.UNIT_ED25519_KEY, keyfiles.load_ed25519_private),
     ]
     for path, load in loaders:
         try:
