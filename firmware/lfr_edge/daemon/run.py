@@ -37,6 +37,7 @@ from lfr_edge.camera import create_source
 from lfr_edge.comms.mqtt import Overflow, UnitMqttClient
 from lfr_edge.config import Config, load_config, require_cameras
 from lfr_edge.daemon.frames import CaptureThread, FrameQueue
+from lfr_edge.daemon.memory_lock import lock_all_memory
 from lfr_edge.daemon.notify import Notifier, Watchdog
 from lfr_edge.daemon.worker import PipelineWorker
 from lfr_edge.vision.image import encode_jpeg
@@ -159,6 +160,9 @@ class Daemon:
         cfg = self.cfg
         for problem in harden_process():
             log.warning("hardening: %s", problem)
+        locking = lock_all_memory()
+        if locking is not None:
+            log.warning("hardening: %s; with swap off nothing is paged out anyway", locking)
         self.audit = AuditLog.open(cfg.unit.audit_log, cfg.unit.id, on_damage="rotate")
         self.audit.append(audit_events.STARTED, version=_version(), cameras=[c.name for c in cfg.cameras])
         keys = cfg.unit.keys_dir
