@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from lfr_contracts.status import StatusError, UnitStatus, WatchlistStatus
 from lfr_contracts.topics import Topics
 from lfr_edge.comms.mqtt import Overflow, UnitMqttClient
 from lfr_hwsim.broker import MosquittoBroker, free_port
@@ -108,7 +109,10 @@ def test_broker_restart_reconnects_resubscribes_and_republishes_birth(broker: Mo
     broker.restart()
     watcher = Collector(broker, "command-centre")
     watcher.subscribe("lfr/v1/units/unit-a/status")
+    # The broker may still retain the first connection's status until the unit has reconnected.
     birth = status_of(watcher.next_on("lfr/v1/units/unit-a/status").payload)
+    while birth["seq"] == 0:
+        birth = status_of(watcher.next_on("lfr/v1/units/unit-a/status").payload)
     assert birth["state"] == "online" and birth["seq"] == 1  # the second connection's birth
     assert unit.connect_count == 2
     watcher.publish(unit.topics.watchlist, b"after restart")  # not retained: needs a live subscription
@@ -209,3 +213,24 @@ def test_an_unreachable_broker_is_logged_with_the_reason_within_5_s(
         assert sum("connection refused" in r.getMessage() for r in caplog.records) == 1
     finally:
         unit.stop()
+
+
+def test_the_retained_status_says_which_watchlist_and_model_the_unit_has(broker: MosquittoBroker) -> None:
+    unit = UnitMqttClient("unit-a", unit_mqtt_config(broker, "unit-a"), model_id="mobilefacenet/int8/abc")
+    unit.set_watchlist_status(WatchlistStatus("refused", version=7, reason="wrong_unit", detail="for unit-b"))
+    unit.start()
+    watcher = Collector(broker, "command-centre")
+    try:
+        assert unit.connected.wait(10)
+        watcher.subscribe(unit.topics.status)
+        birth = UnitStatus.decode(watcher.next_on(unit.topics.status).payload)
+        assert birth.state == "online" and birth.model == "mobilefacenet/int8/abc"
+        assert birth.watchlist is not None and birth.watchlist.summary() == "refused: wrong_unit (for unit-b)"
+        unit.set_watchlist_status(WatchlistStatus("active", "op-1", 8, 12, 2e9))
+        update = UnitStatus.decode(watcher.next_on(unit.topics.status).payload)
+        assert update.seq == birth.seq and update.watchlist == WatchlistStatus("active", "op-1", 8, 12, 2e9)
+    finally:
+        watcher.close()
+        unit.stop()
+    with pytest.raises(StatusError):
+        UnitStatus.decode(b'{"state": "online", "unit": "u", "time": "t", "seq": true}')

@@ -81,11 +81,14 @@ class UnitStatus:
     time: str  # ISO 8601 UTC, milliseconds
     seq: int
     watchlist: WatchlistStatus | None = None  # None in the last will: the broker sends it, not the unit
+    model: str | None = None  # the embedding model the unit runs: a bundle must be enrolled with it
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"state": self.state, "unit": self.unit, "time": self.time, "seq": self.seq}
         if self.watchlist is not None:
             body["watchlist"] = self.watchlist.to_json()
+        if self.model is not None:
+            body["model"] = self.model
         return json.dumps(body).encode()
 
     @classmethod
@@ -101,8 +104,11 @@ class UnitStatus:
         unit, when, seq = data.get("unit"), data.get("time"), data.get("seq")
         if not isinstance(unit, str) or not isinstance(when, str) or isinstance(seq, bool) or not isinstance(seq, int):
             raise StatusError("a status message needs unit, time and seq")
-        watchlist = data.get("watchlist")
-        return cls(data["state"], unit, when, seq, None if watchlist is None else WatchlistStatus.from_json(watchlist))
+        watchlist, model = data.get("watchlist"), data.get("model")
+        if model is not None and (not isinstance(model, str) or len(model) > MAX_TEXT):
+            raise StatusError("a status message's model is not a model id")
+        parsed = None if watchlist is None else WatchlistStatus.from_json(watchlist)
+        return cls(data["state"], unit, when, seq, parsed, model)
 
 
 def now_iso(now: dt.datetime | None = None) -> str:

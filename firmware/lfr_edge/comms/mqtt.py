@@ -219,7 +219,7 @@ class QueuedClient:
 class UnitMqttClient:
     """One unit's connection to the broker. `start()` returns at once; `connected` is set when up."""
 
-    def __init__(self, unit_id: str, cfg: MqttConfig) -> None:
+    def __init__(self, unit_id: str, cfg: MqttConfig, *, model_id: str | None = None) -> None:
         self.unit_id = unit_id
         self.cfg = cfg
         self.topics = Topics.for_unit(cfg.topic_prefix, unit_id)
@@ -235,6 +235,7 @@ class UnitMqttClient:
         self._started = False
         self._problem: str | None = None
         self._watchlist: WatchlistStatus | None = None
+        self._model_id = model_id
         self._failed_attempts = 0
         self._problem_logged_at = 0.0
         self._client = tls_client(self.client_id, cfg.ca_file, cfg.cert_file, cfg.key_file)
@@ -327,7 +328,7 @@ class UnitMqttClient:
 
     def _status(self, state: UnitState) -> bytes:
         watchlist = None if state == "offline" else self._watchlist  # the will is the broker's word, not ours
-        return UnitStatus(state, self.unit_id, now_iso(), self._seq, watchlist).encode()
+        return UnitStatus(state, self.unit_id, now_iso(), self._seq, watchlist, self._model_id).encode()
 
     def subscription_stats(self) -> dict[str, SubscriptionStats]:
         """Per topic: delivered, dropped (full queue, oversize), handler errors; for telemetry."""

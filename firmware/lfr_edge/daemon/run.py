@@ -175,7 +175,7 @@ class Daemon:
         self.health.models = True
         log.info("models verified and loaded: %s (%s)", self.pipeline.model_id, cfg.inference.backend)
 
-        self.mqtt = UnitMqttClient(cfg.unit.id, cfg.mqtt)
+        self.mqtt = UnitMqttClient(cfg.unit.id, cfg.mqtt, model_id=self.pipeline.model_id)
         self.sync = WatchlistSync(
             unit_id=cfg.unit.id,
             model_id=self.pipeline.model_id,

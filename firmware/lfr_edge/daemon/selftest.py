@@ -342,7 +342,7 @@ def check_memory_lock() -> Check:
         return Check("memory lock", "FAIL", problem)
     # With MCL_ONFAULT, VmLck counts whole locked mappings, filled in as they are touched: every resident page
     # is locked when VmLck is at least VmRSS.
-    verdict = "PASS" if resident and locked >= resident else "FAIL"
+    verdict: Verdict = "PASS" if resident and locked >= resident else "FAIL"
     return Check("memory lock", verdict, f"VmRSS {_mib(resident)} within locked memory (VmLck {_mib(locked)})")
 
 
