@@ -16,7 +16,7 @@ import pytest
 
 from lfr_contracts.alerts import Alert
 from lfr_contracts.audit_events import AlertRaised, AuditEvent, LogCreated, decode_event
-from lfr_contracts.bundle import SubjectEntry, open_bundle
+from lfr_contracts.bundle import AppliedHistory, SubjectEntry, open_bundle
 from lfr_contracts.camera import Frame
 from lfr_edge.alerts.channel import UnitState
 from lfr_edge.audit.log import AuditLog, read_verified
@@ -64,7 +64,7 @@ def open_store(entries: list[SubjectEntry], model_id: str = MODEL, now: float = 
     data = make_bundle(keys, subjects=entries, model_id=model_id, valid_from=now - 60, valid_until=now + 3600)
     opened = open_bundle(
         data, command_centre_key=keys.centre.public_key(), unit_key=keys.unit, unit_id="unit-a",
-        model_id=model_id, now=now, held_version=None, max_bytes=1 << 24,
+        model_id=model_id, now=now, history=AppliedHistory(), max_bytes=1 << 24,
     )  # fmt: skip
     try:
         return WatchlistStore.from_opened(opened)

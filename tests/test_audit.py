@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lfr_contracts import bundle
 from lfr_contracts.alerts import Alert, Decision, DecisionKind, encode_decision
@@ -57,6 +58,7 @@ from lfr_edge.audit.log import (
 )
 from lfr_edge.audit.report import deployment_report, read_events
 from lfr_edge.config import AlertsConfig
+from lfr_edge.watchlist.lifecycle import LifecycleFile
 from lfr_edge.watchlist.sync import WatchlistSync
 from lfr_tools.handset.cli import HandsetKeys
 from watchlist_helpers import MODEL, NOW, Keys, make_bundle
@@ -334,6 +336,7 @@ def test_the_report_follows_every_watchlist_the_real_sync_applied_refused_replac
         sync = WatchlistSync(
             unit_id="unit-a", model_id=MODEL, command_centre_key=keys.centre.public_key(), unit_key=keys.unit,
             max_bundle_bytes=100_000, ack_topic="ack", publish=lambda topic, payload: True, audit=log, clock=clock,
+            record=LifecycleFile(tmp_path / "lifecycle.json", UNIT, Ed25519PrivateKey.generate()),
         )  # fmt: skip
         sync.handle_message("t", make_bundle(keys, version=5))
         sync.handle_message("t", make_bundle(keys, version=4))  # older: rollback

@@ -179,7 +179,8 @@ def test_a_stranger_gives_no_alert_and_nothing_of_them_is_written(
     finally:
         spy.close()
     # Privacy: nothing new on disk but the audit log, the daemon's own log and the broker's files.
-    allowed = ("audit.jsonl", "daemon.log", "mosquitto.log", ".sock")
+    # (lifecycle.json: deployment ids, versions and counts only; tests/test_lifecycle_record.py pins its fields)
+    allowed = ("audit.jsonl", "daemon.log", "mosquitto.log", ".sock", "lifecycle.json")
     changed = [p for p, m in files_under(tmp_path).items() if before.get(p) != m and not p.endswith(allowed)]
     assert changed == []
     # ... and nothing published carried pictures or embeddings: only small JSON documents.

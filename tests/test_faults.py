@@ -380,7 +380,7 @@ def test_an_alert_raised_while_the_broker_is_down_reaches_the_handset_after_the_
     after = infra_run.telemetry_between(up.wall_time, up.wall_time + 5)
     assert len(after) >= 2 and after[-1].frames > after[0].frames
     # the retained watchlist comes back with the broker: not mistaken for a replay
-    assert not infra_run.log_lines("refused")
+    assert not infra_run.log_lines("watchlist: refused")
     assert not [e for e in infra_run.audit if isinstance(e, WatchlistRefused)]
 
 

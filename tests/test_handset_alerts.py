@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lfr_contracts.alerts import (
+    MAX_DECISION_BYTES,
     Alert,
     Decision,
     DecisionKind,
@@ -123,7 +124,7 @@ class Unit:
             AlertsConfig(**cfg),
             self.audit,
         )
-        self.mqtt.subscribe(self.mqtt.topics.decisions, self.channel.on_decision)
+        self.mqtt.subscribe(self.mqtt.topics.decisions, self.channel.on_decision, max_bytes=MAX_DECISION_BYTES)
 
     def start(self) -> None:
         self.mqtt.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from lfr_contracts.audit_events import AuditEvent
 from lfr_edge import keyfiles
 from lfr_edge.comms.mqtt import UnitMqttClient
 from lfr_edge.vision.image import read_image
+from lfr_edge.watchlist.lifecycle import LifecycleFile
 from lfr_edge.watchlist.sync import WatchlistSync
 from lfr_hwsim.broker import MosquittoBroker
 from lfr_tools.command_centre.cli import main as watchlist_main
@@ -54,8 +56,11 @@ class Unit:
             ack_topic=self.client.topics.watchlist_ack,
             publish=lambda topic, payload: self.client.publish(topic, payload, qos=1),
             audit=self.audit,
+            record=LifecycleFile(
+                Path(tempfile.mkdtemp(prefix="lfr-sync-")) / "lifecycle.json", "unit-a", Ed25519PrivateKey.generate()
+            ),
         )
-        self.client.subscribe(self.client.topics.watchlist, self.sync.handle_message)
+        self.client.subscribe(self.client.topics.watchlist, self.sync.handle_message, max_bytes=16 << 20)
         self.client.start()
         assert self.client.connected.wait(10)
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from lfr_contracts.bundle import open_bundle
+from lfr_contracts.bundle import AppliedHistory, open_bundle
 from lfr_edge.config import MatchConfig
 from lfr_edge.vision.match import Cooldowns, evaluate
 from lfr_edge.vision.track import Track, TrackFace
@@ -22,7 +22,7 @@ def store_with(n: int, rows: int) -> tuple[WatchlistStore, Keys]:
     data = make_bundle(keys, subjects=subjects(n, rows=rows, seed=3))
     opened = open_bundle(
         data, command_centre_key=keys.centre.public_key(), unit_key=keys.unit, unit_id="unit-a",
-        model_id=MODEL, now=NOW, held_version=None, max_bytes=1 << 24,
+        model_id=MODEL, now=NOW, history=AppliedHistory(), max_bytes=1 << 24,
     )  # fmt: skip
     store = WatchlistStore.from_opened(opened)
     opened.wipe()

@@ -13,7 +13,9 @@ import gc
 import json
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,6 +88,9 @@ def _apply_bundle(matrix: np.ndarray) -> tuple[Any, float, float]:
     sync = sync_mod.WatchlistSync(
         unit_id="unit-bench", model_id=model_id, command_centre_key=centre.public_key(), unit_key=unit,
         max_bundle_bytes=len(payload) + 1, ack_topic="bench/ack", publish=lambda t, p: True, audit=Audit(),
+        record=watchlists.watchlist_module("lifecycle").LifecycleFile(
+            Path(tempfile.mkdtemp(prefix="lfr-bench-")) / "lifecycle.json", "unit-bench", centre
+        ),
     )  # fmt: skip
     t0 = time.perf_counter()
     sync.handle_message("bench/watchlist", payload)

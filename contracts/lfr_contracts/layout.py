@@ -21,6 +21,7 @@ TLS_KEY = "unit.key"
 TLS_CSR = "unit.csr"
 TLS_CERT = "unit.crt"
 TLS_CA = "ca.crt"
+LIFECYCLE_RECORD = "lifecycle.json"  # in unit.state_dir: deployments applied and ended, signed (never biometric)
 
 
 @dataclass(frozen=True)

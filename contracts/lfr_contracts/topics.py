@@ -1,9 +1,7 @@
-"""The MQTT topic names of a unit and its retained status message: one place for every side."""
+"""The MQTT topic names of a unit: one place for every side."""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 from dataclasses import dataclass
 
 
@@ -42,8 +40,3 @@ class Topics:
 
     def pairing_confirm_for(self, handset_id: str) -> str:
         return f"{self.pairing_confirm}/{handset_id}"
-
-
-def status_payload(state: str, unit_id: str, seq: int, now: dt.datetime | None = None) -> bytes:
-    when = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return json.dumps({"state": state, "unit": unit_id, "time": when, "seq": seq}).encode()

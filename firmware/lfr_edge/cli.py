@@ -22,6 +22,7 @@ from lfr_edge.config import load_config_or_defaults
 from lfr_edge.daemon import selftest
 from lfr_edge.inference.base import BackendUnavailable
 from lfr_edge.models import ModelError
+from lfr_edge.watchlist.lifecycle import LifecycleError
 
 
 def global_options(after_command: bool) -> argparse.ArgumentParser:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         code: int = args.func(args)
-    except (ConfigError, ModelError, BackendUnavailable, CameraError, CryptoError, AuditError) as exc:
+    except (ConfigError, ModelError, BackendUnavailable, CameraError, CryptoError, AuditError, LifecycleError) as exc:
         print(f"lfr-edge {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

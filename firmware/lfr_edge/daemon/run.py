@@ -21,6 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from lfr_contracts import layout
+from lfr_contracts.alerts import MAX_DECISION_BYTES
 from lfr_contracts.audit_events import ConfigReloaded, FacesSeen, FaultComponent, Started, Stopped
 from lfr_contracts.camera import FrameSource
 from lfr_contracts.errors import ConfigError
@@ -31,20 +33,20 @@ from lfr_edge.alerts.handset import HandsetChannel, load_handsets
 from lfr_edge.audit.faults import FaultMonitor, Problem, current_problems
 from lfr_edge.audit.log import AuditLog
 from lfr_edge.camera import create_source
-from lfr_edge.comms.mqtt import UnitMqttClient
+from lfr_edge.comms.mqtt import Overflow, UnitMqttClient
 from lfr_edge.config import Config, load_config, require_cameras
 from lfr_edge.daemon.alerting import Alerter
 from lfr_edge.daemon.frames import CaptureThread, FrameQueue
+from lfr_edge.daemon.memory_lock import lock_all_memory
 from lfr_edge.daemon.notify import Notifier, Watchdog
 from lfr_edge.daemon.worker import PipelineWorker
 from lfr_edge.vision.pipeline import build_pipeline
+from lfr_edge.watchlist.lifecycle import LifecycleFile
 from lfr_edge.watchlist.store import harden_process
 from lfr_edge.watchlist.sync import WatchlistSync
 
 log = logging.getLogger("lfr_edge.daemon")
 
-UNIT_X25519_KEY = "unit-x25519.key"  # names fixed by provisioning (lfr_contracts.layout)
-UNIT_ED25519_KEY = "unit-ed25519.key"
 STOP_DEADLINE_S = 4.0  # everything in stop() shares this budget; systemd's TimeoutStopSec is 5 s
 
 
@@ -78,12 +80,15 @@ class Daemon:
         cfg = self.cfg
         for problem in harden_process():
             log.warning("hardening: %s", problem)
+        locking = lock_all_memory()
+        if locking is not None:
+            log.warning("hardening: %s; with swap off nothing is paged out anyway", locking)
         self.audit = AuditLog.open(cfg.unit.audit_log, cfg.unit.id, on_damage="rotate")
         self.audit.append(Started(version=_version(), cameras=tuple(c.name for c in cfg.cameras)))
         self.faults = FaultMonitor(self.audit)
         keys = cfg.unit.keys_dir
-        self.unit_signing = keyfiles.load_ed25519_private(keys / UNIT_ED25519_KEY)
-        unit_sealing = keyfiles.load_x25519_private(keys / UNIT_X25519_KEY)
+        self.unit_signing = keyfiles.load_ed25519_private(keys / layout.UNIT_ED25519_KEY)
+        unit_sealing = keyfiles.load_x25519_private(keys / layout.UNIT_X25519_KEY)
         command_centre = keyfiles.load_ed25519_public(cfg.watchlist.command_centre_key)
 
         self.notifier.status("loading models")
@@ -91,7 +96,7 @@ class Daemon:
         self.health = replace(self.health, models=True)
         log.info("models verified and loaded: %s (%s)", self.pipeline.model_id, cfg.inference.backend)
 
-        self.mqtt = UnitMqttClient(cfg.unit.id, cfg.mqtt)
+        self.mqtt = UnitMqttClient(cfg.unit.id, cfg.mqtt, model_id=self.pipeline.model_id)
         self.sync = WatchlistSync(
             unit_id=cfg.unit.id,
             model_id=self.pipeline.model_id,
@@ -101,7 +106,10 @@ class Daemon:
             ack_topic=self.mqtt.topics.watchlist_ack,
             publish=lambda topic, payload: self.mqtt.publish(topic, payload, qos=1),
             audit=self.audit,
+            record=LifecycleFile(cfg.unit.state_dir / layout.LIFECYCLE_RECORD, cfg.unit.id, self.unit_signing),
+            on_status=self.mqtt.set_watchlist_status,
         )
+        self.mqtt.set_watchlist_status(self.sync.status())  # the first birth already says it
         self.handsets = HandsetChannel(
             self.mqtt,
             self.mqtt.topics.alerts,
@@ -112,8 +120,17 @@ class Daemon:
             self.audit,
         )
         self._handset_cache: tuple[float, dict[str, Any]] = (0.0, {})
-        self.mqtt.subscribe(self.mqtt.topics.watchlist, self.sync.handle_message)
-        self.mqtt.subscribe(self.mqtt.topics.decisions, self.handsets.on_decision)
+        # The command centre's messages are never dropped; a flood of decisions is, and cannot delay them.
+        self.mqtt.subscribe(
+            self.mqtt.topics.watchlist,
+            self.sync.handle_message,
+            max_bytes=cfg.watchlist.max_bundle_bytes,
+            queue_size=4,
+            overflow=Overflow.WAIT,
+        )
+        self.mqtt.subscribe(
+            self.mqtt.topics.decisions, self.handsets.on_decision, max_bytes=MAX_DECISION_BYTES, queue_size=256
+        )
         self.mqtt.add_connect_listener(self._on_broker_connected)
 
         self.channels: list[AlertChannel] = [self.handsets]
@@ -206,7 +223,9 @@ class Daemon:
         )
         if not (self.health.models and self.health.broker and self.health.cameras):
             waiting = [k for k, ok in vars(self.health).items() if not ok]
-            self.notifier.status(f"starting: waiting for {', '.join(waiting)}")
+            problem = self.mqtt.connection_problem()
+            reason = f" ({problem})" if problem and not self.health.broker else ""
+            self.notifier.status(f"starting: waiting for {', '.join(waiting)}{reason}")
             return False
         self.notifier.ready(self.status_line())
         if self.watchdog is not None:
@@ -220,10 +239,8 @@ class Daemon:
 
     def status_line(self) -> str:
         stats = self.worker.stats
-        store = self.sync.store
-        version = f"v{store.version} ({store.size} subjects)" if store is not None else "none"
         return (
-            f"{stats.fps():.1f} fps, {stats.faces_seen} faces, watchlist {version}, "
+            f"{stats.fps():.1f} fps, {stats.faces_seen} faces, watchlist {self.sync.status().summary()}, "
             f"{stats.alerts} alerts, dropped {self.queue.dropped}"
         )
 
