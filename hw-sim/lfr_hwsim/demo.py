@@ -37,10 +37,12 @@ from lfr_hwsim.van import SimulatedVan, Subject
 from lfr_tools.command_centre.enrol import PipelineEnroller
 
 MIN_USABLE_FACE_PX = 48  # a walker whose face never gets this wide cannot be expected to be recognised
-# Files that may change during a run: logs, sockets, the camera's fault-control file and the broker's
-# session store (sealed alerts queued for an offline handset: matches only).
+# Files that may change during a run: logs, sockets, the camera's fault-control file, the broker's
+# session store (sealed alerts queued for an offline handset: matches only) and the unit's lifecycle
+# record (deployment ids, versions and counts only; tests/test_lifecycle_record.py pins its fields).
 PRIVATE_OK = (
     "audit.jsonl",
+    "lifecycle.json",
     "daemon.log",
     "mosquitto.log",
     ".sock",
