@@ -26,6 +26,7 @@ from lfr_contracts.alerts import MAX_DECISION_BYTES
 from lfr_contracts.audit_events import ConfigReloaded, FacesSeen, FaultComponent, Started, Stopped
 from lfr_contracts.camera import FrameSource
 from lfr_contracts.errors import ConfigError
+from lfr_contracts.receipts import MAX_RECEIPT_BYTES
 from lfr_contracts.telemetry import BeaconLink, CameraState, HeldWatchlist, Telemetry, encode_telemetry
 from lfr_edge import keyfiles
 from lfr_edge.alerts.channel import AlertChannel, UnitState, show_state_on_all
@@ -112,7 +113,7 @@ class Daemon:
         self.mqtt.set_watchlist_status(self.sync.status())  # the first birth already says it
         self.handsets = HandsetChannel(
             self.mqtt,
-            self.mqtt.topics.alerts,
+            self.mqtt.topics,
             cfg.unit.id,
             self.unit_signing,
             self._paired_handsets,
@@ -130,6 +131,9 @@ class Daemon:
         )
         self.mqtt.subscribe(
             self.mqtt.topics.decisions, self.handsets.on_decision, max_bytes=MAX_DECISION_BYTES, queue_size=256
+        )
+        self.mqtt.subscribe(
+            self.mqtt.topics.alert_receipts, self.handsets.on_receipt, max_bytes=MAX_RECEIPT_BYTES, queue_size=256
         )
         self.mqtt.add_connect_listener(self._on_broker_connected)
 
@@ -164,7 +168,7 @@ class Daemon:
         return handsets
 
     def _on_broker_connected(self) -> None:
-        self.handsets.flush()
+        self.handsets.flush(resend_all=True)  # a broker that restarted may have lost what it queued
 
     def start(self) -> None:
         """Start every thread; READY=1 is sent from the main loop once the health checks pass."""
@@ -203,6 +207,7 @@ class Daemon:
             elif time.monotonic() - last_status > 2.0:
                 last_status = time.monotonic()
                 self.notifier.status(self.status_line())
+                self.handsets.flush()  # re-send what no handset acknowledged
             if ready:
                 self.faults.poll(time.monotonic(), self._current_problems)
         return 0
@@ -347,6 +352,7 @@ class Daemon:
         if self.beacon is not None:
             self.beacon.close(park=True, timeout_s=max(0.2, min(1.5, deadline - time.monotonic())))
         self._audit_faces_seen()
+        self.handsets.close()
         self.audit.append(Stopped(reason="signal", frames=self.worker.stats.frames))
         if self.mqtt.connected.is_set():
             self._publish_audit_head()
