@@ -27,7 +27,7 @@ from lfr_contracts.audit_events import ConfigReloaded, FacesSeen, FaultComponent
 from lfr_contracts.camera import FrameSource
 from lfr_contracts.errors import ConfigError
 from lfr_contracts.receipts import MAX_RECEIPT_BYTES
-from lfr_contracts.telemetry import BeaconLink, CameraState, HeldWatchlist, Telemetry, encode_telemetry
+from lfr_contracts.telemetry import BeaconLink, CameraState, Telemetry, encode_telemetry
 from lfr_edge import keyfiles
 from lfr_edge.alerts.channel import AlertChannel, UnitState, show_state_on_all
 from lfr_edge.alerts.handset import HandsetChannel, load_handsets
@@ -252,7 +252,6 @@ class Daemon:
     def telemetry(self) -> Telemetry:
         """Counts and timings only: no frame, crop or embedding is ever part of it."""
         stats = self.worker.stats
-        store = self.sync.store
         beacon = self.beacon.state() if self.beacon is not None else None
         return Telemetry(
             unit=self.cfg.unit.id,
@@ -270,11 +269,15 @@ class Daemon:
             dropped_frames=self.queue.dropped,
             queue_depth=self.queue.depth(),
             cpu_temp_c=cpu_temperature(),
-            watchlist=None if store is None else HeldWatchlist(store.version, store.size, store.valid_until),
+            watchlist=self.sync.status(),
             cameras={c.source.name: CameraState.STALLED if c.stalled else CameraState(c.state) for c in self.captures},
             camera_dropped={s.name: s.stats.dropped for s in self.sources},
             beacon=None if beacon is None else BeaconLink(beacon.connected, beacon.responsive, beacon.pattern_acked),
             alerts_outbox=dict(vars(self.handsets.stats)),
+            messages_dropped={
+                topic: stats.dropped_full + stats.dropped_oversize
+                for topic, stats in self.mqtt.subscription_stats().items()
+            },
         )
 
     def _telemetry_loop(self) -> None:
