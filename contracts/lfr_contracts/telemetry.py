@@ -8,7 +8,7 @@ which refuses a missing, unknown or mistyped field by name. No frame, crop or em
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from lfr_contracts import records
