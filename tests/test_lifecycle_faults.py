@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lfr_contracts import bundle
+from lfr_contracts.beacon import Pattern
 from lfr_contracts.status import UnitStatus
 from lfr_edge import keyfiles
 from lfr_edge.vision.pipeline import FacePipeline
@@ -126,6 +127,7 @@ def test_a_refused_retained_bundle_says_refused_after_a_restart(
             status = wait_status(van, "refused")
             assert status.watchlist is not None and status.watchlist.reason == "wrong_unit"
             assert "van-99" in (status.watchlist.detail or "")
+            assert van.beacon is not None and van.beacon.wait_for(Pattern.NO_WATCHLIST, timeout_s=10)
         finally:
             assert daemon.terminate() == 0
 

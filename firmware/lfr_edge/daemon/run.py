@@ -215,7 +215,8 @@ class Daemon:
     def _show_unit_state(self) -> None:
         """The channels show what keeps the unit from scanning (a camera lost or stalled) while it lasts."""
         cameras = [p for p in self._current_problems() if p.component is FaultComponent.CAMERA]
-        state = UnitState(tuple(f"camera {p.source} {p.problem}" for p in cameras))
+        watchlist_active = self.sync.store is not None
+        state = UnitState(tuple(f"camera {p.source} {p.problem}" for p in cameras), watchlist_active)
         if state != self.unit_state:
             self.unit_state = state
             show_state_on_all(self.channels, state)
