@@ -173,6 +173,7 @@ class Daemon:
     def start(self) -> None:
         """Start every thread; READY=1 is sent from the main loop once the health checks pass."""
         self.mqtt.start()
+        self._show_unit_state()  # the beacon's first pattern already says whether a list is held
         if self.beacon is not None:
             self.beacon.start()
         for capture in self.captures:
