@@ -25,6 +25,13 @@ _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"?', re.DOTALL)
 _BRACKETS = bytes(range(256)).translate(None, b"[]{}")  # every byte but the brackets
 _STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Unit, camera, handset and alert ids: they become MQTT topic levels, file names and audit fields.
+IDENTIFIER = re.compile(r"[A-Za-z0-9_-]{1,64}")
+IDENTIFIER_RULE = "1-64 letters, digits, '-' or '_'"
+
+
+def is_identifier(value: object) -> bool:
+    return isinstance(value, str) and IDENTIFIER.fullmatch(value) is not None
 
 
 class JsonRefused(ValueError):
