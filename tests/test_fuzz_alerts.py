@@ -114,39 +114,39 @@ def test_an_alert_body_that_is_not_an_object_is_refused() -> None:
 # Property-based --------------------------------------------------------------------------------------
 
 
-@fuzz(1000)
+@fuzz(500)
 @given(mutated(REAL_DECISION))
 def test_mutated_decisions_are_read_or_refused(payload: bytes) -> None:
     holds(ProtocolError, lambda: at_unit(payload))
 
 
-@fuzz(600)
+@fuzz(300)
 @given(st.sampled_from(sorted(DECISION_FIELDS)), json_values)
 def test_a_decision_with_any_field_value_is_read_or_refused(field: str, value: Any) -> None:
     payload = dumps({**DECISION_FIELDS, field: value})
     holds(ProtocolError, lambda: parse_decision(payload))
 
 
-@fuzz(300)
+@fuzz(150)
 @given(st.one_of(hostile_json_text(), st.builds(dumps, json_values), st.binary(max_size=5000)))
 def test_arbitrary_decision_payloads_are_refused(payload: bytes) -> None:
     assert not holds(ProtocolError, lambda: at_unit(payload))
 
 
-@fuzz(600)
+@fuzz(300)
 @given(mutated(REAL_ALERT))
 def test_mutated_alerts_open_or_are_refused(payload: bytes) -> None:
     holds(ProtocolError, lambda: at_handset(payload))
 
 
-@fuzz(400)
+@fuzz(200)
 @given(st.sampled_from(sorted(alert_body())), json_values)
 def test_a_signed_alert_with_any_field_value_opens_or_is_refused(field: str, value: Any) -> None:
     payload = alert_with_body(dumps({**alert_body(), field: value}))
     holds(ProtocolError, lambda: at_handset(payload))
 
 
-@fuzz(200)
+@fuzz(100)
 @given(st.one_of(hostile_json_text(), mutated(dumps(alert_body()))))
 def test_a_signed_alert_with_a_hostile_body_opens_or_is_refused(body: bytes) -> None:
     payload = alert_with_body(body)
