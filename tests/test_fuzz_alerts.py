@@ -26,12 +26,14 @@ from lfr_contracts.alerts import (
     ALERT_VERSION,
     Alert,
     Decision,
+    DecisionKind,
     ProtocolError,
     decode_alert,
     encode_alert,
     encode_decision,
     parse_decision,
 )
+from lfr_contracts.audit_events import DecisionRefused
 from lfr_edge.audit.log import AuditLog
 
 UNIT_KEY = Ed25519PrivateKey.generate()
@@ -39,7 +41,9 @@ HANDSET_SEAL = X25519PrivateKey.generate()
 HANDSET_SIGN = Ed25519PrivateKey.generate()
 ALERT = Alert("a1b2c3", "unit-a", "cam0", 1_800_000_000.0, 0.71, 0.55, "S-0042", "wanted", "ref 12", b"live", b"list")
 REAL_ALERT = encode_alert(ALERT, UNIT_KEY, [HANDSET_SEAL.public_key()])
-REAL_DECISION = encode_decision(Decision("a1b2c3", "unit-a", "handset-1", "engage", 1_800_000_010.0), HANDSET_SIGN)
+REAL_DECISION = encode_decision(
+    Decision("a1b2c3", "unit-a", "handset-1", DecisionKind.ENGAGE, 1_800_000_010.0), HANDSET_SIGN
+)
 DECISION_FIELDS: dict[str, Any] = json.loads(REAL_DECISION)
 
 
@@ -102,7 +106,13 @@ def test_a_decision_refusal_never_echoes_a_long_attacker_string(field: str, tmp_
         parse_decision(json.dumps(fields).encode())
     assert attacker[:60] not in str(refused.value)
     with AuditLog.open(tmp_path / "audit.jsonl", "unit-a") as audit:
-        audit.append("decision_refused", reason=str(refused.value))
+        audit.append(DecisionRefused(reason=str(refused.value)))
+
+
+def test_a_picture_that_is_not_ascii_is_refused() -> None:
+    """Found by a long run (LFR_FUZZ_EXAMPLES=3000): base64 of non-ASCII text raised a bare ValueError."""
+    with pytest.raises(ProtocolError, match="'live_jpeg' is not base64"):
+        at_handset(alert_with_body(dumps({**alert_body(), "live_jpeg": "\x80"})))
 
 
 def test_an_alert_body_that_is_not_an_object_is_refused() -> None:

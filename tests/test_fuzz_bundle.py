@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzz_helpers import dumps, fuzz, holds, hostile_json_text, json_values, mutated, nested
 from lfr_contracts import bundle, crypto
 from lfr_edge.audit.log import AuditLog
+from lfr_edge.watchlist.lifecycle import LifecycleFile
 from lfr_edge.watchlist.sync import WatchlistSync
 from watchlist_helpers import DIM, MODEL, NOW, Keys, make_bundle, subjects
 
@@ -42,7 +44,7 @@ def open_at_unit(data: bytes) -> bundle.OpenedBundle:
         unit_id="unit-a",
         model_id=MODEL,
         now=NOW,
-        held_version=None,
+        history=bundle.AppliedHistory(),
         max_bytes=MAX_BYTES,
     )
 
@@ -166,6 +168,7 @@ def test_a_refusal_that_would_echo_a_long_attacker_string_is_audited(tmp_path: P
         ack_topic="ack",
         publish=publish,
         audit=audit,
+        record=LifecycleFile(tmp_path / "lifecycle.json", "unit-a", Ed25519PrivateKey.generate()),
         clock=lambda: NOW,
     )
     attacker = "QUJD" * 2000  # base64-looking, 8,000 characters

@@ -15,7 +15,6 @@ sides recognise duplicates (QoS 1 redelivery) by alert id.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -205,5 +204,5 @@ def _num(body: dict[str, Any], key: str, lo: float, hi: float) -> float:
 def _picture(body: dict[str, Any], key: str) -> bytes:
     try:
         return base64.b64decode(_str(body, key, MAX_ALERT_BYTES), validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or text that is not ASCII at all
         raise ProtocolError(f"field {key!r} is not base64") from None
