@@ -269,7 +269,7 @@ def _check_declared(key: str, value: Any, field: dataclasses.Field[Any]) -> None
         return
     if isinstance(value, int | float):
         check_number(key, value, declared)
-    elif isinstance(value, str) and not isinstance(field.default, Path):
+    elif isinstance(value, str):  # a path is a Path by now, checked by _path
         check_text(key, value, declared.text)
 
 
