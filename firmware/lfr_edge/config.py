@@ -87,7 +87,7 @@ class DetectConfig:
 class QualityConfig:
     """Which faces are good enough to embed."""
 
-    min_eye_distance_px: float = setting(14.0, "smallest distance between the eyes, pixels", ge=0.0, le=500.0)
+    min_eye_distance_px: float = setting(14.0, "smallest distance between the eyes, pixels", ge=0.0, le=16384.0)
     min_score: float = setting(0.6, "lowest detector score embedded", ge=0.0, le=1.0)
     min_sharpness: float = setting(15.0, "lowest variance of the Laplacian of the aligned face", ge=0.0, le=1000.0)
     max_yaw_deg: float = setting(45.0, "largest head turn, degrees", gt=0.0, le=90.0)
