@@ -16,6 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import pytest
 import tomli_w
 from hypothesis import given
 from hypothesis import strategies as st
@@ -68,7 +69,7 @@ toml_scalars = (
     | st.integers(min_value=-(2**63), max_value=2**63 - 1)
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=30)
-    | st.sampled_from(["", "lfr/+", "#", "\x00", "~nobody-here/x", "van 7", "/dev/null\x00", "9" * 300])
+    | st.sampled_from(["", "lfr/+", "#", "\x00", "~nobody-here/x", "~0", "van 7", "/dev/null\x00", "9" * 300])
     | st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 1, 1))
 )
 toml_values = st.one_of(
@@ -133,19 +134,28 @@ SOURCES: dict[str, tuple[Any, Any]] = {  # module (its OPTIONS table), source cl
 
 
 @st.composite
-def source_and_options(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+def source_and_options(draw: st.DrawFn) -> tuple[str, str, dict[str, Any]]:
     name = draw(st.sampled_from(sorted(SOURCES)))
     keys = st.sampled_from([*SOURCES[name][0].OPTIONS, "x"])
-    return name, draw(st.dictionaries(keys, toml_values, max_size=3))
+    uri = draw(st.sampled_from(["/dev/video0", "0", "rtsp://cam/1", "a ! appsink", "~0", "~nobody/x", ""]))
+    return name, uri, draw(st.dictionaries(keys, toml_values, max_size=3))
 
 
 @fuzz(300)
 @given(source_and_options())
-def test_any_source_options_build_the_source_or_are_refused(case: tuple[str, dict[str, Any]]) -> None:
+def test_any_source_options_build_the_source_or_are_refused(case: tuple[str, str, dict[str, Any]]) -> None:
     """The van's sources check their `options` in the constructor; none touches a device there."""
-    name, options = case
-    cfg = CameraConfig(name="door", source=name, uri="/dev/video0", options=options)
+    name, uri, options = case
+    cfg = CameraConfig(name="door", source=name, uri=uri, options=options)
     holds(ConfigError, lambda: SOURCES[name][1](cfg))
+
+
+def test_a_home_this_machine_lacks_is_a_config_error_in_every_source() -> None:
+    """Found by a long run (LFR_FUZZ_EXAMPLES=3000): `faces_dir = "~0"` raised RuntimeError from expanduser."""
+    with pytest.raises(ConfigError, match=r"cameras\[door\]\.options\.faces_dir: '~0' names a home directory"):
+        sim_camera.parse_options("door", {"faces_dir": "~0"})
+    with pytest.raises(ConfigError, match=r"cameras\[door\]\.uri: '~0' names a home directory"):
+        replay.ReplaySource(CameraConfig(name="door", source="replay", uri="~0"))
 
 
 @fuzz(150)

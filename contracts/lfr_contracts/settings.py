@@ -14,6 +14,7 @@ import math
 import unicodedata
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from lfr_contracts.errors import ConfigError
@@ -138,6 +139,14 @@ def check_text(key: str, value: str, kind: Text) -> None:
         raise ConfigError(f"{key}: {excerpt(value, 80)} must be {kind.value}")
     if kind is Text.TOPIC:
         check_topic(key, value)
+
+
+def expand_path(key: str, text: str) -> Path:
+    """`text` as a path with `~` expanded; a ConfigError naming `key` for a home this machine lacks."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # "~someone" for a user this machine does not have
+        raise ConfigError(f"{key}: {excerpt(text, 80)} names a home directory this machine does not have") from None
 
 
 def check_topic(key: str, value: str) -> None:

@@ -19,7 +19,16 @@ from typing import Any, Literal, TypeVar
 from lfr_contracts.camera import CameraConfig
 from lfr_contracts.errors import ConfigError
 from lfr_contracts.layout import DEFAULT_CONFIG
-from lfr_contracts.settings import METADATA_KEY, Setting, Text, check_number, check_text, control_character, setting
+from lfr_contracts.settings import (
+    METADATA_KEY,
+    Setting,
+    Text,
+    check_number,
+    check_text,
+    control_character,
+    expand_path,
+    setting,
+)
 from lfr_contracts.untrusted import excerpt, is_identifier
 
 # The repository root, when running from a checkout (the manifest and default model cache live there).
@@ -255,10 +264,7 @@ def _path(value: Any, key: str, base: Path) -> Path:
     bad = control_character(value)
     if bad is not None:
         raise ConfigError(f"{key}: the path holds the control character {bad}; remove it")
-    try:
-        path = Path(value).expanduser()
-    except RuntimeError:  # "~someone" for a user this machine does not have
-        raise ConfigError(f"{key}: {excerpt(value, 80)} names a home directory this machine does not have") from None
+    path = expand_path(key, value)
     return path if path.is_absolute() else (base / path)
 
 

@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from lfr_contracts.camera import CameraConfig, CameraError, EndOfStream, Frame, SourceStats, option, source_options
 from lfr_contracts.errors import ConfigError
+from lfr_contracts.settings import expand_path
 from lfr_contracts.untrusted import excerpt
 from lfr_hwsim.facelocate import LocatorUnavailable, default_locator
 from lfr_hwsim.plan import PlanError, PlanRequest, ScenePlan, build_plan, list_identities, load_plan
@@ -95,7 +96,7 @@ def parse_options(camera: str, options: dict[str, Any]) -> SimOptions:
     for key in _PATHS:
         if key in options and not checked[key]:
             raise fail(key, "an empty path")
-        paths[key] = Path(checked[key]).expanduser() if checked[key] else None
+        paths[key] = expand_path(f"cameras[{camera}].options.{key}", checked[key]) if checked[key] else None
 
     watch = checked["watchlisted"]
     if isinstance(watch, list) and all(isinstance(i, str) and i for i in watch):

@@ -29,6 +29,7 @@ from lfr_contracts.camera import (
     option,
     source_options,
 )
+from lfr_contracts.settings import expand_path
 from lfr_edge.camera.opencv import import_cv2
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class ReplaySource:
     def __init__(self, cfg: CameraConfig) -> None:
         options = source_options(cfg.name, cfg.options, OPTIONS)
         self.name = cfg.name
-        self.path = Path(cfg.uri).expanduser()
+        self.path = expand_path(f"cameras[{cfg.name}].uri", cfg.uri)
         self.interval_s = 1.0 / cfg.fps
         self.realtime: bool = options["realtime"]
         self.loop: bool = options["loop"]
