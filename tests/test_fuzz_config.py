@@ -150,6 +150,19 @@ def test_any_source_options_build_the_source_or_are_refused(case: tuple[str, str
     holds(ConfigError, lambda: SOURCES[name][1](cfg))
 
 
+def test_a_huge_number_or_name_is_refused_in_a_short_message() -> None:
+    """Found by a long run: a 400-digit width was quoted whole in the refusal; a 300-character file name
+    made the simulator's `plan_file.is_file()` raise OSError (File name too long)."""
+    text = REAL["pi5"].replace(b"width = 1280", b"width = 1" + b"9" * 400)
+    with pytest.raises(ConfigError, match=r"cameras\[cam0\]\.width: must be 16 to 16384, got an integer of") as refused:
+        load(text)
+    assert len(str(refused.value)) < 200
+    with pytest.raises(ConfigError, match=r"options\.plan_file: .* has a file or folder name over 255 bytes"):
+        sim_camera.parse_options("door", {"plan_file": "9" * 300})
+    with pytest.raises(ConfigError, match=r"unit\.keys_dir: the path is longer than 4095 bytes"):
+        load(b'[unit]\nkeys_dir = "' + b"/a" * 2100 + b'"\n')
+
+
 def test_a_home_this_machine_lacks_is_a_config_error_in_every_source() -> None:
     """Found by a long run (LFR_FUZZ_EXAMPLES=3000): `faces_dir = "~0"` raised RuntimeError from expanduser."""
     with pytest.raises(ConfigError, match=r"cameras\[door\]\.options\.faces_dir: '~0' names a home directory"):

@@ -117,7 +117,7 @@ def check_number(key: str, value: float, declared: Setting) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{key}: {value} is not a finite number")
     if declared.range is not None and value not in declared.range:
-        raise ConfigError(f"{key}: must be {declared.range.describe()}, got {value}")
+        raise ConfigError(f"{key}: must be {declared.range.describe()}, got {excerpt(value, 40)}")
 
 
 def control_character(text: str) -> str | None:
@@ -141,12 +141,22 @@ def check_text(key: str, value: str, kind: Text) -> None:
         check_topic(key, value)
 
 
+MAX_PATH_BYTES = 4095  # Linux's PATH_MAX, less the NUL
+MAX_NAME_BYTES = 255  # NAME_MAX: one file or folder name
+
+
 def expand_path(key: str, text: str) -> Path:
-    """`text` as a path with `~` expanded; a ConfigError naming `key` for a home this machine lacks."""
+    """`text` as a path with `~` expanded; a ConfigError naming `key` for a home this machine lacks, or a
+    path no file system can hold (any use of it would raise OSError: "File name too long")."""
     try:
-        return Path(text).expanduser()
+        path = Path(text).expanduser()
     except RuntimeError:  # "~someone" for a user this machine does not have
         raise ConfigError(f"{key}: {excerpt(text, 80)} names a home directory this machine does not have") from None
+    if len(str(path).encode(errors="surrogateescape")) > MAX_PATH_BYTES:
+        raise ConfigError(f"{key}: the path is longer than {MAX_PATH_BYTES} bytes")
+    if any(len(part.encode(errors="surrogateescape")) > MAX_NAME_BYTES for part in path.parts):
+        raise ConfigError(f"{key}: {excerpt(text, 80)} has a file or folder name over {MAX_NAME_BYTES} bytes")
+    return path
 
 
 def check_topic(key: str, value: str) -> None:
