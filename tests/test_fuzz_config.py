@@ -21,7 +21,7 @@ import tomli_w
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz_helpers import fuzz, holds, mutated
+from fuzz_helpers import bounded, fuzz, holds, mutated
 from lfr_contracts.camera import CameraConfig, source_options
 from lfr_contracts.errors import ConfigError
 from lfr_contracts.settings import Text, control_character, setting_of
@@ -151,14 +151,17 @@ def test_any_source_options_build_the_source_or_are_refused(case: tuple[str, str
 
 
 def test_a_huge_number_or_name_is_refused_in_a_short_message() -> None:
-    """Found by a long run: a 400-digit width was quoted whole in the refusal; a 300-character file name
-    made the simulator's `plan_file.is_file()` raise OSError (File name too long)."""
-    text = REAL["pi5"].replace(b"width = 1280", b"width = 1" + b"9" * 400)
+    """Found by long runs: a 400-digit width was quoted whole in the refusal; a 300-character file name made
+    the simulator's `plan_file.is_file()` raise OSError (File name too long); a million-digit integer made
+    tomllib allocate ~116 MiB before refusing it."""
+    text = REAL["pi5"].replace(b"width = 1280", b"width = 1" + b"9" * 90)  # under the 100-digit limit
     with pytest.raises(ConfigError, match=r"cameras\[cam0\]\.width: must be 16 to 16384, got an integer of") as refused:
         load(text)
     assert len(str(refused.value)) < 200
     with pytest.raises(ConfigError, match=r"options\.plan_file: .* has a file or folder name over 255 bytes"):
         sim_camera.parse_options("door", {"plan_file": "9" * 300})
+    with bounded(max_bytes=32 << 20), pytest.raises(ConfigError, match="a number of more than 100 digits"):
+        load(b"[[cameras]]\noptions.x = " + b"9" * 1_000_000)  # tomllib alone grew the process by ~116 MiB
     with pytest.raises(ConfigError, match=r"unit\.keys_dir: the path is longer than 4095 bytes"):
         load(b'[unit]\nkeys_dir = "' + b"/a" * 2100 + b'"\n')
 

@@ -213,9 +213,12 @@ T = TypeVar("T")
 MAX_CONFIG_BYTES = 1 << 20
 MAX_TOML_NESTING = 32  # brackets in the text, checked before parsing (tomllib recurses per level)
 MAX_VALUE_DEPTH = 8  # tables and arrays in the parsed document (dotted keys nest without brackets)
-# A TOML string, comment or bracket; an unterminated string runs to its end, so the scan stays linear.
+MAX_NUMBER_CHARACTERS = 100  # digits of one number outside strings; a 64-bit integer has 20
+# A TOML string, comment, bracket or overlong number; an unterminated string runs to its end, so the scan stays
+# linear. tomllib spends ~100 MiB on a 1-million-digit integer before refusing it, so those are refused first.
 _TOML_TOKEN = re.compile(
-    r'"""(?:[^\\]|\\.)*?(?:"""|\Z)|\'\'\'.*?(?:\'\'\'|\Z)|"(?:[^"\\\n]|\\.)*(?:"|$)|\'[^\'\n]*(?:\'|$)|#[^\n]*|[][{}]',
+    r'"""(?:[^\\]|\\.)*?(?:"""|\Z)|\'\'\'.*?(?:\'\'\'|\Z)|"(?:[^"\\\n]|\\.)*(?:"|$)|\'[^\'\n]*(?:\'|$)|#[^\n]*|[][{}]'
+    rf"|[0-9][0-9_]{{{MAX_NUMBER_CHARACTERS},}}",
     re.DOTALL | re.MULTILINE,
 )
 _NESTING_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
@@ -389,8 +392,12 @@ def _check_depth(data: dict[str, Any]) -> None:
 
 
 def toml_nesting(text: str) -> int:
-    """The deepest bracket nesting outside strings and comments (an upper bound for broken TOML)."""
-    steps = (_NESTING_STEP[t] for t in _TOML_TOKEN.findall(text) if t in _NESTING_STEP)
+    """The deepest bracket nesting outside strings and comments (an upper bound for broken TOML); a
+    ConfigError for a number too long to be one."""
+    tokens = _TOML_TOKEN.findall(text)
+    if any(t[0].isdigit() for t in tokens):
+        raise ConfigError(f"not valid TOML for a config: a number of more than {MAX_NUMBER_CHARACTERS} digits")
+    steps = (_NESTING_STEP[t] for t in tokens if t in _NESTING_STEP)
     return max(itertools.accumulate(steps), default=0)
 
 
