@@ -124,7 +124,7 @@ def test_an_alert_body_that_is_not_an_object_is_refused() -> None:
 # Property-based --------------------------------------------------------------------------------------
 
 
-@fuzz(500)
+@fuzz(400)
 @given(mutated(REAL_DECISION))
 def test_mutated_decisions_are_read_or_refused(payload: bytes) -> None:
     holds(ProtocolError, lambda: at_unit(payload))

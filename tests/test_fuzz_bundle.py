@@ -190,7 +190,7 @@ def test_the_builder_refuses_what_the_unit_would_refuse() -> None:
 # Property-based --------------------------------------------------------------------------------------
 
 
-@fuzz(800)
+@fuzz(600)
 @given(mutated(REAL))
 def test_mutated_bundles_open_or_are_refused(data: bytes) -> None:
     holds(bundle.BundleError, lambda: assert_sane(open_at_unit(data)))

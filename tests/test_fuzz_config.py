@@ -97,7 +97,7 @@ def one_key_replaced(draw: st.DrawFn) -> bytes:
     return tomli_w.dumps(doc).encode()
 
 
-@fuzz(600)
+@fuzz(500)
 @given(st.sampled_from(sorted(REAL)).flatmap(lambda board: mutated(REAL[board])))
 def test_mutated_real_configs_load_sane_or_are_refused(text: bytes) -> None:
     holds(ConfigError, lambda: load(text))
