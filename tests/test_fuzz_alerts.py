@@ -1,4 +1,5 @@
-"""Fuzzing alerts (unit to handset) and decisions (handset to unit): lfr_contracts.alerts.
+"""Fuzzing alerts (unit to handset), decisions (handset to unit) and their receipts and answers:
+lfr_contracts.alerts and lfr_contracts.receipts.
 
 `parse_decision` reads what any client of the broker can publish on a unit's decisions topic, before any
 signature is checked; `decode_alert` reads what arrives on a handset. Both must return a value or raise
@@ -34,6 +35,15 @@ from lfr_contracts.alerts import (
     parse_decision,
 )
 from lfr_contracts.audit_events import DecisionRefused
+from lfr_contracts.receipts import (
+    AlertReceipt,
+    DecisionAnswer,
+    claimed_receipt,
+    decode_answer,
+    decode_receipt,
+    encode_answer,
+    encode_receipt,
+)
 from lfr_edge.audit.log import AuditLog
 
 UNIT_KEY = Ed25519PrivateKey.generate()
@@ -161,3 +171,31 @@ def test_a_signed_alert_with_any_field_value_opens_or_is_refused(field: str, val
 def test_a_signed_alert_with_a_hostile_body_opens_or_is_refused(body: bytes) -> None:
     payload = alert_with_body(body)
     holds(ProtocolError, lambda: at_handset(payload))
+
+
+# Receipts and decision answers (lfr_contracts.receipts) -------------------------------------------------
+
+RECEIPT = encode_receipt(AlertReceipt("unit-a", "handset-1", "a1b2c3", 1_800_000_020.0), HANDSET_SIGN)
+ANSWER = encode_answer(
+    DecisionAnswer("unit-a", "handset-1", "a1b2c3", DecisionKind.ENGAGE, "accepted", "", 0, 1_800_000_030.0),
+    UNIT_KEY,
+)
+
+
+def test_a_receipt_refusal_never_echoes_a_long_attacker_field_name() -> None:
+    with pytest.raises(ProtocolError) as refused:
+        claimed_receipt(dumps({**json.loads(RECEIPT), "QUJD" * 400: 1}))
+    assert "QUJD" * 10 not in str(refused.value)
+
+
+@fuzz(300)
+@given(st.one_of(mutated(RECEIPT), st.builds(dumps, json_values), hostile_json_text()))
+def test_mutated_receipts_are_read_or_refused(payload: bytes) -> None:
+    holds(ProtocolError, lambda: claimed_receipt(payload))
+    holds(ProtocolError, lambda: decode_receipt(payload, HANDSET_SIGN.public_key()))
+
+
+@fuzz(200)
+@given(st.one_of(mutated(ANSWER), st.builds(dumps, json_values)))
+def test_mutated_decision_answers_are_read_or_refused(payload: bytes) -> None:
+    holds(ProtocolError, lambda: decode_answer(payload, UNIT_KEY.public_key()))
