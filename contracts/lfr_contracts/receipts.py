@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from lfr_contracts import crypto
 from lfr_contracts.alerts import DECISIONS, DecisionKind, ProtocolError
+from lfr_contracts.untrusted import JsonRefused, excerpt, loads_json
 
 MAX_RECEIPT_BYTES = 2048
 MAX_REASON = 200
@@ -68,14 +69,15 @@ def _opened(payload: bytes, kind: str, names: set[str], key: Ed25519PublicKey | 
     if len(payload) > MAX_RECEIPT_BYTES:
         raise ProtocolError(f"{kind} of {len(payload)} bytes is over the {MAX_RECEIPT_BYTES}-byte limit")
     try:
-        body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
-        raise ProtocolError(f"{kind} is not valid JSON ({type(exc).__name__})") from exc
+        body = loads_json(payload, max_bytes=MAX_RECEIPT_BYTES)
+    except JsonRefused as exc:
+        raise ProtocolError(f"{kind} is not valid JSON ({exc})") from None
     if not isinstance(body, dict) or body.get("v") != 1 or body.get("kind") != kind:
         raise ProtocolError(f"not a version 1 {kind}")
     fields = {k: v for k, v in body.items() if k != "sig"}
     if set(fields) != {"v", "kind", *names}:
-        raise ProtocolError(f"{kind} has unexpected fields: {sorted(fields)[:12]}")
+        unexpected = sorted(set(fields) ^ {"v", "kind", *names})
+        raise ProtocolError(f"{kind} has missing or unexpected fields: {', '.join(map(excerpt, unexpected[:3]))}")
     signature = body.get("sig")
     if not isinstance(signature, str) or len(signature) != 128:
         raise ProtocolError(f"{kind} has no signature")
