@@ -134,32 +134,32 @@ def test_an_alert_body_that_is_not_an_object_is_refused() -> None:
 # Property-based --------------------------------------------------------------------------------------
 
 
-@fuzz(400)
+@fuzz(250)
 @given(mutated(REAL_DECISION))
 def test_mutated_decisions_are_read_or_refused(payload: bytes) -> None:
     holds(ProtocolError, lambda: at_unit(payload))
 
 
-@fuzz(300)
+@fuzz(200)
 @given(st.sampled_from(sorted(DECISION_FIELDS)), json_values)
 def test_a_decision_with_any_field_value_is_read_or_refused(field: str, value: Any) -> None:
     payload = dumps({**DECISION_FIELDS, field: value})
     holds(ProtocolError, lambda: parse_decision(payload))
 
 
-@fuzz(150)
+@fuzz(100)
 @given(st.one_of(hostile_json_text(), st.builds(dumps, json_values), st.binary(max_size=5000)))
 def test_arbitrary_decision_payloads_are_refused(payload: bytes) -> None:
     assert not holds(ProtocolError, lambda: at_unit(payload))
 
 
-@fuzz(300)
+@fuzz(200)
 @given(mutated(REAL_ALERT))
 def test_mutated_alerts_open_or_are_refused(payload: bytes) -> None:
     holds(ProtocolError, lambda: at_handset(payload))
 
 
-@fuzz(200)
+@fuzz(100)
 @given(st.sampled_from(sorted(alert_body())), json_values)
 def test_a_signed_alert_with_any_field_value_opens_or_is_refused(field: str, value: Any) -> None:
     payload = alert_with_body(dumps({**alert_body(), field: value}))
@@ -188,14 +188,14 @@ def test_a_receipt_refusal_never_echoes_a_long_attacker_field_name() -> None:
     assert "QUJD" * 10 not in str(refused.value)
 
 
-@fuzz(300)
+@fuzz(200)
 @given(st.one_of(mutated(RECEIPT), st.builds(dumps, json_values), hostile_json_text()))
 def test_mutated_receipts_are_read_or_refused(payload: bytes) -> None:
     holds(ProtocolError, lambda: claimed_receipt(payload))
     holds(ProtocolError, lambda: decode_receipt(payload, HANDSET_SIGN.public_key()))
 
 
-@fuzz(200)
+@fuzz(100)
 @given(st.one_of(mutated(ANSWER), st.builds(dumps, json_values)))
 def test_mutated_decision_answers_are_read_or_refused(payload: bytes) -> None:
     holds(ProtocolError, lambda: decode_answer(payload, UNIT_KEY.public_key()))

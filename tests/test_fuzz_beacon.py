@@ -62,7 +62,7 @@ def check_frame(event: Frame | BadChecksum) -> None:
         assert str(refused)
 
 
-@fuzz(300)
+@fuzz(200)
 @given(st.binary(max_size=2048), st.lists(st.integers(0, 2048), max_size=8))
 def test_any_byte_stream_decodes_without_raising(stream: bytes, cuts: list[int]) -> None:
     with bounded():
@@ -72,7 +72,7 @@ def test_any_byte_stream_decodes_without_raising(stream: bytes, cuts: list[int])
     assert decode(stream)[0] == events, "the frames depend on how the stream was cut into reads"
 
 
-@fuzz(300)
+@fuzz(200)
 @given(mutated(REAL_STREAM, max_mutations=10), st.lists(st.integers(0, 256), max_size=8))
 def test_mutated_real_traffic_decodes_without_raising(stream: bytes, cuts: list[int]) -> None:
     events, _ = decode(stream, cuts)
@@ -81,7 +81,7 @@ def test_mutated_real_traffic_decodes_without_raising(stream: bytes, cuts: list[
     assert decode(stream)[0] == events
 
 
-@fuzz(300)
+@fuzz(200)
 @given(st.binary(max_size=512), frames)
 def test_a_good_frame_after_any_garbage_is_decoded(garbage: bytes, frame: Frame) -> None:
     """Resynchronisation: whatever was lost before, the next whole frame is read exactly."""
@@ -90,7 +90,7 @@ def test_a_good_frame_after_any_garbage_is_decoded(garbage: bytes, frame: Frame)
     assert decoder.take_discarded() >= 0
 
 
-@fuzz(150)
+@fuzz(100)
 @given(st.lists(frames, min_size=1, max_size=20), st.lists(st.integers(0, 400), max_size=10))
 def test_real_frames_come_out_exactly_however_the_reads_are_cut(sent: list[Frame], cuts: list[int]) -> None:
     events, decoder = decode(b"".join(beacon.encode(f) for f in sent), cuts)

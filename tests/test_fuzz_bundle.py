@@ -190,20 +190,20 @@ def test_the_builder_refuses_what_the_unit_would_refuse() -> None:
 # Property-based --------------------------------------------------------------------------------------
 
 
-@fuzz(600)
+@fuzz(350)
 @given(mutated(REAL))
 def test_mutated_bundles_open_or_are_refused(data: bytes) -> None:
     holds(bundle.BundleError, lambda: assert_sane(open_at_unit(data)))
 
 
-@fuzz(200)
+@fuzz(100)
 @given(mutated(CLOSE))
 def test_mutated_close_commands_are_read_or_refused(data: bytes) -> None:
     holds(bundle.BundleError, lambda: close_at_unit(data))
     holds(bundle.BundleError, lambda: bundle.inspect(data, MAX_BYTES))
 
 
-@fuzz(150)
+@fuzz(100)
 @given(st.sampled_from([bundle.BUNDLE_MAGIC, bundle.CLOSE_MAGIC, b"LFRX"]), st.binary(max_size=512))
 def test_arbitrary_bytes_behind_a_prefix_are_refused(magic: bytes, rest: bytes) -> None:
     data = struct.pack(">4sH", magic, bundle.FORMAT) + rest
@@ -211,21 +211,21 @@ def test_arbitrary_bytes_behind_a_prefix_are_refused(magic: bytes, rest: bytes) 
     assert not holds(bundle.BundleError, lambda: close_at_unit(data))
 
 
-@fuzz(150)
+@fuzz(100)
 @given(st.one_of(hostile_json_text(), st.builds(dumps, json_values)))
 def test_any_unsigned_header_is_refused(header: bytes) -> None:
     data = framed(bundle.BUNDLE_MAGIC, header)
     assert not holds(bundle.BundleError, lambda: open_at_unit(data))
 
 
-@fuzz(300)
+@fuzz(200)
 @given(st.sampled_from(sorted(REAL_HEADER)), json_values)
 def test_a_signed_header_with_any_field_value_opens_sane_or_is_refused(field: str, value: Any) -> None:
     data = resealed(PLAINTEXT, **{field: value})
     holds(bundle.BundleError, lambda: assert_sane(open_at_unit(data)))
 
 
-@fuzz(300)
+@fuzz(200)
 @given(st.integers(0, 2), st.sampled_from(["id", "category", "reference", "rows", "photo", "dim"]), json_values)
 def test_a_signed_subject_index_with_any_field_value_opens_sane_or_is_refused(
     subject: int, field: str, value: Any
@@ -237,7 +237,7 @@ def test_a_signed_subject_index_with_any_field_value_opens_sane_or_is_refused(
     holds(bundle.BundleError, lambda: assert_sane(open_at_unit(data)))
 
 
-@fuzz(200)
+@fuzz(100)
 @given(mutated(PLAINTEXT))
 def test_a_signed_mutated_body_opens_sane_or_is_refused(plaintext: bytes) -> None:
     data = resealed(plaintext)

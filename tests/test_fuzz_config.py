@@ -97,19 +97,19 @@ def one_key_replaced(draw: st.DrawFn) -> bytes:
     return tomli_w.dumps(doc).encode()
 
 
-@fuzz(500)
+@fuzz(300)
 @given(st.sampled_from(sorted(REAL)).flatmap(lambda board: mutated(REAL[board])))
 def test_mutated_real_configs_load_sane_or_are_refused(text: bytes) -> None:
     holds(ConfigError, lambda: load(text))
 
 
-@fuzz(400)
+@fuzz(250)
 @given(one_key_replaced())
 def test_any_value_for_any_key_loads_sane_or_is_refused(text: bytes) -> None:
     holds(ConfigError, lambda: load(text))
 
 
-@fuzz(150)
+@fuzz(100)
 @given(st.dictionaries(st.text(max_size=10), toml_values, max_size=4).map(tomli_w.dumps).map(str.encode))
 def test_arbitrary_documents_load_sane_or_are_refused(text: bytes) -> None:
     holds(ConfigError, lambda: load(text))
@@ -141,7 +141,7 @@ def source_and_options(draw: st.DrawFn) -> tuple[str, str, dict[str, Any]]:
     return name, uri, draw(st.dictionaries(keys, toml_values, max_size=3))
 
 
-@fuzz(300)
+@fuzz(200)
 @given(source_and_options())
 def test_any_source_options_build_the_source_or_are_refused(case: tuple[str, str, dict[str, Any]]) -> None:
     """The van's sources check their `options` in the constructor; none touches a device there."""
@@ -174,7 +174,7 @@ def test_a_home_this_machine_lacks_is_a_config_error_in_every_source() -> None:
         replay.ReplaySource(CameraConfig(name="door", source="replay", uri="~0"))
 
 
-@fuzz(150)
+@fuzz(100)
 @given(st.dictionaries(st.sampled_from([*sim_camera.OPTIONS, "x"]), toml_values, max_size=3))
 def test_any_simulator_options_are_read_or_refused(options: dict[str, Any]) -> None:
     holds(ConfigError, lambda: sim_camera.parse_options("door", options))

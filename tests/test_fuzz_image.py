@@ -102,19 +102,19 @@ def test_an_oversized_file_is_refused_without_reading_it_all(tmp_path: Path) -> 
 # Property-based --------------------------------------------------------------------------------------
 
 
-@fuzz(300)
+@fuzz(200)
 @given(st.sampled_from([REAL_JPEG, PROGRESSIVE_JPEG, REAL_PNG]).flatmap(mutated))
 def test_mutated_real_photos_decode_or_are_refused(data: bytes) -> None:
     holds(ImageError, lambda: decoded(data))
 
 
-@fuzz(200)
+@fuzz(100)
 @given(st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"BM", b""]), st.binary(max_size=2048))
 def test_arbitrary_bytes_after_a_magic_decode_or_are_refused(magic: bytes, rest: bytes) -> None:
     holds(ImageError, lambda: decoded(magic + rest))
 
 
-@fuzz(150)
+@fuzz(100)
 @given(st.integers(0, 65_535), st.integers(0, 65_535), st.booleans())
 def test_any_declared_size_is_checked_before_decoding(width: int, height: int, as_png: bool) -> None:
     data = png(width, height) if as_png else jpeg_declaring(width, height)

@@ -99,13 +99,13 @@ def one_entry_changed(draw: st.DrawFn) -> bytes:
     return tomli_w.dumps(doc).encode()
 
 
-@fuzz(600)
+@fuzz(350)
 @given(mutated(REAL, max_mutations=8))
 def test_mutated_manifests_load_or_are_a_model_error(text: bytes) -> None:
     holds(ModelError, lambda: load(text))
 
 
-@fuzz(400)
+@fuzz(250)
 @given(one_entry_changed())
 def test_a_manifest_with_any_entry_changed_loads_or_is_a_model_error(text: bytes) -> None:
     holds(ModelError, lambda: load(text))

@@ -90,7 +90,7 @@ def test_the_real_messages_pair() -> None:
 # Property-based --------------------------------------------------------------------------------------
 
 
-@fuzz(400)
+@fuzz(250)
 @given(mutated(REQUEST))
 def test_mutated_requests_pair_or_are_refused(request_bytes: bytes) -> None:
     holds(PairingError, lambda: at_unit(request_bytes))
@@ -98,21 +98,21 @@ def test_mutated_requests_pair_or_are_refused(request_bytes: bytes) -> None:
     pair_mqtt._handset_of(request_bytes)
 
 
-@fuzz(200)
+@fuzz(100)
 @given(st.sampled_from(sorted(json.loads(REQUEST))), json_values)
 def test_a_request_with_any_field_value_is_refused(field: str, value: Any) -> None:
     request_bytes = replaced(REQUEST, field, value)
     holds(PairingError, lambda: at_unit(request_bytes))
 
 
-@fuzz(150)
+@fuzz(100)
 @given(st.one_of(hostile_json_text(), st.builds(dumps, json_values), st.binary(max_size=5000)))
 def test_arbitrary_requests_are_refused(request_bytes: bytes) -> None:
     assert not holds(PairingError, lambda: at_unit(request_bytes))
     assert isinstance(loose_fields(request_bytes), dict)
 
 
-@fuzz(200)
+@fuzz(100)
 @given(
     st.one_of(
         mutated(OFFER), st.builds(replaced, st.just(OFFER), st.sampled_from(sorted(json.loads(OFFER))), json_values)
@@ -122,7 +122,7 @@ def test_mutated_offers_are_answered_or_refused(offer: bytes) -> None:
     holds(PairingError, lambda: at_handset_offer(offer))
 
 
-@fuzz(200)
+@fuzz(100)
 @given(
     st.one_of(
         mutated(CONFIRM),
