@@ -30,6 +30,7 @@ DEFAULT_PREFIX = "lfr/v1"
 COMMAND_CENTRE = "command-centre"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a watchlist bundle of a few thousand subjects with their photos
 AUTOSAVE_S = 10
+PID_FILE = "mosquitto.pid"
 SESSION_EXPIRY = "14d"  # a persistent session (a handset's) unused this long is dropped
 MAX_QUEUED_MESSAGES = 1000  # per offline persistent client (alerts for a handset that is away)
 _IDENTITY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -173,6 +174,7 @@ def mosquitto_conf(settings: BrokerSettings) -> str:
             f"persistence_location {settings.data_dir}/",
             f"autosave_interval {settings.autosave_s}",
             f"persistent_client_expiration {SESSION_EXPIRY}",
+            f"pid_file {settings.data_dir / PID_FILE}",  # `kill -HUP` it to re-read the ACL
         ]
     log = f"log_dest file {settings.log_file}" if settings.log_file is not None else "log_dest stderr"
     listener = settings.listener

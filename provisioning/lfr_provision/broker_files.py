@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import queue
+from collections.abc import Callable
 from pathlib import Path
 
 from lfr_provision.broker_config import BrokerConfigError, BrokerOptions, acl_text, mosquitto_conf, settings_for
@@ -65,3 +67,43 @@ def _give_to_service_user(user: str, paths: list[Path | None]) -> list[str]:
             os.chown(path, entry.pw_uid, entry.pw_gid)
             done.append(f"{path}: owned by {user} (mosquitto reads it after dropping root)")
     return done
+
+
+def check_broker(
+    host: str,
+    port: int,
+    tls: tuple[Path, Path, Path],
+    expect: str | None,
+    timeout_s: float,
+    emit: Callable[[str], None],
+) -> int:
+    """`lfr-provision broker check`: connect with a certificate (0 when the broker accepts it); with `expect`,
+    also wait for a message on that topic (a retained one arrives at once) and print it."""
+    from lfr_edge.comms.mqtt import QueuedClient, connect_tls
+    from lfr_provision.pki import certificate_cn
+
+    try:
+        identity = certificate_cn(tls[1])
+    except (OSError, ValueError) as exc:
+        raise ProvisionError(f"--cert {tls[1]}: not a readable certificate ({exc})") from exc
+    try:
+        mqtt = QueuedClient(connect_tls(f"{identity}-check", host, port, tls, timeout_s=timeout_s))
+    except ConnectionError as exc:
+        raise ProvisionError(str(exc)) from exc
+    try:
+        emit(f"connected to {host}:{port} as {identity} (the broker takes the certificate's CN as username and id)")
+        if expect is None:
+            return 0
+        try:
+            mqtt.subscribe(expect)
+            message = mqtt.messages.get(timeout=timeout_s)
+        except ConnectionError as exc:
+            raise ProvisionError(str(exc)) from exc
+        except queue.Empty:
+            emit(f"nothing on {expect} within {timeout_s:g} s")
+            return 1
+        retained = " (retained)" if message.retain else ""
+        emit(f"{message.topic}{retained}: {bytes(message.payload)[:200].decode(errors='replace')}")
+        return 0
+    finally:
+        mqtt.close()

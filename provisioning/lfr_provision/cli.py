@@ -25,7 +25,7 @@ from lfr_edge.cli_options import Shared, declare, parent
 from lfr_provision import handsets, pki
 from lfr_provision.broker_config import AUTOSAVE_S, MAX_MESSAGE_BYTES, BrokerConfigError, BrokerOptions, access_plan
 from lfr_provision.identity import ProvisionError
-from lfr_provision.init import InitOptions, Report, init_unit
+from lfr_provision.init import InitOptions, Report, init_unit, parse_broker
 from lfr_provision.install import DROP_INS, SYSTEMD_SOURCE, InstallOptions, install
 from lfr_provision.pair_handset import pair_handset
 
@@ -49,7 +49,10 @@ def _parser() -> argparse.ArgumentParser:
         "init", help="create the unit's keys, TLS request, config and directories", parents=after
     )
     init.add_argument("--unit-id", required=True, help="the unit's id, e.g. van-07 (the TLS certificate's CN)")
-    init.add_argument("--board", choices=("pi5", "jetson", "generic"), default="pi5", help="config defaults")
+    init.add_argument(
+        "--board", choices=("pi5", "jetson", "generic", "bench"), default="pi5",
+        help="config defaults (bench: a desk rehearsal, the camera replays ROOT/srv/lfr-camera)",
+    )  # fmt: skip
     init.add_argument(
         "--camera", help="camera source instead of the board's: picamera2, jetson, opencv, replay, simulator"
     )
@@ -132,6 +135,13 @@ def _broker_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     conf.add_argument("--bridge-to", metavar="HOST:PORT", help="bridge this (van) broker to the command centre's")
     conf.add_argument("--bridge-name", metavar="bridge-UNIT", help="the bridge's certificate, DIR/NAME.crt")
+    check = broker_commands.add_parser("check", help="connect with a certificate; optionally wait for a topic")
+    check.add_argument("--broker", required=True, metavar="HOST:PORT")
+    check.add_argument("--ca", type=Path, required=True, help="the CA certificate")
+    check.add_argument("--cert", type=Path, required=True, help="the client certificate to try")
+    check.add_argument("--key", type=Path, required=True, help="its key")
+    check.add_argument("--expect", metavar="TOPIC", help="wait for a message on this topic and print it")
+    check.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
 
 
 def _handsets(args: argparse.Namespace) -> int:
@@ -175,8 +185,12 @@ def _ca(args: argparse.Namespace) -> Report:
     return report
 
 
-def _broker(args: argparse.Namespace) -> Report:
-    from lfr_provision.broker_files import write_broker_config
+def _broker(args: argparse.Namespace) -> Report | int:
+    from lfr_provision.broker_files import check_broker, write_broker_config
+
+    if args.broker_command == "check":
+        host, port = parse_broker(args.broker)
+        return check_broker(host, port, (args.ca, args.cert, args.key), args.expect, args.timeout, print)
 
     try:
         plan = access_plan(args.unit, args.handset, args.command_centre, args.bridge, args.prefix)

@@ -34,15 +34,17 @@ from lfr_provision.identity import (
     write_file,
 )
 
-Board = Literal["pi5", "jetson", "generic"]
+Board = Literal["pi5", "jetson", "generic", "bench"]
 DIR_MODE = 0o750
+BENCH_CAMERA = "/srv/lfr-camera"
 # The per-board defaults the technician starts from; every value can be edited in config.toml later.
 _BOARD_CAMERA = {
     "pi5": ("picamera2", ""),
     "jetson": ("jetson", "csi://0"),
     "generic": ("opencv", "/dev/video0"),
+    "bench": ("replay", BENCH_CAMERA),  # a desk: the recording (images or a video) in this folder of the root
 }
-_BOARD_BACKEND = {"pi5": "litert-cpu", "jetson": "onnx-tensorrt", "generic": "litert-cpu"}
+_BOARD_BACKEND = {"pi5": "litert-cpu", "jetson": "onnx-tensorrt", "generic": "litert-cpu", "bench": "litert-cpu"}
 # Sources that need no hardware (a recording, the simulator's street): a desk rehearsal runs them until
 # it is stopped, at a rate a laptop keeps up with.
 DESK_SOURCES = ("replay", "simulator")
@@ -117,6 +119,8 @@ def camera_sources() -> list[str]:
 
 def _camera(opts: InitOptions) -> tuple[str, str]:
     source, uri = _BOARD_CAMERA[opts.board]
+    if opts.board == "bench":
+        uri = str(layout.UnitLayout(opts.root).inside(uri))
     if opts.camera is not None:
         known = camera_sources()
         if opts.camera not in known:
@@ -241,6 +245,10 @@ def init_unit(opts: InitOptions) -> Report:
     report = Report()
     for directory in (paths.etc, paths.keys, paths.tls, paths.handsets, paths.state):
         _make_dir(directory, report)
+    if opts.board == "bench" and opts.camera is None and opts.camera_uri is None:
+        camera = paths.inside(BENCH_CAMERA)
+        camera.mkdir(parents=True, exist_ok=True)
+        report.next_steps.append(f"put the recording the camera replays (images or a video file) in {camera}")
 
     x_key = X25519PrivateKey.generate()
     e_key = Ed25519PrivateKey.generate()
