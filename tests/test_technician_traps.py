@@ -40,10 +40,10 @@ def unit_key(tmp_path: Path, name: str) -> Path:
 
 
 def build_args(tmp_path: Path, *, unit_key_spec: str, valid_until: str) -> list[str]:
-    (tmp_path / "cc").mkdir(exist_ok=True)
     if not (tmp_path / "cc" / "command-centre.key").exists():
         assert watchlist_main(["keygen", "--out", str(tmp_path / "cc")]) == 0
-    (tmp_path / "subjects.csv").write_text("subject_id,category,photos,reference\nS-1,wanted,a.jpg,ref\n")
+    if not (tmp_path / "subjects.csv").exists():
+        (tmp_path / "subjects.csv").write_text("subject_id,category,photos,reference\nS-1,wanted,a.jpg,ref\n")
     return [
         "build", "--photos", str(tmp_path), "--subjects", str(tmp_path / "subjects.csv"), "--deployment", "D",
         "--valid-from", "2025-01-01T00:00Z", "--valid-until", valid_until, "--threshold", "0.5",
@@ -179,3 +179,43 @@ def test_a_replay_at_the_end_of_its_file_ends_the_stream_and_says_so(
     looping.open()
     assert [looping.read().index for _ in range(7)] == list(range(7))  # past the end: from the start again
     looping.close()
+
+
+def test_progress_on_a_non_terminal_is_a_line_every_few_seconds(tmp_path: Path) -> None:
+    import io
+
+    from lfr_tools.progress import LINE_EVERY_S, LineProgress, progress
+
+    now = [0.0]
+    out = io.StringIO()
+    bar = LineProgress(240, "enrolling", "photo", out, clock=lambda: now[0])
+    for _ in range(240):
+        now[0] += 0.125  # 30 s of work, a photo every 1/8 s
+        bar.update()
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    assert len(lines) == int(30 / LINE_EVERY_S) + 1 and lines[-1] == "enrolling: 240/240 photos (100%)"
+    assert isinstance(progress(10, "x", "y", out=io.StringIO()), LineProgress)  # not a terminal: lines
+
+
+@pytest.mark.slow
+@pytest.mark.faces
+def test_lfr_watchlist_build_into_a_log_writes_lines_not_carriage_returns(tmp_path: Path, faces: Path) -> None:
+    import subprocess
+    import sys
+
+    photos = sorted((faces / "wild").glob("72*/*.jpg"))[:24]
+    rows = [f"S-{i},wanted,{p.parent.name}/{p.name},ref" for i, p in enumerate(photos)]
+    (tmp_path / "subjects.csv").write_text("subject_id,category,photos,reference\n" + "\n".join(rows) + "\n")
+    key = unit_key(tmp_path, "unit-x25519.pub")
+    args = build_args(tmp_path, unit_key_spec=f"van-07={key}", valid_until="2099-01-01T00:00Z")
+    args[args.index("--photos") + 1] = str(faces / "wild")
+    args[args.index("--subjects") + 1] = str(tmp_path / "subjects.csv")
+    done = subprocess.run(
+        [sys.executable, "-m", "lfr_tools.command_centre.cli", *args, "--skip-unusable"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr
+    assert "enrolling: 24/24 photos (100%)" in done.stderr.splitlines()

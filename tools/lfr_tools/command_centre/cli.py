@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
-from tqdm import tqdm
 
 from lfr_contracts import bundle, crypto, layout
 from lfr_contracts.topics import Topics
@@ -43,6 +42,7 @@ from lfr_edge import keyfiles
 from lfr_edge.cli_options import Shared, check_required, declare, parent
 from lfr_edge.comms.mqtt import tls_client
 from lfr_tools.command_centre.enrol import Enroller
+from lfr_tools.progress import progress as show_progress
 
 MAX_INSPECT_BYTES = 1 << 31
 
@@ -98,7 +98,7 @@ def enrol_subjects(
     problems: list[str] = []
     entries: list[bundle.SubjectEntry] = []
     total = sum(len(r.photos) for r in rows)
-    bar = tqdm(total=total, desc="enrolling", unit="photo", disable=not progress or total < 20, file=sys.stderr)
+    bar = show_progress(total, "enrolling", "photo", enabled=progress and total >= 20)
     for row in rows:
         embeddings, photo = [], b""
         for name in row.photos:
