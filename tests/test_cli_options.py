@@ -34,6 +34,13 @@ def test_lfr_edge_takes_config_and_root_before_or_after_the_command() -> None:
     assert args.config == Path("a.toml")
 
 
+def test_lfr_photos_takes_config_before_or_after_the_command() -> None:
+    from lfr_tools.photos.cli import build_parser as photos_parser
+
+    for argv in (["--config", "u.toml", "summary", "dir"], ["summary", "dir", "--config", "u.toml"]):
+        assert photos_parser().parse_args(argv).config == Path("u.toml")
+
+
 def test_a_config_that_leaves_the_root_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A bench unit must not read or write the desk's own /etc or /var: a config written for a van (paths
     under /) is refused under --root, naming the key."""

@@ -34,7 +34,8 @@ def pairing_identity(unit_id: str) -> str:
 
 @dataclass(frozen=True)
 class UnitLayout:
-    """The unit's paths under `root` ("/" on a board, a folder for tests and image builds)."""
+    """The unit's paths under `root` ("/" on a board; a folder for a unit rehearsed on a desk, bench mode,
+    whose config then names these paths inside the folder)."""
 
     root: Path
 
