@@ -6,6 +6,7 @@
     lfr-provision handsets list | unpair ID                    the paired handsets
     lfr-provision ca create | import | issue | sign ...         the CA behind the broker's mutual TLS (pki.py)
     lfr-provision broker config --dir DIR ...                  mosquitto.conf and ACL (broker_config.py)
+    lfr-provision broker check --broker HOST:PORT ...          does the broker accept this certificate?
 
 `--root FOLDER` (before or after the command; default /) is the unit's root file system: `/` on a van, a
 folder to provision, self-test and run a unit on a desk (bench mode; docs/board-setup.md). Every command
