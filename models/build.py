@@ -25,6 +25,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from report import Report
 
 MODELS_DIR = Path(__file__).resolve().parent
 REPO = MODELS_DIR.parent
@@ -103,9 +107,9 @@ def build_all(manifest: Manifest, cache: Path, faces: Path) -> dict[str, dict[st
     return built
 
 
-def measure(built: dict[str, dict[str, bytes]], manifest: Manifest, cache: Path, faces: Path) -> object:
+def measure(built: dict[str, dict[str, bytes]], manifest: Manifest, cache: Path, faces: Path) -> Report:
     """Write the artifacts to a staging folder, verify they load, and measure them on the corpus."""
-    import report
+    import report  # numpy, LiteRT and the corpus: only when there is something to measure
 
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}-{os.getpid()}-", dir=cache))
     try:
@@ -189,7 +193,7 @@ def build(faces: Path, cache: Path, record: bool) -> None:
     else:
         built = built_from_cache(manifest, cache)  # artifacts fine, only the report is missing
     result = measure(built, manifest, cache, faces)
-    defaults: dict[str, str] = result.defaults  # type: ignore[attr-defined]
+    defaults = result.defaults
     if record:
         hashes = {(m, v): sha256_bytes(data) for m, vs in built.items() for v, data in vs.items()}
         install(built, manifest, cache, record=True)

@@ -8,7 +8,7 @@ import errno
 import os
 import sys
 
-import seccomp  # type: ignore[import-not-found]
+import seccomp
 
 PROT_WRITE, PROT_EXEC, SHM_EXEC = 0x2, 0x4, 0o100000
 WX = PROT_WRITE | PROT_EXEC

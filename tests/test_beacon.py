@@ -14,9 +14,11 @@ import pytest
 import serial
 
 from lfr_contracts import beacon as bp
+from lfr_contracts.alerts import Alert
 from lfr_contracts.beacon import Command, Frame, NakReason, Pattern
 from lfr_contracts.errors import ConfigError
-from lfr_edge.alerts.beacon import BeaconDriver
+from lfr_edge.alerts.beacon import BeaconChannel, BeaconDriver, BeaconState
+from lfr_edge.alerts.channel import UnitState
 from lfr_edge.config import BeaconConfig, parse_config
 from lfr_hwsim.beacon import SimulatedBeacon
 
@@ -59,8 +61,22 @@ def make_driver(sim: SimulatedBeacon) -> Iterator[DriverFactory]:
         driver.close(park=False)
 
 
+def eventually(driver: BeaconDriver, predicate: Callable[[BeaconState], bool]) -> bool:
+    """Poll the driver's state (what telemetry and self-test read) until `predicate` holds, up to WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    while not predicate(driver.state()):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def alert_on(camera: str) -> Alert:
+    return Alert("a-1", "unit-a", camera, time.time(), 0.7, 0.5, "S-1", "wanted", "", b"\xff\xd8", b"\xff\xd8")
+
+
 def ready(driver: BeaconDriver, pattern: Pattern = Pattern.IDLE) -> None:
-    assert driver.wait_until(lambda s: s.responsive and s.pattern_acked is pattern, WAIT_S)
+    assert eventually(driver, lambda s: s.responsive and s.pattern_acked is pattern)
 
 
 def times_executed(sim: SimulatedBeacon, command: Frame) -> int:
@@ -78,7 +94,7 @@ def test_alert_shows_on_beacon_then_returns_to_idle_after_hold(
     assert driver.state().alert_camera == "cam0"
     assert sim.wait_for(Pattern.IDLE, WAIT_S)
     assert time.monotonic() - shown_at >= cfg.alert_hold_s
-    assert driver.wait_until(lambda s: s.pattern_acked is Pattern.IDLE and s.alert_camera is None, WAIT_S)
+    assert eventually(driver, lambda s: s.pattern_acked is Pattern.IDLE and s.alert_camera is None)
 
 
 def test_alert_shows_over_a_fault_and_the_fault_returns_after_hold(
@@ -92,8 +108,42 @@ def test_alert_shows_over_a_fault_and_the_fault_returns_after_hold(
     assert sim.wait_for(Pattern.FAULT, WAIT_S)
     assert driver.state().fault_reason == "camera stalled"
     assert not sim.state.watchdog_tripped
-    driver.show_idle()
+    driver.clear_fault()
     assert sim.wait_for(Pattern.IDLE, WAIT_S)
+
+
+def test_the_beacon_channel_shows_each_alert_and_the_units_faults(
+    sim: SimulatedBeacon, make_driver: DriverFactory
+) -> None:
+    driver, _ = make_driver(alert_hold_s=0.2)
+    channel = BeaconChannel(driver)
+    ready(driver)
+    channel.show_state(UnitState(("camera cam0 disconnected", "camera cam1 stalled")))
+    assert sim.wait_for(Pattern.FAULT, WAIT_S)
+    assert driver.state().fault_reason == "camera cam0 disconnected; camera cam1 stalled"
+    channel.deliver(alert_on("cam1"))
+    assert sim.wait_for(Pattern.ALERT, WAIT_S)
+    assert sim.wait_for(Pattern.FAULT, WAIT_S)  # the fault shows again once the alert's hold is over
+    channel.show_state(UnitState())
+    assert sim.wait_for(Pattern.IDLE, WAIT_S)
+    assert driver.state().fault_reason is None
+
+
+def test_a_fault_that_clears_during_an_alert_leaves_the_alert_its_hold(
+    sim: SimulatedBeacon, make_driver: DriverFactory
+) -> None:
+    driver, _ = make_driver(alert_hold_s=30.0)
+    channel = BeaconChannel(driver)
+    ready(driver)
+    channel.show_state(UnitState(("camera cam0 stalled",)))
+    assert sim.wait_for(Pattern.FAULT, WAIT_S)
+    channel.deliver(alert_on("cam0"))
+    ready(driver, Pattern.ALERT)
+    channel.show_state(UnitState())
+    assert eventually(driver, lambda s: s.fault_reason is None)
+    state = driver.state()
+    assert (state.pattern_wanted, state.pattern_acked, state.alert_camera) == (Pattern.ALERT, Pattern.ALERT, "cam0")
+    assert sim.state.pattern is Pattern.ALERT
 
 
 def test_beacon_shows_fault_by_itself_when_heartbeats_stop(sim: SimulatedBeacon, make_driver: DriverFactory) -> None:
@@ -101,7 +151,7 @@ def test_beacon_shows_fault_by_itself_when_heartbeats_stop(sim: SimulatedBeacon,
     watchdog_ms = round(cfg.watchdog_beats * cfg.heartbeat_s * 1000)
     ready(driver)
     assert sim.wait_until(lambda s: s.watchdog_ms == watchdog_ms, WAIT_S)
-    assert driver.wait_until(lambda s: s.acked >= 4, WAIT_S)  # heartbeats are flowing
+    assert eventually(driver, lambda s: s.acked >= 4)  # heartbeats are flowing
     assert not sim.state.watchdog_tripped
     driver.close(park=False)  # as if the daemon crashed: no goodbye to the beacon
     assert sim.wait_until(lambda s: s.watchdog_tripped, WAIT_S)
@@ -135,26 +185,14 @@ def test_corrupted_reply_is_retried_and_the_command_runs_once(sim: SimulatedBeac
 def test_lost_ack_is_resent_and_the_beacon_does_not_execute_twice(
     sim: SimulatedBeacon, make_driver: DriverFactory
 ) -> None:
-    driver, _ = make_driver()
+    driver, _ = make_driver(alert_hold_s=30.0)
     ready(driver)
-    sim.drop_next_acks(1, Command.BUZZER)
-    driver.buzz(duration_s=2.0)
-    assert sim.wait_until(lambda s: s.buzzer_on, WAIT_S)
+    sim.drop_next_acks(1, Command.SET_PATTERN)
+    driver.show_alert("cam0")
+    assert sim.wait_for(Pattern.ALERT, WAIT_S)
     assert sim.wait_for_duplicates(1, WAIT_S)
-    assert driver.wait_until(lambda s: s.timeouts >= 1 and s.retries >= 1, WAIT_S)
-    assert times_executed(sim, bp.buzzer(0, 2000)) == 1
-    driver.buzz(on=False)
-    assert sim.wait_until(lambda s: not s.buzzer_on, WAIT_S)
-
-
-def test_buzzer_sounds_for_its_duration(sim: SimulatedBeacon, make_driver: DriverFactory) -> None:
-    driver, _ = make_driver()
-    ready(driver)
-    driver.buzz(duration_s=0.2)
-    assert sim.wait_until(lambda s: s.buzzer_on, WAIT_S)
-    on_at = time.monotonic()
-    assert sim.wait_until(lambda s: not s.buzzer_on, WAIT_S)
-    assert time.monotonic() - on_at >= 0.15
+    assert eventually(driver, lambda s: s.timeouts >= 1 and s.retries >= 1 and s.pattern_acked is Pattern.ALERT)
+    assert times_executed(sim, bp.set_pattern(0, Pattern.ALERT)) == 1
 
 
 def test_garbage_from_beacon_is_skipped_counted_and_logged_once(
@@ -180,13 +218,13 @@ def test_silent_beacon_is_reported_unresponsive_and_recovers(sim: SimulatedBeaco
     driver, cfg = make_driver()
     ready(driver)
     sim.go_silent()
-    assert driver.wait_until(lambda s: not s.responsive, WAIT_S)
+    assert eventually(driver, lambda s: not s.responsive)
     state = driver.state()
     assert state.connected
     assert state.timeouts >= 1 + cfg.retries
     assert not driver.selftest(WAIT_S)
     sim.resume()
-    assert driver.wait_until(lambda s: s.responsive, WAIT_S)
+    assert eventually(driver, lambda s: s.responsive)
     assert driver.selftest(WAIT_S)
 
 
@@ -198,7 +236,7 @@ def test_unplug_is_reported_and_replug_replays_the_current_state(
     driver.show_alert("cam2")
     assert sim.wait_for(Pattern.ALERT, WAIT_S)
     sim.unplug()
-    assert driver.wait_until(lambda s: not s.connected, WAIT_S)
+    assert eventually(driver, lambda s: not s.connected)
     assert not driver.selftest(WAIT_S)
     sim.replug()  # a new pty behind the same link; the beacon powers up with its lamps off
     assert sim.wait_for(Pattern.ALERT, WAIT_S)

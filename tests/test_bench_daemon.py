@@ -17,6 +17,7 @@ from lfr_bench.latency import beacon_latencies, percentiles
 from lfr_bench.report import write_results
 from lfr_contracts import beacon as bp
 from lfr_contracts.alerts import Alert
+from lfr_contracts.telemetry import CameraState, Telemetry
 from lfr_hwsim.beacon import SimulatedBeacon
 from lfr_tools.handset.cli import ReceivedAlert
 
@@ -42,16 +43,29 @@ def test_percentiles_use_the_nearest_rank() -> None:
     assert percentiles([])["n"] == 0
 
 
-def telemetry(t: float, frames: int, faces: int, dropped: int, camera_dropped: int) -> dict[str, object]:
-    return {
-        "time": t,
-        "frames": frames,
-        "faces_seen": faces,
-        "dropped_frames": dropped,
-        "camera_dropped": {"cam0": camera_dropped},
-        "queue_depth": 2,
-        "stage_ms": {"frame": 40.0},
-    }
+def telemetry(t: float, frames: int, faces: int, dropped: int, camera_dropped: int) -> Telemetry:
+    return Telemetry(
+        unit="unit-a",
+        time=t,
+        uptime_s=t - 990.0,
+        fps=20.0,
+        frames=frames,
+        faces_seen=faces,
+        faces_embedded=faces // 2,
+        faces_rejected={},
+        tracks_started=3,
+        tracks_ended_unmatched=1,
+        alerts=0,
+        stage_ms={"frame": 40.0},
+        dropped_frames=dropped,
+        queue_depth=2,
+        cpu_temp_c=None,
+        watchlist=None,
+        cameras={"cam0": CameraState.STREAMING},
+        camera_dropped={"cam0": camera_dropped},
+        beacon=None,
+        alerts_outbox={},
+    )
 
 
 def test_rates_come_from_counter_differences_over_the_window() -> None:

@@ -76,14 +76,17 @@ class FakeVideoSource:
 @pytest.fixture
 def fake_ju(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     module = types.ModuleType("jetson_utils")
-    module.synchronized = 0  # type: ignore[attr-defined]
+    names = vars(module)
 
     def cuda_device_synchronize() -> None:
-        module.synchronized += 1  # type: ignore[attr-defined]
+        names["synchronized"] += 1
 
-    module.videoSource = FakeVideoSource  # type: ignore[attr-defined]
-    module.cudaToNumpy = lambda image: image._buffer  # type: ignore[attr-defined]  # zero-copy view
-    module.cudaDeviceSynchronize = cuda_device_synchronize  # type: ignore[attr-defined]
+    names.update(
+        synchronized=0,
+        videoSource=FakeVideoSource,
+        cudaToNumpy=lambda image: image._buffer,  # zero-copy view
+        cudaDeviceSynchronize=cuda_device_synchronize,
+    )
     monkeypatch.setitem(sys.modules, "jetson_utils", module)
     FakeVideoSource.instances = []
     return module
@@ -162,7 +165,7 @@ def test_device_that_cannot_open_is_unavailable(fake_ju: types.ModuleType) -> No
 
 def test_pypi_impostor_jetson_utils_is_refused_with_the_explanation(monkeypatch: pytest.MonkeyPatch) -> None:
     impostor = types.ModuleType("jetson_utils")
-    impostor.__version__ = "0.0.3"  # type: ignore[attr-defined]
+    vars(impostor)["__version__"] = "0.0.3"
     monkeypatch.setitem(sys.modules, "jetson_utils", impostor)
     with pytest.raises(CameraUnavailable, match=r"unrelated PyPI package `jetson-utils`.*jetson-inference"):
         make("csi://0").open()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -97,19 +98,16 @@ class FakeCapture:
         self.released = True
 
 
-class RecordingStop:
-    """Stands in for the source's stop Event: records each backoff wait instead of waiting."""
+class RecordingStop(threading.Event):
+    """The source's stop event, recording each backoff wait instead of waiting."""
 
     def __init__(self) -> None:
-        self.waits: list[float] = []
-        self.stopped = False
+        super().__init__()
+        self.waits: list[float | None] = []
 
-    def wait(self, timeout: float) -> bool:
+    def wait(self, timeout: float | None = None) -> bool:
         self.waits.append(timeout)
-        return self.stopped
-
-    def set(self) -> None:
-        self.stopped = True
+        return self.is_set()
 
     def clear(self) -> None:
         self.stopped = False
@@ -134,13 +132,15 @@ def test_lost_stream_reconnects_with_capped_doubling_backoff(monkeypatch: pytest
     failing = [FakeCapture([], opened=False) for _ in range(4)]
     back = FakeCapture([(BLUE, 1000.0), (RED, 1040.0)])
     opened = install_captures(monkeypatch, [first, *failing, back])
-    source = make("rtsp://127.0.0.1:8554/cam", reconnect_min_s=0.5, reconnect_max_s=2.0)
-    source._stop = RecordingStop()  # type: ignore[assignment]
+    stop = RecordingStop()
+    options = {"reconnect_min_s": 0.5, "reconnect_max_s": 2.0}
+    cfg = CameraConfig(name="cam-o", source="opencv", uri="rtsp://127.0.0.1:8554/cam", fps=25.0, options=options)
+    source = OpenCVSource(cfg, stop)
     source.open()
     colours = [dominant(source.read().image) for _ in range(4)]
     assert colours == [0, 1, 2, 0]
     assert source.stats.reconnects == 1
-    assert source._stop.waits == [0.5, 1.0, 2.0, 2.0, 2.0]  # type: ignore[attr-defined]
+    assert stop.waits == [0.5, 1.0, 2.0, 2.0, 2.0]
     assert first.released and all(c.released for c in failing)
     assert opened[0] == ("rtsp://127.0.0.1:8554/cam", cv2.CAP_FFMPEG)
     assert source.stats.dropped == 0  # a new connection restarts the timestamp sequence

@@ -81,9 +81,10 @@ class FakePicamera2:
         if not self.frames:
             raise RuntimeError("Camera frontend has timed out!")
         rgb, ts = self.frames.pop(0)
-        w, h = self.config["main"]["size"]  # type: ignore[index]
+        assert self.config is not None
+        w, h = self.config["main"]["size"]
         bgr = np.full((h, w, 3), rgb[::-1], dtype=np.uint8)  # RGB888 is B, G, R in memory
-        duration_us = int(1e6 / self.config["controls"]["FrameRate"])  # type: ignore[index]
+        duration_us = int(1e6 / self.config["controls"]["FrameRate"])
         return FakeRequest(bgr, {"SensorTimestamp": ts, "FrameDuration": duration_us, "ExposureTime": 9000}, self)
 
     def stop(self) -> None:
@@ -96,7 +97,7 @@ class FakePicamera2:
 @pytest.fixture
 def fake_picamera2(monkeypatch: pytest.MonkeyPatch) -> type[FakePicamera2]:
     module = types.ModuleType("picamera2")
-    module.Picamera2 = FakePicamera2  # type: ignore[attr-defined]
+    vars(module)["Picamera2"] = FakePicamera2
     monkeypatch.setitem(sys.modules, "picamera2", module)
     FakePicamera2.instances = []
     monkeypatch.setattr(FakePicamera2, "cameras", [{"Model": "imx708", "Num": 0}])

@@ -3,14 +3,10 @@ keeps a unit provisioned into a folder inside that folder."""
 
 from __future__ import annotations
 
-import queue
-import time
 from pathlib import Path
 
 import pytest
 
-from lfr_contracts.alerts import Alert, encode_alert
-from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
 from lfr_edge.cli import build_parser as edge_parser
 from lfr_edge.cli import main as edge_main
@@ -21,7 +17,6 @@ from lfr_tools.command_centre.cli import build_parser as watchlist_parser
 from lfr_tools.command_centre.cli import main as watchlist_main
 from lfr_tools.handset.cli import HandsetClient, HandsetKeys
 from lfr_tools.handset.cli import main as handset_main
-from mqtt_fixtures import Collector
 
 
 def test_lfr_edge_takes_config_and_root_before_or_after_the_command() -> None:
@@ -91,34 +86,29 @@ def test_lfr_handset_decide_takes_options_anywhere_and_leaves_the_listeners_aler
     broker: MosquittoBroker, tmp_path: Path
 ) -> None:
     """The broker binds the client id to the certificate, so `decide` and `listen` share handset-1's session:
-    `decide` must neither erase it (a clean session would) nor take the alerts queued in it."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    `decide` must neither erase it (a clean session would) nor take the alerts queued in it, and it gets the
+    unit's answer to its decision."""
+    from test_handset_alerts import Unit, make_alert, paired
 
-    unit_signer = Ed25519PrivateKey.generate()
     keys = HandsetKeys.generate(tmp_path / "keys", "handset-1")
-    keyfiles.save_public_key(tmp_path / "keys" / "unit-unit-a-ed25519.pub", unit_signer.public_key())
+    unit = Unit(broker, paired(keys))
+    keyfiles.save_public_key(tmp_path / "keys" / "unit-unit-a-ed25519.pub", unit.key.public_key())
     tls = broker.client("handset-1")
     files = (tls.ca_file, tls.cert_file, tls.key_file)
-    listener = HandsetClient(keys, "unit-a", unit_signer.public_key(), broker.host, broker.port, files, broker.prefix)
+    listener = HandsetClient(keys, "unit-a", unit.key.public_key(), broker.host, broker.port, files, broker.prefix)
     listener.start()
-    listener.stop()  # the officer's listener is away for a moment: alerts queue in handset-1's session
-    unit = Collector(broker, "unit-a")
-    decisions = Collector(broker, "unit-a")
-    topics = Topics.for_unit(broker.prefix, "unit-a")
-    assert decisions.subscribe(topics.decisions) == [1]
-    alert = Alert("a-9", "unit-a", "cam0", time.time(), 0.8, 0.5, "S-1", "wanted", "", b"\xff\xd8", b"\xff\xd8")
-    unit.publish(topics.alerts, encode_alert(alert, unit_signer, [keys.sealing.public_key()]))
-    connection = ["--unit", "unit-a", "--broker", f"{broker.host}:{broker.port}", "--ca", str(tls.ca_file)]
-    connection += ["--cert", str(tls.cert_file), "--key", str(tls.key_file), "--keys", str(tmp_path / "keys")]
-    assert handset_main([*connection[:4], "decide", "a-9", "engage", *connection[4:]]) == 0
-    assert decisions.next_on(topics.decisions, timeout=10).payload
-    listener = HandsetClient(keys, "unit-a", unit_signer.public_key(), broker.host, broker.port, files, broker.prefix)
-    listener.start()
+    unit.start()
     try:
-        assert listener.alerts.get(timeout=10).alert.alert_id == "a-9"  # still there for the listener
+        unit.channel.deliver(make_alert("a-1"))
+        assert listener.alerts.get(timeout=10).alert.alert_id == "a-1"
+        listener.stop()  # the officer's listener is away for a moment: a-2 queues in handset-1's session
+        unit.channel.deliver(make_alert("a-2"))
+        connection = ["--unit", "unit-a", "--broker", f"{broker.host}:{broker.port}", "--ca", str(tls.ca_file)]
+        connection += ["--cert", str(tls.cert_file), "--key", str(tls.key_file), "--keys", str(tmp_path / "keys")]
+        assert handset_main([*connection[:4], "decide", "a-1", "engage", *connection[4:]]) == 0
+        listener = HandsetClient(keys, "unit-a", unit.key.public_key(), broker.host, broker.port, files, broker.prefix)
+        listener.start()
+        assert listener.alerts.get(timeout=10).alert.alert_id == "a-2"  # still there for the listener
     finally:
         listener.stop()
-        unit.close()
-        decisions.close()
-    with pytest.raises(queue.Empty):
-        listener.alerts.get(timeout=0.5)
+        unit.mqtt.stop()

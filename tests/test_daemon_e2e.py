@@ -14,14 +14,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from lfr_contracts.alerts import DecisionKind
+from lfr_contracts.audit_events import AlertRaised, OfficerDecision, Stopped, WatchlistApplied, WatchlistWiped
 from lfr_contracts.beacon import Pattern
+from lfr_contracts.telemetry import Telemetry, decode_telemetry
 from lfr_edge.audit.log import Head, verify
+from lfr_edge.audit.report import read_events
 from lfr_edge.vision.pipeline import FacePipeline
+from lfr_hwsim.beacon import LampState
 from lfr_hwsim.broker import COMMAND_CENTRE
 from lfr_hwsim.van import SimulatedVan, Subject
 from lfr_tools.command_centre.enrol import PipelineEnroller
@@ -108,7 +113,7 @@ def test_watchlisted_person_gives_one_alert_to_the_handset_and_the_beacon(
         assert got.alert.subject_id == "S-7205" and got.alert.category == "wanted"
         assert got.alert.score >= 0.5 and got.alert.live_jpeg[:2] == b"\xff\xd8"
         assert van.beacon is not None and van.beacon.wait_for(Pattern.ALERT, timeout_s=10)
-        phone.decide(got.alert.alert_id, "engage")
+        phone.decide(got.alert.alert_id, DecisionKind.ENGAGE)
         # The same person keeps walking past (the replay loops): the cooldown keeps it to one prompt.
         with pytest.raises(queue.Empty):
             phone.alerts.get(timeout=3)
@@ -127,11 +132,10 @@ def test_watchlisted_person_gives_one_alert_to_the_handset_and_the_beacon(
             break
     heads.close()
     assert published and verify(audit_log, expected_head=Head(published[-1]["seq"], published[-1]["hash"])).ok
-    events = [json.loads(line)["event"] for line in audit_log.read_text().splitlines()]
-    assert events.count("alert_raised") == 1
-    assert "decision" in events and "watchlist_applied" in events
-    assert events[-2:] == ["watchlist_wiped", "stopped"] or events[-1] == "stopped"
-    assert "watchlist_wiped" in events
+    events = [type(e) for e in read_events(audit_log)]
+    assert events.count(AlertRaised) == 1
+    assert OfficerDecision in events and WatchlistApplied in events
+    assert events[-1] is Stopped and WatchlistWiped in events  # wiped at shutdown, before the last faces_seen
     assert verify(audit_log).ok
     states = []
     while True:
@@ -161,21 +165,22 @@ def test_a_stranger_gives_no_alert_and_nothing_of_them_is_written(
         daemon.wait_for("READY", timeout=60)
         # Wait until the unit has looked at every photo of the stranger twice, by its own telemetry.
         deadline = time.monotonic() + 60
-        telemetry: dict[str, object] = {}
+        telemetry: Telemetry | None = None
         while time.monotonic() < deadline:
             message = spy.next(timeout=5)
             if message.topic == van.topics.telemetry:
-                telemetry = json.loads(message.payload)
-                if int(str(telemetry["frames"])) >= 2 * len(photos(faces, STRANGER)):
+                telemetry = decode_telemetry(message.payload)
+                if telemetry.frames >= 2 * len(photos(faces, STRANGER)):
                     break
-        assert int(str(telemetry.get("faces_embedded", 0))) > 0
+        assert telemetry is not None and telemetry.faces_embedded > 0
         assert phone.alerts.empty()
         assert listening_sockets(daemon.proc.pid) == []  # DESIGN rule 4: the unit opens no listening socket
         assert daemon.terminate(timeout=10) == 0
     finally:
         spy.close()
     # Privacy: nothing new on disk but the audit log, the daemon's own log and the broker's files.
-    allowed = ("audit.jsonl", "daemon.log", "mosquitto.log", ".sock")
+    # (lifecycle.json: deployment ids, versions and counts only; tests/test_lifecycle_record.py pins its fields)
+    allowed = ("audit.jsonl", "daemon.log", "mosquitto.log", ".sock", "lifecycle.json")
     changed = [p for p, m in files_under(tmp_path).items() if before.get(p) != m and not p.endswith(allowed)]
     assert changed == []
     # ... and nothing published carried pictures or embeddings: only small JSON documents.
@@ -213,19 +218,38 @@ def test_kill_9_then_restart_picks_up_the_retained_watchlist(
         acks.close()
 
 
+def embedding_counts(telemetry: Collector, topic: str, frames_after: int) -> tuple[int, int]:
+    """(faces_embedded, faces rejected as too small) from the first telemetry past `frames_after` frames."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        body = json.loads(telemetry.next_on(topic, timeout=10).payload)
+        if body["frames"] > frames_after:
+            return body["faces_embedded"], body["faces_rejected"].get("too_small", 0)
+    raise AssertionError(f"no telemetry past {frames_after} frames")
+
+
 def test_sighup_applies_safe_changes_refuses_bad_ones_and_names_what_needs_a_restart(
     van: SimulatedVan, faces: Path, tmp_path: Path
 ) -> None:
     frames = replay_folder(tmp_path, "frames", photos(faces, STRANGER))
-    config = van.write_config([camera(frames)])
+    config = van.write_config([camera(frames)], daemon={"telemetry_interval_s": 0.5})
+    telemetry = Collector(van.broker, COMMAND_CENTRE)
+    telemetry.subscribe(van.topics.telemetry)
     daemon = van.start_daemon(config)
     original = config.read_text()
+    strict = "[match]\ncooldown_s = 5.0\n\n[quality]\nmin_eye_distance_px = 5000.0\n\n[mqtt]"
     try:
         daemon.wait_for("READY", timeout=60)
-        config.write_text(original.replace("[mqtt]", "[match]\ncooldown_s = 5.0\n\n[mqtt]", 1))
+        assert embedding_counts(telemetry, van.topics.telemetry, 0)[0] > 0
+        config.write_text(original.replace("[mqtt]", strict, 1))
         daemon.proc.send_signal(signal.SIGHUP)
         daemon.wait_for("RELOADING", timeout=10)
         daemon.wait_for("READY", timeout=10)
+        # The reloaded quality gate decides the next frames: every face is now too small to embed.
+        reloaded_at = json.loads(telemetry.next_on(van.topics.telemetry, timeout=10).payload)["frames"]
+        embedded, too_small = embedding_counts(telemetry, van.topics.telemetry, reloaded_at + 2)
+        later = embedding_counts(telemetry, van.topics.telemetry, reloaded_at + 2 * len(photos(faces, STRANGER)))
+        assert later[0] == embedded and later[1] > too_small
         config.write_text(original.replace('name = "cam0"', 'name = "cam1"'))
         daemon.proc.send_signal(signal.SIGHUP)
         daemon.wait_for("READY", timeout=10)
@@ -234,6 +258,7 @@ def test_sighup_applies_safe_changes_refuses_bad_ones_and_names_what_needs_a_res
         daemon.wait_for("READY", timeout=10)
         assert daemon.proc.poll() is None
     finally:
+        telemetry.close()
         assert daemon.terminate(timeout=10) == 0
     log = daemon.log_path.read_text()
     assert log.count("config reloaded") == 2
@@ -292,7 +317,7 @@ def test_daemon_without_its_keys_names_the_missing_file(van: SimulatedVan, tmp_p
     assert result.returncode == 2 and "unit-ed25519.key" in result.stderr
 
 
-def test_watchdog_stops_while_the_pipeline_makes_no_progress_and_resumes_after(
+def test_a_stalled_camera_stops_the_watchdog_and_shows_the_beacons_fault_until_frames_return(
     van: SimulatedVan, faces: Path, tmp_path: Path
 ) -> None:
     from lfr_hwsim.camera import write_control
@@ -304,6 +329,8 @@ def test_watchdog_stops_while_the_pipeline_makes_no_progress_and_resumes_after(
         "options": {"seed": 1, "duration_s": 60.0, "crowd": 1.0, "control_file": str(van.camera_control_file)},
     }
     config = van.write_config([camera], daemon={"watchdog_stall_s": 1.0})
+    beacon = van.beacon
+    assert beacon is not None
     daemon = van.start_daemon(config)  # WATCHDOG_USEC=2 s: the unit pets every second while it progresses
     try:
         daemon.wait_for("READY", timeout=60)
@@ -314,10 +341,23 @@ def test_watchdog_stops_while_the_pipeline_makes_no_progress_and_resumes_after(
             stalled = daemon.wait_for("STATUS", timeout=10)
         with pytest.raises(TimeoutError):
             daemon.wait_for("WATCHDOG", timeout=3)  # systemd would now restart the service
+        assert beacon.wait_until(shown_by_the_unit(Pattern.FAULT), 10)  # the unit's fault, not the beacon's own
         write_control(van.camera_control_file, "ok")
         daemon.wait_for("WATCHDOG", timeout=10)
+        assert beacon.wait_for(Pattern.IDLE, 10)
+        write_control(van.camera_control_file, "disconnect")  # the camera is lost: the unit reconnects
+        assert beacon.wait_until(shown_by_the_unit(Pattern.FAULT), 10)
+        write_control(van.camera_control_file, "ok")
+        assert beacon.wait_for(Pattern.IDLE, 15)
     finally:
         assert daemon.terminate(timeout=10) == 0
+    log = daemon.log_path.read_text()
+    assert log.count("camera cam0 stalled") == 1 and log.count("camera cam0 lost") == 1
+
+
+def shown_by_the_unit(pattern: Pattern) -> Callable[[LampState], bool]:
+    """The lamps show `pattern` because the unit asked for it (the beacon's own watchdog has not tripped)."""
+    return lambda s: s.pattern is pattern and not s.watchdog_tripped
 
 
 def test_the_listening_socket_check_sees_a_listener() -> None:

@@ -23,7 +23,20 @@ from typing import Any
 
 import pytest
 
+from lfr_contracts.audit_events import (
+    AlertRaised,
+    AuditEvent,
+    Fault,
+    FaultCleared,
+    FaultComponent,
+    FaultProblem,
+    WatchlistRefused,
+    WatchlistWiped,
+    WipeReason,
+)
 from lfr_contracts.beacon import Pattern
+from lfr_contracts.telemetry import CameraState, Telemetry, decode_telemetry
+from lfr_edge.audit.report import read_events
 from lfr_edge.vision.pipeline import FacePipeline
 from lfr_hwsim.beacon import LampState
 from lfr_hwsim.broker import COMMAND_CENTRE, Collector
@@ -83,9 +96,9 @@ def test_a_corrupted_message_differs_inside_and_keeps_its_length() -> None:
 
 
 @dataclass
-class Telemetry:
+class Received:
     wall: float
-    body: dict[str, Any]
+    body: Telemetry
 
 
 @dataclass
@@ -94,7 +107,7 @@ class Run:
 
     plan: ScenePlan
     alerts: list[ReceivedAlert] = field(default_factory=list)
-    telemetry: list[Telemetry] = field(default_factory=list)
+    telemetry: list[Received] = field(default_factory=list)
     lamp: list[tuple[float, Pattern, bool]] = field(default_factory=list)  # wall time, pattern, plugged
     acks: list[dict[str, Any]] = field(default_factory=list)
     events: list[FaultEvent] = field(default_factory=list)
@@ -102,9 +115,11 @@ class Run:
     ready_wall: float = 0.0
     ended_wall: float = 0.0
     log: str = ""
-    audit: list[dict[str, Any]] = field(default_factory=list)
+    audit: list[AuditEvent] = field(default_factory=list)
     exit_code: int | None = None
     version_before_faults: int | None = None
+    broker_address: str = ""
+    beacon_port: str = ""
 
     def event(self, kind: str, action: str) -> FaultEvent:
         found = [e for e in self.events if e.kind == kind and e.action == action]
@@ -114,10 +129,19 @@ class Run:
     def log_lines(self, text: str) -> list[str]:
         return [line for line in self.log.splitlines() if text in line]
 
+    def fault_episodes(self) -> list[tuple[FaultComponent, str, FaultProblem, bool]]:
+        """(component, source, problem, cleared) of every fault the unit audited, in order."""
+        cleared = {(e.component, e.source, e.problem) for e in self.audit if isinstance(e, FaultCleared)}
+        return [
+            (e.component, e.source, e.problem, (e.component, e.source, e.problem) in cleared)
+            for e in self.audit
+            if isinstance(e, Fault)
+        ]
+
     def alerts_for(self, identity: str) -> list[ReceivedAlert]:
         return [a for a in self.alerts if a.alert.subject_id == identity]
 
-    def telemetry_between(self, start: float, end: float) -> list[dict[str, Any]]:
+    def telemetry_between(self, start: float, end: float) -> list[Telemetry]:
         return [t.body for t in self.telemetry if start <= t.wall <= end]
 
     def lamp_at(self, wall: float) -> Pattern:
@@ -151,13 +175,13 @@ class Watcher:
                 message = self.collector.next(timeout=0.2)
             except queue.Empty:
                 continue
-            body = json.loads(message.payload)
             if message.topic == self.van.topics.telemetry:
-                self.run.telemetry.append(Telemetry(time.time(), body))
-                if body["cameras"].get("cam0") == "ended":
+                telemetry = decode_telemetry(message.payload)
+                self.run.telemetry.append(Received(time.time(), telemetry))
+                if telemetry.cameras.get("cam0") == CameraState.ENDED:
                     self.scene_ended.set()
             else:
-                self.run.acks.append(body)
+                self.run.acks.append(json.loads(message.payload))
 
     def _lamp(self) -> None:
         beacon = self.van.beacon
@@ -210,6 +234,8 @@ def run_van(
     plan_file = tmp / "plan.json"
     plan.save(plan_file)
     with SimulatedVan(tmp / "van") as van:
+        run.broker_address = f"{van.broker.host}:{van.broker.port}"
+        run.beacon_port = str(van.beacon.link) if van.beacon is not None else ""
         subjects = [Subject(i, "wanted", tuple(plan.enrolment_photos(i)[:3])) for i in plan.watchlisted]
         bundle = van.build_watchlist(subjects, PipelineEnroller(pipeline), threshold=0.5)
         if earlier_version:
@@ -241,7 +267,7 @@ def run_van(
             run.ended_wall = time.time()
             assert injector.wait_done(30), "the fault script did not finish"
             # Every alert the unit raised reaches the handset (the unit's own count, in its telemetry).
-            raised = run.telemetry[-1].body["alerts"]
+            raised = run.telemetry[-1].body.alerts
             deadline = time.monotonic() + 15
             while len(run.alerts) < raised and time.monotonic() < deadline:
                 with contextlib.suppress(queue.Empty):
@@ -260,7 +286,7 @@ def run_van(
                 for t, m in zip(daemon.message_times, daemon.messages, strict=True)
             ]
             run.log = daemon.log_path.read_text(errors="replace")
-            run.audit = [json.loads(line) for line in (van.paths.state / "audit.jsonl").read_text().splitlines()]
+            run.audit = read_events(van.paths.state / "audit.jsonl")
     return run
 
 
@@ -285,6 +311,7 @@ def test_every_usable_watchlisted_walker_is_alerted_once_and_nobody_else(clean_r
         assert clean_run.lamp_at(a.alert.time + 1.0) == Pattern.ALERT, (a.alert.subject_id, clean_run.lamp)
     assert clean_run.lamp_at(clean_run.ready_wall) == Pattern.IDLE
     assert_stayed_up(clean_run)
+    assert clean_run.fault_episodes() == [], "a clean street must not audit a fault"
 
 
 def assert_stayed_up(run: Run) -> None:
@@ -325,6 +352,20 @@ def test_infrastructure_faults_leave_the_daemon_up(infra_run: Run) -> None:
 
 @pytest.mark.slow
 @pytest.mark.broker
+def test_each_infrastructure_fault_is_audited_once_and_its_end_too(infra_run: Run) -> None:
+    """One fault episode per injected fault, however many frames or polls it lasted, each one cleared."""
+    assert sorted(infra_run.fault_episodes()) == sorted(
+        [
+            (FaultComponent.BROKER, infra_run.broker_address, FaultProblem.DISCONNECTED, True),
+            (FaultComponent.CAMERA, "cam0", FaultProblem.STALLED, True),
+            (FaultComponent.BEACON, infra_run.beacon_port, FaultProblem.DISCONNECTED, True),
+            (FaultComponent.CAMERA, "cam0", FaultProblem.DISCONNECTED, True),
+        ]
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.broker
 def test_an_alert_raised_while_the_broker_is_down_reaches_the_handset_after_the_restart(infra_run: Run) -> None:
     down, up = infra_run.event("broker-restart", "inject"), infra_run.event("broker-restart", "clear")
     identity = infra_run.plan.watchlisted[0]
@@ -337,10 +378,10 @@ def test_an_alert_raised_while_the_broker_is_down_reaches_the_handset_after_the_
     assert len(infra_run.log_lines("mqtt: disconnected")) == 1
     assert len(infra_run.log_lines("mqtt: connected")) == 2
     after = infra_run.telemetry_between(up.wall_time, up.wall_time + 5)
-    assert len(after) >= 2 and after[-1]["frames"] > after[0]["frames"]
+    assert len(after) >= 2 and after[-1].frames > after[0].frames
     # the retained watchlist comes back with the broker: not mistaken for a replay
-    assert not infra_run.log_lines("refused")
-    assert [e["event"] for e in infra_run.audit].count("watchlist_refused") == 0
+    assert not infra_run.log_lines("watchlist: refused")
+    assert not [e for e in infra_run.audit if isinstance(e, WatchlistRefused)]
 
 
 @pytest.mark.slow
@@ -350,11 +391,11 @@ def test_a_stalled_camera_is_logged_once_and_frames_resume(infra_run: Run) -> No
     assert len(infra_run.log_lines("camera cam0 stalled")) == 1
     assert len(infra_run.log_lines("camera cam0: frames again")) == 1
     during = infra_run.telemetry_between(stalled.wall_time + 2.5, cleared.wall_time)
-    assert during and all(t["cameras"]["cam0"] == "stalled" for t in during)
-    assert len({t["frames"] for t in during}) == 1, "no frame while stalled"
+    assert during and all(t.cameras["cam0"] == CameraState.STALLED for t in during)
+    assert len({t.frames for t in during}) == 1, "no frame while stalled"
     next_fault = infra_run.event("camera-disconnect", "inject")
     after = infra_run.telemetry_between(cleared.wall_time + 0.5, next_fault.wall_time)
-    assert after and after[-1]["frames"] > during[-1]["frames"] and after[-1]["cameras"]["cam0"] == "streaming"
+    assert after and after[-1].frames > during[-1].frames and after[-1].cameras["cam0"] == CameraState.STREAMING
 
 
 @pytest.mark.slow
@@ -364,10 +405,10 @@ def test_a_disconnected_camera_is_logged_once_and_reconnects(infra_run: Run) -> 
     assert len(infra_run.log_lines("camera cam0 lost")) == 1
     assert len(infra_run.log_lines("camera cam0 streaming")) == 2  # at start and after the reconnect
     during = infra_run.telemetry_between(lost.wall_time + 0.5, back.wall_time)
-    assert during and all(t["cameras"]["cam0"] == "reconnecting" for t in during)
+    assert during and all(t.cameras["cam0"] == CameraState.RECONNECTING for t in during)
     after = infra_run.telemetry_between(back.wall_time, back.wall_time + 6)
-    streaming = [t for t in after if t["cameras"]["cam0"] == "streaming"]
-    assert len(streaming) >= 2 and streaming[-1]["frames"] > during[-1]["frames"]
+    streaming = [t for t in after if t.cameras["cam0"] == CameraState.STREAMING]
+    assert len(streaming) >= 2 and streaming[-1].frames > during[-1].frames
 
 
 @pytest.mark.slow
@@ -382,7 +423,8 @@ def test_an_unplugged_beacon_is_logged_once_and_shows_the_current_alert_after_re
     back = [(t, p) for t, p, plugged in infra_run.lamp if t > replugged.wall_time and plugged and p != Pattern.OFF]
     assert back and back[0][1] == Pattern.ALERT and back[0][0] - replugged.wall_time < 3.0
     later = infra_run.telemetry_between(back[0][0] + 1, back[0][0] + 5)
-    assert later and later[-1]["beacon"]["connected"] and later[-1]["beacon"]["responsive"]
+    link = later[-1].beacon if later else None
+    assert link is not None and link.connected and link.responsive
 
 
 # watchlist and handset faults --------------------------------------------------------------------------
@@ -421,14 +463,14 @@ def test_a_corrupted_and_a_replayed_bundle_are_refused_once_each_and_the_held_li
         "bad_signature",
     ), refusals
     assert len(watchlist_run.log_lines("watchlist: refused a message")) == 2
-    refused = [e for e in watchlist_run.audit if e["event"] == "watchlist_refused"]
-    assert [e["reason"] for e in refused] == [a["reason"] for a in refusals]
+    refused = [e for e in watchlist_run.audit if isinstance(e, WatchlistRefused)]
+    assert [e.reason for e in refused] == [a["reason"] for a in refusals]
     # the held list did not change: the same version before and after, and it still finds its subject
     replayed = watchlist_run.event("watchlist-replay", "inject")
     held = {
-        t["watchlist"]["version"]
+        t.watchlist.version
         for t in watchlist_run.telemetry_between(watchlist_run.ready_wall, replayed.wall_time + 2)
-        if t["watchlist"]
+        if t.watchlist
     }
     assert held == {watchlist_run.version_before_faults}
     assert len(watchlist_run.alerts_for(watchlist_run.plan.watchlisted[0])) == 1
@@ -442,7 +484,7 @@ def test_alerts_raised_while_the_handset_is_offline_arrive_when_it_reconnects(wa
     assert len(alerts) == 1
     assert offline.wall_time < alerts[0].alert.time < online.wall_time, "raised while the handset was offline"
     assert alerts[0].received_at >= online.wall_time - 0.5
-    assert [e["event"] for e in watchlist_run.audit].count("alert_raised") == 1
+    assert len([e for e in watchlist_run.audit if isinstance(e, AlertRaised)]) == 1
 
 
 @pytest.mark.slow
@@ -451,10 +493,10 @@ def test_the_list_is_wiped_once_when_its_window_ends_and_nobody_is_alerted_after
     ended = watchlist_run.event("watchlist-expire", "clear")
     wipes = watchlist_run.log_lines("watchlist: wiped")
     assert len(wipes) == 1 and "(expired)" in wipes[0]
-    expired = [e for e in watchlist_run.audit if e["event"] == "watchlist_wiped"]
-    assert [e["reason"] for e in expired] == ["expired"]
+    wiped = [e for e in watchlist_run.audit if isinstance(e, WatchlistWiped)]
+    assert [e.reason for e in wiped] == [WipeReason.EXPIRED]
     after = watchlist_run.telemetry_between(ended.wall_time + 1.5, watchlist_run.ended_wall)
-    assert after and all(t["watchlist"] is None for t in after)
+    assert after and all(t.watchlist is None for t in after)
     # the second watchlisted walker passes after the wipe: no alert, no matter how well they match
     assert not watchlist_run.alerts_for(watchlist_run.plan.watchlisted[1])
     assert all(a.alert.time < ended.wall_time for a in watchlist_run.alerts)

@@ -122,10 +122,12 @@ def fake_hailo(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     module = types.ModuleType("hailo_platform")
     for item in (HEF, VDevice, ConfigureParams, InferVStreams, FormatType, HailoStreamInterface):
         setattr(module, item.__name__, item)
-    module.HailoSchedulingAlgorithm = HailoSchedulingAlgorithm  # type: ignore[attr-defined]
-    module.InputVStreamParams = VStreamParams  # type: ignore[attr-defined]
-    module.OutputVStreamParams = VStreamParams  # type: ignore[attr-defined]
-    module.__version__ = "4.20.0"  # type: ignore[attr-defined]
+    vars(module).update(
+        HailoSchedulingAlgorithm=HailoSchedulingAlgorithm,
+        InputVStreamParams=VStreamParams,
+        OutputVStreamParams=VStreamParams,
+        __version__="4.20.0",
+    )
     monkeypatch.setitem(sys.modules, "hailo_platform", module)
     monkeypatch.setattr(VDevice, "fail", None)
     InferVStreams.opened = []

@@ -62,8 +62,7 @@ def fake_litert(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         return FakeDelegate(library, options or {})
 
     module = types.ModuleType("ai_edge_litert.interpreter")
-    module.Interpreter = FakeInterpreter  # type: ignore[attr-defined]
-    module.load_delegate = load_delegate  # type: ignore[attr-defined]
+    vars(module).update(Interpreter=FakeInterpreter, load_delegate=load_delegate)
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", module)
     FakeInterpreter.made = []
     return state

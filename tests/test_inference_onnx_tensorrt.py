@@ -14,7 +14,7 @@ import pytest
 
 from lfr_edge.config import InferenceConfig, parse_config
 from lfr_edge.inference import BackendUnavailable, create_backend
-from lfr_edge.inference.onnx_tensorrt import OnnxTensorRTBackend, board_id
+from lfr_edge.inference.onnx_tensorrt import OnnxModel, OnnxTensorRTBackend, board_id
 from lfr_edge.models import sha256_file
 
 TRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -58,10 +58,12 @@ class FakeOrt:
 @pytest.fixture
 def fake_ort(monkeypatch: pytest.MonkeyPatch) -> type[FakeOrt]:
     module = types.ModuleType("onnxruntime")
-    module.__version__ = "1.20.0"  # type: ignore[attr-defined]
-    module.get_available_providers = lambda: sorted(FakeOrt.available)  # type: ignore[attr-defined]
-    module.SessionOptions = types.SimpleNamespace  # type: ignore[attr-defined]
-    module.InferenceSession = FakeSession  # type: ignore[attr-defined]
+    vars(module).update(
+        __version__="1.20.0",
+        get_available_providers=lambda: sorted(FakeOrt.available),
+        SessionOptions=types.SimpleNamespace,
+        InferenceSession=FakeSession,
+    )
     monkeypatch.setitem(sys.modules, "onnxruntime", module)
     monkeypatch.setattr(FakeOrt, "available", {TRT, CUDA, CPU})
     monkeypatch.setattr(FakeOrt, "loadable", {TRT, CUDA})
@@ -126,7 +128,7 @@ def test_cuda_is_used_only_when_configured_as_the_fallback(
     with caplog.at_level(logging.WARNING):
         model = backend.load(model_file(tmp_path))
     assert [name for name, _ in FakeSession.made[-1].requested] == [TRT, CUDA]
-    assert model.provider == CUDA  # type: ignore[attr-defined]
+    assert isinstance(model, OnnxModel) and model.provider == CUDA
     assert "TensorRT is not active" in caplog.text
 
 

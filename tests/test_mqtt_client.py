@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import queue
+import time
 
 import pytest
 
+from lfr_contracts.status import StatusError, UnitStatus, WatchlistStatus
 from lfr_contracts.topics import Topics
-from lfr_edge.comms.mqtt import UnitMqttClient
-from lfr_hwsim.broker import MosquittoBroker
+from lfr_edge.comms.mqtt import Overflow, UnitMqttClient
+from lfr_hwsim.broker import MosquittoBroker, free_port
 from mqtt_fixtures import Collector, unit_mqtt_config
 
 pytestmark = pytest.mark.broker
@@ -100,13 +103,16 @@ def test_last_will_says_offline_when_the_connection_dies(broker: MosquittoBroker
 def test_broker_restart_reconnects_resubscribes_and_republishes_birth(broker: MosquittoBroker) -> None:
     unit = UnitMqttClient("unit-a", unit_mqtt_config(broker, "unit-a"))
     received: queue.Queue[bytes] = queue.Queue()
-    unit.subscribe(unit.topics.watchlist, lambda topic, payload: received.put(payload))
+    unit.subscribe(unit.topics.watchlist, lambda topic, payload: received.put(payload), max_bytes=1024)
     unit.start()
     assert unit.connected.wait(10)
     broker.restart()
     watcher = Collector(broker, "command-centre")
     watcher.subscribe("lfr/v1/units/unit-a/status")
+    # The broker may still retain the first connection's status until the unit has reconnected.
     birth = status_of(watcher.next_on("lfr/v1/units/unit-a/status").payload)
+    while birth["seq"] == 0:
+        birth = status_of(watcher.next_on("lfr/v1/units/unit-a/status").payload)
     assert birth["state"] == "online" and birth["seq"] == 1  # the second connection's birth
     assert unit.connect_count == 2
     watcher.publish(unit.topics.watchlist, b"after restart")  # not retained: needs a live subscription
@@ -136,3 +142,95 @@ def test_packets_go_out_at_once_without_nagle_delay(broker: MosquittoBroker) -> 
         assert isinstance(sock, socket.socket) and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         unit.stop()
+
+
+def test_a_flood_of_decisions_cannot_delay_or_drop_the_command_centres_close(broker: MosquittoBroker) -> None:
+    """3,000 junk decisions into a slow handler: the watchlist topic has its own queue and thread, so the
+    command centre's message is handled within a second, and what the flood lost is counted, not logged
+    line by line."""
+    unit = UnitMqttClient("unit-a", unit_mqtt_config(broker, "unit-a"))
+    closes: queue.Queue[float] = queue.Queue()
+    unit.subscribe(
+        unit.topics.watchlist, lambda t, p: closes.put(time.monotonic()), max_bytes=1024, overflow=Overflow.WAIT
+    )
+    unit.subscribe(unit.topics.decisions, lambda t, p: time.sleep(0.005), max_bytes=4096, queue_size=64)
+    unit.start()
+    handset, centre = Collector(broker, "handset-1"), Collector(broker, "command-centre")
+    try:
+        assert unit.connected.wait(10)
+        for i in range(3000):
+            handset.client.publish(unit.topics.decisions, b"junk %d" % i, qos=0)
+        time.sleep(0.2)  # the flood is arriving
+        sent = time.monotonic()
+        centre.publish(unit.topics.watchlist, b"LFRC close", retain=False)
+        handled = closes.get(timeout=5)
+        assert handled - sent < 1.0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            stats = unit.subscription_stats()[unit.topics.decisions]
+            if stats.delivered + stats.dropped_full >= 3000:
+                break
+            time.sleep(0.1)
+        assert stats.dropped_full > 0 and stats.delivered + stats.dropped_full == 3000
+    finally:
+        handset.close()
+        centre.close()
+        unit.stop()
+
+
+def test_an_oversize_payload_is_refused_before_the_handler(broker: MosquittoBroker) -> None:
+    unit = UnitMqttClient("unit-a", unit_mqtt_config(broker, "unit-a"))
+    got: queue.Queue[bytes] = queue.Queue()
+    unit.subscribe(unit.topics.decisions, lambda t, p: got.put(p), max_bytes=100)
+    unit.start()
+    handset = Collector(broker, "handset-1")
+    try:
+        assert unit.connected.wait(10)
+        handset.publish(unit.topics.decisions, b"x" * 5000)
+        handset.publish(unit.topics.decisions, b"small")
+        assert got.get(timeout=5) == b"small"
+        assert unit.subscription_stats()[unit.topics.decisions].dropped_oversize == 1
+    finally:
+        handset.close()
+        unit.stop()
+
+
+def test_an_unreachable_broker_is_logged_with_the_reason_within_5_s(
+    broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    closed_port = free_port()
+    unit = UnitMqttClient("unit-a", unit_mqtt_config(broker, "unit-a", port=closed_port))
+    caplog.set_level(logging.ERROR, logger="lfr_edge.comms.mqtt")
+    unit.start()
+    try:
+        deadline = time.monotonic() + 5
+        while unit.connection_problem() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        problem = unit.connection_problem()
+        assert problem is not None and f":{closed_port}" in problem and "connection refused" in problem
+        assert any("connection refused" in r.getMessage() for r in caplog.records)
+        time.sleep(1.5)  # several more attempts with the test's short backoff: still one line
+        assert sum("connection refused" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        unit.stop()
+
+
+def test_the_retained_status_says_which_watchlist_and_model_the_unit_has(broker: MosquittoBroker) -> None:
+    unit = UnitMqttClient("unit-a", unit_mqtt_config(broker, "unit-a"), model_id="mobilefacenet/int8/abc")
+    unit.set_watchlist_status(WatchlistStatus("refused", version=7, reason="wrong_unit", detail="for unit-b"))
+    unit.start()
+    watcher = Collector(broker, "command-centre")
+    try:
+        assert unit.connected.wait(10)
+        watcher.subscribe(unit.topics.status)
+        birth = UnitStatus.decode(watcher.next_on(unit.topics.status).payload)
+        assert birth.state == "online" and birth.model == "mobilefacenet/int8/abc"
+        assert birth.watchlist is not None and birth.watchlist.summary() == "refused: wrong_unit (for unit-b)"
+        unit.set_watchlist_status(WatchlistStatus("active", "op-1", 8, 12, 2e9))
+        update = UnitStatus.decode(watcher.next_on(unit.topics.status).payload)
+        assert update.seq == birth.seq and update.watchlist == WatchlistStatus("active", "op-1", 8, 12, 2e9)
+    finally:
+        watcher.close()
+        unit.stop()
+    with pytest.raises(StatusError):
+        UnitStatus.decode(b'{"state": "online", "unit": "u", "time": "t", "seq": true}')

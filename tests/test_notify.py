@@ -7,10 +7,12 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from lfr_edge.config import DaemonConfig
 from lfr_edge.daemon.notify import Notifier, NotifyError, Watchdog, monotonic_usec, watchdog_timeout_s
 
 
@@ -33,7 +35,7 @@ def test_ready_status_stopping_arrive_as_key_value_datagrams(
     systemd_socket: tuple[socket.socket, str],
 ) -> None:
     sock, path = systemd_socket
-    with Notifier({"NOTIFY_SOCKET": path}) as notifier:
+    with closing(Notifier({"NOTIFY_SOCKET": path})) as notifier:
         assert notifier.enabled
         assert notifier.ready(status="fps 25.0, faces 0, watchlist v3")
         assert receive(sock) == {"READY": "1", "STATUS": "fps 25.0, faces 0, watchlist v3"}
@@ -48,7 +50,7 @@ def test_ready_status_stopping_arrive_as_key_value_datagrams(
 def test_reloading_carries_the_monotonic_time_it_began(systemd_socket: tuple[socket.socket, str]) -> None:
     sock, path = systemd_socket
     before = monotonic_usec()
-    with Notifier({"NOTIFY_SOCKET": path}) as notifier:
+    with closing(Notifier({"NOTIFY_SOCKET": path})) as notifier:
         notifier.reloading()
         message = receive(sock)
     assert message["RELOADING"] == "1"
@@ -61,7 +63,7 @@ def test_abstract_socket_name_with_at_sign_is_reached() -> None:
     sock.bind(b"\0" + name.encode())
     sock.settimeout(5.0)
     try:
-        with Notifier({"NOTIFY_SOCKET": "@" + name}) as notifier:
+        with closing(Notifier({"NOTIFY_SOCKET": "@" + name})) as notifier:
             notifier.ready()
         assert receive(sock) == {"READY": "1"}
     finally:
@@ -83,7 +85,7 @@ def test_relative_socket_path_is_refused_with_a_message_naming_the_variable() ->
 
 def test_a_newline_in_a_value_is_refused(systemd_socket: tuple[socket.socket, str]) -> None:
     _, path = systemd_socket
-    with Notifier({"NOTIFY_SOCKET": path}) as notifier, pytest.raises(ValueError, match="STATUS"):
+    with closing(Notifier({"NOTIFY_SOCKET": path})) as notifier, pytest.raises(ValueError, match="STATUS"):
         notifier.status("two\nlines")
 
 
@@ -101,7 +103,7 @@ def test_watchdog_timeout_comes_from_watchdog_usec_for_this_process_only() -> No
 
 def test_watchdog_from_env_pets_at_half_the_timeout(systemd_socket: tuple[socket.socket, str]) -> None:
     _, path = systemd_socket
-    with Notifier({"NOTIFY_SOCKET": path}) as notifier:
+    with closing(Notifier({"NOTIFY_SOCKET": path})) as notifier:
         dog = Watchdog.from_env(notifier, stall_s=10.0, env={"WATCHDOG_USEC": "30000000"})
         assert dog is not None
         assert dog.interval_s == 15.0
@@ -126,7 +128,7 @@ def test_watchdog_pets_while_progressing_and_stops_when_the_pipeline_hangs(
 ) -> None:
     sock, path = systemd_socket
     clock = ManualClock()
-    with Notifier({"NOTIFY_SOCKET": path}) as notifier:
+    with closing(Notifier({"NOTIFY_SOCKET": path})) as notifier:
         dog = Watchdog(notifier, interval_s=0.02, stall_s=5.0, clock=clock)
         dog.start()
         try:
@@ -154,7 +156,7 @@ def test_watchdog_tick_decides_from_the_age_of_the_last_progress(
 ) -> None:
     sock, path = systemd_socket
     clock = ManualClock()
-    with Notifier({"NOTIFY_SOCKET": path}) as notifier:
+    with closing(Notifier({"NOTIFY_SOCKET": path})) as notifier:
         dog = Watchdog(notifier, interval_s=1.0, stall_s=2.0, clock=clock)
         dog.progress()
         clock.advance(1.9)
@@ -163,6 +165,20 @@ def test_watchdog_tick_decides_from_the_age_of_the_last_progress(
         clock.advance(0.2)
         assert dog.tick() is False
         assert dog.pets == 1
+
+
+def test_a_reloaded_stall_limit_decides_the_next_pet(systemd_socket: tuple[socket.socket, str]) -> None:
+    sock, path = systemd_socket
+    clock = ManualClock()
+    with closing(Notifier({"NOTIFY_SOCKET": path})) as notifier:
+        dog = Watchdog(notifier, interval_s=1.0, stall_s=2.0, clock=clock)
+        dog.progress()
+        clock.advance(3.0)
+        assert dog.tick() is False
+        assert receive(sock)["STATUS"].startswith("pipeline stalled")
+        dog.apply(DaemonConfig(watchdog_stall_s=4.0))
+        assert dog.tick() is True
+        assert receive(sock) == {"WATCHDOG": "1"}
 
 
 def test_config_refuses_a_watchdog_stall_that_is_not_positive() -> None:

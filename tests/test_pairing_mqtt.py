@@ -157,12 +157,12 @@ def test_right_code_pairs_and_the_handset_opens_the_units_next_alert(broker: Mos
     unit_mqtt = UnitMqttClient(UNIT, unit_mqtt_config(broker, UNIT))
     channel = HandsetChannel(
         unit_mqtt,
-        unit_mqtt.topics.alerts,
+        unit_mqtt.topics,
         UNIT,
         unit_signer,
         lambda: load_handsets(handsets_dir),
         AlertsConfig(),
-        audit=type("NoAudit", (), {"append": lambda self, event, **f: None})(),
+        audit=type("NoAudit", (), {"append": lambda self, event: None})(),
     )
     client = HandsetClient(phone, UNIT, stored, broker.host, broker.port, (tls.ca_file, tls.cert_file, tls.key_file))
     unit_mqtt.start()
@@ -170,7 +170,7 @@ def test_right_code_pairs_and_the_handset_opens_the_units_next_alert(broker: Mos
     try:
         assert unit_mqtt.connected.wait(WAIT_S)
         alert = Alert("a-1", UNIT, "cam0", time.time(), 0.7, 0.55, "S-1", "wanted", "", b"\xff\xd8l", b"\xff\xd8w")
-        channel.send(alert)
+        channel.deliver(alert)
         received = client.alerts.get(timeout=WAIT_S)
         assert received.alert.alert_id == "a-1" and received.alert.live_jpeg == b"\xff\xd8l"
     finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,7 +21,17 @@ from lfr_contracts.layout import UnitLayout
 from lfr_edge import cli
 from lfr_edge.camera.opencv import import_cv2
 from lfr_edge.config import ModelsConfig
-from lfr_edge.daemon.selftest import Check, Options, check_clock, check_memory, format_table, run_checks
+from lfr_edge.daemon.memory_lock import locked_and_resident
+from lfr_edge.daemon.selftest import (
+    Check,
+    Options,
+    check_clock,
+    check_memory,
+    check_memory_lock,
+    check_swap,
+    format_table,
+    run_checks,
+)
 from lfr_edge.models import load_manifest
 from lfr_hwsim.beacon import SimulatedBeacon
 from lfr_hwsim.broker import MosquittoBroker
@@ -141,8 +153,10 @@ def test_a_healthy_unit_passes_and_names_backend_and_latency_per_model(
     rows = run_checks(unit.config, FAST)
     found = verdicts(rows)
     assert set(found.values()) <= {"PASS", "WARN"}, format_table(rows)
-    for name in ("config", "backend", "camera cam0", "beacon", "broker", "keys", "handsets", "memory"):
+    for name in ("config", "backend", "camera cam0", "beacon", "broker", "keys", "handsets", "memory", "swap"):
         assert found[name] == "PASS", format_table(rows)
+    assert found["memory lock"] == "PASS" and "VmLck" in detail(rows, "memory lock"), format_table(rows)
+    print(detail(rows, "swap"), "|", detail(rows, "memory lock"))
     assert "litert-cpu" in detail(rows, "backend") and "XNNPACK" in detail(rows, "backend")
     for model in ("blazeface-full", "blazeface-short", "mobilefacenet"):
         assert found[f"model {model}"] == "PASS"
@@ -221,3 +235,28 @@ def test_memory_below_the_floor_fails(tmp_path: Path) -> None:
     low = check_memory(Options(min_memory_mb=256), meminfo)
     assert low.verdict == "FAIL" and "98 MiB available of 3.8 GiB" in low.detail
     assert check_memory(Options(min_memory_mb=64), meminfo).verdict == "PASS"
+
+
+def test_swap_on_fails_naming_the_device_and_the_fix(tmp_path: Path) -> None:
+    swaps = tmp_path / "swaps"
+    swaps.write_text("Filename\tType\tSize\tUsed\tPriority\n/var/swap  file  102396  0  -2\n")
+    row = check_swap(swaps)
+    assert row.verdict == "FAIL" and "/var/swap (100 MiB)" in row.detail and "board-setup.sh" in row.detail
+    swaps.write_text("Filename\tType\tSize\tUsed\tPriority\n")
+    assert check_swap(swaps).verdict == "PASS"
+
+
+def test_the_memory_lock_check_locks_then_leaves_the_process_as_it_was() -> None:
+    row = check_memory_lock()
+    assert row.verdict == "PASS", row.detail  # the test machine runs as root (CAP_IPC_LOCK)
+    assert locked_and_resident()[0] == 0
+
+
+def test_memory_locking_is_refused_with_the_fix_under_a_finite_limit() -> None:
+    """A child process without CAP_IPC_LOCK and with a small RLIMIT_MEMLOCK, as a unit without LimitMEMLOCK."""
+    code = (
+        "import resource; resource.setrlimit(resource.RLIMIT_MEMLOCK, (65536, 65536));"
+        "from lfr_edge.daemon import memory_lock as m; m._has_ipc_lock = lambda: False; print(m.lock_all_memory())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert "LimitMEMLOCK=infinity" in done.stdout

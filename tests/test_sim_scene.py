@@ -113,7 +113,11 @@ def test_truth_boxes_cover_pixels_that_differ_from_the_background(plan: ScenePla
 
 def test_faces_grow_as_walkers_approach(plan: ScenePlan) -> None:
     for w in plan.walkers:
-        widths = [w.at(w.t_enter + w.duration_s * u)[2] for u in np.linspace(0, 0.999, 20)]  # type: ignore[index]
+        widths = []
+        for u in np.linspace(0, 0.999, 20):
+            position = w.at(w.t_enter + w.duration_s * u)
+            assert position is not None  # inside the walk
+            widths.append(position[2])
         assert all(b > a for a, b in itertools.pairwise(widths))
     assert min(w.face_w_start for w in plan.walkers) < 35
     assert max(w.face_w_end for w in plan.walkers) > 200

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from lfr_contracts.alerts import Alert, encode_alert
+from lfr_contracts.audit_events import Started
 from lfr_contracts.camera import CameraConfig
 from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
@@ -96,7 +97,7 @@ def test_handsets_list_on_a_root_with_no_unit_says_the_folder_is_missing(
 def test_verifying_another_units_log_says_whose_log_it_is(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "audit.jsonl"
     log = AuditLog.open(path, "van-08")
-    log.append("started", version="test")
+    log.append(Started(version="test", cameras=("cam0",)))
     log.close()
     assert edge_main(["audit", "verify", str(path), "--unit-id", "van-07"]) != 0
     err = capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from lfr_edge.config import MatchConfig, TrackConfig
 from lfr_edge.vision.detect import Detection
@@ -11,6 +12,7 @@ from lfr_edge.vision.match import Cooldowns, evaluate
 from lfr_edge.vision.pipeline import Face
 from lfr_edge.vision.quality import QualityVerdict
 from lfr_edge.vision.track import Tracker
+from lfr_edge.watchlist.store import SearchResult, WatchlistUnavailable
 
 RNG = np.random.default_rng(7)
 
@@ -40,10 +42,10 @@ class ListWatchlist:
     def threshold(self) -> float:
         return self._threshold
 
-    def search(self, probes: npt.NDArray[np.float32], k: int, now: float) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, probes: npt.NDArray[np.float32], now: float, k: int = 3) -> SearchResult:
         scores = probes @ self.matrix.T
         order = np.argsort(-scores, axis=1)[:, :k]
-        return order, np.take_along_axis(scores, order, axis=1)
+        return SearchResult(order.astype(np.int64), np.take_along_axis(scores, order, axis=1))
 
     def subject_id(self, index: int) -> str:
         return self.ids[index]
@@ -136,21 +138,82 @@ def test_an_ambiguous_match_without_margin_is_not_alerted() -> None:
 def test_cooldown_suppresses_a_second_track_of_the_same_subject() -> None:
     alice = person()
     watchlist = ListWatchlist(["S-ALICE"], alice[None], threshold=0.6)
-    cooldowns = Cooldowns(60)
+    monotonic = [1000.0]
+    cooldowns = Cooldowns(60, clock=lambda: monotonic[0])
     first, second = Tracker("cam0", TrackConfig()), Tracker("cam1", TrackConfig())
     _walk(first, alice, 3)
     _walk(second, alice, 3)
     assert len(evaluate(first.tracks[0], watchlist, MatchConfig(), cooldowns, now=10)) == 1
+    monotonic[0] += 10
     assert evaluate(second.tracks[0], watchlist, MatchConfig(), cooldowns, now=20) == []
+    monotonic[0] += 51
     assert len(evaluate(second.tracks[0], watchlist, MatchConfig(), cooldowns, now=71)) == 1
+
+
+@pytest.mark.parametrize("wall_step_s", [-3600.0, 3 * 3600.0])
+def test_a_wall_clock_step_neither_silences_a_subject_nor_repeats_its_alert(wall_step_s: float) -> None:
+    """The cooldown runs on the monotonic clock: the wall clock (`now`, for the list's validity) may jump."""
+    alice = person()
+    watchlist = ListWatchlist(["S-ALICE"], alice[None], threshold=0.6)
+    monotonic = [1000.0]
+    cooldowns = Cooldowns(60, clock=lambda: monotonic[0])
+    tracks = [Tracker(f"cam{n}", TrackConfig()) for n in range(3)]
+    for tracker in tracks:
+        _walk(tracker, alice, 3)
+    wall = 1_700_000_000.0
+    assert len(evaluate(tracks[0].tracks[0], watchlist, MatchConfig(), cooldowns, now=wall)) == 1
+    monotonic[0] += 5
+    assert evaluate(tracks[1].tracks[0], watchlist, MatchConfig(), cooldowns, now=wall + wall_step_s) == []
+    monotonic[0] += 60
+    assert len(evaluate(tracks[2].tracks[0], watchlist, MatchConfig(), cooldowns, now=wall + wall_step_s)) == 1
 
 
 def test_an_empty_or_expired_watchlist_gives_no_decision() -> None:
     class Expired(ListWatchlist):
-        def search(self, probes: npt.NDArray[np.float32], k: int, now: float) -> tuple[np.ndarray, np.ndarray]:
-            return np.zeros((len(probes), 0), dtype=np.int64), np.zeros((len(probes), 0), dtype=np.float32)
+        def search(self, probes: npt.NDArray[np.float32], now: float, k: int = 3) -> SearchResult:
+            raise WatchlistUnavailable("watchlist version 1 is outside its validity window")
 
     alice = person()
     tracker = Tracker("cam0", TrackConfig())
     _walk(tracker, alice, 4)
-    assert evaluate(tracker.tracks[0], Expired(["S"], alice[None], 0.5), MatchConfig(), Cooldowns(0), now=0) == []
+    track = tracker.tracks[0]
+    assert evaluate(track, Expired(["S"], alice[None], 0.5), MatchConfig(), Cooldowns(0), now=0) == []
+    assert evaluate(track, ListWatchlist([], np.zeros((0, 192), np.float32), 0.5), MatchConfig(), Cooldowns(0), 0) == []
+    assert not track.alerted_subjects
+
+
+def test_a_list_wiped_during_the_search_gives_no_decision_and_marks_nothing() -> None:
+    class WipedMidway(ListWatchlist):
+        def subject_id(self, index: int) -> str:
+            raise WatchlistUnavailable("the watchlist was wiped")
+
+    alice = person()
+    tracker = Tracker("cam0", TrackConfig())
+    _walk(tracker, alice, 4)
+    cooldowns = Cooldowns(60)
+    assert evaluate(tracker.tracks[0], WipedMidway(["S-ALICE"], alice[None], 0.5), MatchConfig(), cooldowns, 0) == []
+    assert not tracker.tracks[0].alerted_subjects and cooldowns.last == {}
+
+
+def test_a_reloaded_cooldown_applies_to_the_next_decision() -> None:
+    alice = person()
+    watchlist = ListWatchlist(["S-ALICE"], alice[None], threshold=0.6)
+    monotonic = [1000.0]
+    cooldowns = Cooldowns(60, clock=lambda: monotonic[0])
+    first, second = Tracker("cam0", TrackConfig()), Tracker("cam1", TrackConfig())
+    _walk(first, alice, 3)
+    _walk(second, alice, 3)
+    assert len(evaluate(first.tracks[0], watchlist, MatchConfig(), cooldowns, now=10)) == 1
+    monotonic[0] += 10
+    assert evaluate(second.tracks[0], watchlist, MatchConfig(), cooldowns, now=20) == []
+    cooldowns.apply(MatchConfig(cooldown_s=5.0))
+    assert len(evaluate(second.tracks[0], watchlist, MatchConfig(), cooldowns, now=20)) == 1
+
+
+def test_a_reloaded_track_config_applies_to_the_next_frame() -> None:
+    tracker = Tracker("cam0", TrackConfig(max_missed_frames=10))
+    tracker.update([face_at(0, 0, 80, person())], 0, 0.0)
+    for frame in range(1, 3):
+        assert tracker.update([], frame, frame / 25).ended == []
+    tracker.apply(TrackConfig(max_missed_frames=2))
+    assert [t.id for t in tracker.update([], 3, 3 / 25).ended] == [1]

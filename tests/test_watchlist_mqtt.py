@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +16,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from lfr_contracts import bundle
+from lfr_contracts.audit_events import AuditEvent
 from lfr_edge import keyfiles
 from lfr_edge.comms.mqtt import UnitMqttClient
 from lfr_edge.vision.image import read_image
+from lfr_edge.watchlist.lifecycle import LifecycleFile
 from lfr_edge.watchlist.sync import WatchlistSync
 from lfr_hwsim.broker import MosquittoBroker
 from lfr_tools.command_centre.cli import main as watchlist_main
@@ -32,8 +35,8 @@ class ListAudit:
     def __init__(self) -> None:
         self.events: list[str] = []
 
-    def append(self, event: str, **fields: object) -> None:
-        self.events.append(event)
+    def append(self, event: AuditEvent) -> None:
+        self.events.append(event.name)
 
 
 class Unit:
@@ -53,8 +56,11 @@ class Unit:
             ack_topic=self.client.topics.watchlist_ack,
             publish=lambda topic, payload: self.client.publish(topic, payload, qos=1),
             audit=self.audit,
+            record=LifecycleFile(
+                Path(tempfile.mkdtemp(prefix="lfr-sync-")) / "lifecycle.json", "unit-a", Ed25519PrivateKey.generate()
+            ),
         )
-        self.client.subscribe(self.client.topics.watchlist, self.sync.handle_message)
+        self.client.subscribe(self.client.topics.watchlist, self.sync.handle_message, max_bytes=16 << 20)
         self.client.start()
         assert self.client.connected.wait(10)
 
@@ -201,4 +207,4 @@ def test_round_trip_from_photos_to_a_match_on_the_unit(
     assert stranger < store.threshold, stranger
     assert store.subject(1).photo_jpeg[:2] == b"\xff\xd8"
     unit.stop()
-    assert store.wiped
+    assert not store.is_usable(time.time())  # wiped at shutdown, well inside its validity window

@@ -9,7 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from lfr_contracts.bundle import open_bundle
+from lfr_contracts.bundle import AppliedHistory, open_bundle
+from lfr_edge.config import MatchConfig
+from lfr_edge.vision.match import Cooldowns, evaluate
+from lfr_edge.vision.track import Track, TrackFace
 from lfr_edge.watchlist.store import WatchlistStore, WatchlistUnavailable
 from watchlist_helpers import MODEL, NOW, Keys, make_bundle, subjects, unit_vectors
 
@@ -19,7 +22,7 @@ def store_with(n: int, rows: int) -> tuple[WatchlistStore, Keys]:
     data = make_bundle(keys, subjects=subjects(n, rows=rows, seed=3))
     opened = open_bundle(
         data, command_centre_key=keys.centre.public_key(), unit_key=keys.unit, unit_id="unit-a",
-        model_id=MODEL, now=NOW, held_version=None, max_bytes=1 << 24,
+        model_id=MODEL, now=NOW, history=AppliedHistory(), max_bytes=1 << 24,
     )  # fmt: skip
     store = WatchlistStore.from_opened(opened)
     opened.wipe()
@@ -56,11 +59,29 @@ def test_subject_records_open_one_at_a_time() -> None:
     )
     with pytest.raises(IndexError):
         store.subject(4)
+    assert store.subject_id(3) == "S003"
+
+
+def track_of(probes: np.ndarray) -> Track:
+    track = Track(1, "cam0", (0.0, 0.0, 10.0, 10.0), NOW, NOW, 0)
+    for i, probe in enumerate(probes):
+        track.best.append(TrackFace(1.0, probe.astype(np.float32), np.zeros((112, 112, 3), np.uint8), i, NOW))
+    return track
+
+
+def test_matching_searches_the_store_itself_and_a_wiped_store_gives_nothing() -> None:
+    store, _ = store_with(20, 1)
+    subject_7 = unit_vectors(20, seed=3)[7]
+    decisions = evaluate(track_of(np.stack([subject_7, subject_7])), store, MatchConfig(), Cooldowns(0), NOW)
+    assert [(d.subject_index, d.subject_id, d.supporting_frames) for d in decisions] == [(7, "S007", 2)]
+    assert decisions[0].score == pytest.approx(1.0, abs=1e-5) and decisions[0].threshold == store.threshold
+    store.wipe()
+    assert evaluate(track_of(np.stack([subject_7, subject_7])), store, MatchConfig(), Cooldowns(0), NOW) == []
 
 
 def test_wipe_zeroes_the_matrix_and_refuses_everything_after() -> None:
     store, _ = store_with(50, 2)
-    buffer = store.matrix_for_tests
+    buffer = store._matrix  # the live buffer itself: what wipe() must zero before dropping it
     assert buffer.any()
     store.wipe()
     assert not buffer.any()

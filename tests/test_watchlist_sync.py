@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from lfr_contracts import bundle
+from lfr_contracts.audit_events import AuditEvent, WatchlistApplied, WatchlistRefused, WatchlistWiped, WipeReason
+from lfr_edge.watchlist.lifecycle import LifecycleFile
 from lfr_edge.watchlist.store import WatchlistUnavailable
 from lfr_edge.watchlist.sync import WatchlistSync
 from watchlist_helpers import MODEL, NOW, Keys, make_bundle, subjects
@@ -26,29 +30,43 @@ class FakeClock:
 
 class RecordingAudit:
     def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.events: list[AuditEvent] = []
 
-    def append(self, event: str, **fields: object) -> None:
-        self.events.append((event, fields))
+    def append(self, event: AuditEvent) -> None:
+        self.events.append(event)
 
 
 class Harness:
     def __init__(self, keys: Keys, max_bytes: int = 100_000) -> None:
         self.keys = keys
+        self.folder = Path(tempfile.mkdtemp(prefix="lfr-sync-"))
+        self.signing = Ed25519PrivateKey.generate()
         self.clock = FakeClock(NOW)
         self.audit = RecordingAudit()
         self.acks: list[dict[str, Any]] = []
-        self.sync = WatchlistSync(
+        self.max_bytes = max_bytes
+        self.clock_synchronised = True
+        self.sync = self.start()
+
+    def start(self) -> WatchlistSync:
+        """A sync as the daemon makes one at start, on this unit's lifecycle record."""
+        return WatchlistSync(
             unit_id="unit-a",
             model_id=MODEL,
-            command_centre_key=keys.centre.public_key(),
-            unit_key=keys.unit,
-            max_bundle_bytes=max_bytes,
+            command_centre_key=self.keys.centre.public_key(),
+            unit_key=self.keys.unit,
+            max_bundle_bytes=self.max_bytes,
             ack_topic="lfr/v1/units/unit-a/watchlist/ack",
             publish=self._publish,
             audit=self.audit,
+            record=LifecycleFile(self.folder / "lifecycle.json", "unit-a", self.signing),
             clock=self.clock,
+            clock_trusted=lambda: self.clock_synchronised,
         )
+
+    def restart(self) -> None:
+        self.sync.shutdown()
+        self.sync = self.start()
 
     def _publish(self, topic: str, payload: bytes) -> bool:
         self.acks.append(json.loads(payload))
@@ -80,7 +98,10 @@ def test_a_valid_bundle_is_applied_and_acked_with_version_and_digest() -> None:
         "subjects": 3,
     }
     assert h.held() == (7, ack["digest"])
-    assert h.audit.events[-1][0] == "watchlist_applied"
+    applied = h.audit.events[-1]
+    assert isinstance(applied, WatchlistApplied) and (applied.deployment, applied.version) == ("DEP-1", 7)
+    window = (bundle.iso(NOW - 60), bundle.iso(NOW + 3600))
+    assert applied.subjects == 3 and (applied.valid_from, applied.valid_until) == window
     assert h.sync.store is not None and h.sync.store.subject(1).id == "S001"
 
 
@@ -102,7 +123,6 @@ def _refusals(keys: Keys) -> dict[str, bytes]:
         "wrong_unit": make_bundle(keys, version=6, unit_id="unit-b"),
         "wrong_model": make_bundle(keys, version=6, model_id="mobilefacenet/other/111111111111"),
         "expired": make_bundle(keys, version=6, valid_from=NOW - 7200, valid_until=NOW - 1),
-        "not_yet_valid": make_bundle(keys, version=6, valid_from=NOW + 60, valid_until=NOW + 7200),
         "replay": make_bundle(keys, version=5),
         "rollback": make_bundle(keys, version=4),
         "undecryptable": make_bundle(keys, version=6, unit_key=X25519PrivateKey.generate().public_key()),
@@ -121,16 +141,20 @@ def test_each_bad_bundle_is_refused_with_its_reason_and_the_held_list_is_unchang
     applied.sync.handle_message("t", payload)
     assert applied.acks[-1]["status"] == "refused"
     assert applied.acks[-1]["reason"] == reason, applied.acks[-1]
-    assert applied.audit.events[-1][0] == "watchlist_refused"
+    assert isinstance(applied.audit.events[-1], WatchlistRefused)
     assert applied.held() == before
-    assert applied.sync.store is store_before and not store_before.wiped  # type: ignore[union-attr]
+    assert store_before is not None and applied.sync.store is store_before
+    assert store_before.is_usable(applied.clock.now)
 
 
 def test_a_newer_version_replaces_and_wipes_the_old_store(applied: Harness) -> None:
     old = applied.sync.store
+    assert old is not None
+    old_matrix = old._matrix  # the live buffer itself: what wipe() must zero before dropping it
     applied.sync.handle_message("t", make_bundle(applied.keys, version=6))
-    assert applied.held() is not None and applied.held()[0] == 6  # type: ignore[index]
-    assert old is not None and old.wiped and not old.matrix_for_tests.any()
+    held = applied.held()
+    assert held is not None and held[0] == 6
+    assert not old.is_usable(applied.clock.now) and not old_matrix.any()
 
 
 def test_expiry_wipes_with_a_fake_clock_and_search_refuses_even_before_the_timer(applied: Harness) -> None:
@@ -142,22 +166,22 @@ def test_expiry_wipes_with_a_fake_clock_and_search_refuses_even_before_the_timer
     with pytest.raises(WatchlistUnavailable):
         store.search(probe, now=applied.clock.now)  # expired: refused even though not yet wiped
     assert applied.sync.check_expiry()
-    assert applied.sync.store is None and store.wiped
-    assert applied.audit.events[-1] == (
-        "watchlist_wiped",
-        {"deployment": "DEP-1", "version": 5, "reason": "expired"},
-    )
+    assert applied.sync.store is None and not store.is_usable(applied.clock.now - 1)  # wiped, not just expired
+    assert applied.audit.events[-1] == WatchlistWiped("DEP-1", 5, 3, WipeReason.EXPIRED)
 
 
 def test_signed_close_for_the_held_deployment_wipes(applied: Harness) -> None:
     store = applied.sync.store
     close = bundle.build_close("DEP-1", "unit-a", applied.keys.centre, NOW, "n1")
     applied.sync.handle_message("t", close)
-    assert applied.sync.store is None and store is not None and store.wiped
+    assert applied.sync.store is None and store is not None and not store.is_usable(applied.clock.now)
     assert applied.acks[-1]["status"] == "closed"
-    # the wiped bundle cannot be replayed afterwards
+    # the closed deployment is never applied again: not its bundle, not a newer version of it
     applied.sync.handle_message("t", make_bundle(applied.keys, version=5))
-    assert applied.acks[-1]["reason"] == "replay" and applied.sync.store is None
+    assert applied.acks[-1]["reason"] == "deployment_ended" and applied.sync.store is None
+    applied.sync.handle_message("t", make_bundle(applied.keys, version=9))
+    assert applied.acks[-1]["reason"] == "deployment_ended" and applied.sync.store is None
+    assert applied.sync.status().state == "closed" and applied.sync.status().deployment == "DEP-1"
 
 
 @pytest.mark.parametrize(
@@ -187,7 +211,7 @@ def test_close_for_another_deployment_keeps_the_list(applied: Harness) -> None:
 def test_shutdown_wipes(applied: Harness) -> None:
     store = applied.sync.store
     applied.sync.shutdown()
-    assert applied.sync.store is None and store is not None and store.wiped
+    assert applied.sync.store is None and store is not None and not store.is_usable(applied.clock.now)
 
 
 def test_the_held_bundle_redelivered_after_a_reconnect_is_not_a_refusal() -> None:
@@ -201,7 +225,71 @@ def test_the_held_bundle_redelivered_after_a_reconnect_is_not_a_refusal() -> Non
     # ... but a different message claiming the held version is still a replay, and so is the
     # same bundle once the list was wiped.
     h.sync.handle_message("t", make_bundle(h.keys, version=5))
-    assert h.acks[-1]["reason"] == "replay" and h.audit.events[-1][0] == "watchlist_refused"
-    h.sync.wipe("closed")
+    assert h.acks[-1]["reason"] == "replay" and isinstance(h.audit.events[-1], WatchlistRefused)
+
+
+def test_after_a_restart_the_retained_bundle_is_applied_again_and_an_ended_deployment_never() -> None:
+    h = Harness(Keys())
+    data = make_bundle(h.keys, version=5)
     h.sync.handle_message("t", data)
+    h.restart()
+    assert h.sync.store is None and h.sync.status().state == "none"
+    h.sync.handle_message("t", make_bundle(h.keys, version=5))  # another body claiming the held version
     assert h.acks[-1]["reason"] == "replay" and h.sync.store is None
+    h.sync.handle_message("t", data)  # the broker's retained copy of what was held before the restart
+    assert h.acks[-1]["status"] == "applied" and h.held() is not None
+    h.sync.handle_message("t", bundle.build_close("DEP-1", "unit-a", h.keys.centre, NOW, "n1"))
+    h.restart()
+    h.sync.handle_message("t", data)
+    assert h.acks[-1]["reason"] == "deployment_ended" and h.sync.store is None
+    assert h.sync.status().state == "closed"
+    h.sync.handle_message("t", make_bundle(h.keys, version=6, deployment="DEP-2"))
+    assert h.acks[-1]["status"] == "applied"
+    h.sync.handle_message("t", make_bundle(h.keys, version=7))  # DEP-1 again, newer: still ended
+    assert h.acks[-1]["reason"] == "deployment_ended" and h.sync.status().deployment == "DEP-2"
+
+
+def test_a_superseded_deployment_is_never_applied_again() -> None:
+    h = Harness(Keys())
+    h.sync.handle_message("t", make_bundle(h.keys, version=5))
+    h.sync.handle_message("t", make_bundle(h.keys, version=6, deployment="DEP-2"))
+    h.restart()
+    h.sync.handle_message("t", make_bundle(h.keys, version=8))
+    assert h.acks[-1]["reason"] == "deployment_ended"
+
+
+def test_a_refused_bundle_on_an_empty_unit_is_its_status_after_a_restart() -> None:
+    h = Harness(Keys())
+    h.sync.handle_message("t", make_bundle(h.keys, version=5, unit_id="unit-b"))
+    h.restart()
+    status = h.sync.status()
+    assert (status.state, status.reason, status.version) == ("refused", "wrong_unit", 5)
+    assert "unit-b" in (status.detail or "")
+
+
+def test_an_empty_retained_message_means_nothing_retained_not_a_refusal() -> None:
+    h = Harness(Keys())
+    h.sync.handle_message("t", b"")
+    assert h.acks == [] and h.audit.events == [] and h.sync.status().state == "none"
+
+
+def test_a_bundle_not_yet_valid_waits_and_is_applied_when_its_window_opens(applied: Harness) -> None:
+    later = make_bundle(applied.keys, version=6, valid_from=NOW + 60, valid_until=NOW + 7200)
+    applied.sync.handle_message("t", later)
+    assert applied.acks[-1] == {"status": "waiting", "reason": "not_yet_valid", "version": 6}
+    held = applied.held()
+    assert held is not None and held[0] == 5
+    assert not applied.sync.check_waiting()
+    applied.clock.now = NOW + 61
+    assert applied.sync.check_waiting()
+    held = applied.held()
+    assert applied.acks[-1]["status"] == "applied" and held is not None and held[0] == 6
+
+
+def test_a_bundle_waits_while_the_clock_is_not_synchronised() -> None:
+    h = Harness(Keys())
+    h.clock_synchronised = False
+    h.sync.handle_message("t", make_bundle(h.keys, version=5))
+    assert h.sync.store is None and h.sync.status().reason == "clock_not_synchronised"
+    h.clock_synchronised = True
+    assert h.sync.check_waiting() and h.sync.store is not None

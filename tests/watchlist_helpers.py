@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from lfr_contracts.bundle import SubjectEntry, build_bundle
 
@@ -37,19 +37,34 @@ def subjects(n: int = 3, rows: int = 1, seed: int = 0) -> list[SubjectEntry]:
     ]
 
 
-def make_bundle(keys: Keys, **overrides: object) -> bytes:
-    args: dict[str, object] = {
-        "deployment": "DEP-1",
-        "unit_id": "unit-a",
-        "unit_key": keys.unit.public_key(),
-        "version": 1,
-        "valid_from": NOW - 60,
-        "valid_until": NOW + 3600,
-        "threshold": 0.5,
-        "model_id": MODEL,
-        "sign_key": keys.centre,
-        "issued_at": NOW - 120,
-    }
-    args.update(overrides)
-    entries = args.pop("subjects", None) or subjects()
-    return build_bundle(entries, **args)  # type: ignore[arg-type]
+default_subjects = subjects  # make_bundle's parameter of that name hides the function
+
+
+def make_bundle(
+    keys: Keys,
+    *,
+    subjects: list[SubjectEntry] | None = None,
+    deployment: str = "DEP-1",
+    unit_id: str = "unit-a",
+    unit_key: X25519PublicKey | None = None,
+    version: int = 1,
+    valid_from: float = NOW - 60,
+    valid_until: float = NOW + 3600,
+    threshold: float = 0.5,
+    model_id: str = MODEL,
+    issued_at: float = NOW - 120,
+) -> bytes:
+    """A signed, sealed bundle of made-up subjects; any field can be overridden."""
+    return build_bundle(
+        subjects or default_subjects(),
+        deployment=deployment,
+        unit_id=unit_id,
+        unit_key=unit_key or keys.unit.public_key(),
+        version=version,
+        valid_from=valid_from,
+        valid_until=valid_until,
+        threshold=threshold,
+        model_id=model_id,
+        sign_key=keys.centre,
+        issued_at=issued_at,
+    )

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from lfr_bench import accuracy, latency, memory, peer, perception, pipeline, scale
 from lfr_bench.common import BenchContext, PartResult, machine_info, not_measured
@@ -17,6 +18,7 @@ from lfr_bench.variants import VariantsUnavailable, bench_variants, build
 from lfr_edge.config import REPO_ROOT, load_config_or_defaults
 
 PARTS = ("perception", "accuracy", "peer", "scale", "pipeline", "latency", "memory")
+T = TypeVar("T")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,6 +34,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="development only: folder with the raw source .tflite files",
     )
     return p.parse_args(argv)
+
+
+def prepared(value: T | None, what: str) -> T:
+    """What a vision part needs; it is prepared whenever the models and the face corpus are there, and the
+    parts are not run without them."""
+    if value is None:
+        raise RuntimeError(f"{what} was not prepared: no models or no face corpus")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, PartResult] = {}
     steps: dict[str, Callable[[], PartResult]] = {
-        "perception": lambda: perception.run(ctx, cfg, variants, frameset),  # type: ignore[arg-type]
-        "accuracy": lambda: accuracy.run(ctx, cfg, variants, photos),  # type: ignore[arg-type]
+        "perception": lambda: perception.run(ctx, cfg, variants, prepared(frameset, "the frame set")),
+        "accuracy": lambda: accuracy.run(ctx, cfg, variants, prepared(photos, "the photo set")),
         "peer": lambda: peer.run(
             ctx,
-            frameset,  # type: ignore[arg-type]
-            photos,  # type: ignore[arg-type]
+            prepared(frameset, "the frame set"),
+            prepared(photos, "the photo set"),
             results.get("accuracy") or not_measured("accuracy", "not run"),
             results.get("perception") or not_measured("perception", "not run"),
         ),

@@ -9,7 +9,6 @@ and is watched from outside (telemetry over MQTT as the command centre, /proc fo
 from __future__ import annotations
 
 import contextlib
-import json
 import queue
 import shutil
 import tempfile
@@ -24,6 +23,7 @@ import numpy as np
 
 from lfr_bench.common import BenchContext
 from lfr_bench.procstat import cpu_seconds, memory_mb
+from lfr_contracts.telemetry import Telemetry, decode_telemetry
 from lfr_edge import keyfiles
 from lfr_edge.config import Config
 
@@ -129,7 +129,7 @@ class Sample:
 
     received: float  # monotonic, bench side
     cpu_s: float
-    telemetry: dict[str, Any]
+    telemetry: Telemetry
 
 
 class TelemetryWatch:
@@ -158,7 +158,7 @@ class TelemetryWatch:
                 cpu = cpu_seconds(self.pid) if self.pid is not None else float("nan")
             except OSError:
                 cpu = float("nan")
-            self.samples.put(Sample(now, cpu, json.loads(message.payload)))
+            self.samples.put(Sample(now, cpu, decode_telemetry(message.payload)))
 
     def next(self, timeout: float = 10.0) -> Sample:
         try:
@@ -203,20 +203,18 @@ class Rates:
 
 def rates(window: list[Sample], pid: int) -> Rates:
     a, b = window[0].telemetry, window[-1].telemetry
-    seconds = b["time"] - a["time"]
+    seconds = b.time - a.time
     cpu_wall = window[-1].received - window[0].received
-    dropped_a = a["dropped_frames"] + sum(a.get("camera_dropped", {}).values())
-    dropped_b = b["dropped_frames"] + sum(b.get("camera_dropped", {}).values())
     memory = memory_mb(pid)
     return Rates(
         seconds=round(seconds, 2),
-        fps=round((b["frames"] - a["frames"]) / seconds, 2),
-        faces_per_s=round((b["faces_seen"] - a["faces_seen"]) / seconds, 2),
+        fps=round((b.frames - a.frames) / seconds, 2),
+        faces_per_s=round((b.faces_seen - a.faces_seen) / seconds, 2),
         cpu_percent=round(100.0 * (window[-1].cpu_s - window[0].cpu_s) / cpu_wall, 1),
-        frames=b["frames"] - a["frames"],
-        dropped=dropped_b - dropped_a,
-        queue_depth_max=max(s.telemetry["queue_depth"] for s in window),
-        stage_ms=b.get("stage_ms", {}),
+        frames=b.frames - a.frames,
+        dropped=b.dropped_total - a.dropped_total,
+        queue_depth_max=max(s.telemetry.queue_depth for s in window),
+        stage_ms=b.stage_ms,
         rss_mb=memory.get("VmRSS", float("nan")),
         hwm_mb=memory.get("VmHWM", float("nan")),
     )

@@ -139,8 +139,8 @@ def sample(
                 "t": round(message.received - started, 2),
                 "phase": phase,
                 **last,
-                "fps": message.telemetry["fps"],
-                "subjects": (message.telemetry.get("watchlist") or {}).get("subjects", 0),
+                "fps": message.telemetry.fps,
+                "subjects": message.telemetry.watchlist.subjects if message.telemetry.watchlist else 0,
             }
         )
     return {"rss_mb": last["VmRSS"], "hwm_mb": last["VmHWM"], "rss_peak_window_mb": peak_rss}, window

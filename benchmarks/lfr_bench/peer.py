@@ -101,7 +101,7 @@ def run(
         with tempfile.TemporaryDirectory(prefix="lfr-bench-peer-") as tmp:
             base = Path(tmp)
             (base / "t").mkdir()
-            np.savez(base / "t" / "frames.npz", **frames)  # type: ignore[arg-type]
+            np.savez(base / "t" / "frames.npz", allow_pickle=False, **frames)
             timing = _job(
                 python,
                 base / "t",

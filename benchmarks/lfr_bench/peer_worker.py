@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import face_recognition  # type: ignore[import-not-found, unused-ignore]
+import face_recognition
 import numpy as np
 
 

@@ -32,6 +32,7 @@ from lfr_bench.daemon_harness import (
     street_plan,
     van_missing,
 )
+from lfr_contracts import records
 
 SUMMARY_KEYS = (
     "fps_daemon_max",
@@ -74,7 +75,8 @@ def run(ctx: BenchContext) -> PartResult:
                     watchlist_data = memory.as_data(held, settle_s, paced_window_s)
                 else:
                     window = watch.window(warmup_s, window_s)
-                    held_subjects = (window[0].telemetry.get("watchlist") or {}).get("subjects")
+                    holding = window[0].telemetry.watchlist
+                    held_subjects = holding.subjects if holding is not None else None
                     if held_subjects != memory.SUBJECTS:
                         raise RuntimeError(f"the full-speed daemon holds {held_subjects} subjects, not the bench's")
                     runs[name] = (rates(window, pid), window)
@@ -173,7 +175,7 @@ def result(
             "watchlist_run": watchlist_data,
             "runs": {name: asdict(r) for name, (r, _) in runs.items()},
             "telemetry": {
-                name: [{"t": s.received - window[0].received, **s.telemetry} for s in window]
+                name: [{"t": s.received - window[0].received, **records.encode(s.telemetry)} for s in window]
                 for name, (_, window) in runs.items()
             },
         },
@@ -198,7 +200,7 @@ def plot_fps(ctx: BenchContext, runs: dict[str, tuple[Rates, list[Sample]]], nam
     fig, ax = plt.subplots(figsize=(8, 3.5))
     for label, (_, window) in runs.items():
         t0 = window[0].received
-        ax.plot([s.received - t0 for s in window], [s.telemetry["fps"] for s in window], marker="o", label=label)
+        ax.plot([s.received - t0 for s in window], [s.telemetry.fps for s in window], marker="o", label=label)
     ax.axhline(CAMERA_FPS, color="grey", linestyle="--", label="camera 25 fps")
     ax.set_xlabel("seconds into the steady window")
     ax.set_ylabel("daemon fps (telemetry)")

@@ -13,7 +13,9 @@ import gc
 import json
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,7 @@ import numpy as np
 from lfr_bench import watchlists
 from lfr_bench.common import BenchContext, PartResult, format_table, ms_stats, not_measured, pyplot
 from lfr_bench.procstat import memory_mb
+from lfr_contracts.audit_events import AuditEvent
 
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
 SUMMARY_KEYS = ("search_ms_1m", "search_ms_10k", "apply_s_100k")
@@ -79,12 +82,15 @@ def _apply_bundle(matrix: np.ndarray) -> tuple[Any, float, float]:
     size_mb = round(len(payload) / 2**20, 1)
 
     class Audit:
-        def append(self, event: str, **fields: object) -> None:
+        def append(self, event: AuditEvent) -> None:
             pass
 
     sync = sync_mod.WatchlistSync(
         unit_id="unit-bench", model_id=model_id, command_centre_key=centre.public_key(), unit_key=unit,
         max_bundle_bytes=len(payload) + 1, ack_topic="bench/ack", publish=lambda t, p: True, audit=Audit(),
+        record=watchlists.watchlist_module("lifecycle").LifecycleFile(
+            Path(tempfile.mkdtemp(prefix="lfr-bench-")) / "lifecycle.json", "unit-bench", centre
+        ),
     )  # fmt: skip
     t0 = time.perf_counter()
     sync.handle_message("bench/watchlist", payload)

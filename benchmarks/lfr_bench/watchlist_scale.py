@@ -71,7 +71,7 @@ def bench_apply(n: int, dim: int, runs: int) -> None:
         t = time.perf_counter()
         opened = bundle.open_bundle(
             data, command_centre_key=centre.public_key(), unit_key=unit, unit_id="unit-a", model_id=MODEL,
-            now=time.time(), held_version=None, max_bytes=1 << 30,
+            now=time.time(), history=bundle.AppliedHistory(), max_bytes=1 << 30,
         )  # fmt: skip
         store = WatchlistStore.from_opened(opened)
         opened.wipe()

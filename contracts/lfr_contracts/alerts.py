@@ -19,6 +19,7 @@ import binascii
 import json
 import math
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -28,10 +29,20 @@ from lfr_contracts import crypto
 
 ALERT_MAGIC = b"LFRA"
 ALERT_VERSION = 1
-DECISIONS = ("engage", "no_action", "false_alert")
 MAX_ALERT_BYTES = 4 * 1024 * 1024
 MAX_DECISION_BYTES = 4096
 _SIG_BYTES = 64
+
+
+class DecisionKind(StrEnum):
+    """What an officer decided about an alert: declared once, for the handset, the unit and the audit."""
+
+    ENGAGE = "engage"
+    NO_ACTION = "no_action"
+    FALSE_ALERT = "false_alert"
+
+
+DECISIONS = tuple(kind.value for kind in DecisionKind)
 
 
 class ProtocolError(ValueError):
@@ -58,7 +69,7 @@ class Decision:
     alert_id: str
     unit: str
     handset: str
-    decision: str
+    decision: DecisionKind
     time: float
 
 
@@ -141,7 +152,7 @@ def parse_decision(payload: bytes) -> tuple[Decision, bytes, bytes]:
             alert_id=_str(fields, "alert_id"),
             unit=_str(fields, "unit"),
             handset=_str(fields, "handset"),
-            decision=_str(fields, "decision"),
+            decision=_decision_kind(_str(fields, "decision")),
             time=_num(fields, "time"),
         )
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
@@ -150,9 +161,13 @@ def parse_decision(payload: bytes) -> tuple[Decision, bytes, bytes]:
         raise ProtocolError(f"decision is not valid JSON: {exc}") from exc
     if set(fields) != {"v", "alert_id", "unit", "handset", "decision", "time"}:
         raise ProtocolError(f"decision has unexpected fields: {sorted(fields)}")
-    if decision.decision not in DECISIONS:
-        raise ProtocolError(f"decision {decision.decision!r} is not one of {', '.join(DECISIONS)}")
     return decision, signature, _canonical(fields)
+
+
+def _decision_kind(value: str) -> DecisionKind:
+    if value not in DECISIONS:
+        raise ProtocolError(f"decision {value!r} is not one of {', '.join(DECISIONS)}")
+    return DecisionKind(value)
 
 
 def _str(body: dict[str, Any], key: str) -> str:

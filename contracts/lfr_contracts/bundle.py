@@ -106,6 +106,23 @@ class StaleClose(BundleError):
     reason = "stale_close"
 
 
+class DeploymentEnded(BundleError):
+    """The deployment was closed, superseded or expired on this unit: it is never applied again."""
+
+    reason = "deployment_ended"
+
+
+@dataclass(frozen=True)
+class AppliedHistory:
+    """What a unit already applied, for the checks against replays, rollbacks and closed deployments."""
+
+    highest_version: int | None = None
+    # The body digest of the highest version, which may be applied again (after a restart the list is gone
+    # from RAM while the broker still retains its bundle); None while that list is held.
+    reapplicable_digest: str | None = None
+    ended: frozenset[str] = frozenset()  # deployments closed, superseded or expired
+
+
 def iso(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat().replace("+00:00", "Z")
 
@@ -374,20 +391,23 @@ def parse_bundle_header(header: dict[str, Any]) -> BundleHeader:
     return parsed
 
 
-def check_bundle(header: BundleHeader, *, unit_id: str, model_id: str, now: float, held_version: int | None) -> None:
+def check_bundle(header: BundleHeader, *, unit_id: str, model_id: str, now: float, history: AppliedHistory) -> None:
     """The checks after the signature and before decryption; each refusal is its own exception."""
     if header.unit != unit_id:
         raise WrongUnit(f"the bundle is for unit {header.unit!r}, this is {unit_id!r}")
     if header.model_id != model_id:
         raise WrongModel(f"the bundle was enrolled with model {header.model_id!r}, this unit runs {model_id!r}")
+    if header.deployment in history.ended:
+        raise DeploymentEnded(f"deployment {header.deployment!r} has ended on this unit and is never applied again")
     if now >= header.valid_until:
         raise Expired(f"the bundle expired at {iso(header.valid_until)} (now {iso(now)})")
     if now < header.valid_from:
         raise NotYetValid(f"the bundle is valid from {iso(header.valid_from)} (now {iso(now)})")
-    if held_version is not None and header.version == held_version:
+    held = history.highest_version
+    if held is not None and header.version == held and header.body_sha256 != history.reapplicable_digest:
         raise Replay(f"version {header.version} was already applied")
-    if held_version is not None and header.version < held_version:
-        raise Rollback(f"version {header.version} is older than version {held_version} already applied")
+    if held is not None and header.version < held:
+        raise Rollback(f"version {header.version} is older than version {held} already applied")
 
 
 def open_bundle(
@@ -398,7 +418,7 @@ def open_bundle(
     unit_id: str,
     model_id: str,
     now: float,
-    held_version: int | None,
+    history: AppliedHistory,
     max_bytes: int,
 ) -> OpenedBundle:
     """Size → structure → signature → body digest → unit, model, window, version → decrypt → decode."""
@@ -411,7 +431,7 @@ def open_bundle(
     verify_envelope(envelope, command_centre_key)
     if len(envelope.body) != header.body_bytes or hashlib.sha256(envelope.body).hexdigest() != header.body_sha256:
         raise BundleGarbled("the body does not match the length and sha256 in the signed header")
-    check_bundle(header, unit_id=unit_id, model_id=model_id, now=now, held_version=held_version)
+    check_bundle(header, unit_id=unit_id, model_id=model_id, now=now, history=history)
     try:
         plaintext = crypto.open_sealed(envelope.body, unit_key, _body_aad(header), purpose=SEAL_PURPOSE)
     except crypto.CryptoError as exc:

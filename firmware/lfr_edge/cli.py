@@ -19,12 +19,14 @@ from lfr_contracts.crypto import CryptoError
 from lfr_contracts.errors import ConfigError
 from lfr_contracts.layout import DEFAULT_CONFIG, UnitLayout
 from lfr_edge import __version__
-from lfr_edge.audit.log import AuditError, add_audit_parser
+from lfr_edge.audit.cli import add_audit_parser
+from lfr_edge.audit.log import AuditError
 from lfr_edge.cli_options import Shared, declare, parent
 from lfr_edge.config import Config, load_config, load_config_or_defaults
 from lfr_edge.daemon import selftest
 from lfr_edge.inference.base import BackendUnavailable
 from lfr_edge.models import ModelError
+from lfr_edge.watchlist.lifecycle import LifecycleError
 
 GLOBAL_OPTIONS = (
     Shared(("--config",), {"type": Path, "default": None, "help": f"config file (default {DEFAULT_CONFIG})"}),
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _prepare(args)
         code: int = args.func(args)
-    except (ConfigError, ModelError, BackendUnavailable, CameraError, CryptoError, AuditError) as exc:
+    except (ConfigError, ModelError, BackendUnavailable, CameraError, CryptoError, AuditError, LifecycleError) as exc:
         print(f"lfr-edge {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -43,9 +43,8 @@ def _read(path: Path) -> bytes:
         raise KeyFileError(f"{path}: cannot read the key file ({exc.strerror})") from exc
 
 
-def _expect(path: Path, key: object, kind: type, what: str) -> None:
-    if not isinstance(key, kind):
-        raise KeyFileError(f"{path}: expected {what}, found a {type(key).__name__.lstrip('_')}")
+def _wrong_kind(path: Path, key: object, what: str) -> KeyFileError:
+    return KeyFileError(f"{path}: expected {what}, found a {type(key).__name__.lstrip('_')}")
 
 
 def _load_private(path: Path) -> object:
@@ -64,23 +63,27 @@ def _load_public(path: Path) -> object:
 
 def load_ed25519_private(path: Path) -> Ed25519PrivateKey:
     key = _load_private(path)
-    _expect(path, key, Ed25519PrivateKey, "an Ed25519 private key (signing)")
-    return key  # type: ignore[return-value]
+    if not isinstance(key, Ed25519PrivateKey):
+        raise _wrong_kind(path, key, "an Ed25519 private key (signing)")
+    return key
 
 
 def load_ed25519_public(path: Path) -> Ed25519PublicKey:
     key = _load_public(path)
-    _expect(path, key, Ed25519PublicKey, "an Ed25519 public key (signature check)")
-    return key  # type: ignore[return-value]
+    if not isinstance(key, Ed25519PublicKey):
+        raise _wrong_kind(path, key, "an Ed25519 public key (signature check)")
+    return key
 
 
 def load_x25519_private(path: Path) -> X25519PrivateKey:
     key = _load_private(path)
-    _expect(path, key, X25519PrivateKey, "an X25519 private key (sealing)")
-    return key  # type: ignore[return-value]
+    if not isinstance(key, X25519PrivateKey):
+        raise _wrong_kind(path, key, "an X25519 private key (sealing)")
+    return key
 
 
 def load_x25519_public(path: Path) -> X25519PublicKey:
     key = _load_public(path)
-    _expect(path, key, X25519PublicKey, "an X25519 public key (sealing)")
-    return key  # type: ignore[return-value]
+    if not isinstance(key, X25519PublicKey):
+        raise _wrong_kind(path, key, "an X25519 public key (sealing)")
+    return key

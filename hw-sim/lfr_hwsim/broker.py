@@ -201,6 +201,15 @@ class MosquittoBroker:
         if proc.stderr:
             proc.stderr.close()
 
+    def kill(self) -> None:
+        """SIGKILL, as a power cut: whatever the broker had not saved (queued messages, sessions) is lost."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+            if proc.stderr:
+                proc.stderr.close()
+
     def restart(self) -> None:
         """Stop and start again on the same port (clients see a dropped connection, then a broker)."""
         self.stop()
@@ -257,7 +266,9 @@ class SharedConnection:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]  # back soon after a broker restart
+        # Back soon after a broker restart. paho annotates the delays as int, but its reconnect wait is plain
+        # float arithmetic, so 0.1 s works.
+        self.client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]
         self.client.connect(broker.host, broker.port, keepalive=10)
         self.client.loop_start()
         assert self._up.wait(10), f"{name} could not connect: {broker.log_tail()}"
@@ -328,6 +339,11 @@ class Collector:
     def _deliver(self, message: Received) -> None:
         if any(paho.topic_matches_sub(topic, message.topic) for topic in list(self._topics)):
             self.messages.put(message)
+
+    @property
+    def client(self) -> paho.Client:
+        """The identity's connection, for a test that publishes at QoS 0 or in bulk."""
+        return self._connection.client
 
     def subscribe(self, topic: str) -> list[int]:
         self._topics.append(topic)

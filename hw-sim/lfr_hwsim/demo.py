@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lfr_contracts.telemetry import Telemetry, decode_telemetry
+from lfr_edge.audit.report import DeploymentReport, deployment_report
 from lfr_edge.config import Config
 from lfr_edge.vision.pipeline import build_pipeline
 from lfr_hwsim.broker import COMMAND_CENTRE, Collector
@@ -35,10 +37,12 @@ from lfr_hwsim.van import SimulatedVan, Subject
 from lfr_tools.command_centre.enrol import PipelineEnroller
 
 MIN_USABLE_FACE_PX = 48  # a walker whose face never gets this wide cannot be expected to be recognised
-# Files that may change during a run: logs, sockets, the camera's fault-control file and the broker's
-# session store (sealed alerts queued for an offline handset: matches only).
+# Files that may change during a run: logs, sockets, the camera's fault-control file, the broker's
+# session store (sealed alerts queued for an offline handset: matches only) and the unit's lifecycle
+# record (deployment ids, versions and counts only; tests/test_lifecycle_record.py pins its fields).
 PRIVATE_OK = (
     "audit.jsonl",
+    "lifecycle.json",
     "daemon.log",
     "mosquitto.log",
     ".sock",
@@ -52,7 +56,7 @@ PRIVATE_OK = (
 class Observed:
     """What the demo saw from outside the unit: telemetry, alerts at the handset, beacon states."""
 
-    telemetry: list[dict[str, Any]] = field(default_factory=list)
+    telemetry: list[Telemetry] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     beacon_states: list[tuple[float, str]] = field(default_factory=list)
     faults_announced: int = 0
@@ -168,14 +172,13 @@ def run_demo(
             listener.stop()
             after = snapshot(work)
             written = [p for p, meta in after.items() if before.get(p) != meta and not p.endswith(PRIVATE_OK)]
-            audit_events = [
-                json.loads(line)["event"] for line in (van.paths.state / "audit.jsonl").read_text().splitlines()
-            ]
-        report = make_report(plan, duration_s, observed, written, audit_events, code)
+            audit = deployment_report(van.paths.state / "audit.jsonl")
+        report = make_report(plan, duration_s, observed, written, audit, code)
         report["faults"] = injector.report() if injector is not None else []
     (out / "report.json").write_text(json.dumps(report, indent=2))
     plot_timeline(observed, report, out / "timeline.png")
     print_report(report, out)
+    print(f"\nthe unit's deployment report (lfr-edge audit report):\n{audit.text()}")
     return report
 
 
@@ -195,7 +198,7 @@ class TelemetryListener:
                 message = self.collector.next(timeout=0.5)
             except queue.Empty:
                 continue
-            observed.telemetry.append(json.loads(message.payload))
+            observed.telemetry.append(decode_telemetry(message.payload))
 
     def stop(self) -> None:
         self._stop.set()
@@ -236,12 +239,12 @@ def progress(elapsed: float, duration: float, observed: Observed, last_printed: 
     if elapsed - last_printed[0] < (1.0 if tty else 5.0):
         return
     last_printed[0] = elapsed
-    t = observed.telemetry[-1] if observed.telemetry else {}
+    t = observed.telemetry[-1] if observed.telemetry else None
+    fps, frames, faces, tracks = (t.fps, t.frames, t.faces_seen, t.tracks_started) if t else (0.0, 0, 0, 0)
     beacon = observed.beacon_states[-1][1] if observed.beacon_states else "-"
     line = (
-        f"\r[{elapsed:5.1f}/{duration:.0f} s] fps {t.get('fps', 0):5.1f} | frames {t.get('frames', 0):5d} | "
-        f"faces {t.get('faces_seen', 0):5d} | tracks {t.get('tracks_started', 0):4d} | "
-        f"alerts {len(observed.alerts):2d} | beacon {beacon:<6}"
+        f"\r[{elapsed:5.1f}/{duration:.0f} s] fps {fps:5.1f} | frames {frames:5d} | "
+        f"faces {faces:5d} | tracks {tracks:4d} | alerts {len(observed.alerts):2d} | beacon {beacon:<6}"
     )
     sys.stdout.write(line if tty else line.lstrip("\r") + "\n")
     sys.stdout.flush()
@@ -252,7 +255,7 @@ def make_report(
     duration_s: float,
     observed: Observed,
     written: list[str],
-    audit_events: list[str],
+    audit: DeploymentReport,
     exit_code: int,
 ) -> dict[str, Any]:
     windows = usable_watchlisted(plan, duration_s)
@@ -267,7 +270,7 @@ def make_report(
             false_alerts += 1
     true_alerts = sum(1 for identity in alerted if identity in windows)
     duplicates = sum(n - 1 for n in alerted.values())
-    last = observed.telemetry[-1] if observed.telemetry else {}
+    last = observed.telemetry[-1] if observed.telemetry else None
     latencies = [a["latency_ms"] for a in observed.alerts]
     return {
         "duration_s": duration_s,
@@ -277,13 +280,13 @@ def make_report(
         "true_alerts": true_alerts,
         "false_alerts": false_alerts + duplicates,
         "missed": len(windows) - true_alerts,
-        "frames": last.get("frames", 0),
-        "fps": round(statistics.median([t["fps"] for t in observed.telemetry[1:]] or [0.0]), 2),
-        "dropped_frames": last.get("dropped_frames", 0),
-        "faces_seen": last.get("faces_seen", 0),
-        "faces_rejected_by_quality": last.get("faces_rejected", {}),
-        "tracks_discarded_unmatched": last.get("tracks_ended_unmatched", 0),
-        "stage_ms_median": last.get("stage_ms", {}),
+        "frames": last.frames if last else 0,
+        "fps": round(statistics.median([t.fps for t in observed.telemetry[1:]] or [0.0]), 2),
+        "dropped_frames": last.dropped_frames if last else 0,
+        "faces_seen": last.faces_seen if last else 0,
+        "faces_rejected_by_quality": last.faces_rejected if last else {},
+        "tracks_discarded_unmatched": last.tracks_ended_unmatched if last else 0,
+        "stage_ms_median": last.stage_ms if last else {},
         "e2e_latency_ms": {
             "p50": percentile(latencies, 50),
             "p99": percentile(latencies, 99),
@@ -293,7 +296,8 @@ def make_report(
         "beacon_states": observed.beacon_states,
         "non_match_files_written": len(written),
         "files_written": written,
-        "audit_events": {e: audit_events.count(e) for e in sorted(set(audit_events))},
+        "audit_events": dict(sorted(audit.events_by_type.items())),
+        "deployment_report": audit.as_dict(),
         "daemon_exit_code": exit_code,
         "scene": {"seed": plan.seed, "watchlisted": list(plan.watchlisted), "fps": plan.fps},
     }
@@ -307,8 +311,8 @@ def plot_timeline(observed: Observed, report: dict[str, Any], path: Path) -> Non
 
     fig, (ax_fps, ax_lat) = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
     if observed.telemetry:
-        t0 = observed.telemetry[0]["uptime_s"]
-        ax_fps.plot([t["uptime_s"] - t0 for t in observed.telemetry], [t["fps"] for t in observed.telemetry])
+        t0 = observed.telemetry[0].uptime_s
+        ax_fps.plot([t.uptime_s - t0 for t in observed.telemetry], [t.fps for t in observed.telemetry])
     for alert in observed.alerts:
         ax_fps.axvline(alert["at_s"], color="red", alpha=0.6)
     ax_fps.set_ylabel("frames / s")

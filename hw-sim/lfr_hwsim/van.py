@@ -242,8 +242,11 @@ class SimulatedVan:
         self._enrolled = (list(entries), threshold, enroller.model_id)
         return self.reissue_watchlist(valid_for_s, version)
 
-    def reissue_watchlist(self, valid_for_s: float = 3600.0, version: int | None = None) -> bytes:
-        """A new version of the last built watchlist (same subjects, no re-enrolment), valid for `valid_for_s`."""
+    def reissue_watchlist(
+        self, valid_for_s: float = 3600.0, version: int | None = None, unit_id: str | None = None
+    ) -> bytes:
+        """A new version of the last built watchlist (same subjects, no re-enrolment), valid for `valid_for_s`;
+        `unit_id` names another unit in the header (a bundle this unit must refuse)."""
         if self._enrolled is None:
             raise ValueError("watchlist: nothing enrolled yet (build_watchlist first)")
         entries, threshold, model_id = self._enrolled
@@ -252,7 +255,7 @@ class SimulatedVan:
         payload = bundle.build_bundle(
             entries,
             deployment="sim-deployment",
-            unit_id=self.unit_id,
+            unit_id=unit_id or self.unit_id,
             unit_key=keyfiles.load_x25519_public(self.paths.keys / layout.UNIT_X25519_PUB),
             version=self.watchlist_version,
             valid_from=now - 60,

@@ -86,7 +86,9 @@ def acl_text(plan: AccessPlan) -> str:
         "# Units: the username is the certificate CN, which is the unit id.",
         f"pattern read {units}/%u/watchlist",
         f"pattern read {units}/%u/decisions",
+        f"pattern read {units}/%u/alerts/ack",  # handsets' signed receipts
         *(f"pattern write {units}/%u/{leaf}" for leaf in _UNIT_LEAVES_WRITTEN),
+        f"pattern write {units}/%u/decisions/answer/+",  # accepted or refused, to the deciding handset
     ]
     for unit in plan.all_units():
         lines += [
@@ -107,6 +109,8 @@ def acl_text(plan: AccessPlan) -> str:
                 f"topic read {units}/{unit}/alerts",
                 f"topic read {units}/{unit}/status",
                 f"topic write {units}/{unit}/decisions",
+                f"topic write {units}/{unit}/alerts/ack",
+                f"topic read {units}/{unit}/decisions/answer/{handset}",
                 f"topic read {units}/{unit}/pairing/offer",
                 f"topic write {units}/{unit}/pairing/request",
                 f"topic read {units}/{unit}/pairing/confirm/{handset}",
@@ -116,6 +120,7 @@ def acl_text(plan: AccessPlan) -> str:
         for unit in bridged:
             lines += [f"topic read {units}/{unit}/watchlist", f"topic readwrite {units}/{unit}/decisions"]
             lines += [f"topic write {units}/{unit}/{leaf}" for leaf in (*_UNIT_LEAVES_WRITTEN, "bridge")]
+            lines += [f"topic readwrite {units}/{unit}/{leaf}" for leaf in ("alerts/ack", "decisions/answer/+")]
     return "\n".join(lines) + "\n"
 
 
@@ -235,6 +240,8 @@ def bridge_conf(bridge: Bridge, prefix: str = DEFAULT_PREFIX) -> list[str]:
         *(f"topic {leaf} out 1 {base} {base}" for leaf in ("watchlist/ack", "status", "audit", "alerts")),
         f"topic telemetry out 0 {base} {base}",
         f"topic decisions both 1 {base} {base}",
+        f"topic decisions/answer/# both 1 {base} {base}",
+        f"topic alerts/ack both 1 {base} {base}",
     ]
 
 

@@ -1,7 +1,7 @@
 """Roof beacon driver for the "lfr" line protocol (docs/beacon-protocol.md) over a serial port.
 
 The frame pipeline must never wait on a serial line, so the pipeline only sets the wanted state
-(`show_alert`, `show_fault`, `show_idle`, `buzz`) and a thread of this driver owns the port: it sends
+(`show_alert`, `show_fault`, `clear_fault`) and a thread of this driver owns the port: it sends
 commands, waits for their ACK, retries, keeps the beacon's watchdog fed with heartbeats, and when the
 port fails (the beacon is unplugged) reopens it with capped backoff and replays the wanted state.
 Garbage from the line is skipped and counted; it is logged once per burst, never once per byte.
@@ -22,8 +22,10 @@ from dataclasses import dataclass
 import serial
 
 from lfr_contracts import beacon as bp
+from lfr_contracts.alerts import Alert
 from lfr_contracts.beacon import BadChecksum, DeviceState, Frame, Pattern, Reply
 from lfr_contracts.errors import ConfigError
+from lfr_edge.alerts.channel import UnitState
 from lfr_edge.config import BeaconConfig
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,6 @@ class BeaconDriver:
         self._fault_reason: str | None = None
         self._alert_until = -math.inf
         self._alert_camera: str | None = None
-        self._buzz_request: tuple[int, int] | None = None  # (request number, duration_ms)
         self._changes = 0
         self._probes_requested = 0
         self._probes_done = 0
@@ -129,47 +130,21 @@ class BeaconDriver:
             self._alert_camera = camera
             self._changed()
 
-    def show_idle(self) -> None:
-        """Show idle now: clears a fault and cuts any alert hold short."""
-        with self._cond:
-            self._base, self._fault_reason = Pattern.IDLE, None
-            self._alert_until, self._alert_camera = -math.inf, None
-            self._changed()
-
     def show_fault(self, reason: str) -> None:
-        """Show the fault pattern until show_idle(); an alert still shows over it for its hold time."""
+        """Show the fault pattern until clear_fault(); an alert still shows over it for its hold time."""
         with self._cond:
             self._base, self._fault_reason = Pattern.FAULT, reason
             self._changed()
 
-    def show_off(self) -> None:
-        """Lamps off (e.g. a deliberate stealth deployment); the heartbeat and watchdog keep running."""
+    def clear_fault(self) -> None:
+        """Back to idle once the fault is gone; an alert being shown keeps its hold time."""
         with self._cond:
-            self._base, self._fault_reason = Pattern.OFF, None
-            self._alert_until, self._alert_camera = -math.inf, None
-            self._changed()
-
-    def buzz(self, on: bool = True, duration_s: float | None = None) -> None:
-        """Sound the buzzer for duration_s (None: until buzz(False)); a one-shot request, not replayed."""
-        if not on:
-            duration_ms = 0
-        elif duration_s is None:
-            duration_ms = bp.BUZZER_UNTIL_OFF
-        else:
-            duration_ms = min(max(1, round(duration_s * 1000)), bp.MAX_DURATION_MS)
-        with self._cond:
-            number = self._buzz_request[0] + 1 if self._buzz_request else 1
-            self._buzz_request = (number, duration_ms)
+            self._base, self._fault_reason = Pattern.IDLE, None
             self._changed()
 
     def state(self) -> BeaconState:
         with self._cond:
             return self._snapshot()
-
-    def wait_until(self, predicate: Callable[[BeaconState], bool], timeout_s: float) -> bool:
-        """Block until predicate(state) holds or the timeout passes (for self-test and tests)."""
-        with self._cond:
-            return self._cond.wait_for(lambda: predicate(self._snapshot()), timeout_s)
 
     def selftest(self, timeout_s: float = 2.0) -> bool:
         """Ask the beacon for its state; True if it answered within timeout_s (for `lfr-edge selftest`)."""
@@ -322,7 +297,6 @@ class BeaconDriver:
         now = self._clock()
         with self._cond:
             wanted = self._wanted(now)
-            buzz = self._buzz_request
             probe = self._probes_requested > self._probes_done
             seen = self._changes
             alert_until = self._alert_until
@@ -334,14 +308,6 @@ class BeaconDriver:
                 # First thing on a fresh port: arm the watchdog (a parked beacon has it off).
                 result, _ = self._transact(bp.heartbeat(self._next_seq(), self._watchdog_ms))
                 self._watchdog_armed = result is _Result.ACKED
-                self._after(result)
-                return
-            if buzz is not None:
-                result, _ = self._transact(bp.buzzer(self._next_seq(), buzz[1]))
-                if result is not _Result.FAILED:
-                    with self._cond:
-                        if self._buzz_request == buzz:
-                            self._buzz_request = None
                 self._after(result)
                 return
             if wanted != self._acked:
@@ -485,3 +451,22 @@ class BeaconDriver:
         with self._cond:
             self._responsive = False
             self._cond.notify_all()
+
+
+class BeaconChannel:
+    """The roof beacon as an alert channel: the alert pattern for each alert, the fault pattern while the
+    unit has a fault (an alert still shows over it)."""
+
+    name = "beacon"
+
+    def __init__(self, driver: BeaconDriver) -> None:
+        self._driver = driver
+
+    def deliver(self, alert: Alert) -> None:
+        self._driver.show_alert(alert.camera)
+
+    def show_state(self, state: UnitState) -> None:
+        if state.ok:
+            self._driver.clear_fault()
+        else:
+            self._driver.show_fault("; ".join(state.faults))

@@ -6,50 +6,37 @@ sha256 of "lfr-edge audit genesis:<unit id>". An edited, removed, reordered or c
 and `verify` names the first line where it breaks. Removing lines from the end leaves a shorter intact
 chain: compare the head (`AuditLog.head`, published on the unit's audit topic) to catch that.
 
-No biometric data may enter: values that look like an embedding, a crop or a frame (bytes, arrays,
-long lists of numbers, long base64-like strings) are refused with a BiometricFieldError, so callers
-cannot leak them by mistake. Only counts, identifiers, times and decisions belong here.
+Every event is one of the typed classes of lfr_contracts.audit_events (the event name lives on the
+class). No biometric data may enter: values that look like an embedding, a crop or a frame (bytes,
+arrays, long lists of numbers, long base64-like strings) are refused with a BiometricFieldError, so
+callers cannot leak them by mistake; then the values must have the types their class declares.
+The deployment report (lfr_edge.audit.report) reads the lines back through the same classes.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import os
 import re
-import sys
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+
+from lfr_contracts.audit_events import LINE_FIELDS, AuditEvent, AuditEventError, LogCreated, check_event
 
 ZERO_HASH = "0" * 64
 MAX_LINE_BYTES = 16 * 1024
 FILE_MODE = 0o640
 _TAIL_WINDOW = 4 * MAX_LINE_BYTES
-_RESERVED = ("seq", "time", "event", "prev")
-_EVENT_NAME = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/_\-]{96,}")
 _MAX_FLOATS = 4
 _MAX_NUMBERS = 16
 _MAX_STRING = 1024
-
-# The events the daemon writes, and the fields the deployment report reads from them.
-LOG_CREATED = "log_created"  # unit; previous_log, previous_log_sha256 after damage
-STARTED = "started"  # version, config_sha256
-STOPPED = "stopped"  # reason
-FACES_SEEN = "faces_seen"  # camera, count (faces tracked since the previous faces_seen)
-ALERT_RAISED = "alert_raised"  # alert_id, camera, subject_id, score
-DECISION = "decision"  # alert_id, handset_id, decision: engage | no_action | false_alert
-WATCHLIST_APPLIED = "watchlist_applied"  # deployment_id, version, subjects, valid_from, valid_until
-WATCHLIST_WIPED = "watchlist_wiped"  # reason, deployment_id, version, subjects
-FAULT = "fault"  # component, message
-DECISIONS = ("engage", "no_action", "false_alert")
 
 
 class AuditError(Exception):
@@ -208,34 +195,37 @@ class AuditLog:
             os.fchmod(fd, FILE_MODE)  # the service's UMask=0077 would otherwise make it 0600
         log = cls(path, fd, head, genesis_hash(unit_id), clock)
         if created:
-            fields: dict[str, Any] = {"unit": unit_id}
-            if damaged is not None:
-                fields["previous_log"] = damaged.name
-                fields["previous_log_sha256"] = hashlib.sha256(damaged.read_bytes()).hexdigest()
-            log.append(LOG_CREATED, **fields)
+            if damaged is None:
+                log.append(LogCreated(unit=unit_id))
+            else:
+                digest = hashlib.sha256(damaged.read_bytes()).hexdigest()
+                log.append(LogCreated(unit=unit_id, previous_log=damaged.name, previous_log_sha256=digest))
         return log
 
     @property
     def head(self) -> Head | None:
         return self._head
 
-    def append(self, event: str, **fields: Any) -> Head:
-        """Write one event and fsync it; returns the new head. Refuses biometric-looking fields."""
-        if not _EVENT_NAME.match(event):
-            raise AuditError(f"audit event name {event!r} must be lower-case letters, digits, '_' or '.'")
+    def append(self, event: AuditEvent) -> Head:
+        """Write one event and fsync it; returns the new head. Refuses biometric-looking or mistyped fields."""
+        name, fields = event.name, event.to_fields()
         for key, value in fields.items():
-            if key in _RESERVED:
+            if key in LINE_FIELDS:
                 raise AuditError(f"audit field {key!r} is reserved")
             _check_value(key, value)
+        try:
+            check_event(event)
+        except AuditEventError as exc:
+            raise AuditError(f"audit event {name}: {exc}") from exc
         with self._lock:
             if self._fd < 0:
                 raise AuditError(f"{self.path}: the audit log is closed")
             seq = 0 if self._head is None else self._head.seq + 1
             prev = self._genesis if self._head is None else self._head.hash
-            record = {"seq": seq, "time": self._clock(), "event": event, **fields, "prev": prev}
+            record = {"seq": seq, "time": self._clock(), "event": name, **fields, "prev": prev}
             line = json.dumps(record, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
             if len(line) >= MAX_LINE_BYTES:
-                raise AuditError(f"audit event {event}: {len(line)} bytes is over the {MAX_LINE_BYTES} limit")
+                raise AuditError(f"audit event {name}: {len(line)} bytes is over the {MAX_LINE_BYTES} limit")
             os.write(self._fd, line + b"\n")
             os.fsync(self._fd)
             self._head = Head(seq=seq, hash=line_hash(line))
@@ -275,15 +265,41 @@ def _records(path: Path) -> Iterator[tuple[int, bytes, bool]]:
             yield number, line.rstrip(b"\n"), line.endswith(b"\n")
 
 
+@dataclasses.dataclass(frozen=True)
+class Line:
+    """One line of the verified part of a log: its place, its seq and time, its event's name and fields."""
+
+    number: int  # 1-based line number
+    seq: int
+    time: str
+    event: str
+    fields: dict[str, Any]  # without seq, time, event and prev
+
+
 def verify(path: Path, unit_id: str | None = None, expected_head: Head | None = None) -> VerifyReport:
     """Walk the whole chain; report the first line where it breaks.
 
     The genesis is taken from `unit_id`, or else from the first line's `unit` field. `expected_head`
     (seq and hash published by the unit) catches lines removed from the end.
     """
+    return read_verified(path, unit_id, expected_head)[0]
+
+
+def read_verified(
+    path: Path, unit_id: str | None = None, expected_head: Head | None = None
+) -> tuple[VerifyReport, list[Line]]:
+    """`verify`, and the lines up to the first break (what a reader of the log may trust)."""
     records = list(_iter_verified(path, unit_id))
     bad = next((r for r in records if isinstance(r, _Bad)), None)
     good = [r for r in records if isinstance(r, tuple)]
+    lines = [
+        Line(n, r["seq"], r["time"], r["event"], {k: v for k, v in r.items() if k not in LINE_FIELDS})
+        for n, (r, _) in enumerate(good, start=1)
+    ]
+    return _chain_report(good, bad, expected_head), lines
+
+
+def _chain_report(good: list[tuple[dict[str, Any], str]], bad: _Bad | None, expected_head: Head | None) -> VerifyReport:
     head = Head(seq=good[-1][0]["seq"], hash=good[-1][1]) if good else None
     if bad is not None:
         return VerifyReport(False, len(good), head, bad.line, bad.problem)
@@ -331,8 +347,8 @@ def _iter_verified(path: Path, unit_id: str | None) -> Iterator[tuple[dict[str, 
                 yield _Bad(1, f"this log belongs to unit {owner}, not to {unit_id} (--unit-id): another unit's log")
                 return
             if number == 1 and prev_hash is None:
-                if record["event"] != LOG_CREATED or not isinstance(record.get("unit"), str):
-                    yield _Bad(1, f"the first line is not a {LOG_CREATED} event naming the unit")
+                if record["event"] != LogCreated.name or not isinstance(record.get("unit"), str):
+                    yield _Bad(1, f"the first line is not a {LogCreated.name} event naming the unit")
                     return
                 prev_hash = genesis_hash(record["unit"])
             seq = record["seq"]
@@ -356,168 +372,3 @@ def _iter_verified(path: Path, unit_id: str | None) -> Iterator[tuple[dict[str, 
             yield record, prev_hash
     except OSError as exc:
         yield _Bad(0, f"cannot read {path}: {exc.strerror}")
-
-
-@dataclasses.dataclass(frozen=True)
-class DeploymentReport:
-    """The figures a force publishes after a deployment, computed from events only (no biometrics)."""
-
-    chain: VerifyReport
-    units: tuple[str, ...]
-    first_event: str
-    last_event: str
-    events_by_type: dict[str, int]
-    faces_seen: int
-    faces_seen_by_camera: dict[str, int]
-    alerts: int
-    decisions: dict[str, int]
-    alerts_without_decision: int
-    watchlists_applied: tuple[dict[str, Any], ...]
-    watchlists_wiped: tuple[dict[str, Any], ...]
-    faults: int
-
-    def as_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["chain"] = {"ok": self.chain.ok, "events": self.chain.events, "summary": self.chain.summary()}
-        return out
-
-    def text(self) -> str:
-        lines = [
-            f"audit chain:        {self.chain.summary()}",
-            f"unit(s):            {', '.join(self.units) or '-'}",
-            f"period:             {self.first_event or '-'} .. {self.last_event or '-'}",
-            f"faces seen:         {self.faces_seen}"
-            + (
-                f" ({', '.join(f'{k} {v}' for k, v in sorted(self.faces_seen_by_camera.items()))})"
-                if self.faces_seen_by_camera
-                else ""
-            ),
-            f"alerts:             {self.alerts}",
-        ]
-        for name in DECISIONS:
-            lines.append(f"  decided {name + ':':12s}{self.decisions.get(name, 0)}")
-        lines.append(f"  without decision: {self.alerts_without_decision}")
-        lines.append(f"watchlists applied: {len(self.watchlists_applied)}")
-        for w in self.watchlists_applied:
-            lines.append(
-                f"  {w.get('time')}  deployment {w.get('deployment_id')} v{w.get('version')}: "
-                f"{w.get('subjects')} subjects, valid {w.get('valid_from')} .. {w.get('valid_until')}"
-            )
-        lines.append(f"watchlists wiped:   {len(self.watchlists_wiped)}")
-        for w in self.watchlists_wiped:
-            lines.append(f"  {w.get('time')}  v{w.get('version')} ({w.get('subjects')} subjects): {w.get('reason')}")
-        lines.append(f"faults:             {self.faults}")
-        lines.append("events by type:     " + ", ".join(f"{k} {v}" for k, v in sorted(self.events_by_type.items())))
-        return "\n".join(lines)
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
-def deployment_report(path: Path, unit_id: str | None = None) -> DeploymentReport:
-    """Summarise the verified part of the log (a broken chain is reported, and counted up to the break)."""
-    chain = verify(path, unit_id)
-    records = [r[0] for r in _iter_verified(path, unit_id) if isinstance(r, tuple)]
-    by_type = Counter(r["event"] for r in records)
-    faces_by_camera: Counter[str] = Counter()
-    decisions: Counter[str] = Counter()
-    alert_ids: set[str] = set()
-    decided: set[str] = set()
-    applied: list[dict[str, Any]] = []
-    wiped: list[dict[str, Any]] = []
-    units: list[str] = []
-    for r in records:
-        event = r["event"]
-        if event == LOG_CREATED and isinstance(r.get("unit"), str) and r["unit"] not in units:
-            units.append(r["unit"])
-        elif event == FACES_SEEN:
-            faces_by_camera[str(r.get("camera", "-"))] += _count(r.get("count"))
-        elif event == ALERT_RAISED:
-            alert_ids.add(str(r.get("alert_id", f"seq{r['seq']}")))
-        elif event == DECISION and r.get("decision") in DECISIONS:
-            decisions[r["decision"]] += 1
-            decided.add(str(r.get("alert_id")))
-        elif event in (WATCHLIST_APPLIED, WATCHLIST_WIPED):
-            keys = ("deployment_id", "version", "subjects", "valid_from", "valid_until", "reason")
-            entry = {"time": r["time"], **{k: r[k] for k in keys if k in r}}
-            (applied if event == WATCHLIST_APPLIED else wiped).append(entry)
-    return DeploymentReport(
-        chain=chain,
-        units=tuple(units),
-        first_event=records[0]["time"] if records else "",
-        last_event=records[-1]["time"] if records else "",
-        events_by_type=dict(by_type),
-        faces_seen=sum(faces_by_camera.values()),
-        faces_seen_by_camera=dict(faces_by_camera),
-        alerts=by_type[ALERT_RAISED],
-        decisions={name: decisions[name] for name in DECISIONS},
-        alerts_without_decision=len(alert_ids - decided),
-        watchlists_applied=tuple(applied),
-        watchlists_wiped=tuple(wiped),
-        faults=by_type[FAULT],
-    )
-
-
-def _parse_head(text: str) -> Head:
-    seq, _, digest = text.partition(":")
-    if not seq.isdigit() or not _HEX64.match(digest):
-        raise argparse.ArgumentTypeError(f"--expect-head: {text!r} is not SEQ:SHA256HEX")
-    return Head(int(seq), digest)
-
-
-def _cmd_verify(args: argparse.Namespace) -> int:
-    report = verify(Path(args.file), args.unit_id, args.expect_head)
-    print(f"{args.file}: {report.summary()}", file=sys.stdout if report.ok else sys.stderr)
-    if report.ok and report.head is not None:
-        print(f"head: {report.head.seq}:{report.head.hash}")
-    return 0 if report.ok else 1
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    report = deployment_report(Path(args.file), args.unit_id)
-    if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
-    else:
-        print(report.text())
-    return 0 if report.chain.ok else 1
-
-
-def add_audit_parser(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-    parents: list[argparse.ArgumentParser] | None = None,
-) -> argparse.ArgumentParser:
-    """Add `audit verify FILE` and `audit report FILE` to a CLI; each sets args.func(args) -> exit code."""
-    parents = parents or []
-    audit = subparsers.add_parser(
-        "audit", help="check the audit log's hash chain, summarise a deployment", parents=parents
-    )
-    commands = audit.add_subparsers(dest="audit_command", required=True)
-    check = commands.add_parser(
-        "verify", help="verify the hash chain; exit 1 naming the first bad line", parents=parents
-    )
-    check.add_argument("file", help="the audit log (e.g. /var/lib/lfr-edge/audit.jsonl)")
-    check.add_argument("--unit-id", help="the unit the log must belong to (checks the genesis)")
-    check.add_argument("--expect-head", type=_parse_head, help="SEQ:HASH the unit published; catches a cut tail")
-    check.set_defaults(func=_cmd_verify)
-    summary = commands.add_parser(
-        "report", help="deployment figures: faces seen, alerts, decisions, watchlists", parents=parents
-    )
-    summary.add_argument("file", help="the audit log")
-    summary.add_argument("--unit-id", help="the unit the log must belong to")
-    summary.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    summary.set_defaults(func=_cmd_report)
-    return audit
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m lfr_edge.audit.log verify|report FILE` (the same as `lfr-edge audit ...`)."""
-    parser = argparse.ArgumentParser(prog="lfr-edge")
-    add_audit_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["audit", *(sys.argv[1:] if argv is None else argv)])
-    result: int = args.func(args)
-    return result
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

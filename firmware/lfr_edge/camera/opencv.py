@@ -67,7 +67,9 @@ def guess_backend(uri: str) -> str:
 
 
 class OpenCVSource:
-    def __init__(self, cfg: CameraConfig) -> None:
+    def __init__(self, cfg: CameraConfig, stop: threading.Event | None = None) -> None:
+        """`stop` is set by close() and paces the reconnect backoff (its wait); a test passes one that
+        records the waits instead of sleeping through them."""
         options = source_options(cfg.name, cfg.options, OPTIONS)
         self.name = cfg.name
         self.uri = cfg.uri
@@ -85,7 +87,7 @@ class OpenCVSource:
         self.fourcc: str = options.get("fourcc", "")
         self.buffer_size = int(options.get("buffer_size", 1))
         self.stats = SourceStats()
-        self._stop = threading.Event()
+        self._stop = stop if stop is not None else threading.Event()
         self._cv2: Any = None
         self._cap: Any = None
         self._is_file = False

@@ -6,20 +6,29 @@ dies; a clean stop publishes a retained `stopped` (a clean DISCONNECT suppresses
 status carries `seq`, which increases per connection: the will of connection N has the same `seq` as
 the birth of connection N, so a consumer can ignore a late death of an older connection.
 
-Handlers run on one dispatcher thread, never on paho's network thread, so a slow handler (applying a
-watchlist) cannot stall keep-alives.
+Each subscription has its own bounded queue and its own dispatcher thread, never paho's network thread:
+a slow handler (applying a watchlist) cannot stall keep-alives, and a flood on one topic (junk decisions)
+cannot starve another (the command centre's close). A payload over the subscription's size limit is
+refused before it is copied. What a subscription drops is counted and logged once per interval.
+
+An unreachable broker is loud: every failed attempt is recorded with its reason (`connection_problem`),
+the first logged at once and the rest summarised at most every `PROBLEM_LOG_INTERVAL_S`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import queue
 import secrets
 import socket
 import ssl
+import sys
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +36,76 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from lfr_contracts.topics import Topics, status_payload
+from lfr_contracts.status import UnitState, UnitStatus, WatchlistStatus, now_iso
+from lfr_contracts.topics import Topics
 from lfr_edge.config import MqttConfig
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
 WAIT_S = 10.0  # short-lived tools: upper bound for one broker round trip (subscribe, publish)
-_CONNECTED = ("", b"")  # a marker on the dispatcher queue: run the connect listeners
+DROP_LOG_INTERVAL_S = 10.0
+PROBLEM_LOG_INTERVAL_S = 30.0
+
+
+class Overflow(enum.Enum):
+    """What a full subscription queue does with the next message."""
+
+    DROP = "drop"  # drop it and count it (handsets' decisions: a flood must not grow memory)
+    WAIT = "wait"  # hold paho's network thread until there is room (the command centre: never dropped)
+
+
+@dataclass
+class SubscriptionStats:
+    delivered: int = 0
+    dropped_full: int = 0
+    dropped_oversize: int = 0
+    handler_errors: int = 0
+
+
+@dataclass
+class _Subscription:
+    topic: str
+    handler: Handler
+    qos: int
+    max_bytes: int
+    overflow: Overflow
+    inbox: queue.Queue[tuple[str, bytes] | None]
+    stats: SubscriptionStats = field(default_factory=SubscriptionStats)
+    thread: threading.Thread | None = None
+    reported_drops: int = 0
+    reported_at: float = 0.0
+
+    def dropped(self) -> int:
+        return self.stats.dropped_full + self.stats.dropped_oversize
+
+    def report_drops(self, now: float) -> None:
+        """One log line per interval for whatever was dropped since the last one."""
+        new = self.dropped() - self.reported_drops
+        if new and now - self.reported_at >= DROP_LOG_INTERVAL_S:
+            log.warning(
+                "mqtt: dropped %d message(s) on %s in the last %.0f s (%d over %d bytes, %d with the queue full)",
+                new, self.topic, DROP_LOG_INTERVAL_S, self.stats.dropped_oversize, self.max_bytes,
+                self.stats.dropped_full,
+            )  # fmt: skip
+            self.reported_drops, self.reported_at = self.dropped(), now
+
+
+def describe_connect_failure(exc: BaseException | None) -> str:
+    """A technician's reading of why a connection attempt failed."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: the broker's certificate does not verify ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the broker running, is mqtt.port right?)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror or exc})"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "no answer (timed out): check mqtt.host and the network"
+    if isinstance(exc, OSError):
+        return f"cannot connect ({exc.strerror or exc})"
+    return "cannot connect (no reason given)"
 
 
 def tls_client(
@@ -148,7 +219,7 @@ class QueuedClient:
 class UnitMqttClient:
     """One unit's connection to the broker. `start()` returns at once; `connected` is set when up."""
 
-    def __init__(self, unit_id: str, cfg: MqttConfig, *, dispatch_queue_size: int = 64) -> None:
+    def __init__(self, unit_id: str, cfg: MqttConfig, *, model_id: str | None = None) -> None:
         self.unit_id = unit_id
         self.cfg = cfg
         self.topics = Topics.for_unit(cfg.topic_prefix, unit_id)
@@ -156,33 +227,46 @@ class UnitMqttClient:
         self.connected = threading.Event()
         self.connect_count = 0
         self._seq = 0
-        self._handlers: dict[str, tuple[Handler, int]] = {}
+        self._subscriptions: dict[str, _Subscription] = {}
         self._connect_listeners: list[Callable[[], None]] = []
         self._lock = threading.Lock()
-        self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=dispatch_queue_size)
+        self._events: queue.Queue[bool] = queue.Queue()  # True: run the connect listeners; False: stop
         self._dispatcher: threading.Thread | None = None
+        self._started = False
+        self._problem: str | None = None
+        self._watchlist: WatchlistStatus | None = None
+        self._model_id = model_id
+        self._failed_attempts = 0
+        self._problem_logged_at = 0.0
         self._client = tls_client(self.client_id, cfg.ca_file, cfg.cert_file, cfg.key_file)
+        # paho annotates the delays as int, but its reconnect wait is plain float arithmetic: fractions of a
+        # second work, and a unit reconnects 0.2 s after a broker restart rather than a whole second later.
         self._client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
         self._set_will()
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_connect_fail = self._on_connect_fail
 
     # lifecycle ---------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Connect in the background; reconnects with capped exponential backoff until `stop()`."""
-        self._dispatcher = threading.Thread(target=self._dispatch, name=f"mqtt-dispatch-{self.unit_id}", daemon=True)
+        self._started = True
+        self._dispatcher = threading.Thread(
+            target=self._run_listeners, name=f"mqtt-connect-{self.unit_id}", daemon=True
+        )
         self._dispatcher.start()
+        with self._lock:
+            for subscription in self._subscriptions.values():
+                self._start_thread(subscription)
         self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
         self._client.loop_start()
 
     def stop(self, timeout_s: float = 3.0) -> None:
         """Publish the retained `stopped` status (when connected), disconnect cleanly, end the threads."""
         if self.connected.is_set():
-            info = self._client.publish(
-                self.topics.status, status_payload("stopped", self.unit_id, self._seq), qos=1, retain=True
-            )
+            info = self._client.publish(self.topics.status, self._status("stopped"), qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout_s)
             except (RuntimeError, ValueError) as exc:
@@ -191,9 +275,16 @@ class UnitMqttClient:
         self._client.disconnect()
         self._client.loop_stop()
         if self._dispatcher is not None:
-            self._inbox.put(None)
+            self._events.put(False)
             self._dispatcher.join(timeout_s)
             self._dispatcher = None
+        with self._lock:
+            subscriptions = list(self._subscriptions.values())
+        for subscription in subscriptions:
+            _put_stop(subscription.inbox)
+            if subscription.thread is not None:
+                subscription.thread.join(timeout_s)
+                subscription.thread = None
 
     # publishing and subscribing ---------------------------------------------------------------------
 
@@ -209,36 +300,68 @@ class UnitMqttClient:
         with self._lock:
             self._connect_listeners.append(listener)
 
-    def subscribe(self, topic: str, handler: Handler, *, qos: int = 1) -> None:
-        """Call `handler(topic, payload)` for each message on `topic`, now and after every reconnect."""
+    def subscribe(
+        self,
+        topic: str,
+        handler: Handler,
+        *,
+        qos: int = 1,
+        max_bytes: int,
+        queue_size: int = 64,
+        overflow: Overflow = Overflow.DROP,
+    ) -> None:
+        """Call `handler(topic, payload)` on this subscription's own thread for each message on `topic`, now
+        and after every reconnect. Payloads over `max_bytes` are refused before they are copied."""
+        if "+" in topic or "#" in topic:
+            raise ValueError(f"subscribe {topic!r}: the unit subscribes to exact topics (messages are routed by name)")
+        subscription = _Subscription(topic, handler, qos, max_bytes, overflow, queue.Queue(maxsize=queue_size))
         with self._lock:
-            self._handlers[topic] = (handler, qos)
+            self._subscriptions[topic] = subscription
+            if self._started:
+                self._start_thread(subscription)
         if self.connected.is_set():
             self._client.subscribe(topic, qos)
+
+    def set_watchlist_status(self, status: WatchlistStatus) -> None:
+        """Say which watchlist the unit holds in its retained status, now and in every later birth."""
+        if status == self._watchlist:
+            return
+        self._watchlist = status
+        if self.connected.is_set():
+            self._client.publish(self.topics.status, self._status("online"), qos=1, retain=True)
+
+    def _status(self, state: UnitState) -> bytes:
+        watchlist = None if state == "offline" else self._watchlist  # the will is the broker's word, not ours
+        return UnitStatus(state, self.unit_id, now_iso(), self._seq, watchlist, self._model_id).encode()
+
+    def subscription_stats(self) -> dict[str, SubscriptionStats]:
+        """Per topic: delivered, dropped (full queue, oversize), handler errors; for telemetry."""
+        with self._lock:
+            return {topic: sub.stats for topic, sub in self._subscriptions.items()}
+
+    def connection_problem(self) -> str | None:
+        """Why the broker cannot be reached right now (None while connected or before the first try)."""
+        return None if self.connected.is_set() else self._problem
 
     # paho callbacks (network thread) ----------------------------------------------------------------
 
     def _set_will(self) -> None:
-        self._client.will_set(
-            self.topics.status, status_payload("offline", self.unit_id, self._seq), qos=1, retain=True
-        )
+        self._client.will_set(self.topics.status, self._status("offline"), qos=1, retain=True)
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any) -> None:
         if reason.is_failure:
-            log.warning("mqtt: broker %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, reason)
+            self._record_problem(f"the broker refused the connection ({reason}): is this unit's certificate allowed?")
             return
+        self._problem, self._failed_attempts = None, 0
         self.connect_count += 1
         with self._lock:
-            subscriptions = [(topic, qos) for topic, (_, qos) in self._handlers.items()]
+            subscriptions = [(sub.topic, sub.qos) for sub in self._subscriptions.values()]
         for topic, qos in subscriptions:
             client.subscribe(topic, qos)
-        client.publish(self.topics.status, status_payload("online", self.unit_id, self._seq), qos=1, retain=True)
+        client.publish(self.topics.status, self._status("online"), qos=1, retain=True)
         log.info("mqtt: connected to %s:%s as %s (seq %d)", self.cfg.host, self.cfg.port, self.client_id, self._seq)
         self.connected.set()
-        try:
-            self._inbox.put_nowait(_CONNECTED)
-        except queue.Full:
-            log.error("mqtt: handler queue full, connect listeners not run")
+        self._events.put(True)
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
@@ -250,32 +373,71 @@ class UnitMqttClient:
             self._set_will()
             log.warning("mqtt: disconnected from %s:%s (%s); reconnecting", self.cfg.host, self.cfg.port, reason)
 
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        # paho calls this from inside its `except OSError:` block, so the exception is the one being handled.
+        self._record_problem(describe_connect_failure(sys.exc_info()[1]))
+
+    def _record_problem(self, why: str) -> None:
+        self._problem = f"broker {self.cfg.host}:{self.cfg.port}: {why}"
+        self._failed_attempts += 1
+        now = time.monotonic()
+        if self._failed_attempts == 1 or now - self._problem_logged_at >= PROBLEM_LOG_INTERVAL_S:
+            log.error("mqtt: %s (attempt %d; retrying with backoff)", self._problem, self._failed_attempts)
+            self._problem_logged_at = now
+
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        try:
-            self._inbox.put_nowait((message.topic, bytes(message.payload)))
-        except queue.Full:
-            log.error("mqtt: handler queue full, dropped a message on %s", message.topic)
+        subscription = self._subscriptions.get(message.topic)  # the unit subscribes to exact topics only
+        if subscription is not None:
+            self._enqueue(subscription, message)
 
-    # dispatcher thread ------------------------------------------------------------------------------
+    def _enqueue(self, subscription: _Subscription, message: paho.MQTTMessage) -> None:
+        if len(message.payload) > subscription.max_bytes:
+            subscription.stats.dropped_oversize += 1  # refused before the payload is copied
+        elif subscription.overflow is Overflow.WAIT:
+            subscription.inbox.put((message.topic, bytes(message.payload)))
+        else:
+            try:
+                subscription.inbox.put_nowait((message.topic, bytes(message.payload)))
+            except queue.Full:
+                subscription.stats.dropped_full += 1
+        subscription.report_drops(time.monotonic())
 
-    def _dispatch(self) -> None:
-        while (item := self._inbox.get()) is not None:
-            if item is _CONNECTED:
-                with self._lock:
-                    listeners = list(self._connect_listeners)
-                for listener in listeners:
-                    try:
-                        listener()
-                    except Exception:
-                        log.exception("mqtt: connect listener failed")
-                continue
-            topic, payload = item
+    # dispatcher threads -----------------------------------------------------------------------------
+
+    def _start_thread(self, subscription: _Subscription) -> None:
+        name = f"mqtt-{subscription.topic.rsplit('/', 1)[-1]}"
+        subscription.thread = threading.Thread(target=self._dispatch, args=(subscription,), name=name, daemon=True)
+        subscription.thread.start()
+
+    def _run_listeners(self) -> None:
+        while self._events.get():
             with self._lock:
-                handlers = [h for sub, (h, _) in self._handlers.items() if paho.topic_matches_sub(sub, topic)]
-            for handler in handlers:
+                listeners = list(self._connect_listeners)
+            for listener in listeners:
                 try:
-                    handler(topic, payload)
+                    listener()
                 except Exception:
-                    log.exception("mqtt: handler for %s failed", topic)
+                    log.exception("mqtt: connect listener failed")
+
+    def _dispatch(self, subscription: _Subscription) -> None:
+        while (item := subscription.inbox.get()) is not None:
+            topic, payload = item
+            try:
+                subscription.handler(topic, payload)
+                subscription.stats.delivered += 1
+            except Exception:
+                subscription.stats.handler_errors += 1
+                log.exception("mqtt: handler for %s failed", topic)
             # Drop the payload now: the next get() may block for hours, and a watchlist bundle is large.
             del item, payload
+
+
+def _put_stop(inbox: queue.Queue[tuple[str, bytes] | None]) -> None:
+    """Wake a dispatcher to stop, even when its queue is full (the oldest waiting message gives way)."""
+    while True:
+        try:
+            inbox.put_nowait(None)
+            return
+        except queue.Full:
+            with contextlib.suppress(queue.Empty):
+                inbox.get_nowait()

@@ -18,6 +18,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from lfr_edge.config import DaemonConfig
+
 
 class NotifyError(OSError):
     """NOTIFY_SOCKET is set but unusable (a malformed address)."""
@@ -95,12 +97,6 @@ class Notifier:
                 self._sock.close()
                 self._sock = None
 
-    def __enter__(self) -> Notifier:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def watchdog_timeout_s(env: Mapping[str, str] | None = None, pid: int | None = None) -> float | None:
     """The watchdog timeout systemd set (WATCHDOG_USEC), or None when no watchdog is asked for.
@@ -157,6 +153,10 @@ class Watchdog:
         if timeout is None or not notifier.enabled:
             return None
         return cls(notifier, interval_s=timeout / 2, stall_s=stall_s)
+
+    def apply(self, cfg: DaemonConfig) -> None:
+        """A reloaded [daemon] section: how old the last progress may be before petting stops."""
+        self.stall_s = cfg.watchdog_stall_s
 
     def progress(self) -> None:
         """Called by the pipeline once per processed frame; cheap (one clock read)."""

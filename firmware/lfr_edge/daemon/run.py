@@ -16,123 +16,44 @@ import os
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-from lfr_contracts.alerts import Alert
+from lfr_contracts import layout
+from lfr_contracts.alerts import MAX_DECISION_BYTES
+from lfr_contracts.audit_events import ConfigReloaded, FacesSeen, FaultComponent, Started, Stopped
 from lfr_contracts.camera import FrameSource
 from lfr_contracts.errors import ConfigError
+from lfr_contracts.receipts import MAX_RECEIPT_BYTES
+from lfr_contracts.telemetry import BeaconLink, CameraState, HeldWatchlist, Telemetry, encode_telemetry
 from lfr_edge import keyfiles
+from lfr_edge.alerts.channel import AlertChannel, UnitState, show_state_on_all
 from lfr_edge.alerts.handset import HandsetChannel, load_handsets
-from lfr_edge.audit import log as audit_events
+from lfr_edge.audit.faults import FaultMonitor, Problem, current_problems
 from lfr_edge.audit.log import AuditLog
 from lfr_edge.camera import create_source
-from lfr_edge.comms.mqtt import UnitMqttClient
+from lfr_edge.comms.mqtt import Overflow, UnitMqttClient
 from lfr_edge.config import Config, load_config, require_cameras
+from lfr_edge.daemon.alerting import Alerter
 from lfr_edge.daemon.frames import CaptureThread, FrameQueue
+from lfr_edge.daemon.memory_lock import lock_all_memory
 from lfr_edge.daemon.notify import Notifier, Watchdog
 from lfr_edge.daemon.worker import PipelineWorker
-from lfr_edge.vision.image import encode_jpeg
-from lfr_edge.vision.match import MatchDecision
 from lfr_edge.vision.pipeline import build_pipeline
-from lfr_edge.vision.track import TrackFace
-from lfr_edge.watchlist.store import WatchlistStore, WatchlistUnavailable, harden_process
+from lfr_edge.watchlist.lifecycle import LifecycleFile
+from lfr_edge.watchlist.store import harden_process
 from lfr_edge.watchlist.sync import WatchlistSync
 
 log = logging.getLogger("lfr_edge.daemon")
 
-UNIT_X25519_KEY = "unit-x25519.key"  # names fixed by provisioning (lfr_contracts.layout)
-UNIT_ED25519_KEY = "unit-ed25519.key"
 STOP_DEADLINE_S = 4.0  # everything in stop() shares this budget; systemd's TimeoutStopSec is 5 s
 
 
-class StoreWatchlist:
-    """The held watchlist as matching sees it: an expired or wiped list answers with no candidates."""
-
-    def __init__(self, store: WatchlistStore) -> None:
-        self.store = store
-
-    @property
-    def threshold(self) -> float:
-        return self.store.threshold
-
-    def search(
-        self, probes: npt.NDArray[np.float32], k: int, now: float
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        try:
-            result = self.store.search(probes, now, k)
-        except WatchlistUnavailable:
-            empty = np.zeros((len(probes), 0))
-            return empty.astype(np.int64), empty.astype(np.float32)
-        return result.indices, result.scores
-
-    def subject_id(self, index: int) -> str:
-        return self.store.subject(index).id
-
-
-class UnitAlertSink:
-    """One decision → a sealed alert to the handsets, the beacon's alert pattern, an audit event."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-
-    def alert(self, decision: MatchDecision, live: TrackFace, frame_time: float) -> None:
-        d = self.daemon
-        store = d.sync.store
-        if store is None:
-            return
-        try:
-            subject = store.subject(decision.subject_index)
-        except (WatchlistUnavailable, IndexError) as exc:
-            log.warning("alert for track %d dropped: %s", decision.track_id, exc)
-            return
-        alert_id = uuid.uuid4().hex[:16]
-        # The frame's capture time is on the monotonic clock; alerts carry wall-clock time.
-        wall_time = time.time() - (time.monotonic() - frame_time)
-        alert = Alert(
-            alert_id=alert_id,
-            unit=d.cfg.unit.id,
-            camera=decision.camera,
-            time=wall_time,
-            score=round(decision.score, 4),
-            threshold=decision.threshold,
-            subject_id=subject.id,
-            category=subject.category,
-            reference=subject.reference,
-            live_jpeg=encode_jpeg(live.crop),
-            watchlist_jpeg=subject.photo_jpeg,
-        )
-        d.handsets.send(alert)
-        if d.beacon is not None:
-            d.beacon.show_alert(decision.camera)
-        d.audit.append(
-            audit_events.ALERT_RAISED,
-            alert_id=alert_id,
-            camera=decision.camera,
-            subject_id=subject.id,
-            score=round(decision.score, 3),
-            watchlist_version=store.version,
-        )
-        log.info(
-            "ALERT %s: subject %s on %s, score %.3f (threshold %.2f, %d frames)",
-            alert_id,
-            subject.id,
-            decision.camera,
-            decision.score,
-            decision.threshold,
-            decision.supporting_frames,
-        )
-
-
-@dataclass
+@dataclass(frozen=True)
 class Health:
-    """What READY=1 waits for, and what telemetry reports."""
+    """What READY=1 waits for."""
 
     models: bool = False
     broker: bool = False
@@ -150,6 +71,7 @@ class Daemon:
         self.notifier = Notifier(self.env)
         self.started_at = time.monotonic()
         self.beacon: Any = None
+        self.unit_state = UnitState()
         self._faces_audited: dict[str, int] = {}
         self._published_head: Any = None
 
@@ -159,19 +81,23 @@ class Daemon:
         cfg = self.cfg
         for problem in harden_process():
             log.warning("hardening: %s", problem)
+        locking = lock_all_memory()
+        if locking is not None:
+            log.warning("hardening: %s; with swap off nothing is paged out anyway", locking)
         self.audit = AuditLog.open(cfg.unit.audit_log, cfg.unit.id, on_damage="rotate")
-        self.audit.append(audit_events.STARTED, version=_version(), cameras=[c.name for c in cfg.cameras])
+        self.audit.append(Started(version=_version(), cameras=tuple(c.name for c in cfg.cameras)))
+        self.faults = FaultMonitor(self.audit)
         keys = cfg.unit.keys_dir
-        self.unit_signing = keyfiles.load_ed25519_private(keys / UNIT_ED25519_KEY)
-        unit_sealing = keyfiles.load_x25519_private(keys / UNIT_X25519_KEY)
+        self.unit_signing = keyfiles.load_ed25519_private(keys / layout.UNIT_ED25519_KEY)
+        unit_sealing = keyfiles.load_x25519_private(keys / layout.UNIT_X25519_KEY)
         command_centre = keyfiles.load_ed25519_public(cfg.watchlist.command_centre_key)
 
         self.notifier.status("loading models")
         self.pipeline = build_pipeline(cfg)
-        self.health.models = True
+        self.health = replace(self.health, models=True)
         log.info("models verified and loaded: %s (%s)", self.pipeline.model_id, cfg.inference.backend)
 
-        self.mqtt = UnitMqttClient(cfg.unit.id, cfg.mqtt)
+        self.mqtt = UnitMqttClient(cfg.unit.id, cfg.mqtt, model_id=self.pipeline.model_id)
         self.sync = WatchlistSync(
             unit_id=cfg.unit.id,
             model_id=self.pipeline.model_id,
@@ -181,10 +107,13 @@ class Daemon:
             ack_topic=self.mqtt.topics.watchlist_ack,
             publish=lambda topic, payload: self.mqtt.publish(topic, payload, qos=1),
             audit=self.audit,
+            record=LifecycleFile(cfg.unit.state_dir / layout.LIFECYCLE_RECORD, cfg.unit.id, self.unit_signing),
+            on_status=self.mqtt.set_watchlist_status,
         )
+        self.mqtt.set_watchlist_status(self.sync.status())  # the first birth already says it
         self.handsets = HandsetChannel(
             self.mqtt,
-            self.mqtt.topics.alerts,
+            self.mqtt.topics,
             cfg.unit.id,
             self.unit_signing,
             self._paired_handsets,
@@ -192,14 +121,28 @@ class Daemon:
             self.audit,
         )
         self._handset_cache: tuple[float, dict[str, Any]] = (0.0, {})
-        self.mqtt.subscribe(self.mqtt.topics.watchlist, self.sync.handle_message)
-        self.mqtt.subscribe(self.mqtt.topics.decisions, self.handsets.on_decision)
+        # The command centre's messages are never dropped; a flood of decisions is, and cannot delay them.
+        self.mqtt.subscribe(
+            self.mqtt.topics.watchlist,
+            self.sync.handle_message,
+            max_bytes=cfg.watchlist.max_bundle_bytes,
+            queue_size=4,
+            overflow=Overflow.WAIT,
+        )
+        self.mqtt.subscribe(
+            self.mqtt.topics.decisions, self.handsets.on_decision, max_bytes=MAX_DECISION_BYTES, queue_size=256
+        )
+        self.mqtt.subscribe(
+            self.mqtt.topics.alert_receipts, self.handsets.on_receipt, max_bytes=MAX_RECEIPT_BYTES, queue_size=256
+        )
         self.mqtt.add_connect_listener(self._on_broker_connected)
 
+        self.channels: list[AlertChannel] = [self.handsets]
         if cfg.beacon.enabled:
-            from lfr_edge.alerts.beacon import BeaconDriver
+            from lfr_edge.alerts.beacon import BeaconChannel, BeaconDriver
 
             self.beacon = BeaconDriver(cfg.beacon)
+            self.channels.append(BeaconChannel(self.beacon))
 
         self.queue = FrameQueue(sum(c.queue_size for c in cfg.cameras))
         self.sources: list[FrameSource] = [create_source(c) for c in cfg.cameras]
@@ -212,8 +155,8 @@ class Daemon:
             [c.name for c in cfg.cameras],
             cfg.track,
             cfg.match,
-            self._current_watchlist,
-            UnitAlertSink(self),
+            lambda: self.sync.store,
+            Alerter(cfg.unit.id, self.channels, self.audit),
         )
 
     def _paired_handsets(self) -> dict[str, Any]:
@@ -224,12 +167,8 @@ class Daemon:
             self._handset_cache = (time.monotonic(), handsets)
         return handsets
 
-    def _current_watchlist(self) -> StoreWatchlist | None:
-        store = self.sync.store
-        return StoreWatchlist(store) if store is not None else None
-
     def _on_broker_connected(self) -> None:
-        self.handsets.flush()
+        self.handsets.flush(resend_all=True)  # a broker that restarted may have lost what it queued
 
     def start(self) -> None:
         """Start every thread; READY=1 is sent from the main loop once the health checks pass."""
@@ -258,6 +197,7 @@ class Daemon:
             frame = self.queue.get(timeout=0.5)
             for capture in self.captures:
                 capture.check_stall(time.monotonic())
+            self._show_unit_state()
             if frame is not None:
                 self.worker.process(frame)
                 if self.watchdog is not None:
@@ -267,14 +207,30 @@ class Daemon:
             elif time.monotonic() - last_status > 2.0:
                 last_status = time.monotonic()
                 self.notifier.status(self.status_line())
+                self.handsets.flush()  # re-send what no handset acknowledged
+            if ready:
+                self.faults.poll(time.monotonic(), self._current_problems)
         return 0
 
+    def _show_unit_state(self) -> None:
+        """The channels show what keeps the unit from scanning (a camera lost or stalled) while it lasts."""
+        cameras = [p for p in self._current_problems() if p.component is FaultComponent.CAMERA]
+        state = UnitState(tuple(f"camera {p.source} {p.problem}" for p in cameras))
+        if state != self.unit_state:
+            self.unit_state = state
+            show_state_on_all(self.channels, state)
+
     def _check_ready(self) -> bool:
-        self.health.broker = self.mqtt.connected.is_set()
-        self.health.cameras = all(c.first_frame.is_set() for c in self.captures)
+        self.health = replace(
+            self.health,
+            broker=self.mqtt.connected.is_set(),
+            cameras=all(c.first_frame.is_set() for c in self.captures),
+        )
         if not (self.health.models and self.health.broker and self.health.cameras):
             waiting = [k for k, ok in vars(self.health).items() if not ok]
-            self.notifier.status(f"starting: waiting for {', '.join(waiting)}")
+            problem = self.mqtt.connection_problem()
+            reason = f" ({problem})" if problem and not self.health.broker else ""
+            self.notifier.status(f"starting: waiting for {', '.join(waiting)}{reason}")
             return False
         self.notifier.ready(self.status_line())
         if self.watchdog is not None:
@@ -282,57 +238,54 @@ class Daemon:
         log.info("ready: %s", self.status_line())
         return True
 
+    def _current_problems(self) -> list[Problem]:
+        broker = f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}"
+        return current_problems(self.captures, self.beacon, self.cfg.beacon.port, self.mqtt.connected.is_set(), broker)
+
     def status_line(self) -> str:
         stats = self.worker.stats
-        store = self.sync.store
-        version = f"v{store.version} ({store.size} subjects)" if store is not None else "none"
         return (
-            f"{stats.fps():.1f} fps, {stats.faces_seen} faces, watchlist {version}, "
+            f"{stats.fps():.1f} fps, {stats.faces_seen} faces, watchlist {self.sync.status().summary()}, "
             f"{stats.alerts} alerts, dropped {self.queue.dropped}"
         )
 
-    def telemetry(self) -> dict[str, Any]:
+    def telemetry(self) -> Telemetry:
         """Counts and timings only: no frame, crop or embedding is ever part of it."""
         stats = self.worker.stats
         store = self.sync.store
         beacon = self.beacon.state() if self.beacon is not None else None
-        return {
-            "unit": self.cfg.unit.id,
-            "time": time.time(),
-            "uptime_s": round(time.monotonic() - self.started_at, 1),
-            "fps": round(stats.fps(), 2),
-            "frames": stats.frames,
-            "faces_seen": stats.faces_seen,
-            "faces_embedded": stats.faces_embedded,
-            "faces_rejected": dict(stats.rejected),
-            "tracks_started": stats.tracks_started,
-            "tracks_ended_unmatched": stats.tracks_ended_unmatched,
-            "alerts": stats.alerts,
-            "stage_ms": stats.stage_medians(),
-            "dropped_frames": self.queue.dropped,
-            "queue_depth": self.queue.depth(),
-            "cpu_temp_c": cpu_temperature(),
-            "watchlist": None
-            if store is None
-            else {"version": store.version, "subjects": store.size, "valid_until": store.valid_until},
-            "cameras": {c.source.name: "stalled" if c.stalled else c.state for c in self.captures},
-            "camera_dropped": {s.name: s.stats.dropped for s in self.sources},
-            "beacon": None
-            if beacon is None
-            else {
-                "connected": beacon.connected,
-                "responsive": beacon.responsive,
-                "pattern": str(beacon.pattern_acked),
-            },
-            "alerts_outbox": vars(self.handsets.stats),
-        }
+        return Telemetry(
+            unit=self.cfg.unit.id,
+            time=time.time(),
+            uptime_s=round(time.monotonic() - self.started_at, 1),
+            fps=round(stats.fps(), 2),
+            frames=stats.frames,
+            faces_seen=stats.faces_seen,
+            faces_embedded=stats.faces_embedded,
+            faces_rejected=dict(stats.rejected),
+            tracks_started=stats.tracks_started,
+            tracks_ended_unmatched=stats.tracks_ended_unmatched,
+            alerts=stats.alerts,
+            stage_ms=stats.stage_medians(),
+            dropped_frames=self.queue.dropped,
+            queue_depth=self.queue.depth(),
+            cpu_temp_c=cpu_temperature(),
+            watchlist=None if store is None else HeldWatchlist(store.version, store.size, store.valid_until),
+            cameras={c.source.name: CameraState.STALLED if c.stalled else CameraState(c.state) for c in self.captures},
+            camera_dropped={s.name: s.stats.dropped for s in self.sources},
+            beacon=None if beacon is None else BeaconLink(beacon.connected, beacon.responsive, beacon.pattern_acked),
+            alerts_outbox=dict(vars(self.handsets.stats)),
+        )
 
     def _telemetry_loop(self) -> None:
         while not self.stop_event.wait(self.cfg.daemon.telemetry_interval_s):
-            self._audit_faces_seen()
-            if self.mqtt.connected.is_set():
-                self.mqtt.publish(self.mqtt.topics.telemetry, json.dumps(self.telemetry()).encode(), qos=0)
-                self._publish_audit_head()
+            try:
+                self._audit_faces_seen()
+                if self.mqtt.connected.is_set():
+                    self.mqtt.publish(self.mqtt.topics.telemetry, encode_telemetry(self.telemetry()), qos=0)
+                    self._publish_audit_head()
+            except Exception:  # a bug here must not end telemetry for the rest of the deployment
+                log.exception("telemetry: could not build or send a message; trying again next interval")
 
     def _publish_audit_head(self) -> None:
         """The audit log's head (seq and hash of its last line), retained: someone who cuts lines off the
@@ -349,7 +302,7 @@ class Daemon:
         for camera, count in list(counts.items()):
             delta = count - self._faces_audited.get(camera, 0)
             if delta > 0:
-                self.audit.append(audit_events.FACES_SEEN, camera=camera, count=delta)
+                self.audit.append(FacesSeen(camera=camera, count=delta))
                 self._faces_audited[camera] = count
 
     # reload and stop --------------------------------------------------------------------------------
@@ -371,14 +324,13 @@ class Daemon:
             for section in vars(new)
             if section not in live and getattr(new, section) != getattr(self.cfg, section)
         ]
-        self.worker.match_cfg = new.match
-        self.worker.cooldowns.seconds = new.match.cooldown_s
-        self.pipeline.quality = new.quality
-        self.handsets.cfg = new.alerts
-        for tracker in self.worker.trackers.values():
-            tracker.cfg = new.track
-        self.cfg = Config(**{**vars(self.cfg), **{s: getattr(new, s) for s in live}})
-        self.audit.append("config_reloaded", restart_needed=needs_restart)
+        self.worker.apply(new.track, new.match)
+        self.pipeline.apply(new.quality)
+        self.handsets.apply(new.alerts)
+        if self.watchdog is not None:
+            self.watchdog.apply(new.daemon)
+        self.cfg = replace(self.cfg, **{s: getattr(new, s) for s in live})
+        self.audit.append(ConfigReloaded(restart_needed=tuple(needs_restart)))
         if needs_restart:
             log.warning("config reloaded; these sections change only on restart: %s", ", ".join(needs_restart))
         else:
@@ -400,11 +352,13 @@ class Daemon:
         if self.beacon is not None:
             self.beacon.close(park=True, timeout_s=max(0.2, min(1.5, deadline - time.monotonic())))
         self._audit_faces_seen()
-        self.audit.append(audit_events.STOPPED, reason="signal", frames=self.worker.stats.frames)
+        self.handsets.close()
+        self.audit.append(Stopped(reason="signal", frames=self.worker.stats.frames))
         if self.mqtt.connected.is_set():
             self._publish_audit_head()
         self.mqtt.stop(timeout_s=max(0.2, min(1.5, deadline - time.monotonic())))
         self.audit.close()
+        self.notifier.close()
         log.info("stopped cleanly")
 
 

@@ -28,16 +28,15 @@ from typing import Literal
 
 import numpy as np
 
-from lfr_contracts import crypto
+from lfr_contracts import crypto, layout
 from lfr_contracts.errors import ConfigError
 from lfr_contracts.layout import DEFAULT_CONFIG
 from lfr_edge import keyfiles
 from lfr_edge.config import Config, load_config
+from lfr_edge.daemon.memory_lock import lock_all_memory, locked_and_resident, swap_devices, unlock_all_memory
 from lfr_edge.inference.base import Backend
 
 Verdict = Literal["PASS", "WARN", "FAIL", "SKIP"]
-UNIT_X25519_KEY = "unit-x25519.key"  # names fixed by provisioning (lfr_contracts.layout)
-UNIT_ED25519_KEY = "unit-ed25519.key"
 MIN_YEAR = 2025
 
 
@@ -244,8 +243,8 @@ def check_keys(cfg: Config) -> Iterator[Check]:
     keys = cfg.unit.keys_dir
     problems: list[str] = []
     loaders: list[tuple[Path, Callable[[Path], object]]] = [
-        (keys / UNIT_X25519_KEY, keyfiles.load_x25519_private),
-        (keys / UNIT_ED25519_KEY, keyfiles.load_ed25519_private),
+        (keys / layout.UNIT_X25519_KEY, keyfiles.load_x25519_private),
+        (keys / layout.UNIT_ED25519_KEY, keyfiles.load_ed25519_private),
     ]
     for path, load in loaders:
         try:
@@ -321,6 +320,32 @@ def check_memory(opts: Options, meminfo: Path = Path("/proc/meminfo")) -> Check:
     return Check("memory", "FAIL" if available < opts.min_memory_mb * 2**20 else "PASS", detail)
 
 
+def check_swap(swaps: Path = Path("/proc/swaps")) -> Check:
+    devices = swap_devices(swaps)
+    if devices:
+        listed = ", ".join(f"{name} ({_mib(size)})" for name, size in devices)
+        return Check(
+            "swap",
+            "FAIL",
+            f"swap is on: {listed}; a passer-by's face could be written out to it: run provisioning/board-setup.sh "
+            "(it turns swap off for good) or `sudo swapoff -a` and disable dphys-swapfile / zram",
+        )
+    return Check("swap", "PASS", "no swap device or file")
+
+
+def check_memory_lock() -> Check:
+    """Lock this process's memory as the daemon does, once the models are loaded, and compare with its size."""
+    problem = lock_all_memory()
+    locked, resident = locked_and_resident()
+    unlock_all_memory()
+    if problem is not None:
+        return Check("memory lock", "FAIL", problem)
+    # With MCL_ONFAULT, VmLck counts whole locked mappings, filled in as they are touched: every resident page
+    # is locked when VmLck is at least VmRSS.
+    verdict: Verdict = "PASS" if resident and locked >= resident else "FAIL"
+    return Check("memory lock", verdict, f"VmRSS {_mib(resident)} within locked memory (VmLck {_mib(locked)})")
+
+
 def check_disk(cfg: Config, opts: Options) -> Check:
     directory = cfg.unit.audit_log.parent
     if not directory.is_dir():
@@ -366,6 +391,8 @@ def run_checks(config_path: Path, opts: Options = Options()) -> list[Check]:
     rows += _guarded("clock", check_clock)
     rows += _guarded("memory", lambda: check_memory(opts))
     rows += _guarded("disk", lambda: check_disk(cfg, opts))
+    rows += _guarded("swap", check_swap)
+    rows += _guarded("memory lock", check_memory_lock)
     return rows
 
 

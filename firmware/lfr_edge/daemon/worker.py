@@ -13,21 +13,18 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from lfr_contracts.camera import Frame
 from lfr_edge.config import MatchConfig, TrackConfig
-from lfr_edge.vision.match import Cooldowns, MatchDecision, Watchlist, evaluate
-from lfr_edge.vision.pipeline import FacePipeline
-from lfr_edge.vision.track import Track, Tracker, TrackFace
+from lfr_edge.daemon.alerting import Alerter
+from lfr_edge.vision.match import Cooldowns, MatchDecision, evaluate
+from lfr_edge.vision.pipeline import Face, FacePipeline
+from lfr_edge.vision.track import Track, Tracker
+from lfr_edge.watchlist.store import WatchlistStore
 
 log = logging.getLogger(__name__)
 
-
-class AlertSink(Protocol):
-    def alert(self, decision: MatchDecision, live: TrackFace, frame_time: float) -> None:
-        """Deliver one prompt (handsets, beacon, audit). Must not block the pipeline."""
-        ...
+HeldWatchlist = Callable[[], WatchlistStore | None]
 
 
 @dataclass
@@ -47,9 +44,27 @@ class PipelineStats:
     frame_times: deque[float] = field(default_factory=lambda: deque(maxlen=100))
     last_frame_at: float = 0.0
 
-    def record_stages(self, stage_ms: dict[str, float]) -> None:
+    def record_frame(self, camera: str, faces: list[Face], stage_ms: dict[str, float]) -> None:
+        self.frames += 1
+        self.faces_seen += len(faces)
+        self.faces_by_camera[camera] += len(faces)
+        self.faces_embedded += sum(1 for f in faces if f.embedding is not None)
+        self.rejected.update(f.quality.reason for f in faces if f.embedding is None)
         for stage, ms in stage_ms.items():
             self.stage_ms.setdefault(stage, deque(maxlen=200)).append(ms)
+        self.last_frame_at = time.monotonic()
+        self.frame_times.append(self.last_frame_at)
+
+    def record_tracks_started(self, count: int) -> None:
+        self.tracks_started += count
+
+    def record_track_ended(self, matched: bool) -> None:
+        self.tracks_ended += 1
+        if not matched:
+            self.tracks_ended_unmatched += 1
+
+    def record_alert(self) -> None:
+        self.alerts += 1
 
     def fps(self) -> float:
         if len(self.frame_times) < 2:
@@ -68,19 +83,26 @@ class PipelineWorker:
         cameras: list[str],
         track_cfg: TrackConfig,
         match_cfg: MatchConfig,
-        watchlist: Callable[[], Watchlist | None],
-        sink: AlertSink,
+        watchlist: HeldWatchlist,
+        alerter: Alerter,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.pipeline = pipeline
         self.trackers = {name: Tracker(name, track_cfg) for name in cameras}
         self.match_cfg = match_cfg
         self.watchlist = watchlist
-        self.sink = sink
+        self.alerter = alerter
         self.clock = clock
         self.cooldowns = Cooldowns(match_cfg.cooldown_s)
         self.stats = PipelineStats()
         self._matched_against: tuple[int, object] | None = None  # the list the tracks were last compared with
+
+    def apply(self, track_cfg: TrackConfig, match_cfg: MatchConfig) -> None:
+        """Reloaded [track] and [match] sections, from the next frame on; cooldowns keep their history."""
+        for tracker in self.trackers.values():
+            tracker.apply(track_cfg)
+        self.match_cfg = match_cfg
+        self.cooldowns.apply(match_cfg)
 
     def process(self, frame: Frame) -> list[MatchDecision]:
         started = time.perf_counter()
@@ -88,10 +110,8 @@ class PipelineWorker:
         frame.image.fill(0)  # the frame is done with: overwrite it
         tracker = self.trackers[frame.camera]
         update = tracker.update(result.faces, frame.index, frame.timestamp)
-        self.stats.tracks_started += sum(1 for t in update.active if t.frames_seen == 1)
+        self.stats.record_tracks_started(sum(1 for t in update.active if t.frames_seen == 1))
         for face in result.faces:
-            if face.embedding is None:
-                self.stats.rejected[face.quality.reason] += 1
             face.aligned.fill(0)  # tracks hold their own copies of their best faces
         t_match = time.perf_counter()
         decisions: list[MatchDecision] = []
@@ -107,33 +127,26 @@ class PipelineWorker:
                 if track.new_evidence or new_list:
                     for decision in evaluate(track, watchlist, self.match_cfg, self.cooldowns, now):
                         decisions.append(decision)
-                        self._deliver(decision, track, frame.timestamp)
+                        self._deliver(decision, track, frame.timestamp, watchlist)
         match_ms = (time.perf_counter() - t_match) * 1e3
         self._end(update.ended)
-        self.stats.frames += 1
-        self.stats.faces_seen += len(result.faces)
-        self.stats.faces_by_camera[frame.camera] += len(result.faces)
-        self.stats.faces_embedded += sum(1 for f in result.faces if f.embedding is not None)
-        self.stats.record_stages({**result.stage_ms, "match": match_ms, "frame": (time.perf_counter() - started) * 1e3})
-        self.stats.frame_times.append(time.monotonic())
-        self.stats.last_frame_at = time.monotonic()
+        frame_ms = (time.perf_counter() - started) * 1e3
+        self.stats.record_frame(frame.camera, result.faces, {**result.stage_ms, "match": match_ms, "frame": frame_ms})
         return decisions
 
-    def _deliver(self, decision: MatchDecision, track: Track, frame_time: float) -> None:
+    def _deliver(self, decision: MatchDecision, track: Track, frame_time: float, watchlist: WatchlistStore) -> None:
         live = track.best_face()
         if live is None:  # evaluate() needs embeddings, so a track with a decision has faces
             return
-        self.stats.alerts += 1
+        self.stats.record_alert()
         try:
-            self.sink.alert(decision, live, frame_time)
-        except Exception:  # a broken channel must not stop the pipeline; the sink logs its own faults
+            self.alerter.raise_alert(decision, live, frame_time, watchlist)
+        except Exception:  # a broken alert path must not stop the pipeline; each channel logs its own faults
             log.exception("alert delivery failed for track %d", decision.track_id)
 
     def _end(self, ended: list[Track]) -> None:
         for track in ended:
-            self.stats.tracks_ended += 1
-            if not track.alerted_subjects:
-                self.stats.tracks_ended_unmatched += 1
+            self.stats.record_track_ended(matched=bool(track.alerted_subjects))
             track.wipe()
 
     def end_all_tracks(self) -> None:

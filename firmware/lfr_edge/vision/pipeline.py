@@ -63,6 +63,10 @@ class FacePipeline:
         self.quality = quality
         self.model_id = model_id
 
+    def apply(self, quality: QualityConfig) -> None:
+        """A reloaded [quality] section: the gate for the next frame."""
+        self.quality = quality
+
     def detect(self, image: Image) -> list[Detection]:
         return self.detector.detect(image)
 

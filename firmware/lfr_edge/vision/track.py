@@ -56,6 +56,38 @@ class Track:
     def best_face(self) -> TrackFace | None:
         return max(self.best, key=lambda f: f.quality, default=None)
 
+    def observe(self, face: Face, frame_index: int, timestamp: float, best_k: int) -> None:
+        """This frame's face of the person: it moves the track, and joins `best` if it is among the best_k."""
+        self.box = face.detection.box
+        self.last_seen = timestamp
+        self.last_frame = frame_index
+        self.missed = 0
+        self.frames_seen += 1
+        self.new_evidence = False
+        if face.embedding is None:
+            return
+        if self.recent is None:
+            self.recent = face.embedding.copy()
+        else:
+            self.recent[:] = face.embedding
+        candidate = TrackFace(face.quality.score, face.embedding.copy(), face.aligned.copy(), frame_index, timestamp)
+        if len(self.best) < best_k:
+            self.best.append(candidate)
+            self.new_evidence = True
+            return
+        worst = min(range(len(self.best)), key=lambda k: self.best[k].quality)
+        if candidate.quality > self.best[worst].quality:
+            self.best[worst].wipe()
+            self.best[worst] = candidate
+            self.new_evidence = True
+        else:
+            candidate.wipe()
+
+    def miss(self) -> None:
+        """A frame without this person's face."""
+        self.missed += 1
+        self.new_evidence = False
+
     def wipe(self) -> None:
         for face in self.best:
             face.wipe()
@@ -95,6 +127,10 @@ class Tracker:
         self.tracks: list[Track] = []
         self._next_id = 1
 
+    def apply(self, cfg: TrackConfig) -> None:
+        """A reloaded [track] section, for the next frame; tracks in progress keep what they hold."""
+        self.cfg = cfg
+
     def update(self, faces: list[Face], frame_index: int, timestamp: float) -> TrackUpdate:
         boxes = np.array([f.detection.box for f in faces], dtype=np.float32).reshape(-1, 4)
         assigned = self._associate(faces, boxes)
@@ -103,18 +139,17 @@ class Tracker:
         for face_i, track_i in assigned.items():
             track = self.tracks[track_i]
             used_tracks.add(track_i)
-            self._observe(track, faces[face_i], frame_index, timestamp)
+            track.observe(faces[face_i], frame_index, timestamp, self.cfg.best_k)
             active.append(track)
         for track_i, track in enumerate(self.tracks):
             if track_i not in used_tracks:
-                track.missed += 1
-                track.new_evidence = False
+                track.miss()
         for face_i, face in enumerate(faces):
             if face_i not in assigned:
                 track = Track(self._next_id, self.camera, face.detection.box, timestamp, timestamp, frame_index)
                 self._next_id += 1
                 self.tracks.append(track)
-                self._observe(track, face, frame_index, timestamp)
+                track.observe(face, frame_index, timestamp, self.cfg.best_k)
                 active.append(track)
         ended = [t for t in self.tracks if t.missed > self.cfg.max_missed_frames]
         self.tracks = [t for t in self.tracks if t.missed <= self.cfg.max_missed_frames]
@@ -157,29 +192,3 @@ class Tracker:
             affinity[row, :] = -np.inf
             affinity[:, col] = -np.inf
         return result
-
-    def _observe(self, track: Track, face: Face, frame_index: int, timestamp: float) -> None:
-        track.box = face.detection.box
-        track.last_seen = timestamp
-        track.last_frame = frame_index
-        track.missed = 0
-        track.frames_seen += 1
-        track.new_evidence = False
-        if face.embedding is None:
-            return
-        if track.recent is None:
-            track.recent = face.embedding.copy()
-        else:
-            track.recent[:] = face.embedding
-        candidate = TrackFace(face.quality.score, face.embedding.copy(), face.aligned.copy(), frame_index, timestamp)
-        if len(track.best) < self.cfg.best_k:
-            track.best.append(candidate)
-            track.new_evidence = True
-            return
-        worst = min(range(len(track.best)), key=lambda k: track.best[k].quality)
-        if candidate.quality > track.best[worst].quality:
-            track.best[worst].wipe()
-            track.best[worst] = candidate
-            track.new_evidence = True
-        else:
-            candidate.wipe()

@@ -185,10 +185,6 @@ class WatchlistStore:
         """Number of subjects."""
         return len(self._starts)
 
-    @property
-    def wiped(self) -> bool:
-        return self._wiped
-
     def is_usable(self, now: float) -> bool:
         return not self._wiped and self.header.valid_from <= now < self.header.valid_until
 
@@ -228,6 +224,10 @@ class WatchlistStore:
         meta = json.loads(plain[4 : 4 + meta_len])
         return SubjectRecord(meta["id"], meta["category"], meta["reference"], plain[4 + meta_len :])
 
+    def subject_id(self, index: int) -> str:
+        """The id of one subject (matching keys its cooldowns by it)."""
+        return self.subject(index).id
+
     # wipe ------------------------------------------------------------------------------------------
 
     def wipe(self) -> None:
@@ -241,11 +241,6 @@ class WatchlistStore:
         self._key[:] = bytes(len(self._key))
         self._matrix = np.zeros((0, self.header.dim), dtype=np.float32)
         self._blob, self._key = bytearray(), bytearray()
-
-    @property
-    def matrix_for_tests(self) -> npt.NDArray[np.float32]:
-        """The live matrix buffer (tests check it is zeroed on wipe)."""
-        return self._matrix
 
 
 def _seal_records(records: Iterable[SubjectRecord], count: int) -> tuple[bytearray, npt.NDArray[np.int64], bytearray]:

@@ -51,9 +51,8 @@ def reference_crop(image: npt.NDArray[np.uint8], box: tuple[float, float, float,
     crop: npt.NDArray[np.uint8] = image[top:bottom, left:right]
     scale = REFERENCE_MAX_SIDE / max(crop.shape[:2])
     if scale < 1:
-        crop = cv2.resize(  # type: ignore[assignment]
-            crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
-        )
+        size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+        crop = np.asarray(cv2.resize(crop, size), dtype=np.uint8)
     return encode_jpeg(np.ascontiguousarray(crop), quality=85)
 
 

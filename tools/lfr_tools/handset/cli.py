@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from lfr_contracts import crypto
-from lfr_contracts.alerts import DECISIONS, Alert, Decision, ProtocolError, decode_alert, encode_decision
+from lfr_contracts.alerts import DECISIONS, Alert, Decision, DecisionKind, ProtocolError, decode_alert, encode_decision
+from lfr_contracts.receipts import AlertReceipt, DecisionAnswer, decode_answer, encode_receipt
 from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
 from lfr_edge.alerts.handset import handset_record
@@ -101,12 +102,12 @@ ClientMode = Literal["listen", "decide", "once"]
 class HandsetClient:
     """Connects as one handset (its own client certificate) and receives one unit's alerts.
 
-    `listen` (the default) holds the handset's persistent session (clean_session off, a QoS 1 subscription):
-    the broker keeps the subscription while the handset is offline and queues the alerts published
-    meanwhile, which arrive when it reconnects. The broker names the session after the certificate, so
-    `decide` resumes that same session rather than starting a clean one (which would erase it): it
-    subscribes to nothing and acknowledges nothing, so an alert the broker hands it stays queued for
-    `listen`. `once` is a clean session of its own (tests, a second listener that keeps nothing).
+    `listen` (the default) holds the handset's persistent session (clean_session off, QoS 1 subscriptions
+    to the alerts and to the unit's answers to its decisions): the broker keeps the subscriptions while the
+    handset is offline and queues the alerts published meanwhile, which arrive when it reconnects. The
+    broker names the session after the certificate, so `decide` resumes that same session rather than
+    starting a clean one (which would erase it): it acknowledges only the unit's answers, never an alert,
+    so an alert the broker hands it stays queued for `listen`. `once` is a clean session of its own.
     """
 
     def __init__(
@@ -127,6 +128,7 @@ class HandsetClient:
         self.topics = Topics.for_unit(prefix, unit_id)
         self.alerts: queue.Queue[ReceivedAlert] = queue.Queue()
         self.refused: queue.Queue[str] = queue.Queue()
+        self.answers: queue.Queue[DecisionAnswer] = queue.Queue()
         self.seen: set[str] = set()
         self.duplicates = 0
         self.connected = threading.Event()
@@ -136,10 +138,9 @@ class HandsetClient:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = lambda *a: self.connected.clear()
         if self.mode == "decide":
-            self._client.manual_ack_set(True)  # never acknowledge: the alert stays queued for `listen`
-        else:
-            self._client.on_message = self._on_message
-            self._client.on_subscribe = lambda *a: self.connected.set()  # ready once the broker has it
+            self._client.manual_ack_set(True)  # an alert it is handed stays unacknowledged, queued for `listen`
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = lambda *a: self.connected.set()  # ready once the broker has the subscription
         self._client.reconnect_delay_set(1, 2)
         self._host, self._port = host, port
 
@@ -153,20 +154,36 @@ class HandsetClient:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def decide(self, alert_id: str, decision: str) -> None:
+    def decide(self, alert_id: str, decision: DecisionKind, timeout: float = 10.0) -> DecisionAnswer:
+        """Send a signed decision and wait for the unit's answer (accepted, or refused with the reason);
+        TimeoutError when none comes: the decision may not have been recorded."""
         message = Decision(alert_id, self.unit_id, self.keys.handset_id, decision, time.time())
         info = self._client.publish(self.topics.decisions, encode_decision(message, self.keys.signing), qos=1)
-        info.wait_for_publish(10)
+        info.wait_for_publish(timeout)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                answer = self.answers.get(timeout=left)
+            except queue.Empty:
+                break
+            if answer.alert_id == alert_id and answer.decision == decision:
+                return answer
+        raise TimeoutError(f"unit {self.unit_id} did not answer the decision on {alert_id} within {timeout:g} s")
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             return
-        if self.mode == "decide":
-            self.connected.set()
-        else:
-            client.subscribe(self.topics.alerts, 1)
+        answers = (self.topics.decision_answer_for(self.keys.handset_id), 1)
+        client.subscribe([answers] if self.mode == "decide" else [(self.topics.alerts, 1), answers])
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if message.topic != self.topics.alerts:
+            self._on_answer(bytes(message.payload))
+            if self.mode == "decide":
+                client.ack(message.mid, message.qos)
+            return
+        if self.mode == "decide":
+            return  # left unacknowledged: the broker gives it to `listen` when it is back
         received_at = time.time()
         try:
             alert = decode_alert(bytes(message.payload), self.unit_id, self.unit_key, self.keys.sealing)
@@ -175,11 +192,19 @@ class HandsetClient:
             self.refused.put(str(exc))
             log.warning("%s", refusal_message(exc, self.keys.handset_id, self.unit_id))
             return
-        if alert.alert_id in self.seen:
+        receipt = AlertReceipt(self.unit_id, self.keys.handset_id, alert.alert_id, time.time())
+        self._client.publish(self.topics.alert_receipts, encode_receipt(receipt, self.keys.signing), qos=1)
+        if alert.alert_id in self.seen:  # the unit re-sends until a receipt arrives: show each alert once
             self.duplicates += 1
             return
         self.seen.add(alert.alert_id)
         self.alerts.put(ReceivedAlert(alert, received_at, decoded_at))
+
+    def _on_answer(self, payload: bytes) -> None:
+        try:
+            self.answers.put(decode_answer(payload, self.unit_key))
+        except ProtocolError as exc:
+            log.warning("answer refused: %s", exc)
 
 
 def refusal_message(exc: ProtocolError, handset_id: str, unit_id: str) -> str:
@@ -269,11 +294,22 @@ def listen(args: argparse.Namespace) -> int:
 
 
 def decide(args: argparse.Namespace) -> int:
+    """Exit 0 when the unit accepted the decision, 1 when it refused it (the reason is printed), 3 when it did
+    not answer (the decision may not be recorded: try again)."""
     client = _client(args)
     client.start()
-    client.decide(args.alert_id, args.decision)
-    client.stop()
-    print(f"decision {args.decision} on alert {args.alert_id} sent")
+    try:
+        answer = client.decide(args.alert_id, DecisionKind(args.decision), timeout=args.timeout)
+    except TimeoutError as exc:
+        print(f"lfr-handset decide: {exc}; the decision may not be recorded, send it again", file=sys.stderr)
+        return 3
+    finally:
+        client.stop()
+    if not answer.accepted:
+        print(f"lfr-handset decide: unit {answer.unit} refused the decision: {answer.reason}", file=sys.stderr)
+        return 1
+    change = f" (revision {answer.revision}: it replaces your earlier decision)" if answer.revision else ""
+    print(f"decision {args.decision} on alert {args.alert_id} accepted by unit {answer.unit}{change}")
     return 0
 
 
@@ -337,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("alert_id")
     p.add_argument("decision", choices=DECISIONS)
     _unit_key_arg(p)
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the unit's answer")
     p.set_defaults(func=decide)
     p = sub.add_parser("pair", help="pair with a unit using the code its technician shows", parents=after)
     p.add_argument("--code", required=True, help="the one-time code, e.g. 1234-5678")

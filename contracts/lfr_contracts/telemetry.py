@@ -1,0 +1,90 @@
+"""The unit's telemetry message (unit → command centre, `.../telemetry`, QoS 0): counts and timings only.
+
+UTF-8 JSON of `Telemetry`. The unit builds one every `daemon.telemetry_interval_s` and sends it with
+`encode_telemetry`; the command centre, the demo and the benchmarks read it with `decode_telemetry`,
+which refuses a missing, unknown or mistyped field by name. No frame, crop or embedding is ever part of it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+
+from lfr_contracts import records
+from lfr_contracts.beacon import Pattern
+
+MAX_TELEMETRY_BYTES = 64 * 1024
+
+
+class TelemetryError(ValueError):
+    """A telemetry message is not valid JSON of the telemetry message; the message names the field."""
+
+
+class CameraState(StrEnum):
+    STARTING = "starting"
+    STREAMING = "streaming"
+    STALLED = "stalled"  # streaming, but no frame for a while (a hung camera)
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"  # the source's stream ended (a replay or a simulated scene)
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class HeldWatchlist:
+    version: int
+    subjects: int
+    valid_until: float  # epoch seconds
+
+
+@dataclass(frozen=True)
+class BeaconLink:
+    connected: bool  # the serial port is open
+    responsive: bool  # the last command was answered
+    pattern: Pattern | None  # what the beacon acknowledged showing since the port was opened
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    unit: str
+    time: float  # epoch seconds at the unit
+    uptime_s: float
+    fps: float
+    frames: int
+    faces_seen: int
+    faces_embedded: int
+    faces_rejected: dict[str, int]  # by quality reason
+    tracks_started: int
+    tracks_ended_unmatched: int
+    alerts: int
+    stage_ms: dict[str, float]  # median per pipeline stage
+    dropped_frames: int  # by the unit's frame queue
+    queue_depth: int
+    cpu_temp_c: float | None
+    watchlist: HeldWatchlist | None
+    cameras: dict[str, CameraState]
+    camera_dropped: dict[str, int]  # by each camera source
+    beacon: BeaconLink | None  # None when the unit has no beacon
+    alerts_outbox: dict[str, int]  # the handset channel's counters
+
+    @property
+    def dropped_total(self) -> int:
+        """Frames the pipeline had no time for: the unit's queue and every camera source together."""
+        return self.dropped_frames + sum(self.camera_dropped.values())
+
+
+def encode_telemetry(message: Telemetry) -> bytes:
+    return json.dumps(records.encode(message), separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode_telemetry(payload: bytes) -> Telemetry:
+    if len(payload) > MAX_TELEMETRY_BYTES:
+        raise TelemetryError(f"telemetry of {len(payload)} bytes is over the {MAX_TELEMETRY_BYTES}-byte limit")
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TelemetryError(f"telemetry is not valid JSON: {exc}") from exc
+    try:
+        return records.decode(Telemetry, body, "telemetry")
+    except records.RecordError as exc:
+        raise TelemetryError(str(exc)) from exc

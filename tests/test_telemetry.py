@@ -1,0 +1,78 @@
+"""The telemetry message's encoding: what a reader is told when a message does not fit.
+
+The real daemon's telemetry is decoded with `decode_telemetry` by test_daemon_e2e.py, test_faults.py and
+test_deployment_report.py; here a message is encoded once and then damaged field by field.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from lfr_contracts.beacon import Pattern
+from lfr_contracts.telemetry import (
+    MAX_TELEMETRY_BYTES,
+    BeaconLink,
+    CameraState,
+    HeldWatchlist,
+    Telemetry,
+    TelemetryError,
+    decode_telemetry,
+    encode_telemetry,
+)
+
+
+def message() -> Telemetry:
+    return Telemetry(
+        unit="van-01", time=1_800_000_000.5, uptime_s=12.5, fps=24.9, frames=300, faces_seen=40, faces_embedded=12,
+        faces_rejected={"small": 3}, tracks_started=5, tracks_ended_unmatched=4, alerts=1,
+        stage_ms={"detect": 11.2}, dropped_frames=2, queue_depth=1, cpu_temp_c=None,
+        watchlist=HeldWatchlist(7, 120, 1_800_003_600.0), cameras={"cam0": CameraState.STALLED},
+        camera_dropped={"cam0": 1}, beacon=BeaconLink(True, False, Pattern.ALERT), alerts_outbox={"sent": 1},
+    )  # fmt: skip
+
+
+def body() -> dict[str, Any]:
+    decoded: dict[str, Any] = json.loads(encode_telemetry(message()))
+    return decoded
+
+
+def test_a_message_decodes_to_what_was_encoded() -> None:
+    assert decode_telemetry(encode_telemetry(message())) == message()
+    assert body()["beacon"] == {"connected": True, "responsive": False, "pattern": "alert"}
+    assert body()["cameras"] == {"cam0": "stalled"} and message().dropped_total == 3
+
+
+@pytest.mark.parametrize(
+    ("damage", "complaint"),
+    [
+        (lambda b: b.pop("frames"), "telemetry.frames: missing"),
+        (lambda b: b.update(fps="fast"), "telemetry.fps: expected a finite number, got str"),
+        (lambda b: b.update(bogus=1), "telemetry: unknown field(s) 'bogus'"),
+        (lambda b: b["cameras"].update(cam0="melted"), "telemetry.cameras.cam0: 'melted' is not one of starting"),
+        (lambda b: b["watchlist"].pop("subjects"), "telemetry.watchlist.subjects: missing"),
+        (lambda b: b["beacon"].update(pattern="disco"), "telemetry.beacon.pattern: 'disco' is not one of off"),
+        (lambda b: b.update(stage_ms=[1, 2]), "telemetry.stage_ms: expected an object with string keys"),
+        (lambda b: b.update(watchlist=None, beacon=None, cpu_temp_c=51.5), None),
+    ],
+)
+def test_a_damaged_message_is_refused_naming_the_field(damage: Any, complaint: str | None) -> None:
+    damaged = body()
+    damage(damaged)
+    payload = json.dumps(damaged).encode()
+    if complaint is None:
+        assert decode_telemetry(payload).watchlist is None
+        return
+    with pytest.raises(TelemetryError, match=complaint.replace("(", r"\(").replace(")", r"\)")):
+        decode_telemetry(payload)
+
+
+def test_garbage_and_oversized_messages_are_refused() -> None:
+    with pytest.raises(TelemetryError, match="not valid JSON"):
+        decode_telemetry(b"{frames: 3")
+    with pytest.raises(TelemetryError, match="expected a JSON object, got list"):
+        decode_telemetry(b"[1, 2]")
+    with pytest.raises(TelemetryError, match="over the"):
+        decode_telemetry(b" " * (MAX_TELEMETRY_BYTES + 1))
