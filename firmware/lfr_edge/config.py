@@ -136,6 +136,7 @@ class BeaconConfig:
 class DaemonConfig:
     telemetry_interval_s: float = 10.0
     watchdog_stall_s: float = 10.0
+    clock_sync_wait_s: float = 120.0  # wait this long for time synchronisation before judging validity windows
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,8 @@ def _check_ranges(cfg: Config) -> None:
     positive("beacon.ack_timeout_s", cfg.beacon.ack_timeout_s)
     positive("daemon.telemetry_interval_s", cfg.daemon.telemetry_interval_s)
     positive("daemon.watchdog_stall_s", cfg.daemon.watchdog_stall_s)
+    if not 0.0 <= cfg.daemon.clock_sync_wait_s <= 3600.0:
+        raise ConfigError(f"daemon.clock_sync_wait_s: must be between 0 and 3600, got {cfg.daemon.clock_sync_wait_s}")
     _check_beacon(cfg.beacon)
 
 
