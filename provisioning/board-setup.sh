@@ -112,7 +112,7 @@ step "5. Unit identity and config"
 run "$PREFIX/.venv/bin/lfr-provision" init --unit-id "$UNIT_ID" --root / --board "$BOARD" --broker "$BROKER"
 
 step "6. Self-test (the go/no-go), then the service"
-echo "   Before this step: the unit's TLS certificate and the CA must be in /etc/lfr-edge/tls and the"
+echo "   Before this step: the unit's TLS certificates (unit.crt, pairing.crt) and the CA must be in /etc/lfr-edge/tls and the"
 echo "   command centre key in /etc/lfr-edge/keys (lfr-provision init printed where)."
 run "$PREFIX/.venv/bin/lfr-edge" selftest --config /etc/lfr-edge/config.toml
 run systemctl daemon-reload

@@ -55,3 +55,34 @@ def security_exposure(root: Path, unit: str = "lfr-edge.service") -> tuple[float
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", output)
     assert match, output
     return float(match.group(1)), output
+
+
+# The unit's own files; everything else a unit file names (/bin/kill) is the system's.
+UNIT_PREFIXES = ("/etc/lfr-edge", "/var/lib/lfr-edge", "/run/lfr-edge", "/opt/lfr-edge")
+
+
+def service_settings(unit_file: Path) -> dict[str, list[str]]:
+    """The [Service] section's settings, in order, each key with every value it is given."""
+    settings: dict[str, list[str]] = {}
+    section = ""
+    for raw in unit_file.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line
+            continue
+        if section == "[Service]":
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def into_bench(command: str, bench: Path) -> list[str]:
+    """A unit file's command line with the unit's own absolute paths mapped into a bench folder."""
+    words = []
+    for word in command.split():
+        if word.startswith(UNIT_PREFIXES):
+            word = str(bench / word.lstrip("/"))
+        words.append(word)
+    return words

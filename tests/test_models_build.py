@@ -3,8 +3,10 @@ embeddings agree with float ones on real faces."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +130,73 @@ def test_int8_and_float_embeddings_of_the_same_real_faces_agree(faces: Path) -> 
         assert sha256_file(path) == model.variant(name).sha256
         cosine = np.sum(Embedder(load_model(path, 2)).embed(batch) * reference, axis=1)
         assert cosine.min() > bound, f"{name}: min cosine {cosine.min():.4f} <= {bound}"
+
+
+def small_corpus(faces: Path, out: Path) -> Path:
+    """A few identities of the face corpus: enough for a real measurement, quick on a loaded machine."""
+    for kind, pattern, identities in (("aligned", "*.png", 4), ("wild", "*.jpg", 4)):
+        for folder in sorted((faces / kind).iterdir())[:identities]:
+            (out / kind / folder.name).mkdir(parents=True)
+            for photo in sorted(folder.glob(pattern))[:4]:
+                (out / kind / folder.name / photo.name).symlink_to(photo)
+    return out
+
+
+@pytest.mark.slow
+def test_two_concurrent_builds_into_one_cache_take_turns_and_the_second_reuses_the_first(
+    tmp_path: Path, faces: Path
+) -> None:
+    """`make demo` during `make test`: two real builds into one fresh cache (LFR_MODELS, never the shared
+    one). The artifacts are in place but not yet measured, so both must stage and measure them; the second
+    waits for the first's lock, then finds the report written and says in one line that nothing is to do."""
+    import os
+    import subprocess
+
+    cache = tmp_path / "models"
+    cache.mkdir()
+    for model in MANIFEST.models.values():
+        for v in model.variants:
+            shutil.copy(models_cache() / v.file, cache / v.file)
+    (cache / ".staging").mkdir()  # what an older build left behind
+    corpus = small_corpus(faces, tmp_path / "faces")
+    env = {**os.environ, "LFR_MODELS": str(cache)}
+    command = [sys.executable, str(REPO / "models" / "build.py"), "--faces", str(corpus)]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while not (cache / ".build.lock").exists() or not (cache / ".build.lock").read_text().strip():
+        assert first.poll() is None, first.communicate()[0]  # the first holds the lock before it measures
+        time.sleep(0.05)
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+    first_out = first.communicate(timeout=900)[0]
+    assert first.returncode == 0, first_out
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "models build done" in first_out and "# Models build report" in first_out
+    lines = second.stdout.strip().splitlines()
+    assert lines[0].startswith(f"another models build (pid {first.pid}) is running in {cache}: waiting")
+    assert lines[1:] == [
+        f"models up to date in {cache} (every artifact matches manifest.toml; report: {cache / 'build-report.md'})"
+    ]
+    assert not list(cache.glob(".staging*")), "every staging folder is gone"
+    assert build.stale_artifacts(MANIFEST, cache) == []
+
+
+def test_the_report_states_the_units_defaults_from_the_manifest_beside_the_measured_choice() -> None:
+    import report
+
+    fig = report.VariantFigures
+    rep = report.Report()
+    for name in report.DETECTORS:
+        rep.figures[name] = {"float": fig(2000, 4.7, found_rate=0.99), "int8-static": fig(800, 6.1, found_rate=0.99)}
+    rep.figures[report.EMBEDDER] = {
+        "float": fig(5000, 12.7, tar_aligned=0.82, tar_wild=0.86),
+        "int8-weights": fig(1500, 13.6, tar_aligned=0.82, tar_wild=0.86),
+    }
+    report.choose_defaults(rep)
+    assert rep.defaults["blazeface-full"] == "float"  # faster on this machine
+    unit = {m.name: m.default_variant for m in MANIFEST.models.values()}
+    text = report.markdown(rep, unit)
+    for model, variant in unit.items():
+        assert f"- {model}: {variant}\n" in text
+        assert re.search(rf"\| {model} \| {re.escape(variant)} \((unit default)", text), (model, variant)
+    assert "| blazeface-full | float (fastest within budget here) |" in text
+    assert "(default)" not in text
+    assert "the unit keeps int8-static" in text

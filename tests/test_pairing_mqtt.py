@@ -3,6 +3,7 @@ against `lfr-handset pair`, and the refusals a handset without the code, a repla
 
 from __future__ import annotations
 
+import json
 import queue
 import re
 import threading
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from lfr_contracts import layout
 from lfr_contracts.alerts import Alert
-from lfr_contracts.pairing import MAX_ATTEMPTS, PairingError, PairingSession, normalise_code
+from lfr_contracts.pairing import MAX_ATTEMPTS, HandsetPairing, PairingError, PairingSession, normalise_code
 from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
 from lfr_edge.alerts.handset import HandsetChannel, load_handsets
@@ -57,7 +58,7 @@ class UnitSide:
         self.sealing = X25519PrivateKey.generate()
         extra: dict[str, Any] = {"now": clock} if clock else {}
         self.session = PairingSession(UNIT, self.sealing.public_key(), self.signer, **extra)
-        tls = broker.client(UNIT)
+        tls = broker.client(layout.pairing_identity(UNIT))  # the daemon keeps the unit's own identity
         self.refusals: queue.Queue[str] = queue.Queue()
         self.pairing = UnitPairing(
             self.session,
@@ -110,7 +111,7 @@ def write_unit(tmp_path: Path, broker: MosquittoBroker) -> tuple[Path, Path, Pat
     handsets_dir.mkdir()
     keyfiles.save_private_key(keys / layout.UNIT_ED25519_KEY, Ed25519PrivateKey.generate())
     keyfiles.save_private_key(keys / layout.UNIT_X25519_KEY, X25519PrivateKey.generate())
-    tls = broker.client(UNIT)
+    tls = broker.pki.unit(UNIT)  # unit.crt and pairing.crt for one key, as `lfr-provision ca sign` issues them
     config = tmp_path / "unit" / "config.toml"
     config.write_text(
         f'[unit]\nid = "{UNIT}"\nkeys_dir = "{keys}"\n\n'
@@ -194,40 +195,43 @@ def test_wrong_code_is_refused_and_registers_nothing(broker: MosquittoBroker, tm
     assert len(outcome.refusals) == 1
 
 
+def request_on_the_wire(handset: Collector, topics: Topics, code: str, keys: HandsetKeys) -> bytes:
+    """The request a handset sends for the open offer: what anyone able to read the topic would record."""
+    assert handset.subscribe(topics.pairing_offer) == [1]
+    offer = b""
+    while json.loads(offer or b"{}").get("type") != "offer":  # skip the last session's `closed` notice
+        offer = handset.next_on(topics.pairing_offer, timeout=WAIT_S).payload
+    return HandsetPairing(keys.handset_id, code, keys.sealing, keys.signing).request(offer)
+
+
 def test_a_recorded_request_replayed_later_is_refused(broker: MosquittoBroker, tmp_path: Path) -> None:
     topics = Topics.for_unit(broker.prefix, UNIT)
-    recorder = Collector(broker, UNIT)  # whoever can read the request topic records the exchange
-    attacker = Collector(broker, HANDSET)  # and whoever can write it replays it
+    phone = HandsetKeys.generate(tmp_path / "phone", HANDSET)
+    handset = Collector(broker, HANDSET)  # the handset's one connection: it sends, and later replays
     try:
-        assert recorder.subscribe(topics.pairing_request) == [1]
         first = UnitSide(broker, tmp_path)
-        phone = HandsetKeys.generate(tmp_path / "phone", HANDSET)
-        handset_pair(broker, first.session.code, phone)
+        recorded = request_on_the_wire(handset, topics, first.session.code, phone)
+        handset.publish(topics.pairing_request, recorded)
         assert first.finish().result == "paired"
-        recorded = recorder.next_on(topics.pairing_request).payload
         (tmp_path / f"{HANDSET}.json").unlink()  # the technician unpairs it
 
         second = UnitSide(broker, tmp_path)
-        attacker.publish(topics.pairing_request, recorded)
+        handset.publish(topics.pairing_request, recorded)
         assert "another (older) pairing session" in second.refusals.get(timeout=WAIT_S)
 
         # within one session too: a request seen once is not taken again, and costs no try
         rival = HandsetKeys.generate(tmp_path / "rival", HANDSET)
-        with pytest.raises(PairingError, match="wrong pairing code"):
-            handset_pair(broker, wrong(second.session.code), rival)
+        wrong_request = request_on_the_wire(handset, topics, wrong(second.session.code), rival)
+        handset.publish(topics.pairing_request, wrong_request)
         assert "wrong pairing code" in second.refusals.get(timeout=WAIT_S)
-        wrong_request = recorded
-        while wrong_request == recorded:  # skip the replay above, which the recorder saw as well
-            wrong_request = recorder.next_on(topics.pairing_request).payload
         tries_left = second.session.attempts_left
-        attacker.publish(topics.pairing_request, wrong_request)
+        handset.publish(topics.pairing_request, wrong_request)
         assert "replayed" in second.refusals.get(timeout=WAIT_S)
         assert second.session.attempts_left == tries_left == MAX_ATTEMPTS - 1
         assert not (tmp_path / f"{HANDSET}.json").exists()
         assert second.stop().result == "cancelled"
     finally:
-        recorder.close()
-        attacker.close()
+        handset.close()
 
 
 def test_code_expires_and_a_late_handset_is_told_so(broker: MosquittoBroker, tmp_path: Path) -> None:

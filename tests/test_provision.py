@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import stat
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from lfr_edge.config import load_config
 from lfr_provision import cli
 from lfr_provision.identity import ProvisionError
-from lfr_provision.init import InitOptions, init_unit
+from lfr_provision.init import InitOptions, config_text, init_unit
 from lfr_provision.install import InstallOptions, install
 from systemd_tools import needs_systemd_analyze, prepare_root, verify_unit
 
@@ -88,9 +89,35 @@ def test_init_config_is_accepted_by_the_daemons_loader(tmp_path: Path) -> None:
     cfg = load_config(root / "etc/lfr-edge/config.toml")
     assert cfg.unit.id == UNIT
     assert cfg.mqtt.host == "broker.police.example" and cfg.mqtt.port == 8884
-    assert cfg.mqtt.key_file == Path("/etc/lfr-edge/tls/unit.key")
+    assert cfg.mqtt.key_file == root / "etc/lfr-edge/tls/unit.key"
     assert cfg.cameras[0].source == "jetson" and cfg.inference.backend == "onnx-tensorrt"
-    assert cfg.alerts.handsets_dir == Path("/etc/lfr-edge/handsets")
+    assert cfg.alerts.handsets_dir == root / "etc/lfr-edge/handsets"
+
+
+def test_every_path_in_the_config_is_inside_the_root(tmp_path: Path) -> None:
+    """A unit provisioned into a folder (bench mode) names only files in that folder; on a van, root / gives
+    the van's own paths."""
+    root = tmp_path / "bench"
+    init_unit(InitOptions(unit_id=UNIT, root=root, camera="replay", camera_uri=str(tmp_path / "frames")))
+    cfg = load_config(root / "etc/lfr-edge/config.toml")
+    paths = [
+        cfg.unit.state_dir, cfg.unit.keys_dir, cfg.unit.audit_log, cfg.models.dir, cfg.models.manifest,
+        cfg.inference.engine_cache_dir, cfg.mqtt.ca_file, cfg.mqtt.cert_file, cfg.mqtt.key_file,
+        cfg.watchlist.command_centre_key, cfg.alerts.handsets_dir, Path(cfg.beacon.port),
+    ]  # fmt: skip
+    assert all(p.is_relative_to(root) for p in paths), paths
+    assert cfg.cameras[0].source == "replay" and cfg.cameras[0].uri == str(tmp_path / "frames")
+    assert cfg.cameras[0].options == {"loop": True}  # a desk rehearsal runs until it is stopped
+    van = tomllib.loads(config_text(InitOptions(unit_id=UNIT, root=Path("/")), "10.0.0.1", 8883))
+    assert van["mqtt"]["key_file"] == "/etc/lfr-edge/tls/unit.key"
+    assert van["models"]["dir"] == "/opt/lfr-edge/models" and van["beacon"]["port"] == "/dev/lfr-beacon"
+    assert van["cameras"][0]["source"] == "picamera2"
+
+
+def test_init_refuses_a_camera_source_that_is_not_installed(tmp_path: Path) -> None:
+    with pytest.raises(ProvisionError, match=r"--camera 'webcam'.*known: .*replay"):
+        init_unit(InitOptions(unit_id=UNIT, root=tmp_path / "r", camera="webcam"))
+    assert not (tmp_path / "r").exists()
 
 
 def test_init_refuses_to_overwrite_keys_without_force(tmp_path: Path) -> None:

@@ -5,11 +5,19 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from systemd_tools import needs_systemd_analyze, prepare_root, security_exposure, verify_unit
+from systemd_tools import (
+    into_bench,
+    needs_systemd_analyze,
+    prepare_root,
+    security_exposure,
+    service_settings,
+    verify_unit,
+)
 
 SYSTEMD = Path(__file__).resolve().parents[1] / "systemd"
 # The exposure this unit reaches with systemd 252 (Debian bookworm); a change that weakens it fails here.
@@ -158,3 +166,109 @@ def test_litert_xnnpack_runs_under_memory_deny_write_execute(tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stderr
     assert "inference ok, W+X refused" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.faces
+@pytest.mark.broker
+def test_the_installed_units_commands_bring_a_provisioned_unit_to_ready_reload_and_stop(
+    tmp_path: Path, faces: Path
+) -> None:
+    """The unit file's own ExecStart and ExecReload, as `lfr-provision install` put them in a unit provisioned
+    into a folder (bench mode), run with the environment systemd gives them: the daemon reaches READY=1 with
+    the simulator camera and a broker configured by `lfr-provision broker config`, reloads on SIGHUP, and
+    stops cleanly on SIGTERM within TimeoutStopSec."""
+    import getpass
+    import os
+    import signal
+    import socket
+    import sys
+
+    from lfr_hwsim.broker import free_port, mosquitto_binary
+    from lfr_provision.cli import main as provision
+
+    bench, ca, broker_dir, port = tmp_path / "van-07", tmp_path / "ca", tmp_path / "broker", free_port()
+    assert provision(["ca", "create", "--ca", str(ca)]) == 0
+    assert (
+        provision(["ca", "issue", "--ca", str(ca), "--role", "broker", "--name", "localhost", "--out", str(broker_dir)])
+        == 0
+    )
+    data, user = str(tmp_path / "broker-data"), getpass.getuser()
+    assert provision(["broker", "config", "--dir", str(broker_dir), "--port", str(port), "--listen", "127.0.0.1",
+                      "--data", data, "--run-as", user, "--unit", "van-07"]) == 0  # fmt: skip
+    assert provision(["init", "--unit-id", "van-07", "--root", str(bench), "--board", "bench", "--camera", "simulator",
+                      "--broker", f"localhost:{port}", "--ca-cert", str(ca / "ca.crt"), "--ca-key", str(ca / "ca.key"),
+                      "--command-centre-key", str(command_centre_key(tmp_path))]) == 0  # fmt: skip
+    assert provision(["install", "--root", str(bench)]) == 0
+    models = bench / "opt/lfr-edge/models"  # what board-setup.sh installs into /opt/lfr-edge on a van
+    models.mkdir(parents=True)
+    (bench / "opt/lfr-edge/.venv").symlink_to(Path(sys.executable).parents[1])
+    cache = Path(os.environ.get("LFR_MODELS", "~/.cache/lfr-edge/models")).expanduser()
+    for model in [*cache.glob("*.tflite"), SYSTEMD.parent / "models" / "manifest.toml"]:
+        shutil.copy(model, models / model.name)
+
+    unit = service_settings(bench / "etc/systemd/system/lfr-edge.service")
+    assert unit["Type"] == ["notify"] and unit["NotifyAccess"] == ["main"]
+    notify_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(1.0)
+    env = {
+        **os.environ,
+        **dict(e.split("=", 1) for e in unit["Environment"]),
+        "NOTIFY_SOCKET": str(notify_path),
+        "WATCHDOG_USEC": str(int(unit["WatchdogSec"][0]) * 1_000_000),
+        "LFR_FACES": str(faces),
+    }
+    env.pop("WATCHDOG_PID", None)
+    broker = subprocess.Popen([mosquitto_binary(), "-c", str(broker_dir / "mosquitto.conf")], stderr=subprocess.DEVNULL)
+    [exec_start] = unit["ExecStart"]
+    log = (tmp_path / "daemon.log").open("wb")
+    daemon = subprocess.Popen(
+        into_bench(exec_start, bench), env=env, cwd=into_bench(unit["WorkingDirectory"][0], bench)[0],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    messages: list[str] = []
+
+    def wait_for(key: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
+            try:
+                messages.append(notify.recv(4096).decode())
+            except TimeoutError:
+                continue
+            if any(line.startswith(f"{key}=") for line in messages[-1].splitlines()):
+                return
+        raise AssertionError(f"no {key}= within {timeout_s} s: {messages}\n{(tmp_path / 'daemon.log').read_text()}")
+
+    try:
+        wait_for("READY", float(unit["TimeoutStartSec"][0]))  # within the unit's own start timeout
+        [exec_reload] = unit["ExecReload"]
+        reload = into_bench(exec_reload.replace("$MAINPID", str(daemon.pid)), bench)
+        assert subprocess.run(reload, check=False).returncode == 0, reload
+        wait_for("RELOADING", 10)
+        wait_for("READY", 10)
+        assert "config reloaded" in (tmp_path / "daemon.log").read_text()
+        started = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)  # KillMode=mixed: SIGTERM to the main process first
+        assert daemon.wait(float(unit["TimeoutStopSec"][0])) == 0
+        assert time.monotonic() - started < float(unit["TimeoutStopSec"][0])
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        broker.terminate()
+        broker.wait(10)
+        log.close()
+        notify.close()
+
+
+def command_centre_key(tmp_path: Path) -> Path:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from lfr_edge import keyfiles
+
+    path = tmp_path / "command-centre.pub"
+    keyfiles.save_public_key(path, Ed25519PrivateKey.generate().public_key())
+    return path

@@ -131,7 +131,7 @@ def test_build_lists_unusable_photos_and_fails_without_skip_unusable(
     keyfiles.save_public_key(tmp_path / "unit-a.pub", unit_key.public_key())
     argv = [
         "build", "--photos", str(tmp_path), "--subjects", str(tmp_path / "s.csv"), "--deployment", "D",
-        "--valid-from", "2026-01-01T00:00Z", "--valid-until", "2026-01-02T00:00Z", "--threshold", "0.5",
+        "--valid-from", "2036-01-01T00:00Z", "--valid-until", "2036-01-02T00:00Z", "--threshold", "0.5",
         "--sign-key", str(tmp_path / "cc" / "command-centre.key"), "--unit-key", str(tmp_path / "unit-a.pub"),
         "--out", str(tmp_path / "out" / "{unit}.lfrwl"),
     ]  # fmt: skip
@@ -144,7 +144,7 @@ def test_build_lists_unusable_photos_and_fails_without_skip_unusable(
     assert cli.cmd_build(args, FixedEnroller()) == 0
     out = tmp_path / "out" / "unit-a.lfrwl"
     header = bundle.read_envelope(out.read_bytes(), 1 << 20).header
-    assert header["unit"] == "unit-a" and header["subjects"] == 1 and header["valid_from"] == "2026-01-01T00:00:00Z"
+    assert header["unit"] == "unit-a" and header["subjects"] == 1 and header["valid_from"] == "2036-01-01T00:00:00Z"
     capsys.readouterr()
     assert watchlist_main(["inspect", str(out), "--verify-key", str(tmp_path / "cc" / "command-centre.pub")]) == 0
     assert "signature: valid" in capsys.readouterr().out

@@ -19,14 +19,24 @@ UNIT_ED25519_PUB = "unit-ed25519.pub"
 COMMAND_CENTRE_PUB = "command-centre.pub"  # verifies watchlist bundles (Ed25519)
 TLS_KEY = "unit.key"
 TLS_CSR = "unit.csr"
-TLS_CERT = "unit.crt"
+TLS_CERT = "unit.crt"  # CN = the unit id: the daemon's identity on the broker
+TLS_PAIRING_CERT = "pairing.crt"  # CN = pairing_identity(unit id), same key: `lfr-provision pair-handset`
 TLS_CA = "ca.crt"
 LIFECYCLE_RECORD = "lifecycle.json"  # in unit.state_dir: deployments applied and ended, signed (never biometric)
+# The broker binds each client id to its certificate's CN (one connection per identity), so the pairing
+# helper, which runs beside the daemon, has an identity of its own. No unit or handset id contains a ".".
+PAIRING_IDENTITY_SUFFIX = ".pairing"
+
+
+def pairing_identity(unit_id: str) -> str:
+    """The broker identity (certificate CN) of a unit's pairing helper."""
+    return unit_id + PAIRING_IDENTITY_SUFFIX
 
 
 @dataclass(frozen=True)
 class UnitLayout:
-    """The unit's paths under `root` ("/" on a board, a folder for tests and image builds)."""
+    """The unit's paths under `root` ("/" on a board; a folder for a unit rehearsed on a desk, bench mode,
+    whose config then names these paths inside the folder)."""
 
     root: Path
 

@@ -1,12 +1,15 @@
 """`lfr-edge`: the unit's command line (run the daemon, self-test, audit).
 
-Global options (`--config`, `-v`) are accepted before or after the command, so the unit file's
-`lfr-edge run --config FILE` and `lfr-edge --config FILE run` mean the same.
+Global options (`--config`, `--root`, `-v`) are accepted before or after the command, so the unit file's
+`lfr-edge run --config FILE` and `lfr-edge --config FILE run` mean the same. `--root FOLDER` runs a unit
+provisioned into a folder (`lfr-provision init --root FOLDER`, bench mode): its config is
+FOLDER/etc/lfr-edge/config.toml, and every file the config names must lie inside FOLDER.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -14,30 +17,69 @@ from pathlib import Path
 from lfr_contracts.camera import CameraError
 from lfr_contracts.crypto import CryptoError
 from lfr_contracts.errors import ConfigError
-from lfr_contracts.layout import DEFAULT_CONFIG
+from lfr_contracts.layout import DEFAULT_CONFIG, UnitLayout
 from lfr_edge import __version__
 from lfr_edge.audit.cli import add_audit_parser
 from lfr_edge.audit.log import AuditError
-from lfr_edge.config import load_config_or_defaults
+from lfr_edge.cli_options import Shared, declare, parent
+from lfr_edge.config import Config, load_config, load_config_or_defaults
 from lfr_edge.daemon import selftest
 from lfr_edge.inference.base import BackendUnavailable
 from lfr_edge.models import ModelError
 from lfr_edge.watchlist.lifecycle import LifecycleError
 
+GLOBAL_OPTIONS = (
+    Shared(("--config",), {"type": Path, "default": None, "help": f"config file (default {DEFAULT_CONFIG})"}),
+    Shared(
+        ("--root",),
+        {
+            "type": Path,
+            "default": None,
+            "help": "the unit's root file system (default /); a folder for a unit provisioned on a desk",
+        },
+    ),
+    Shared(("-v", "--verbose"), {"action": "store_true", "default": False, "help": "debug logging"}),
+)
+ROOTED_COMMANDS = ("run", "selftest")
+
 
 def global_options(after_command: bool) -> argparse.ArgumentParser:
-    """The options every command takes. Given after the command (`after_command`), an option left out must
-    not reset what was given before it, hence no defaults there."""
-    parent = argparse.ArgumentParser(add_help=False)
+    """The options every command takes, as a parent parser (after the command: no defaults)."""
     if after_command:
-        parent.add_argument(
-            "--config", type=Path, default=argparse.SUPPRESS, help=f"config file (default {DEFAULT_CONFIG})"
-        )
-        parent.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
-    else:
-        parent.add_argument("--config", type=Path, default=None, help=f"config file (default {DEFAULT_CONFIG})")
-        parent.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return parent
+        return parent(GLOBAL_OPTIONS)
+    parser = argparse.ArgumentParser(add_help=False)
+    declare(parser, GLOBAL_OPTIONS, after_command=False)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> Path | None:
+    """--config as given; else the root's own config with --root; else None (the default file, if any)."""
+    if args.config is not None:
+        return Path(args.config)
+    if args.root is not None:
+        return UnitLayout(Path(args.root).absolute()).config
+    return None
+
+
+def check_inside_root(cfg: Config, root: Path, config_path: Path) -> None:
+    """Under --root, every file of the unit is in the root: a bench unit never reads or writes the host's."""
+    root = root.absolute()
+    if root == Path("/"):
+        return
+    for section in dataclasses.fields(cfg):
+        value = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(value):
+            continue  # the cameras: their URIs (devices, streams, recordings) are used as written
+        for item in dataclasses.fields(value):
+            path = getattr(value, item.name)
+            if isinstance(path, str) and section.name == "beacon" and item.name == "port":
+                path = Path(path)
+            if isinstance(path, Path) and path.is_absolute() and not path.is_relative_to(root):
+                raise ConfigError(
+                    f"{config_path}: {section.name}.{item.name} = {path} is outside --root {root}; a unit "
+                    f"provisioned in a folder uses only that folder (`lfr-provision init --root {root}` writes "
+                    "such a config)"
+                )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +102,19 @@ def _run(args: argparse.Namespace) -> int:
     return run_daemon(load_config_or_defaults(args.config), args.config)
 
 
+def _prepare(args: argparse.Namespace) -> None:
+    """Settle --config from --root and check, for the commands that use the unit's files, that the config
+    stays inside the root. A config that does not load is left for the command to report."""
+    args.config = resolve_config(args)
+    if args.root is None or args.command not in ROOTED_COMMANDS or args.config is None:
+        return
+    try:
+        cfg = load_config(args.config)
+    except ConfigError:
+        return
+    check_inside_root(cfg, Path(args.root), args.config)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -69,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        _prepare(args)
         code: int = args.func(args)
     except (ConfigError, ModelError, BackendUnavailable, CameraError, CryptoError, AuditError, LifecycleError) as exc:
         print(f"lfr-edge {args.command}: {exc}", file=sys.stderr)

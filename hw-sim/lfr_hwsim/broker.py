@@ -1,22 +1,18 @@
 """A local mosquitto with mutual TLS and per-client ACLs, for tests, the simulator and the demo.
 
-`BrokerPki` makes a throwaway CA, a server certificate for 127.0.0.1/localhost and one client
-certificate per name (the certificate's CN is the MQTT username: `use_identity_as_username`).
-`acl_text` writes the project's access rules (see DESIGN.md, MQTT topics): a unit reads only its own
-watchlist and decisions and writes only its own status, ack, alerts, telemetry and audit; the command
-centre writes any unit's watchlist and reads acks and status; a handset reads alerts and writes
-decisions of the units it is paired with. Pairing (docs/pairing.md): a unit writes its offer and the
-confirmations, reads requests; a handset reads the offer and its own confirmation, writes requests.
-`MosquittoBroker` runs `mosquitto -c FILE` on a loopback port and can be stopped and restarted on the
-same port (broker-restart tests).
+The configuration is the one a deployed broker gets: `BrokerPki` is a CA made with provisioning's pki.py
+(the server certificate for 127.0.0.1/localhost, one client certificate per name, CN = the MQTT username
+and client id), and `MosquittoBroker` writes its mosquitto.conf and ACL with provisioning's broker_config.py
+(`lfr-provision broker config` writes the same), then runs `mosquitto -c FILE` on a loopback port and can be
+stopped and restarted on the same port (broker-restart tests).
+
+The broker binds each client id to its certificate, so one identity holds one connection: every `Collector`
+of the same name shares one connection (`MosquittoBroker.connection`), as one process of a real client would.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import getpass
-import ipaddress
-import os
 import queue
 import secrets
 import shutil
@@ -24,21 +20,30 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from lfr_contracts import layout
 from lfr_edge.comms.mqtt import tls_client
+from lfr_provision import pki
+from lfr_provision.broker_config import (
+    COMMAND_CENTRE,
+    DEFAULT_PREFIX,
+    AccessPlan,
+    BrokerSettings,
+    Listener,
+    acl_text,
+    mosquitto_conf,
+)
+from lfr_provision.identity import PRIVATE_MODE, PUBLIC_MODE, private_pem, tls_request, write_file
 
-COMMAND_CENTRE = "command-centre"
-DEFAULT_PREFIX = "lfr/v1"
+__all__ = ["COMMAND_CENTRE", "DEFAULT_PREFIX", "BrokerPki", "ClientTls", "Collector", "MosquittoBroker", "Received"]
 
 
 @dataclass(frozen=True)
@@ -50,151 +55,42 @@ class ClientTls:
     key_file: Path
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(pem)
-
-
 class BrokerPki:
     """A CA in `directory` that issues the broker's and the clients' certificates (EC P-256)."""
 
     def __init__(self, directory: Path, *, days: int = 2) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._days = days
-        self._ca_key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lfr-edge test CA")])
-        self._ca_name = name
-        self._ca_cert = (
-            self._builder(name, self._ca_key.public_key())
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-            .sign(self._ca_key, hashes.SHA256())
-        )
-        self.ca_file = self.dir / "ca.crt"
-        self.ca_file.write_bytes(self._ca_cert.public_bytes(serialization.Encoding.PEM))
-        self.ca_key_file = self.dir / "ca.key"  # lets `lfr-provision init --ca-key` sign a unit's request
-        _write_key(self.ca_key_file, self._ca_key)
-        self.server = self._issue("server", server=True)
+        self._ca = pki.create_ca(self.dir, "lfr-edge test CA", days=days)
+        self.ca_file = self.dir / pki.CA_CERT
+        self.ca_key_file = self.dir / pki.CA_KEY  # lets `lfr-provision init --ca-key` sign a unit's request
+        key_file, cert_file, _ = pki.issue_identity(self._ca, "broker", ["127.0.0.1", "localhost"], self.dir)
+        self.server = ClientTls(self.ca_file, cert_file, key_file)
 
-    def _builder(self, subject: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
-        now = dt.datetime.now(dt.UTC)
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self._ca_name)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=self._days))
-        )
-
-    def _issue(self, name: str, *, server: bool = False) -> ClientTls:
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1" if server else name)])
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = (
-            self._builder(subject, key.public_key())
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        )
-        if server:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-                ),
-                critical=False,
-            )
-        cert = builder.sign(self._ca_key, hashes.SHA256())
-        cert_file, key_file = self.dir / f"{name}.crt", self.dir / f"{name}.key"
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(key_file, key)
-        return ClientTls(self.ca_file, cert_file, key_file)
+    def unit(self, unit_id: str) -> ClientTls:
+        """A unit's TLS folder as `lfr-provision ca sign` fills it: unit.key, unit.crt and, for the same key,
+        pairing.crt (the pairing helper's identity), and ca.crt; issued on first use."""
+        folder = self.dir / "units" / unit_id
+        if not (folder / layout.TLS_PAIRING_CERT).exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            key = ec.generate_private_key(ec.SECP256R1())
+            write_file(folder / layout.TLS_KEY, private_pem(key), PRIVATE_MODE, True)
+            request = tls_request(unit_id, key).public_bytes(serialization.Encoding.PEM)
+            write_file(folder / layout.TLS_CSR, request, PUBLIC_MODE, True)
+            pki.sign_unit_request(self._ca, folder / layout.TLS_CSR, folder)
+        return ClientTls(folder / layout.TLS_CA, folder / layout.TLS_CERT, folder / layout.TLS_KEY)
 
     def client(self, name: str) -> ClientTls:
-        """The certificate for MQTT user `name` (issued on first use)."""
-        if not name or not all(c.isalnum() or c in "-_" for c in name) or name == "server":
-            raise ValueError(f"client name {name!r} must be letters, digits, '-' or '_' (and not 'server')")
-        cert_file = self.dir / f"{name}.crt"
-        if cert_file.exists():
-            return ClientTls(self.ca_file, cert_file, self.dir / f"{name}.key")
-        return self._issue(name)
-
-
-def acl_text(
-    prefix: str = DEFAULT_PREFIX,
-    *,
-    command_centre: str = COMMAND_CENTRE,
-    handsets: Mapping[str, Sequence[str]] | None = None,
-) -> str:
-    """The broker's ACL file. `handsets` maps a handset's username to the unit ids it may pair with and
-    then receive alerts from (the command centre enrols handset certificates per van)."""
-    units = f"{prefix}/units"
-    lines = [
-        "# Units: the username is the certificate CN, which is the unit id.",
-        f"pattern read {units}/%u/watchlist",
-        f"pattern read {units}/%u/decisions",
-        f"pattern read {units}/%u/alerts/ack",
-        *(f"pattern write {units}/%u/{leaf}" for leaf in ("status", "watchlist/ack", "alerts", "telemetry", "audit")),
-        f"pattern write {units}/%u/decisions/answer/+",
-        "# Handset pairing (docs/pairing.md): the unit offers, reads requests, answers one handset.",
-        f"pattern write {units}/%u/pairing/offer",
-        f"pattern read {units}/%u/pairing/request",
-        f"pattern write {units}/%u/pairing/confirm/+",
-        "",
-        f"user {command_centre}",
-        f"topic write {units}/+/watchlist",
-        *(f"topic read {units}/+/{leaf}" for leaf in ("watchlist/ack", "status", "telemetry", "audit")),
-    ]
-    for handset, paired_units in sorted((handsets or {}).items()):
-        lines += ["", f"user {handset}"]
-        for unit in paired_units:
-            lines += [f"topic read {units}/{unit}/alerts", f"topic read {units}/{unit}/status"]
-            lines += [f"topic write {units}/{unit}/decisions", f"topic write {units}/{unit}/alerts/ack"]
-            lines += [f"topic read {units}/{unit}/decisions/answer/{handset}"]
-            lines += [
-                f"topic read {units}/{unit}/pairing/offer",
-                f"topic write {units}/{unit}/pairing/request",
-                f"topic read {units}/{unit}/pairing/confirm/{handset}",
-            ]
-    return "\n".join(lines) + "\n"
-
-
-def mosquitto_conf(
-    port: int, server: ClientTls, acl_file: Path, log_file: Path, persistence_dir: Path | None = None
-) -> str:
-    """With `persistence_dir`, sessions, queued messages and retained ones survive a restart."""
-    persistence = (
-        ["persistence false"]
-        if persistence_dir is None
-        else ["persistence true", f"persistence_location {persistence_dir}/", "autosave_interval 60"]
-    )
-    return "\n".join(
-        [
-            # run as whoever started it (mosquitto started as root would switch to the 'mosquitto' user,
-            # who cannot read a private temporary folder)
-            f"user {getpass.getuser()}",
-            "per_listener_settings false",
-            *persistence,
-            f"log_dest file {log_file}",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "log_type information",
-            "connection_messages true",
-            f"listener {port} 127.0.0.1",
-            f"cafile {server.ca_file}",
-            f"certfile {server.cert_file}",
-            f"keyfile {server.key_file}",
-            "require_certificate true",
-            "use_identity_as_username true",
-            "allow_anonymous false",
-            f"acl_file {acl_file}",
-            "",
-        ]
-    )
+        """The certificate for MQTT identity `name` (issued on first use)."""
+        if not name or not all(c.isalnum() or c in "-_." for c in name) or name == "broker":
+            raise ValueError(f"client name {name!r} must be letters, digits, '-', '_' or '.' (and not 'broker')")
+        cert_file, key_file = self.dir / f"{name}.crt", self.dir / f"{name}.key"
+        if not cert_file.exists():
+            key = ec.generate_private_key(ec.SECP256R1())
+            write_file(key_file, private_pem(key), PRIVATE_MODE, True)
+            cert = pki.issue_certificate(self._ca, key.public_key(), name)
+            write_file(cert_file, pki.certificate_pem(cert), PUBLIC_MODE, True)
+        return ClientTls(self.ca_file, cert_file, key_file)
 
 
 def free_port() -> int:
@@ -219,6 +115,7 @@ class MosquittoBroker:
         *,
         prefix: str = DEFAULT_PREFIX,
         handsets: Mapping[str, Sequence[str]] | None = None,
+        units: Sequence[str] = (),
         port: int | None = None,
         persistence: bool = False,
     ) -> None:
@@ -230,18 +127,41 @@ class MosquittoBroker:
         self.host = "127.0.0.1"
         self.log_file = self.dir / "mosquitto.log"
         self.acl_file = self.dir / "acl"
-        self.acl_file.write_text(acl_text(prefix, handsets=handsets))
+        plan = AccessPlan(
+            prefix=prefix, units=tuple(units), handsets={h: tuple(u) for h, u in (handsets or {}).items()}
+        )
+        self.acl_file.write_text(acl_text(plan))
         self.conf_file = self.dir / "mosquitto.conf"
         persistence_dir = self.dir / "db" if persistence else None
         if persistence_dir is not None:
             persistence_dir.mkdir(exist_ok=True)
-        self.conf_file.write_text(
-            mosquitto_conf(self.port, self.pki.server, self.acl_file, self.log_file, persistence_dir)
+        server = self.pki.server
+        settings = BrokerSettings(
+            listener=Listener(self.port, "127.0.0.1", server.ca_file, server.cert_file, server.key_file),
+            acl_file=self.acl_file,
+            data_dir=persistence_dir,
+            log_file=self.log_file,
+            # run as whoever started it (mosquitto started as root would switch to the 'mosquitto' user,
+            # who cannot read a private temporary folder)
+            run_as=getpass.getuser(),
+            prefix=prefix,
         )
+        self.conf_file.write_text(mosquitto_conf(settings))
         self._proc: subprocess.Popen[bytes] | None = None
+        self._connections: dict[str, SharedConnection] = {}
+        self._connections_lock = threading.Lock()
 
     def client(self, name: str) -> ClientTls:
         return self.pki.client(name)
+
+    def connection(self, name: str) -> SharedConnection:
+        """This process's one connection as identity `name` (opened on first use; `release` it when done)."""
+        with self._connections_lock:
+            shared = self._connections.get(name)
+            if shared is None or shared.closed:
+                shared = self._connections[name] = SharedConnection(self, name)
+            shared.users += 1
+            return shared
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start mosquitto and return once it accepts TCP connections on its port."""
@@ -299,6 +219,14 @@ class MosquittoBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def takeovers(self) -> list[str]:
+        """The log's lines where a connection with an identity already connected closed the first one."""
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if "already connected, closing old connection" in line]
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
@@ -320,46 +248,106 @@ class Received:
     retain: bool
 
 
-class Collector:
-    """A connected client (any certificate name, e.g. the command centre) that queues what it receives.
-
-    Used by tests and by the demo to watch telemetry; not part of the unit."""
+class SharedConnection:
+    """One connected client as one identity, shared by every user of it in this process: it subscribes to
+    the union of its users' topics (again after a reconnect) and hands each message to each user."""
 
     def __init__(self, broker: MosquittoBroker, name: str) -> None:
         tls = broker.client(name)
+        self.name = name
+        self.users = 0
+        self.closed = False
         self.client = tls_client(f"{name}-{secrets.token_hex(3)}", tls.ca_file, tls.cert_file, tls.key_file)
-        self.messages: queue.Queue[Received] = queue.Queue()
-        self.subacks: queue.Queue[list[int]] = queue.Queue()
-        self._up = threading.Event()
+        self._listeners: list[Callable[[Received], None]] = []
         self._topics: list[str] = []
+        self._subacks: dict[int, queue.Queue[list[int]]] = {}
+        self._lock = threading.Lock()
+        self._up = threading.Event()
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
         # Back soon after a broker restart. paho annotates the delays as int, but its reconnect wait is plain
         # float arithmetic, so 0.1 s works.
         self.client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]
-        self.client.on_message = lambda c, u, m: self.messages.put(Received(m.topic, bytes(m.payload), m.retain))
-        self._resubscribed: set[int] = set()
-        self.client.on_subscribe = self._on_subscribe
         self.client.connect(broker.host, broker.port, keepalive=10)
         self.client.loop_start()
         assert self._up.wait(10), f"{name} could not connect: {broker.log_tail()}"
 
     def _on_connect(self, client: paho.Client, userdata: object, flags: object, reason: object, props: object) -> None:
-        for topic in self._topics:  # a clean session: subscribe again after a reconnect (broker restart)
-            mid = client.subscribe(topic, 1)[1]
-            if mid is not None:
-                self._resubscribed.add(mid)
+        with self._lock:
+            topics = list(self._topics)
+        for topic in topics:  # a clean session: subscribe again after a reconnect (broker restart)
+            client.subscribe(topic, 1)
         self._up.set()
 
     def _on_subscribe(self, client: paho.Client, userdata: object, mid: int, codes: list[Any], props: object) -> None:
-        if mid in self._resubscribed:
-            self._resubscribed.discard(mid)
-        else:
-            self.subacks.put([int(x.value) for x in codes])
+        with self._lock:
+            waiting = self._subacks.pop(mid, None)
+        if waiting is not None:
+            waiting.put([int(x.value) for x in codes])
+
+    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        received = Received(message.topic, bytes(message.payload), message.retain)
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(received)
+
+    def listen(self, listener: Callable[[Received], None]) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def subscribe(self, topic: str) -> list[int]:
+        """Subscribe (QoS 1) and return the broker's grant codes."""
+        answer: queue.Queue[list[int]] = queue.Queue()
+        with self._lock:
+            self._topics.append(topic)
+            _, mid = self.client.subscribe(topic, 1)
+            if mid is not None:
+                self._subacks[mid] = answer
+        return answer.get(timeout=10)
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(10)
+
+    def release(self, listener: Callable[[Received], None] | None = None) -> None:
+        with self._lock:
+            if listener is not None and listener in self._listeners:
+                self._listeners.remove(listener)
+            self.users -= 1
+            last = self.users <= 0
+            if last:
+                self.closed = True
+        if last:
+            self.client.disconnect()
+            self.client.loop_stop()
+
+
+class Collector:
+    """A connected client (any certificate name, e.g. the command centre) that queues the messages on the
+    topics it subscribed to. Collectors of one name share the identity's one connection.
+
+    Used by tests and by the demo to watch telemetry; not part of the unit."""
+
+    def __init__(self, broker: MosquittoBroker, name: str) -> None:
+        self.messages: queue.Queue[Received] = queue.Queue()
+        self._topics: list[str] = []
+        self._connection = broker.connection(name)
+        self._connection.listen(self._deliver)
+
+    def _deliver(self, message: Received) -> None:
+        if any(paho.topic_matches_sub(topic, message.topic) for topic in list(self._topics)):
+            self.messages.put(message)
+
+    @property
+    def client(self) -> paho.Client:
+        """The identity's connection, for a test that publishes at QoS 0 or in bulk."""
+        return self._connection.client
 
     def subscribe(self, topic: str) -> list[int]:
         self._topics.append(topic)
-        self.client.subscribe(topic, 1)
-        return self.subacks.get(timeout=10)
+        return self._connection.subscribe(topic)
 
     def next(self, timeout: float = 10.0) -> Received:
         return self.messages.get(timeout=timeout)
@@ -372,9 +360,7 @@ class Collector:
                 return msg
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
-        info.wait_for_publish(10)
+        self._connection.publish(topic, payload, retain=retain)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._connection.release(self._deliver)

@@ -28,9 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from lfr_contracts import bundle, layout
 from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
-from lfr_edge.comms.mqtt import tls_client
 from lfr_hwsim.beacon import SimulatedBeacon
-from lfr_hwsim.broker import COMMAND_CENTRE, MosquittoBroker
+from lfr_hwsim.broker import COMMAND_CENTRE, Collector, MosquittoBroker
 from lfr_provision.init import InitOptions, init_unit
 from lfr_tools.command_centre.enrol import Enroller
 from lfr_tools.handset.cli import HandsetClient, HandsetKeys
@@ -288,30 +287,27 @@ class SimulatedVan:
         self, payload: bytes, wait_ack_s: float | None = 30.0, retain: bool = True
     ) -> dict[str, Any] | None:
         """Publish (retained) as the command centre; return the unit's ack (or None if not waiting)."""
-        tls = self.broker.client(COMMAND_CENTRE)
-        client = tls_client(f"cc-{time.monotonic_ns()}", tls.ca_file, tls.cert_file, tls.key_file)
-        acks: queue.Queue[dict[str, Any]] = queue.Queue()
-        subscribed = threading.Event()
-        client.on_message = lambda c, u, m: acks.put(json.loads(m.payload))
-        client.on_subscribe = lambda *a: subscribed.set()
-        client.connect(self.broker.host, self.broker.port, keepalive=10)
-        client.loop_start()
+        collector = Collector(self.broker, COMMAND_CENTRE)  # the command centre's one connection
         try:
             if wait_ack_s is not None:
-                client.subscribe(self.topics.watchlist_ack, 1)
-                subscribed.wait(10)
-            client.publish(self.topics.watchlist, payload, qos=1, retain=retain).wait_for_publish(10)
+                collector.subscribe(self.topics.watchlist_ack)
+            collector.publish(self.topics.watchlist, payload, retain=retain)
             if retain:
                 self.published.append(payload)
             if wait_ack_s is None:
                 return None
-            try:
-                return acks.get(timeout=wait_ack_s)
-            except queue.Empty:
-                raise TimeoutError(f"unit {self.unit_id} did not acknowledge the watchlist in {wait_ack_s} s") from None
+            deadline = time.monotonic() + wait_ack_s
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    message = collector.next(timeout=left)
+                except queue.Empty:
+                    break
+                if not message.retain:  # an ack retained from before this publication is not its answer
+                    answer: dict[str, Any] = json.loads(message.payload)
+                    return answer
+            raise TimeoutError(f"unit {self.unit_id} did not acknowledge the watchlist in {wait_ack_s} s")
         finally:
-            client.disconnect()
-            client.loop_stop()
+            collector.close()
 
     # handsets and daemon -----------------------------------------------------------------------------
 

@@ -1,12 +1,11 @@
 """The unit's identity: key pairs for sealing and signing, and the broker's TLS client key and CSR.
 
 Generated on the unit by `lfr-provision init`; private keys never leave it. The technician sends the
-public halves (and the CSR) to the command centre.
+public halves (and the CSR) to the command centre, whose CA signs it (`lfr-provision ca sign`, pki.py).
 """
 
 from __future__ import annotations
 
-import datetime
 import os
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
-TLS_CERT_DAYS = 825
 
 
 class ProvisionError(Exception):
@@ -59,47 +57,6 @@ def tls_request(unit_id: str, key: ec.EllipticCurvePrivateKey) -> x509.Certifica
         .subject_name(name)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
-    )
-
-
-def load_ca(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ProvisionError(f"--ca-cert {cert_path}: not a readable PEM certificate ({exc})") from exc
-    try:
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ProvisionError(f"--ca-key {key_path}: not a readable unencrypted PEM private key ({exc})") from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ProvisionError(f"--ca-key {key_path}: an EC (P-256/P-384) CA key is expected")
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    if cert.public_key().public_bytes(serialization.Encoding.DER, spki) != key.public_key().public_bytes(
-        serialization.Encoding.DER, spki
-    ):
-        raise ProvisionError(f"--ca-key {key_path} does not belong to --ca-cert {cert_path}")
-    return cert, key
-
-
-def sign_request(
-    csr: x509.CertificateSigningRequest,
-    ca_cert: x509.Certificate,
-    ca_key: ec.EllipticCurvePrivateKey,
-    days: int = TLS_CERT_DAYS,
-) -> x509.Certificate:
-    """Issue the unit's client certificate from the technician's CA."""
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(csr.subject)
-        .issuer_name(ca_cert.subject)
-        .public_key(csr.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
     )
 
 

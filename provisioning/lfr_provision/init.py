@@ -1,11 +1,18 @@
-"""`lfr-provision init`: the unit's keys, TLS request, config file and directories under a root."""
+"""`lfr-provision init`: the unit's keys, TLS request, config file and directories under a root.
+
+The root is the unit's file system: `/` on the van, a folder for a rehearsal on a desk (bench mode). Every
+path the config names is inside that root, so a bench unit touches nothing outside its folder and
+`lfr-edge --root FOLDER selftest` / `run` use exactly what init made.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import pwd
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Literal
 
@@ -15,28 +22,33 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from lfr_contracts import layout
+from lfr_provision import pki
 from lfr_provision.identity import (
     PRIVATE_MODE,
     PUBLIC_MODE,
     ProvisionError,
-    load_ca,
     private_pem,
     public_pem,
     read_command_centre_key,
-    sign_request,
     tls_request,
     write_file,
 )
 
-Board = Literal["pi5", "jetson", "generic"]
+Board = Literal["pi5", "jetson", "generic", "bench"]
 DIR_MODE = 0o750
+BENCH_CAMERA = "/srv/lfr-camera"
 # The per-board defaults the technician starts from; every value can be edited in config.toml later.
 _BOARD_CAMERA = {
     "pi5": ("picamera2", ""),
     "jetson": ("jetson", "csi://0"),
     "generic": ("opencv", "/dev/video0"),
+    "bench": ("replay", BENCH_CAMERA),  # a desk: the recording (images or a video) in this folder of the root
 }
-_BOARD_BACKEND = {"pi5": "litert-cpu", "jetson": "onnx-tensorrt", "generic": "litert-cpu"}
+_BOARD_BACKEND = {"pi5": "litert-cpu", "jetson": "onnx-tensorrt", "generic": "litert-cpu", "bench": "litert-cpu"}
+# Sources that need no hardware (a recording, the simulator's street): a desk rehearsal runs them until
+# it is stopped, at a rate a laptop keeps up with.
+DESK_SOURCES = ("replay", "simulator")
+CAMERA_SOURCES_GROUP = "lfr_edge.camera_sources"
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,8 @@ class InitOptions:
     ca_key: Path | None = None
     command_centre_key: Path | None = None
     force: bool = False
+    camera: str | None = None  # a camera source name (default: the board's), e.g. "replay" or "simulator"
+    camera_uri: str | None = None  # its device, stream, file or folder (default: the board's)
 
 
 @dataclass
@@ -98,55 +112,84 @@ def _outside_allowed(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address
     return address
 
 
-def config_text(opts: InitOptions, host: str, port: int) -> str:
+def camera_sources() -> list[str]:
+    """The camera sources installed here (the `lfr_edge.camera_sources` entry points)."""
+    return sorted(ep.name for ep in entry_points(group=CAMERA_SOURCES_GROUP))
+
+
+def _camera(opts: InitOptions) -> tuple[str, str]:
     source, uri = _BOARD_CAMERA[opts.board]
-    return f'''# lfr-edge configuration for unit {opts.unit_id}, written by `lfr-provision init`.
-# Every key is checked at start; `lfr-edge selftest --config /etc/lfr-edge/config.toml` checks the rest.
+    if opts.board == "bench":
+        uri = str(layout.UnitLayout(opts.root).inside(uri))
+    if opts.camera is not None:
+        known = camera_sources()
+        if opts.camera not in known:
+            raise ProvisionError(f"--camera {opts.camera!r}: not a camera source here (known: {', '.join(known)})")
+        source, uri = opts.camera, "" if opts.camera != source else uri
+    return source, opts.camera_uri if opts.camera_uri is not None else uri
+
+
+def _q(value: object) -> str:
+    """A TOML basic string (JSON's escapes are TOML's)."""
+    return json.dumps(str(value))
+
+
+def _camera_table(source: str, uri: str) -> str:
+    head = f"source = {_q(source)}\nuri = {_q(uri)}\nwidth = 1280\nheight = 720"
+    if source not in DESK_SOURCES:
+        return head + "\nfps = 25.0"
+    return head + "\nfps = 10.0\noptions = { loop = true }"
+
+
+def config_text(opts: InitOptions, host: str, port: int) -> str:
+    """The unit's config; every path in it is inside opts.root."""
+    paths = layout.UnitLayout(opts.root)
+    source, uri = _camera(opts)
+    models = paths.inside("/opt/lfr-edge/models")
+    return f"""# lfr-edge configuration for unit {opts.unit_id}, written by `lfr-provision init`.
+# Every key is checked at start; `lfr-edge --root {opts.root} selftest` checks the rest.
 
 [unit]
-id = "{opts.unit_id}"
-state_dir = "/var/lib/lfr-edge"
-keys_dir = "/etc/lfr-edge/keys"
-audit_log = "/var/lib/lfr-edge/audit.jsonl"
+id = {_q(opts.unit_id)}
+state_dir = {_q(paths.state)}
+keys_dir = {_q(paths.keys)}
+audit_log = {_q(paths.state / "audit.jsonl")}
 
 [models]
-dir = "/opt/lfr-edge/models"
-manifest = "/opt/lfr-edge/models/manifest.toml"
+dir = {_q(models)}
+manifest = {_q(models / "manifest.toml")}
 
 [inference]
 # litert-cpu everywhere; "hailo" with a Raspberry Pi AI Kit / AI HAT+, "litert-edgetpu" with a Coral,
 # "onnx-tensorrt" on a Jetson.
-backend = "{_BOARD_BACKEND[opts.board]}"
+backend = {_q(_BOARD_BACKEND[opts.board])}
 threads = 4
+engine_cache_dir = {_q(paths.state / "engines")}
 
 [[cameras]]
 name = "cam0"
-source = "{source}"
-uri = "{uri}"
-width = 1280
-height = 720
-fps = 25.0
+{_camera_table(source, uri)}
 
 [mqtt]
-host = "{host}"
+host = {_q(host)}
 port = {port}
-ca_file = "/etc/lfr-edge/tls/{layout.TLS_CA}"
-cert_file = "/etc/lfr-edge/tls/{layout.TLS_CERT}"
-key_file = "/etc/lfr-edge/tls/{layout.TLS_KEY}"
+ca_file = {_q(paths.tls / layout.TLS_CA)}
+cert_file = {_q(paths.tls / layout.TLS_CERT)}
+key_file = {_q(paths.tls / layout.TLS_KEY)}
 
 [watchlist]
-command_centre_key = "/etc/lfr-edge/keys/{layout.COMMAND_CENTRE_PUB}"
+command_centre_key = {_q(paths.keys / layout.COMMAND_CENTRE_PUB)}
 
 [alerts]
-handsets_dir = "/etc/lfr-edge/handsets"
+handsets_dir = {_q(paths.handsets)}
 
 [beacon]
 enabled = true
-port = "/dev/lfr-beacon"
+port = {_q(paths.inside("/dev/lfr-beacon"))}
 
 [daemon]
 watchdog_stall_s = 10.0
-'''
+"""
 
 
 def _service_ids(root: Path) -> tuple[int, int] | None:
@@ -179,11 +222,13 @@ def _make_dir(path: Path, report: Report) -> None:
 
 def init_unit(opts: InitOptions) -> Report:
     """Create the unit's identity and config under opts.root; refuse to replace keys without force."""
+    opts = replace(opts, root=opts.root.absolute())  # the config names absolute paths
     check_unit_id(opts.unit_id)
     host, port = parse_broker(opts.broker)
     if (opts.ca_cert is None) != (opts.ca_key is None):
         raise ProvisionError("--ca-cert and --ca-key go together (the CA certificate and its private key)")
-    ca = load_ca(opts.ca_cert, opts.ca_key) if opts.ca_cert and opts.ca_key else None
+    ca = pki.load_ca(opts.ca_cert, opts.ca_key) if opts.ca_cert and opts.ca_key else None
+    _camera(opts)  # an unknown camera source stops init before anything is written
     cc_pem = read_command_centre_key(opts.command_centre_key) if opts.command_centre_key else None
     paths = layout.UnitLayout(opts.root)
     private_files = [
@@ -200,6 +245,10 @@ def init_unit(opts: InitOptions) -> Report:
     report = Report()
     for directory in (paths.etc, paths.keys, paths.tls, paths.handsets, paths.state):
         _make_dir(directory, report)
+    if opts.board == "bench" and opts.camera is None and opts.camera_uri is None:
+        camera = paths.inside(BENCH_CAMERA)
+        camera.mkdir(parents=True, exist_ok=True)
+        report.next_steps.append(f"put the recording the camera replays (images or a video file) in {camera}")
 
     x_key = X25519PrivateKey.generate()
     e_key = Ed25519PrivateKey.generate()
@@ -218,16 +267,16 @@ def init_unit(opts: InitOptions) -> Report:
         f"TLS client key {paths.tls / layout.TLS_KEY} (0600) and request {layout.TLS_CSR} (CN={opts.unit_id})"
     )
     if ca is not None and opts.ca_cert is not None:
-        cert = sign_request(csr, *ca)
-        write_file(paths.tls / layout.TLS_CERT, cert.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE, True)
-        write_file(paths.tls / layout.TLS_CA, opts.ca_cert.read_bytes(), PUBLIC_MODE, True)
+        pki.sign_unit_request(ca, paths.tls / layout.TLS_CSR, paths.tls)
         report.done.append(
-            f"TLS client certificate {layout.TLS_CERT} signed by {opts.ca_cert}; CA copied to {layout.TLS_CA}"
+            f"TLS client certificates {layout.TLS_CERT} (CN={opts.unit_id}) and {layout.TLS_PAIRING_CERT} "
+            f"(CN={layout.pairing_identity(opts.unit_id)}) signed by {opts.ca_cert}; CA copied to {layout.TLS_CA}"
         )
     else:
         report.next_steps.append(
-            f"send {paths.tls / layout.TLS_CSR} to the command centre CA; put the certificate it returns at "
-            f"{paths.tls / layout.TLS_CERT} and the CA certificate at {paths.tls / layout.TLS_CA}"
+            f"have the command centre CA sign {paths.tls / layout.TLS_CSR}: `lfr-provision ca sign --ca CA_DIR "
+            f"--csr {paths.tls / layout.TLS_CSR} --out {paths.tls}` writes {layout.TLS_CERT}, "
+            f"{layout.TLS_PAIRING_CERT} and {layout.TLS_CA} (copy them back here if the CA is elsewhere)"
         )
     if cc_pem is not None:
         write_file(paths.keys / layout.COMMAND_CENTRE_PUB, cc_pem, PUBLIC_MODE, True)
@@ -260,8 +309,8 @@ def init_unit(opts: InitOptions) -> Report:
         report.done.append(f"{dropin}: the service may reach the broker at {public}")
 
     _set_owners(paths, private_files, report)
-    report.next_steps.append("lfr-provision install --root " + str(opts.root) + " (if not done yet)")
-    report.next_steps.append("lfr-edge selftest --config /etc/lfr-edge/config.toml")
+    report.next_steps.append(f"lfr-provision install --root {opts.root} (if not done yet)")
+    report.next_steps.append(f"lfr-edge --root {opts.root} selftest")
     return report
 
 

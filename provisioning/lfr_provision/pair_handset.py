@@ -46,12 +46,21 @@ def pair_handset(
     if not cfg.alerts.handsets_dir.is_dir():
         raise ProvisionError(f"alerts.handsets_dir {cfg.alerts.handsets_dir} does not exist (run `lfr-provision init`)")
     mqtt = cfg.mqtt
+    # The daemon holds the unit's own identity on the broker (one connection per certificate): the pairing
+    # helper connects as <unit>.pairing, a certificate for the same key that the CA issued beside unit.crt.
+    pairing_cert = mqtt.cert_file.with_name(layout.TLS_PAIRING_CERT)
+    if not pairing_cert.is_file():
+        raise ProvisionError(
+            f"{pairing_cert} is missing: the pairing helper connects with its own certificate "
+            f"(CN={layout.pairing_identity(cfg.unit.id)}); `lfr-provision ca sign --csr "
+            f"{mqtt.cert_file.with_name(layout.TLS_CSR)} ...` issues it with {mqtt.cert_file.name}"
+        )
     session = PairingSession(cfg.unit.id, sealing.public_key(), signer, ttl_s=timeout_s)
     pairing = UnitPairing(
         session,
         mqtt.host,
         mqtt.port,
-        (mqtt.ca_file, mqtt.cert_file, mqtt.key_file),
+        (mqtt.ca_file, pairing_cert, mqtt.key_file),
         cfg.alerts.handsets_dir,
         prefix=mqtt.topic_prefix,
         expected_handset=handset_id,

@@ -1,8 +1,9 @@
 """Handset pairing carried over MQTT (docs/pairing.md, "Transport"): both ends of the three messages.
 
-`UnitPairing` is the unit's side for `lfr-provision pair-handset`: it connects with the unit's own
-certificate (a separate client id, so a running daemon stays connected and its retained status is left
-alone), publishes the session's offer retained, feeds each request on the request topic to the pure
+`UnitPairing` is the unit's side for `lfr-provision pair-handset`: it connects as the unit's pairing
+identity (`<unit>.pairing`, its own certificate for the unit's key: the broker binds each client id to a
+certificate, so the running daemon stays connected as the unit and its retained status is left alone),
+publishes the session's offer retained, feeds each request on the request topic to the pure
 `PairingSession.accept`, registers the handset and answers on `pairing/confirm/<handset id>`. A refused
 request gets a `refused` answer there too (the reason only: never how close the code was), so the
 officer sees "wrong code" at once instead of waiting for a time-out. `pair_with_unit` is the handset's
@@ -86,7 +87,7 @@ class UnitPairing:
     def open(self, timeout_s: float = WAIT_S) -> None:
         """Connect, listen for requests, then publish the offer (retained, so a late handset finds it)."""
         host, port, tls = self._where
-        client_id = f"{self.session.unit_id}-pairing-{secrets.token_hex(3)}"
+        client_id = f"{self.session.unit_id}-pairing-{secrets.token_hex(3)}"  # the broker uses the CN
         self._mqtt = QueuedClient(connect_tls(client_id, host, port, tls, timeout_s=timeout_s))
         self._mqtt.subscribe(self.topics.pairing_request)
         self._mqtt.publish(self.topics.pairing_offer, self.session.offer(), retain=True)

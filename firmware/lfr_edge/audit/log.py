@@ -335,6 +335,17 @@ def _iter_verified(path: Path, unit_id: str | None) -> Iterator[tuple[dict[str, 
             if record is None:
                 yield _Bad(number, "not a valid audit record (edited, or the file was cut inside a line)")
                 return
+            owner = record.get("unit")
+            if (
+                number == 1
+                and unit_id not in (None, owner)
+                and isinstance(owner, str)
+                and (
+                    record["prev"] == genesis_hash(owner)  # intact, and chained to that other unit
+                )
+            ):
+                yield _Bad(1, f"this log belongs to unit {owner}, not to {unit_id} (--unit-id): another unit's log")
+                return
             if number == 1 and prev_hash is None:
                 if record["event"] != LogCreated.name or not isinstance(record.get("unit"), str):
                     yield _Bad(1, f"the first line is not a {LogCreated.name} event naming the unit")

@@ -3,7 +3,9 @@
 `cameras[].uri` is the file or folder, `cameras[].fps` the rate. Options:
 - `realtime` (default true): pace frames at `fps` on the wall clock; false delivers as fast as the reader
   asks, with timestamps spaced 1/fps apart so time-based logic (tracks, cooldowns) behaves the same.
-- `loop` (default false): start again at the end instead of raising EndOfStream.
+- `loop` (default false): start again at the end. Without it the stream ends there (EndOfStream, whose
+  message says so and names the option): the unit stops taking frames from this camera and says so in its
+  log and telemetry (`cameras`: "ended"), rather than waiting for frames that will never come.
 
 Images are delivered at their own size. An unreadable image is logged by path and skipped.
 """
@@ -101,7 +103,10 @@ class ReplaySource:
     def _end_of_pass(self) -> None:
         """At the end of the file or folder: start again, or stop."""
         if not self.loop:
-            raise EndOfStream(f"{self.path}: end of replay")
+            raise EndOfStream(
+                f"{self.path}: end of the recording after {self._index} frame(s); the stream has ended "
+                f"(cameras[{self.name}].options.loop = false; set it true to replay from the start)"
+            )
         if self._delivered_this_pass == 0:
             raise EndOfStream(f"{self.path}: nothing readable to replay")
         self._delivered_this_pass = 0

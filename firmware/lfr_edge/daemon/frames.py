@@ -88,9 +88,9 @@ class CaptureThread(threading.Thread):
                     self.source.open()
                     opened = True
                 frame = self.source.read()
-            except EndOfStream:
-                self.state = "ended"
-                log.info("camera %s: end of stream", self.source.name)
+            except EndOfStream as exc:
+                self.state, self.last_error = "ended", str(exc)
+                log.warning("camera %s: end of stream: %s; no more frames from it", self.source.name, exc)
                 break
             except CameraError as exc:
                 if self.state != "reconnecting":

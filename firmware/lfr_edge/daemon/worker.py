@@ -95,6 +95,7 @@ class PipelineWorker:
         self.clock = clock
         self.cooldowns = Cooldowns(match_cfg.cooldown_s)
         self.stats = PipelineStats()
+        self._matched_against: tuple[int, object] | None = None  # the list the tracks were last compared with
 
     def apply(self, track_cfg: TrackConfig, match_cfg: MatchConfig) -> None:
         """Reloaded [track] and [match] sections, from the next frame on; cooldowns keep their history."""
@@ -117,8 +118,13 @@ class PipelineWorker:
         watchlist = self.watchlist()
         now = self.clock()
         if watchlist is not None:
+            # A list that arrives (or changes) while someone is in view is news for every track, not only
+            # for those that just got a better face: a person standing still is compared with it too.
+            held = getattr(watchlist, "store", watchlist)
+            key = (id(held), getattr(held, "version", None))
+            new_list, self._matched_against = key != self._matched_against, key
             for track in update.active:
-                if track.new_evidence:
+                if track.new_evidence or new_list:
                     for decision in evaluate(track, watchlist, self.match_cfg, self.cooldowns, now):
                         decisions.append(decision)
                         self._deliver(decision, track, frame.timestamp, watchlist)

@@ -10,9 +10,13 @@
 
 The subjects CSV has a header row with the columns subject_id, category, photos (file names in --photos,
 separated by ';') and reference. A unit key's id is given as `ID=PATH`, or is the file's name without
-its extension (`keys/van-07.pub` is unit `van-07`). `--out` names the bundle file; `{unit}` in it is
+its extension (`keys/van-07.pub` is unit `van-07`); a unit's own key file, unit-x25519.pub, names no unit,
+so give it as `van-07=unit-x25519.pub`. `--out` names the bundle file (extension .lfrwl); `{unit}` in it is
 replaced by the unit id, and it is required when there is more than one unit key
 (`--out out/{unit}.lfrwl`). Times are UTC ISO 8601 (`2026-05-01T08:00Z`) or epoch seconds.
+
+The connection options (--broker, --ca, --cert, --key, --prefix, --timeout) may come before or after the
+command. Each certificate is one identity on the broker, which holds one connection per identity.
 """
 
 from __future__ import annotations
@@ -31,13 +35,14 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
-from tqdm import tqdm
 
-from lfr_contracts import bundle, crypto
+from lfr_contracts import bundle, crypto, layout
 from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
+from lfr_edge.cli_options import Shared, check_required, declare, parent
 from lfr_edge.comms.mqtt import tls_client
 from lfr_tools.command_centre.enrol import Enroller
+from lfr_tools.progress import progress as show_progress
 
 MAX_INSPECT_BYTES = 1 << 31
 
@@ -93,7 +98,7 @@ def enrol_subjects(
     problems: list[str] = []
     entries: list[bundle.SubjectEntry] = []
     total = sum(len(r.photos) for r in rows)
-    bar = tqdm(total=total, desc="enrolling", unit="photo", disable=not progress or total < 20, file=sys.stderr)
+    bar = show_progress(total, "enrolling", "photo", enabled=progress and total >= 20)
     for row in rows:
         embeddings, photo = [], b""
         for name in row.photos:
@@ -116,14 +121,36 @@ def enrol_subjects(
     return entries, problems
 
 
+BUNDLE_SUFFIX = ".lfrwl"
+GENERIC_KEY_NAME = Path(layout.UNIT_X25519_PUB).stem  # every provisioned unit's key file has this name
+
+
 def parse_unit_key(spec: str) -> tuple[str, X25519PublicKey]:
     unit_id, sep, path = spec.partition("=")
     if not sep:
         path, unit_id = spec, Path(spec).stem
+        if unit_id == GENERIC_KEY_NAME:
+            raise CliError(
+                f"--unit-key {spec}: {layout.UNIT_X25519_PUB} is the name of every unit's key, not a unit id; "
+                f"say whose it is: --unit-key van-07={spec}"
+            )
+    if not unit_id or not all(c.isalnum() or c in "-_" for c in unit_id):
+        raise CliError(f"--unit-key {spec}: {unit_id!r} is not a unit id (letters, digits, '-', '_'); use ID=PATH")
     return unit_id, keyfiles.load_x25519_public(Path(path))
 
 
-def _broker(value: str) -> tuple[str, int]:
+def check_validity(valid_from: float, valid_until: float, now: float) -> None:
+    """Refuse a window the unit would refuse: one that ends before it starts or has already ended."""
+    if valid_until <= valid_from:
+        raise CliError(f"--valid-until {bundle.iso(valid_until)} is not after --valid-from {bundle.iso(valid_from)}")
+    if valid_until <= now:
+        raise CliError(
+            f"--valid-until {bundle.iso(valid_until)} has already passed (now {bundle.iso(now)}): every unit "
+            "would refuse the bundle as expired; give the end of the deployment"
+        )
+
+
+def _broker_address(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"{value!r}: expected HOST:PORT")
@@ -151,6 +178,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace, enroller: Enroller | None = None) -> int:
+    check_validity(args.valid_from, args.valid_until, time.time())
     units = [parse_unit_key(spec) for spec in args.unit_key]
     if len(units) > 1 and "{unit}" not in args.out:
         raise CliError("--out must contain {unit} when there is more than one --unit-key")
@@ -221,7 +249,13 @@ def _send(args: argparse.Namespace, unit_id: str, payload: bytes, describe: str)
             try:
                 ack = acks.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise CliError(f"no answer from unit {unit_id} within {args.timeout} s") from None
+                print(
+                    f"no answer from unit {unit_id} within {args.timeout:g} s (offline, or not running): the "
+                    f"{describe} stays retained on {topics.watchlist}, and the unit applies it when it next "
+                    "connects; its answer then goes to the watchlist/ack topic",
+                    file=sys.stderr,
+                )
+                return 1
             print(f"unit {unit_id} answered: {json.dumps(ack)}")
             return 0 if ack.get("status") in ("applied", "closed") else 1
     except (queue.Empty, RuntimeError, ValueError) as exc:
@@ -266,10 +300,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# The broker connection (publish, close): accepted before or after the command.
+CONNECTION_OPTIONS = (
+    Shared(("--broker",), {"type": _broker_address, "default": None, "metavar": "HOST:PORT"}, required=True),
+    Shared(("--ca",), {"type": Path, "default": None, "help": "the broker's CA certificate"}, required=True),
+    Shared(("--cert",), {"type": Path, "default": None, "help": "the command centre's certificate"}, required=True),
+    Shared(("--key",), {"type": Path, "default": None, "help": "its private key"}, required=True),
+    Shared(("--prefix",), {"default": "lfr/v1", "help": "topic prefix (default lfr/v1)"}),
+    Shared(("--timeout",), {"type": float, "default": 30.0, "help": "seconds to wait for the broker, the unit"}),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lfr-watchlist", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    declare(parser, CONNECTION_OPTIONS, after_command=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("keygen", help="create the command centre's Ed25519 signing key pair")
@@ -285,30 +331,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, required=True)
     p.add_argument("--sign-key", type=Path, required=True)
     p.add_argument("--unit-key", action="append", required=True, metavar="[ID=]UNIT.pub")
-    p.add_argument("--out", required=True, help="bundle file; {unit} is replaced by the unit id")
+    p.add_argument(
+        "--out", required=True, help=f"bundle file, e.g. van-07{BUNDLE_SUFFIX}; {{unit}} is replaced by the unit id"
+    )
     p.add_argument("--version", type=int, default=None, help="default: the current time in epoch seconds")
     p.add_argument("--skip-unusable", action="store_true", help="leave out subjects with no usable photo")
     p.add_argument("--config", type=Path, default=None, help="the unit's config (models, quality settings)")
     p.set_defaults(func=cmd_build)
 
+    after = [parent(CONNECTION_OPTIONS)]
     for name, helptext in (
         ("publish", "publish a bundle to a unit (retained)"),
         ("close", "send a signed close"),
     ):
-        p = sub.add_parser(name, help=helptext)
+        p = sub.add_parser(name, help=helptext, parents=after)
         if name == "publish":
-            p.add_argument("bundle", type=Path)
+            p.add_argument("bundle", type=Path, help=f"the bundle file ({BUNDLE_SUFFIX}) from build")
         else:
             p.add_argument("--deployment", required=True)
             p.add_argument("--sign-key", type=Path, required=True)
         p.add_argument("--unit", required=True)
-        p.add_argument("--broker", type=_broker, required=True, metavar="HOST:PORT")
-        p.add_argument("--ca", type=Path, required=True)
-        p.add_argument("--cert", type=Path, required=True)
-        p.add_argument("--key", type=Path, required=True)
-        p.add_argument("--prefix", default="lfr/v1")
         p.add_argument("--wait-ack", action="store_true", help="wait for the unit's ack or refusal")
-        p.add_argument("--timeout", type=float, default=30.0)
         p.set_defaults(func=cmd_publish if name == "publish" else cmd_close)
 
     p = sub.add_parser("inspect", help="print a bundle's header (no key needed) and check its signature")
@@ -319,7 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("publish", "close"):
+        check_required(parser, args, CONNECTION_OPTIONS, args.command)
     try:
         return int(args.func(args))
     except (CliError, crypto.CryptoError, bundle.BundleError, ValueError) as exc:

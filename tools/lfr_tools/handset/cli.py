@@ -4,6 +4,11 @@ It holds the handset's two key pairs (X25519 to open alerts, Ed25519 to sign dec
 unit's alerts, prints each one (subject, score, age) and can save the two pictures; `decide` answers an
 alert with a signed decision; `pair` pairs with a unit by the one-time code the technician reads out
 (docs/pairing.md) and keeps the unit's key in the key folder, where listen and decide find it.
+
+The connection options (--unit, --broker, --ca, --cert, --key, --keys, --prefix) may come before or after
+the command. The broker binds the client id to the certificate, so the handset's session is its own: while
+`listen` runs, `decide` briefly takes the same session over (listen reconnects by itself) and never
+acknowledges an alert, so every alert still reaches `listen`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -28,6 +33,7 @@ from lfr_contracts.receipts import AlertReceipt, DecisionAnswer, decode_answer, 
 from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
 from lfr_edge.alerts.handset import handset_record
+from lfr_edge.cli_options import Shared, check_required, declare, parent
 from lfr_edge.comms.mqtt import tls_client
 
 log = logging.getLogger(__name__)
@@ -90,12 +96,18 @@ class ReceivedAlert:
         return None if self.decoded_at is None else (self.decoded_at - self.alert.time) * 1e3
 
 
+ClientMode = Literal["listen", "decide", "once"]
+
+
 class HandsetClient:
     """Connects as one handset (its own client certificate) and receives one unit's alerts.
 
-    By default the session is persistent (client id = handset id, clean_session off, QoS 1 subscription):
-    the broker keeps the subscription while the handset is offline and queues the alerts published
-    meanwhile, which arrive when it reconnects. Only one client per handset id can be connected at once.
+    `listen` (the default) holds the handset's persistent session (clean_session off, QoS 1 subscriptions
+    to the alerts and to the unit's answers to its decisions): the broker keeps the subscriptions while the
+    handset is offline and queues the alerts published meanwhile, which arrive when it reconnects. The
+    broker names the session after the certificate, so `decide` resumes that same session rather than
+    starting a clean one (which would erase it): it acknowledges only the unit's answers, never an alert,
+    so an alert the broker hands it stays queued for `listen`. `once` is a clean session of its own.
     """
 
     def __init__(
@@ -108,6 +120,7 @@ class HandsetClient:
         tls: tuple[Path, Path, Path],  # CA, certificate, key
         prefix: str = "lfr/v1",
         persistent: bool = True,
+        mode: ClientMode | None = None,
     ) -> None:
         self.keys = keys
         self.unit_id = unit_id
@@ -119,10 +132,13 @@ class HandsetClient:
         self.seen: set[str] = set()
         self.duplicates = 0
         self.connected = threading.Event()
-        client_id = keys.handset_id if persistent else f"{keys.handset_id}-{secrets.token_hex(3)}"
-        self._client = tls_client(client_id, *tls, clean_session=not persistent)
+        self.mode: ClientMode = mode or ("listen" if persistent else "once")
+        client_id = keys.handset_id if self.mode != "once" else f"{keys.handset_id}-{secrets.token_hex(3)}"
+        self._client = tls_client(client_id, *tls, clean_session=self.mode == "once")
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = lambda *a: self.connected.clear()
+        if self.mode == "decide":
+            self._client.manual_ack_set(True)  # an alert it is handed stays unacknowledged, queued for `listen`
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda *a: self.connected.set()  # ready once the broker has the subscription
         self._client.reconnect_delay_set(1, 2)
@@ -155,20 +171,26 @@ class HandsetClient:
         raise TimeoutError(f"unit {self.unit_id} did not answer the decision on {alert_id} within {timeout:g} s")
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        if not reason.is_failure:
-            client.subscribe([(self.topics.alerts, 1), (self.topics.decision_answer_for(self.keys.handset_id), 1)])
+        if reason.is_failure:
+            return
+        answers = (self.topics.decision_answer_for(self.keys.handset_id), 1)
+        client.subscribe([answers] if self.mode == "decide" else [(self.topics.alerts, 1), answers])
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         if message.topic != self.topics.alerts:
             self._on_answer(bytes(message.payload))
+            if self.mode == "decide":
+                client.ack(message.mid, message.qos)
             return
+        if self.mode == "decide":
+            return  # left unacknowledged: the broker gives it to `listen` when it is back
         received_at = time.time()
         try:
             alert = decode_alert(bytes(message.payload), self.unit_id, self.unit_key, self.keys.sealing)
             decoded_at = time.time()
         except ProtocolError as exc:
             self.refused.put(str(exc))
-            log.warning("alert refused: %s", exc)
+            log.warning("%s", refusal_message(exc, self.keys.handset_id, self.unit_id))
             return
         receipt = AlertReceipt(self.unit_id, self.keys.handset_id, alert.alert_id, time.time())
         self._client.publish(self.topics.alert_receipts, encode_receipt(receipt, self.keys.signing), qos=1)
@@ -185,6 +207,17 @@ class HandsetClient:
             log.warning("answer refused: %s", exc)
 
 
+def refusal_message(exc: ProtocolError, handset_id: str, unit_id: str) -> str:
+    """One line for a refused alert (its reason already says "alert refused"); for an alert sealed to other
+    keys, what to do about it."""
+    if isinstance(exc.__cause__, crypto.NotForThisKey):
+        return (
+            f"{exc}: handset {handset_id} is not paired with unit {unit_id} (or was unpaired, or re-keyed); "
+            "pair it: `lfr-provision pair-handset` on the unit, then `lfr-handset pair --code CODE ...`"
+        )
+    return str(exc)
+
+
 def _broker(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit():
@@ -192,20 +225,27 @@ def _broker(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _connection_args(p: argparse.ArgumentParser, unit_key: bool = True) -> None:
-    p.add_argument("--unit", required=True, help="the unit id")
-    p.add_argument("--broker", required=True, type=_broker, help="HOST:PORT of the broker")
-    p.add_argument("--ca", required=True, type=Path, help="the broker's CA certificate")
-    p.add_argument("--cert", required=True, type=Path, help="this handset's client certificate")
-    p.add_argument("--key", required=True, type=Path, help="this handset's client certificate key")
-    p.add_argument("--keys", required=True, type=Path, help="this handset's key folder (from pairing or keygen)")
-    if unit_key:
-        p.add_argument(
-            "--unit-key",
-            type=Path,
-            help="the unit's Ed25519 public key (default: the one pairing stored in --keys)",
-        )
-    p.add_argument("--prefix", default="lfr/v1", help="topic prefix (default lfr/v1)")
+CONNECTION_OPTIONS = (
+    Shared(("--unit",), {"default": None, "help": "the unit id"}, required=True),
+    Shared(("--broker",), {"type": _broker, "default": None, "help": "HOST:PORT of the broker"}, required=True),
+    Shared(("--ca",), {"type": Path, "default": None, "help": "the broker's CA certificate"}, required=True),
+    Shared(("--cert",), {"type": Path, "default": None, "help": "this handset's client certificate"}, required=True),
+    Shared(("--key",), {"type": Path, "default": None, "help": "this handset's client certificate key"}, required=True),
+    Shared(
+        ("--keys",),
+        {"type": Path, "default": None, "help": "this handset's key folder (from pairing or keygen)"},
+        required=True,
+    ),
+    Shared(("--prefix",), {"default": "lfr/v1", "help": "topic prefix (default lfr/v1)"}),
+)
+
+
+def _unit_key_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--unit-key",
+        type=Path,
+        help="the unit's Ed25519 public key (default: the one pairing stored in --keys)",
+    )
 
 
 def _client(args: argparse.Namespace) -> HandsetClient:
@@ -215,9 +255,9 @@ def _client(args: argparse.Namespace) -> HandsetClient:
         raise crypto.KeyFileError(f"{unit_key_path}: no key for unit {args.unit}; pair first or give --unit-key")
     unit_key = keyfiles.load_ed25519_public(unit_key_path)
     host, port = args.broker
-    # Only `listen` holds the handset's persistent session; a one-off `decide` must not take it over.
-    tls, persistent = (args.ca, args.cert, args.key), args.command == "listen"
-    return HandsetClient(keys, args.unit, unit_key, host, port, tls, args.prefix, persistent=persistent)
+    # `listen` holds the handset's persistent session; `decide` resumes it without erasing or draining it.
+    mode: ClientMode = "listen" if args.command == "listen" else "decide"
+    return HandsetClient(keys, args.unit, unit_key, host, port, (args.ca, args.cert, args.key), args.prefix, mode=mode)
 
 
 def listen(args: argparse.Namespace) -> int:
@@ -321,21 +361,22 @@ def pair(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lfr-handset", description=__doc__)
+    declare(parser, CONNECTION_OPTIONS, after_command=False)
+    after = [parent(CONNECTION_OPTIONS)]
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("listen", help="print each alert as it arrives")
-    _connection_args(p)
+    p = sub.add_parser("listen", help="print each alert as it arrives", parents=after)
+    _unit_key_arg(p)
     p.add_argument("--save", type=Path, help="save the live and watchlist pictures in this folder")
     p.add_argument("--count", type=int, help="stop after this many alerts")
     p.set_defaults(func=listen)
-    p = sub.add_parser("decide", help="answer an alert")
+    p = sub.add_parser("decide", help="answer an alert", parents=after)
     p.add_argument("alert_id")
     p.add_argument("decision", choices=DECISIONS)
-    _connection_args(p)
+    _unit_key_arg(p)
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the unit's answer")
     p.set_defaults(func=decide)
-    p = sub.add_parser("pair", help="pair with a unit using the code its technician shows")
+    p = sub.add_parser("pair", help="pair with a unit using the code its technician shows", parents=after)
     p.add_argument("--code", required=True, help="the one-time code, e.g. 1234-5678")
-    _connection_args(p, unit_key=False)
     p.add_argument("--id", help="handset id for new keys (default: the certificate's CN)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the unit")
     p.set_defaults(func=pair)
@@ -344,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--id", required=True, help="handset id (its MQTT certificate name)")
     p.set_defaults(func=keygen)
     args = parser.parse_args(argv)
+    if args.command != "keygen":
+        check_required(parser, args, CONNECTION_OPTIONS, args.command)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         code: int = args.func(args)

@@ -11,18 +11,23 @@ import sys
 from pathlib import Path
 
 from lfr_contracts.errors import ConfigError
+from lfr_edge.cli_options import Shared, declare, parent
 from lfr_edge.inference.base import BackendUnavailable
 from lfr_edge.models import ModelError
 from lfr_tools.photos import embed, summary
 
+# `--config` before or after the command, as in every lfr-* tool (lfr_edge.cli_options).
+GLOBAL_OPTIONS = (
+    Shared(("--config",), {"type": Path, "default": None, "help": "a unit config for the models and vision sections"}),
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, default=None, help="a unit config for the models and vision sections")
     parser = argparse.ArgumentParser(prog="lfr-photos", description=__doc__)
+    declare(parser, GLOBAL_OPTIONS, after_command=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    embed.add_parser(sub, [common])
-    summary.add_parser(sub, [common])
+    embed.add_parser(sub, [parent(GLOBAL_OPTIONS)])
+    summary.add_parser(sub, [parent(GLOBAL_OPTIONS)])
     return parser
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from tqdm import tqdm
 
 from lfr_edge.vision.align import align_face
 from lfr_edge.vision.detect import largest
 from lfr_edge.vision.image import ImageError, read_image
 from lfr_edge.vision.pipeline import FacePipeline
+from lfr_tools.progress import progress as show_progress
 
 
 @dataclass(frozen=True)
@@ -34,12 +34,13 @@ def embed_photos(pipeline: FacePipeline, paths: list[str], progress: bool = True
     boxes = np.zeros((n, 4), dtype=np.float32)
     scores = np.zeros(n, dtype=np.float32)
     emb = np.zeros((n, dim), dtype=np.float32)
-    bar = tqdm(paths, desc="embedding", unit="photo", disable=not progress or n < 20, file=sys.stderr)
-    for i, path in enumerate(bar):
+    bar = show_progress(n, "embedding", "photo", enabled=progress and n >= 20)
+    for i, path in enumerate(paths):
+        bar.update(1)
         try:
             image = read_image(Path(path))
         except ImageError as exc:
-            tqdm.write(f"unreadable: {exc}", file=sys.stderr)
+            bar.write(f"unreadable: {exc}")
             continue
         face = largest(pipeline.detect(image))
         if face is None:
@@ -48,6 +49,7 @@ def embed_photos(pipeline: FacePipeline, paths: list[str], progress: bool = True
         boxes[i] = face.box
         scores[i] = face.score
         emb[i] = pipeline.embed_aligned(align_face(image, face.keypoints)[None])[0]
+    bar.close()
     return EmbeddedPhotos(paths, found, boxes, scores, emb)
 
 
