@@ -208,3 +208,55 @@ def test_round_trip_from_photos_to_a_match_on_the_unit(
     assert store.subject(1).photo_jpeg[:2] == b"\xff\xd8"
     unit.stop()
     assert not store.is_usable(time.time())  # wiped at shutdown, well inside its validity window
+
+
+@pytest.mark.broker
+def test_status_shows_what_the_unit_holds_and_publish_refuses_what_the_unit_would(
+    broker: MosquittoBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lfr_contracts.status import WatchlistStatus
+    from watchlist_helpers import Keys, make_bundle
+
+    keys = Keys()
+    keyfiles.save_public_key(tmp_path / "cc.pub", keys.centre.public_key())
+    keyfiles.save_public_key(tmp_path / "unit-x25519.pub", keys.unit.public_key())
+    keyfiles.save_public_key(tmp_path / "other.pub", X25519PrivateKey.generate().public_key())
+    tls = broker.client("command-centre")
+    connection = [
+        "--broker", f"127.0.0.1:{broker.port}", "--ca", str(tls.ca_file), "--cert", str(tls.cert_file),
+        "--key", str(tls.key_file), "--timeout", "10",
+    ]  # fmt: skip
+    assert watchlist_main(["status", "--unit", "unit-a", *connection]) == 1  # never connected
+    assert "no status on the broker" in capsys.readouterr().out
+    unit = UnitMqttClient("unit-a", unit_mqtt_config(broker, "unit-a"), model_id=MODEL)
+    unit.set_watchlist_status(WatchlistStatus("refused", version=4, reason="wrong_unit", detail="for unit-b"))
+    unit.start()
+    try:
+        assert unit.connected.wait(10)
+        assert watchlist_main(["status", *connection, "--unit", "unit-a"]) == 0
+        shown = capsys.readouterr().out
+        assert "unit unit-a: online" in shown and "watchlist: refused: wrong_unit (for unit-b)" in shown
+        assert f"model: {MODEL}" in shown
+
+        def publish(payload: bytes, *extra: str) -> tuple[int, str]:
+            path = tmp_path / "b.lfrwl"
+            path.write_bytes(payload)
+            code = watchlist_main(["publish", str(path), "--unit", "unit-a", *connection, *extra])
+            return code, capsys.readouterr().err
+
+        checks = ["--verify-key", str(tmp_path / "cc.pub"), "--unit-key", str(tmp_path / "unit-x25519.pub")]
+        now = time.time()
+        refused = {
+            "for unit 'unit-b'": make_bundle(keys, version=5, unit_id="unit-b"),
+            "window ended": make_bundle(keys, version=5, valid_from=now - 7200, valid_until=now - 60),
+            "runs mobilefacenet": make_bundle(keys, version=5, model_id="sface/float/000000000000"),
+            "does not verify": make_bundle(Keys(centre=Ed25519PrivateKey.generate(), unit=keys.unit), version=5),
+        }
+        for why, payload in refused.items():
+            code, err = publish(payload, *checks)
+            assert code == 2 and why in err, (why, err)
+        code, err = publish(make_bundle(keys, version=5), "--unit-key", str(tmp_path / "other.pub"))
+        assert code == 2 and "not sealed to" in err
+        assert publish(make_bundle(keys, version=5), *checks)[0] == 0
+    finally:
+        unit.stop()

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from lfr_contracts import bundle, crypto, layout
+from lfr_contracts.status import StatusError, UnitStatus
 from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
 from lfr_edge.cli_options import Shared, check_required, declare, parent
@@ -265,12 +266,94 @@ def _send(args: argparse.Namespace, unit_id: str, payload: bytes, describe: str)
         client.loop_stop()
 
 
+def check_before_publishing(
+    data: bytes, unit_id: str, now: float, *, verify_key: Path | None, unit_key: Path | None, status: UnitStatus | None
+) -> list[str]:
+    """What the unit would refuse, found before sending: unit id, signature, seal, window, model. A CliError for
+    each refusal; the lines returned say what could not be checked here."""
+    envelope = bundle.read_envelope(data, MAX_INSPECT_BYTES)
+    header = bundle.parse_bundle_header(envelope.header)
+    unchecked = []
+    if header.unit != unit_id:
+        raise CliError(f"the bundle is for unit {header.unit!r}, not {unit_id!r}: build one per unit")
+    if verify_key is None:
+        unchecked.append("signature not checked (give --verify-key command-centre.pub)")
+    else:
+        try:
+            bundle.verify_envelope(envelope, keyfiles.load_ed25519_public(verify_key))
+        except bundle.SignatureInvalid as exc:
+            raise CliError(f"the signature does not verify with {verify_key}: the unit would refuse it") from exc
+    if unit_key is None:
+        unchecked.append("seal not checked (give --unit-key the unit's unit-x25519.pub)")
+    else:
+        wanted = crypto.key_id(keyfiles.load_x25519_public(unit_key))
+        if wanted not in crypto.envelope_key_ids(envelope.body):
+            raise CliError(f"the bundle is not sealed to {unit_key}: the unit could not open it")
+    if now >= header.valid_until:
+        raise CliError(f"the bundle's window ended at {bundle.iso(header.valid_until)}: build a new version")
+    if now < header.valid_from:
+        unchecked.append(f"valid from {bundle.iso(header.valid_from)}: the unit holds it until then")
+    if status is None or status.model is None:
+        unchecked.append(f"model not checked: unit {unit_id} has published no status with its model")
+    elif status.model != header.model_id:
+        raise CliError(
+            f"the bundle was enrolled with {header.model_id}, but unit {unit_id} runs {status.model}: enrol again "
+            "with the unit's model (lfr-watchlist build with the unit's config)"
+        )
+    return unchecked
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     data = args.bundle.read_bytes()
-    header = bundle.read_envelope(data, MAX_INSPECT_BYTES).header
-    if header.get("unit") != args.unit:
-        raise CliError(f"{args.bundle} is for unit {header.get('unit')!r}, not {args.unit!r}")
-    return _send(args, args.unit, data, f"{args.bundle} (version {header.get('version')})")
+    status = read_status(args, args.unit)
+    unchecked = check_before_publishing(
+        data, args.unit, time.time(), verify_key=args.verify_key, unit_key=args.unit_key, status=status
+    )
+    for line in unchecked:
+        print(f"note: {line}")
+    version = bundle.read_envelope(data, MAX_INSPECT_BYTES).header.get("version")
+    return _send(args, args.unit, data, f"{args.bundle} (version {version})")
+
+
+def read_status(args: argparse.Namespace, unit_id: str) -> UnitStatus | None:
+    """The unit's retained status from the broker, or None when it never published one."""
+    topics = Topics.for_unit(args.prefix, unit_id)
+    client = tls_client(f"command-centre-{secrets.token_hex(4)}", args.ca, args.cert, args.key)
+    got: queue.Queue[bytes] = queue.Queue()
+    client.on_message = lambda c, u, m: got.put(bytes(m.payload))
+    try:
+        client.connect(args.broker[0], args.broker[1], keepalive=30)
+    except OSError as exc:
+        raise CliError(f"cannot connect to the broker {args.broker[0]}:{args.broker[1]}: {exc}") from exc
+    client.loop_start()
+    try:
+        client.subscribe(topics.status, 1)
+        try:
+            payload = got.get(timeout=min(args.timeout, 3.0))  # a retained message arrives at once if there is one
+        except queue.Empty:
+            return None
+        try:
+            return UnitStatus.decode(payload)
+        except StatusError as exc:
+            raise CliError(f"unit {unit_id}'s status message is not one a unit writes: {exc}") from exc
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Exit 0 with the unit's retained status; 1 when the unit never published one."""
+    status = read_status(args, args.unit)
+    if status is None:
+        print(f"unit {args.unit}: no status on the broker (never connected, or another prefix)")
+        return 1
+    watchlist = status.watchlist.summary() if status.watchlist is not None else "not said (the broker's last will)"
+    if status.watchlist is not None and status.watchlist.valid_until is not None:
+        watchlist += f", valid until {bundle.iso(status.watchlist.valid_until)}"
+    print(f"unit {status.unit}: {status.state} since {status.time} (connection {status.seq})")
+    print(f"watchlist: {watchlist}")
+    print(f"model: {status.model or 'not said'}")
+    return 0
 
 
 def cmd_close(args: argparse.Namespace) -> int:
@@ -352,7 +435,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--sign-key", type=Path, required=True)
         p.add_argument("--unit", required=True)
         p.add_argument("--wait-ack", action="store_true", help="wait for the unit's ack or refusal")
+        if name == "publish":
+            p.add_argument("--verify-key", type=Path, help="command-centre.pub: check the signature before sending")
+            p.add_argument("--unit-key", type=Path, help="the unit's unit-x25519.pub: check the bundle is sealed to it")
         p.set_defaults(func=cmd_publish if name == "publish" else cmd_close)
+
+    p = sub.add_parser("status", help="what a unit holds, from its retained status", parents=after)
+    p.add_argument("--unit", required=True)
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("inspect", help="print a bundle's header (no key needed) and check its signature")
     p.add_argument("bundle", type=Path)
@@ -364,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("publish", "close"):
+    if args.command in ("publish", "close", "status"):
         check_required(parser, args, CONNECTION_OPTIONS, args.command)
     try:
         return int(args.func(args))
