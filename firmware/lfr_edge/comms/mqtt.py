@@ -252,6 +252,7 @@ class UnitMqttClient:
 
     def start(self) -> None:
         """Connect in the background; reconnects with capped exponential backoff until `stop()`."""
+        log.info("mqtt: connecting to %s:%s as %s", self.cfg.host, self.cfg.port, self.client_id)
         self._started = True
         self._dispatcher = threading.Thread(
             target=self._run_listeners, name=f"mqtt-connect-{self.unit_id}", daemon=True
