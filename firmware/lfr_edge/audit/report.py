@@ -188,6 +188,7 @@ class _Tally:
             self.refused[event.reason] += event.count
         elif isinstance(event, RecordsLost):
             self.gaps.append(Gap(time, event.lost, event.lost_events, event.since, event.until, event.error))
+            self._end_lost_in_gap(event)
         else:
             self._add_watchlist_or_fault(time, event)
 
@@ -216,6 +217,14 @@ class _Tally:
                 ) and episode.lasted_s is None:
                     episode.lasted_s = event.lasted_s
                     break
+
+    def _end_lost_in_gap(self, gap: RecordsLost) -> None:
+        """Held lists whose wipe was among the lost records ended within the gap (the latest first)."""
+        for _ in range(gap.lost_events.get(WatchlistWiped.name, 0)):
+            period = next((p for p in reversed(self.periods) if p.ended_at is None), None)
+            if period is None:
+                return
+            period.ended_at, period.ended_by = gap.until, f"not recorded: lost in the gap from {gap.since}"
 
     def _end(self, deployment: str, version: int, time: str, how: str, any_deployment: bool = False) -> None:
         """Close the open period of that version (a replacement may come from another deployment)."""
