@@ -1,12 +1,14 @@
 """The audit log on a real full file system (a small tmpfs, filled): records whole or absent, the failure
 reported once, a gap record when space returns, a chain that verifies across it; and the real watchlist
-sync, whose list expires on time while the log cannot be written.
+sync, whose list expires on time while the log cannot be written. Where no file system can be mounted (not
+root), those tests skip saying so, and a file size limit (RLIMIT_FSIZE) makes the writes fail instead.
 
 (tests/test_daemon_full_disk.py does the same with the real daemon.)
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -173,3 +175,40 @@ def test_the_real_sync_expires_its_list_on_time_while_the_audit_log_is_full(tmp_
             type(events[0]), WatchlistApplied, RecordsLost, WatchlistRefusedRepeats
         ]  # fmt: skip
         assert not any(isinstance(e, WatchlistRefused) for e in events)
+
+
+FILE_SIZE_LIMIT = r"""
+import json, resource, signal, sys
+from pathlib import Path
+from lfr_contracts.audit_events import FacesSeen, Started
+from lfr_edge.audit.log import AuditLog, verify
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails (EFBIG) instead of killing
+path = Path(sys.argv[1])
+audit = AuditLog.open(path, "unit-a")
+audit.append(Started(version="0.1.0", cameras=("cam0",)))
+resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 200, resource.RLIM_INFINITY))
+written, whole = [], []
+for i in range(6):
+    written.append(audit.append(FacesSeen(camera="cam0", count=i)) is not None)
+    whole.append(path.read_bytes().endswith(b"\n") and verify(path).ok)
+health = audit.health()
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+print(json.dumps({"written": written, "whole": whole, "lost": health.lost, "retried": audit.retry()}))
+audit.close()
+"""
+
+
+def test_where_no_file_system_can_be_mounted_a_file_size_limit_fails_the_writes_the_same_way(tmp_path: Path) -> None:
+    """Runs without root: RLIMIT_FSIZE makes a real write stop short, then fail (EFBIG), in a child process."""
+    path = tmp_path / "audit.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_LIMIT, str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["written"][0] and not any(outcome["written"][2:])  # a line fits, then a short write
+    assert all(outcome["whole"]) and outcome["lost"] == outcome["written"].count(False) and outcome["retried"]
+    assert "File too large" in result.stderr  # the one error line of the episode
+    report = verify(path)
+    assert report.ok and (report.gaps, report.lost) == (1, outcome["lost"])
