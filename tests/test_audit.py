@@ -46,6 +46,7 @@ from lfr_contracts.audit_events import (
     WipeReason,
     decode_event,
 )
+from lfr_contracts.topics import Topics
 from lfr_edge.alerts.handset import HandsetChannel, parse_handset
 from lfr_edge.audit import cli
 from lfr_edge.audit.faults import FaultMonitor, Problem, current_problems
@@ -412,7 +413,13 @@ def test_the_report_counts_each_decision_the_real_handset_channel_audited(tmp_pa
     sent = [DecisionKind.ENGAGE, DecisionKind.FALSE_ALERT, DecisionKind.ENGAGE, DecisionKind.NO_ACTION]
     with AuditLog.open(path, UNIT) as log:
         channel = HandsetChannel(
-            LoopbackPublisher(), "alerts", UNIT, Ed25519PrivateKey.generate(), lambda: paired, AlertsConfig(), log
+            LoopbackPublisher(),
+            Topics.for_unit("lfr/v1", UNIT),
+            UNIT,
+            Ed25519PrivateKey.generate(),
+            lambda: paired,
+            AlertsConfig(),
+            log,
         )
         for n, kind in enumerate(sent):
             alert_id = f"a-{n}"

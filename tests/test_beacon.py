@@ -321,6 +321,7 @@ def test_default_beacon_config_is_valid() -> None:
     assert dataclasses.replace(cfg, retries=0).retries == 0
 
 
-def test_driver_refuses_a_protocol_it_does_not_implement(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"beacon\.protocol"):
-        BeaconDriver(BeaconConfig(port=str(tmp_path / "beacon"), protocol="patlite"))
+def test_a_protocol_without_a_driver_is_refused_by_the_config() -> None:
+    """The "patlite" protocol has no driver, so the config refuses it rather than the driver at start-up."""
+    with pytest.raises(ConfigError, match=r"beacon\.protocol: 'patlite' is not one of 'lfr'"):
+        parse_config({"beacon": {"protocol": "patlite"}})

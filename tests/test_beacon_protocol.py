@@ -134,7 +134,7 @@ def test_invalid_escape_sequence_drops_frame() -> None:
         (Frame(1, Command.BUZZER, b"\x01"), NakReason.BAD_LENGTH),
         (Frame(1, Command.HEARTBEAT, b""), NakReason.BAD_LENGTH),
         (Frame(1, Command.QUERY, b"\x00"), NakReason.BAD_LENGTH),
-        (Frame(1, Command.SET_PATTERN, b"\x04"), NakReason.BAD_ARGUMENT),
+        (Frame(1, Command.SET_PATTERN, b"\x05"), NakReason.BAD_ARGUMENT),
         (Frame(1, Command.SET_PATTERN, b"\xff"), NakReason.BAD_ARGUMENT),
     ],
 )

@@ -17,6 +17,7 @@ from lfr_bench.latency import beacon_latencies, percentiles
 from lfr_bench.report import write_results
 from lfr_contracts import beacon as bp
 from lfr_contracts.alerts import Alert
+from lfr_contracts.status import WatchlistStatus
 from lfr_contracts.telemetry import AuditHealth, CameraState, Telemetry, ThreadHealth
 from lfr_hwsim.beacon import SimulatedBeacon
 from lfr_tools.handset.cli import ReceivedAlert
@@ -60,7 +61,7 @@ def telemetry(t: float, frames: int, faces: int, dropped: int, camera_dropped: i
         dropped_frames=dropped,
         queue_depth=2,
         cpu_temp_c=None,
-        watchlist=None,
+        watchlist=WatchlistStatus("none"),
         cameras={"cam0": CameraState.STREAMING},
         camera_dropped={"cam0": camera_dropped},
         beacon=None,

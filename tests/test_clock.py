@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
-from lfr_edge.daemon.clock import WallClock, kernel_says_synchronised
+from lfr_edge.daemon.clock import WallClock, kernel_says_synchronised, time_service_running
 
 
 class Clocks:
@@ -55,5 +56,11 @@ def test_a_step_is_reported_once_and_slow_running_is_not() -> None:
     assert clock.step() == pytest.approx(-3600)
 
 
-def test_the_kernel_can_be_asked() -> None:
-    assert kernel_says_synchronised() in (True, False)
+def test_the_kernel_is_asked_only_where_a_time_service_runs(tmp_path: Path) -> None:
+    assert kernel_says_synchronised() in (True, False, None)
+    (tmp_path / "17").mkdir()
+    (tmp_path / "17" / "comm").write_text("bash\n")
+    assert not time_service_running(tmp_path)
+    (tmp_path / "18").mkdir()
+    (tmp_path / "18" / "comm").write_text("chronyd\n")
+    assert time_service_running(tmp_path)

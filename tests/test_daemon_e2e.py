@@ -344,11 +344,11 @@ def test_a_stalled_camera_stops_the_watchdog_and_shows_the_beacons_fault_until_f
         assert beacon.wait_until(shown_by_the_unit(Pattern.FAULT), 10)  # the unit's fault, not the beacon's own
         write_control(van.camera_control_file, "ok")
         daemon.wait_for("WATCHDOG", timeout=10)
-        assert beacon.wait_for(Pattern.IDLE, 10)
+        assert beacon.wait_for(Pattern.NO_WATCHLIST, 10)  # this unit holds no list: not idle green
         write_control(van.camera_control_file, "disconnect")  # the camera is lost: the unit reconnects
         assert beacon.wait_until(shown_by_the_unit(Pattern.FAULT), 10)
         write_control(van.camera_control_file, "ok")
-        assert beacon.wait_for(Pattern.IDLE, 15)
+        assert beacon.wait_for(Pattern.NO_WATCHLIST, 15)
     finally:
         assert daemon.terminate(timeout=10) == 0
     log = daemon.log_path.read_text()

@@ -91,9 +91,10 @@ def test_on_a_full_disk_the_list_expires_on_time_the_unit_runs_on_and_the_chain_
 
             filler = fill(audit_fs)
             full = next_telemetry(spy, van.topics.telemetry, lambda t: not t.audit.writable, timeout=20)
-            assert full.watchlist is not None and full.audit.lost > 0  # faces_seen lines could not be written
+            assert full.watchlist.state == "active" and full.audit.lost > 0  # faces_seen lines could not be written
 
-            expired = next_telemetry(spy, van.topics.telemetry, lambda t: t.watchlist is None, VALID_S + 10)
+            expired = next_telemetry(spy, van.topics.telemetry, lambda t: t.watchlist.state != "active", VALID_S + 10)
+            assert expired.watchlist.state == "expired"
             assert expired.time < valid_until + 5.0  # on time (one expiry period and a telemetry interval late)
             assert watchlist_state(van) == "expired"
             assert not expired.audit.writable and expired.threads.failures == {} and expired.threads.down == ()

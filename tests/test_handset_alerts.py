@@ -6,10 +6,11 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from lfr_contracts.alerts import (
     MAX_DECISION_BYTES,
@@ -22,6 +23,7 @@ from lfr_contracts.alerts import (
     encode_decision,
 )
 from lfr_contracts.audit_events import AuditEvent, DecisionRefused, OfficerDecision
+from lfr_contracts.receipts import MAX_RECEIPT_BYTES, decode_answer
 from lfr_contracts.topics import Topics
 from lfr_edge.alerts.handset import HandsetChannel, PairedHandset, load_handsets, parse_handset
 from lfr_edge.comms.mqtt import UnitMqttClient
@@ -117,7 +119,7 @@ class Unit:
         self.audit = ListAudit()
         self.channel = HandsetChannel(
             self.mqtt,
-            self.mqtt.topics.alerts,
+            self.mqtt.topics,
             "unit-a",
             self.key,
             lambda: handsets,
@@ -125,6 +127,8 @@ class Unit:
             self.audit,
         )
         self.mqtt.subscribe(self.mqtt.topics.decisions, self.channel.on_decision, max_bytes=MAX_DECISION_BYTES)
+        self.mqtt.subscribe(self.mqtt.topics.alert_receipts, self.channel.on_receipt, max_bytes=MAX_RECEIPT_BYTES)
+        self.mqtt.add_connect_listener(lambda: self.channel.flush(resend_all=True))  # as the daemon does
 
     def start(self) -> None:
         self.mqtt.start()
@@ -157,10 +161,14 @@ def test_alert_reaches_the_paired_handset_and_its_decision_is_audited(
         unit.channel.deliver(make_alert("a-7"))
         got = phone.alerts.get(timeout=10)
         assert got.alert.alert_id == "a-7" and got.alert.score == pytest.approx(0.71)
-        phone.decide("a-7", DecisionKind.ENGAGE)
-        assert unit.audit.changed.wait(10)
+        deadline = time.monotonic() + 10
+        while unit.channel.stats.delivered == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert unit.channel.stats.delivered == 1 and unit.channel.stats.queued == 0  # the handset's receipt
+        answer = phone.decide("a-7", DecisionKind.ENGAGE)
+        assert answer.accepted and answer.revision == 0
         assert unit.audit.events == [OfficerDecision("a-7", "handset-1", DecisionKind.ENGAGE)]
-        phone.decide("a-7", DecisionKind.ENGAGE)  # a redelivery
+        assert phone.decide("a-7", DecisionKind.ENGAGE).accepted  # a redelivery
         deadline = time.monotonic() + 10
         while unit.channel.stats.duplicate_decisions == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -190,19 +198,84 @@ def test_bad_decisions_are_refused_and_audited(
         encode_decision(Decision("a-1", "unit-a", "handset-7", engage, time.time()), handset_keys.signing),
         encode_decision(Decision("a-1", "unit-b", "handset-1", engage, time.time()), handset_keys.signing),
     ]
+    answers = Collector(broker, "handset-1")
+    answers.subscribe(Topics.for_unit(broker.prefix, "unit-a").decision_answer_for("handset-1"))
     try:
         for payload in cases:
-            unit.audit.changed.clear()
             sender.publish(topic, payload)
-            assert unit.audit.changed.wait(10)
-        reasons = [event.reason for event in unit.audit.events if isinstance(event, DecisionRefused)]
-        assert len(reasons) == len(unit.audit.events) == len(cases)
+        deadline = time.monotonic() + 10
+        while unit.channel.stats.refused_decisions < len(cases) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        unit.channel.close()  # what was counted since the first report goes to the audit log
+        counted = {event.reason: event.count for event in unit.audit.events if isinstance(event, DecisionRefused)}
+        assert sum(counted.values()) == len(cases) == len(counted)
+        reasons = list(counted)
         assert "not valid JSON" in reasons[0]
-        assert "signature" in reasons[2] and "unknown alert" in reasons[3]
-        assert "unknown handset" in reasons[4] and "unit-b" in reasons[5]
+        assert any("signature" in r for r in reasons) and any("unknown alert" in r for r in reasons)
+        assert any("unknown handset" in r for r in reasons) and any("unit-b" in r for r in reasons)
+        # The paired handset is told why, for each of its decisions the unit could read.
+        told = [decode_answer(answers.next(timeout=10).payload, unit.key.public_key()) for _ in range(3)]
+        assert {a.status for a in told} == {"refused"} and all(a.reason for a in told)
+    finally:
+        answers.close()
+        sender.close()
+        unit.mqtt.stop()
+
+
+@pytest.mark.broker
+def test_a_decision_is_answered_a_changed_one_is_a_revision_and_a_repeat_is_audited_once(
+    broker: MosquittoBroker, handset_keys: HandsetKeys
+) -> None:
+    unit = Unit(broker, paired(handset_keys))
+    unit.start()
+    unit.channel.deliver(make_alert("a-1"))
+    sender = Collector(broker, "handset-1")
+    topics = Topics.for_unit(broker.prefix, "unit-a")
+    sender.subscribe(topics.decision_answer_for("handset-1"))
+    try:
+        answers = []
+        for kind in (DecisionKind.ENGAGE, DecisionKind.ENGAGE, DecisionKind.FALSE_ALERT):
+            decision = Decision("a-1", "unit-a", "handset-1", kind, time.time())
+            sender.publish(topics.decisions, encode_decision(decision, handset_keys.signing))
+            answers.append(decode_answer(sender.next(timeout=10).payload, unit.key.public_key()))
+        assert [(a.status, a.decision, a.revision) for a in answers] == [
+            ("accepted", DecisionKind.ENGAGE, 0),
+            ("accepted", DecisionKind.ENGAGE, 0),  # QoS 1 redelivery: answered again, audited once
+            ("accepted", DecisionKind.FALSE_ALERT, 1),
+        ]
+        audited = [e for e in unit.audit.events if isinstance(e, OfficerDecision)]
+        assert [(e.decision, e.revision) for e in audited] == [(DecisionKind.ENGAGE, 0), (DecisionKind.FALSE_ALERT, 1)]
     finally:
         sender.close()
         unit.mqtt.stop()
+
+
+def test_a_decision_flood_from_one_handset_is_rate_limited_before_any_signature_check() -> None:
+    registry = {"handset-1": PairedHandset("handset-1", X25519PrivateKey.generate().public_key(),
+                                           Ed25519PrivateKey.generate().public_key())}  # fmt: skip
+    audit = ListAudit()
+    clock = [100.0]
+
+    class Answers:
+        connected = threading.Event()
+        sent: ClassVar[list[str]] = []
+
+        def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
+            self.sent.append(topic)
+            return True
+
+    channel = HandsetChannel(
+        Answers(), Topics.for_unit("lfr/v1", "unit-a"), "unit-a", Ed25519PrivateKey.generate(),
+        lambda: registry, AlertsConfig(), audit, clock=lambda: clock[0],
+    )  # fmt: skip
+    junk = Decision("a-1", "unit-a", "handset-1", DecisionKind.ENGAGE, 1.0)
+    for _ in range(3000):
+        channel.on_decision("t", encode_decision(junk, Ed25519PrivateKey.generate()))
+    assert channel.stats.rate_limited_decisions == 3000 - 10  # the burst, then nothing in the same instant
+    clock[0] += 10.0  # ten seconds later: one report, and the bucket has refilled
+    channel.on_decision("t", encode_decision(junk, Ed25519PrivateKey.generate()))
+    counted = [e for e in audit.events if isinstance(e, DecisionRefused)]
+    assert sum(e.count for e in counted) == 3001 and len(counted) <= 3
 
 
 @pytest.mark.broker
@@ -222,7 +295,9 @@ def test_alerts_wait_while_the_broker_is_down_and_go_out_on_reconnect(
     phone = handset_client(broker, handset_keys, unit)
     try:
         assert unit.mqtt.connected.wait(10)
-        unit.channel.flush()  # the daemon calls this on every reconnect
+        # The unit re-sent both on reconnecting, maybe before this handset's new session subscribed (the
+        # broker kept no state); the daemon's re-send timer covers that, here called once the phone is in.
+        unit.channel.flush(resend_all=True)
         ids = {phone.alerts.get(timeout=10).alert.alert_id for _ in range(2)}
         assert ids == {"queued-1", "queued-2"}
     finally:
@@ -240,7 +315,7 @@ def test_outbox_expires_and_overflows_are_counted_not_kept(handset_keys: Handset
     now = [1000.0]
     channel = HandsetChannel(
         Offline(),
-        "t",
+        Topics.for_unit("lfr/v1", "unit-a"),
         "unit-a",
         Ed25519PrivateKey.generate(),
         lambda: paired(handset_keys),
@@ -296,7 +371,83 @@ def test_an_alert_with_no_paired_handset_is_counted_and_never_published(tmp_path
     registry = load_handsets(tmp_path / "no-such-folder")
     mqtt = Recorder()
     channel = HandsetChannel(
-        mqtt, "t", "unit-a", Ed25519PrivateKey.generate(), lambda: registry, AlertsConfig(), ListAudit()
+        mqtt,
+        Topics.for_unit("lfr/v1", "unit-a"),
+        "unit-a",
+        Ed25519PrivateKey.generate(),
+        lambda: registry,
+        AlertsConfig(),
+        ListAudit(),
     )
     channel.deliver(make_alert("lonely"))
     assert registry == {} and channel.stats.no_handsets == 1 and mqtt.sent == []
+
+
+@pytest.mark.broker
+def test_every_alert_reaches_the_handset_exactly_once_when_the_broker_dies_without_saving(
+    broker: MosquittoBroker, handset_keys: HandsetKeys
+) -> None:
+    """20 alerts, the broker SIGKILLed during them (it had saved nothing: no persistence): the unit keeps
+    each alert until the handset's receipt, so all 20 arrive, and the handset shows each once."""
+    unit = Unit(broker, paired(handset_keys), queue_ttl_s=120)
+    unit.start()
+    phone = handset_client(broker, handset_keys, unit)
+    ticking = threading.Event()
+
+    def tick() -> None:  # the daemon's main loop re-sends every 2 s
+        while not ticking.wait(0.5):
+            unit.channel.flush()
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        for n in range(20):
+            unit.channel.deliver(make_alert(f"a-{n}"))
+            if n == 7:
+                broker.kill()
+            if n == 13:
+                broker.start()
+            time.sleep(0.1)
+        got: list[str] = []
+        deadline = time.monotonic() + 60
+        while len(got) < 20 and time.monotonic() < deadline:
+            try:
+                got.append(phone.alerts.get(timeout=1).alert.alert_id)
+            except queue.Empty:
+                continue
+        assert sorted(got) == sorted(f"a-{n}" for n in range(20)), got  # every one, each once
+        while unit.channel.stats.queued and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert unit.channel.stats.delivered == 20 and unit.channel.stats.queued == 0
+        print(
+            f"broker killed during 20 alerts: raised 20, delivered {len(set(got))}, shown twice 0, "
+            f"re-sent {unit.channel.stats.resent}, suppressed duplicates at the handset {phone.duplicates}"
+        )
+    finally:
+        ticking.set()
+        phone.stop()
+        unit.mqtt.stop()
+
+
+def test_the_outbox_times_out_on_the_monotonic_clock_not_the_wall_clock() -> None:
+    """A wall-clock step (NTP at boot, +3 h) does not expire queued alerts; only monotonic time does."""
+    registry = {"handset-1": PairedHandset("handset-1", X25519PrivateKey.generate().public_key(),
+                                           Ed25519PrivateKey.generate().public_key())}  # fmt: skip
+
+    class Down:
+        connected = threading.Event()  # never set: the broker is away
+
+        def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
+            return False
+
+    monotonic = [50.0]
+    channel = HandsetChannel(
+        Down(), Topics.for_unit("lfr/v1", "unit-a"), "unit-a", Ed25519PrivateKey.generate(),
+        lambda: registry, AlertsConfig(queue_ttl_s=120), ListAudit(), clock=lambda: monotonic[0],
+    )  # fmt: skip
+    channel.deliver(make_alert("a-1"))
+    channel.flush()  # the wall clock may have jumped by hours here: the channel never reads it
+    assert channel.stats.queued == 1 and channel.stats.expired == 0
+    monotonic[0] += 121
+    channel.flush()
+    assert channel.stats.queued == 0 and channel.stats.expired == 1

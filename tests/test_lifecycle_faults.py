@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lfr_contracts import bundle
+from lfr_contracts.beacon import Pattern
 from lfr_contracts.status import UnitStatus
 from lfr_edge import keyfiles
 from lfr_edge.vision.pipeline import FacePipeline
@@ -126,6 +127,7 @@ def test_a_refused_retained_bundle_says_refused_after_a_restart(
             status = wait_status(van, "refused")
             assert status.watchlist is not None and status.watchlist.reason == "wrong_unit"
             assert "van-99" in (status.watchlist.detail or "")
+            assert van.beacon is not None and van.beacon.wait_for(Pattern.NO_WATCHLIST, timeout_s=10)
         finally:
             assert daemon.terminate() == 0
 
@@ -142,11 +144,12 @@ def test_a_decision_flood_does_not_delay_the_command_centres_close(
     try:
         daemon.wait_for("READY", timeout=60)
         assert json.loads(acks.next_on(van.topics.watchlist_ack, timeout=30).payload)["status"] == "applied"
-        for i in range(3000):
+        for i in range(2999):
             junk.client.publish(van.topics.decisions, json.dumps({"junk": i}).encode(), qos=0)
+        junk.publish(van.topics.decisions, b'{"junk": 2999}')  # QoS 1: the whole flood has reached the broker
         close = bundle.build_close("sim-deployment", van.unit_id, van.command_centre_key, time.time(), "flood")
         sent = time.monotonic()
-        van.publish_watchlist(close, wait_ack_s=None)
+        acks.publish(van.topics.watchlist, close, retain=True)  # on the command centre's open connection
         ack = json.loads(acks.next_on(van.topics.watchlist_ack, timeout=10).payload)
         took = time.monotonic() - sent
         assert ack["status"] == "closed" and took < 1.0, took
@@ -155,7 +158,10 @@ def test_a_decision_flood_does_not_delay_the_command_centres_close(
         acks.close()
         assert daemon.terminate() == 0
     log = daemon.log_path.read_text()
-    assert "decision refused" in log or f"on {van.topics.decisions}" in log  # the flood did arrive
+    # The flood arrived, and was reported in a few lines (one per interval and at stop), not one per message.
+    reports = [line for line in log.splitlines() if "refused" in line and "handset message(s)" in line]
+    refused = sum(int(line.split("refused ")[1].split()[0]) for line in reports)
+    assert 1 <= len(reports) <= 3 and 2900 <= refused <= 3000  # the rest: dropped with the queue full, counted
     print(f"close to wipe under a 3,000-decision flood: {took * 1000:.0f} ms")
 
 
@@ -165,7 +171,9 @@ def log_time(line: str) -> float:
     return time.mktime(time.strptime(stamp.split(",")[0], "%Y-%m-%d %H:%M:%S")) + int(stamp.split(",")[1]) / 1000
 
 
-def test_an_unreachable_broker_is_logged_with_the_reason_within_5_s(van: SimulatedVan, tmp_path: Path) -> None:
+def test_an_unreachable_broker_is_logged_with_the_reason_within_5_s_and_the_unit_scans_on(
+    van: SimulatedVan, tmp_path: Path
+) -> None:
     from lfr_hwsim.broker import free_port
 
     port = free_port()
@@ -183,11 +191,11 @@ def test_an_unreachable_broker_is_logged_with_the_reason_within_5_s(van: Simulat
         refused = [line for line in lines if "connection refused" in line]
         assert refused and f"127.0.0.1:{port}" in refused[0]
         assert log_time(refused[0]) - log_time(loaded) < 5.0
-        status = daemon.wait_for("STATUS", timeout=10)
-        while "connection refused" not in status.get("STATUS", ""):
-            status = daemon.wait_for("STATUS", timeout=10)
-        assert f":{port}" in status["STATUS"] and status["STATUS"].startswith("starting: waiting for broker")
+        # The unit scans without its broker: READY, with the broker and its problem named in STATUS=.
+        ready = daemon.wait_for("READY", timeout=60)
+        assert f":{port}" in ready["STATUS"] and "connection refused" in ready["STATUS"], ready
         time.sleep(3)
-        assert sum("connection refused" in line for line in daemon.log_path.read_text().splitlines()) == 1
+        mqtt_lines = [line for line in daemon.log_path.read_text().splitlines() if "lfr_edge.comms.mqtt" in line]
+        assert sum("connection refused" in line for line in mqtt_lines) == 1  # said once, not per attempt
     finally:
         daemon.terminate()

@@ -110,9 +110,9 @@ def test_broker_restart_reconnects_resubscribes_and_republishes_birth(broker: Mo
     watcher = Collector(broker, "command-centre")
     watcher.subscribe("lfr/v1/units/unit-a/status")
     # The broker may still retain the first connection's status until the unit has reconnected.
-    birth = status_of(watcher.next_on("lfr/v1/units/unit-a/status").payload)
+    birth = status_of(watcher.next_on("lfr/v1/units/unit-a/status", timeout=30).payload)
     while birth["seq"] == 0:
-        birth = status_of(watcher.next_on("lfr/v1/units/unit-a/status").payload)
+        birth = status_of(watcher.next_on("lfr/v1/units/unit-a/status", timeout=30).payload)
     assert birth["state"] == "online" and birth["seq"] == 1  # the second connection's birth
     assert unit.connect_count == 2
     watcher.publish(unit.topics.watchlist, b"after restart")  # not retained: needs a live subscription

@@ -156,7 +156,7 @@ def test_right_code_pairs_and_the_handset_opens_the_units_next_alert(broker: Mos
     unit_mqtt = UnitMqttClient(UNIT, unit_mqtt_config(broker, UNIT))
     channel = HandsetChannel(
         unit_mqtt,
-        unit_mqtt.topics.alerts,
+        unit_mqtt.topics,
         UNIT,
         unit_signer,
         lambda: load_handsets(handsets_dir),

@@ -260,3 +260,28 @@ def test_memory_locking_is_refused_with_the_fix_under_a_finite_limit() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert "LimitMEMLOCK=infinity" in done.stdout
+
+
+def test_the_watchlist_row_reads_the_units_lifecycle_record_and_fails_an_edited_one(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from lfr_contracts import layout
+    from lfr_edge import keyfiles
+    from lfr_edge.config import Config, UnitConfig
+    from lfr_edge.daemon.selftest import check_watchlist
+    from lfr_edge.watchlist import lifecycle
+
+    keys, state = tmp_path / "keys", tmp_path / "state"
+    keys.mkdir()
+    state.mkdir()
+    key = Ed25519PrivateKey.generate()
+    keyfiles.save_private_key(keys / layout.UNIT_ED25519_KEY, key)
+    cfg = Config(unit=UnitConfig(id="van-07", keys_dir=keys, state_dir=state))
+    assert check_watchlist(cfg).detail.startswith("none applied yet")
+    record = lifecycle.LifecycleFile(state / layout.LIFECYCLE_RECORD, "van-07", key)
+    held = lifecycle.HeldWatchlist("op-1", 3, 12, 0.0, 2_000_000_000.0)
+    record.save(lifecycle.ended(lifecycle.applied(lifecycle.LifecycleState(), held, "d"), "op-1", "closed"))
+    row = check_watchlist(cfg)
+    assert row.verdict == "PASS" and "op-1 closed" in row.detail and "1 ended deployment" in row.detail
+    record.path.write_text(record.path.read_text().replace("closed", "expired"))
+    assert check_watchlist(cfg).verdict == "FAIL"

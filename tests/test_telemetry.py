@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from lfr_contracts.beacon import Pattern
+from lfr_contracts.status import WatchlistStatus
 from lfr_contracts.telemetry import (
     MAX_TELEMETRY_BYTES,
     AuditHealth,
     BeaconLink,
     CameraState,
-    HeldWatchlist,
     Telemetry,
     TelemetryError,
     ThreadHealth,
@@ -31,7 +31,7 @@ def message() -> Telemetry:
         unit="van-01", time=1_800_000_000.5, uptime_s=12.5, fps=24.9, frames=300, faces_seen=40, faces_embedded=12,
         faces_rejected={"small": 3}, tracks_started=5, tracks_ended_unmatched=4, alerts=1,
         stage_ms={"detect": 11.2}, dropped_frames=2, queue_depth=1, cpu_temp_c=None,
-        watchlist=HeldWatchlist(7, 120, 1_800_003_600.0), cameras={"cam0": CameraState.STALLED},
+        watchlist=WatchlistStatus("active", "op-1", 7, 120, 1_800_003_600.0), cameras={"cam0": CameraState.STALLED},
         camera_dropped={"cam0": 1}, beacon=BeaconLink(True, False, Pattern.ALERT), alerts_outbox={"sent": 1},
         threads=ThreadHealth({"watchlist-expiry": 2}, ("beacon",)), audit=AuditHealth(False, 3, 1_800_000_000.0),
     )  # fmt: skip
@@ -57,13 +57,17 @@ def test_a_message_decodes_to_what_was_encoded() -> None:
         (lambda b: b.update(fps="fast"), "telemetry.fps: expected a finite number, got str"),
         (lambda b: b.update(bogus=1), "telemetry: unknown field(s) 'bogus'"),
         (lambda b: b["cameras"].update(cam0="melted"), "telemetry.cameras.cam0: 'melted' is not one of starting"),
-        (lambda b: b["watchlist"].pop("subjects"), "telemetry.watchlist.subjects: missing"),
+        (lambda b: b["watchlist"].update(state="melted"), "telemetry.watchlist.state: 'melted' is not one of"),
+        (lambda b: b["watchlist"].pop("state"), "telemetry.watchlist.state: missing"),
         (lambda b: b["beacon"].update(pattern="disco"), "telemetry.beacon.pattern: 'disco' is not one of off"),
         (lambda b: b.update(stage_ms=[1, 2]), "telemetry.stage_ms: expected an object with string keys"),
         (lambda b: b["threads"].update(down="beacon"), "telemetry.threads.down: expected a list, got str"),
         (lambda b: b["audit"].pop("lost"), "telemetry.audit.lost: missing"),
         (lambda b: b["audit"].update(writable=1), "telemetry.audit.writable: expected true or false, got int"),
-        (lambda b: b.update(watchlist=None, beacon=None, cpu_temp_c=51.5), None),
+        (
+            lambda b: b.update(watchlist={"state": "refused", "reason": "wrong_unit"}, beacon=None, cpu_temp_c=51.5),
+            None,
+        ),
     ],
 )
 def test_a_damaged_message_is_refused_naming_the_field(damage: Any, complaint: str | None) -> None:
@@ -71,7 +75,7 @@ def test_a_damaged_message_is_refused_naming_the_field(damage: Any, complaint: s
     damage(damaged)
     payload = json.dumps(damaged).encode()
     if complaint is None:
-        assert decode_telemetry(payload).watchlist is None
+        assert decode_telemetry(payload).watchlist == WatchlistStatus("refused", reason="wrong_unit")
         return
     with pytest.raises(TelemetryError, match=complaint.replace("(", r"\(").replace(")", r"\)")):
         decode_telemetry(payload)

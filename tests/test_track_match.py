@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from lfr_edge.config import MatchConfig, TrackConfig
 from lfr_edge.vision.detect import Detection
@@ -137,13 +138,34 @@ def test_an_ambiguous_match_without_margin_is_not_alerted() -> None:
 def test_cooldown_suppresses_a_second_track_of_the_same_subject() -> None:
     alice = person()
     watchlist = ListWatchlist(["S-ALICE"], alice[None], threshold=0.6)
-    cooldowns = Cooldowns(60)
+    monotonic = [1000.0]
+    cooldowns = Cooldowns(60, clock=lambda: monotonic[0])
     first, second = Tracker("cam0", TrackConfig()), Tracker("cam1", TrackConfig())
     _walk(first, alice, 3)
     _walk(second, alice, 3)
     assert len(evaluate(first.tracks[0], watchlist, MatchConfig(), cooldowns, now=10)) == 1
+    monotonic[0] += 10
     assert evaluate(second.tracks[0], watchlist, MatchConfig(), cooldowns, now=20) == []
+    monotonic[0] += 51
     assert len(evaluate(second.tracks[0], watchlist, MatchConfig(), cooldowns, now=71)) == 1
+
+
+@pytest.mark.parametrize("wall_step_s", [-3600.0, 3 * 3600.0])
+def test_a_wall_clock_step_neither_silences_a_subject_nor_repeats_its_alert(wall_step_s: float) -> None:
+    """The cooldown runs on the monotonic clock: the wall clock (`now`, for the list's validity) may jump."""
+    alice = person()
+    watchlist = ListWatchlist(["S-ALICE"], alice[None], threshold=0.6)
+    monotonic = [1000.0]
+    cooldowns = Cooldowns(60, clock=lambda: monotonic[0])
+    tracks = [Tracker(f"cam{n}", TrackConfig()) for n in range(3)]
+    for tracker in tracks:
+        _walk(tracker, alice, 3)
+    wall = 1_700_000_000.0
+    assert len(evaluate(tracks[0].tracks[0], watchlist, MatchConfig(), cooldowns, now=wall)) == 1
+    monotonic[0] += 5
+    assert evaluate(tracks[1].tracks[0], watchlist, MatchConfig(), cooldowns, now=wall + wall_step_s) == []
+    monotonic[0] += 60
+    assert len(evaluate(tracks[2].tracks[0], watchlist, MatchConfig(), cooldowns, now=wall + wall_step_s)) == 1
 
 
 def test_an_empty_or_expired_watchlist_gives_no_decision() -> None:
@@ -176,11 +198,13 @@ def test_a_list_wiped_during_the_search_gives_no_decision_and_marks_nothing() ->
 def test_a_reloaded_cooldown_applies_to_the_next_decision() -> None:
     alice = person()
     watchlist = ListWatchlist(["S-ALICE"], alice[None], threshold=0.6)
-    cooldowns = Cooldowns(60)
+    monotonic = [1000.0]
+    cooldowns = Cooldowns(60, clock=lambda: monotonic[0])
     first, second = Tracker("cam0", TrackConfig()), Tracker("cam1", TrackConfig())
     _walk(first, alice, 3)
     _walk(second, alice, 3)
     assert len(evaluate(first.tracks[0], watchlist, MatchConfig(), cooldowns, now=10)) == 1
+    monotonic[0] += 10
     assert evaluate(second.tracks[0], watchlist, MatchConfig(), cooldowns, now=20) == []
     cooldowns.apply(MatchConfig(cooldown_s=5.0))
     assert len(evaluate(second.tracks[0], watchlist, MatchConfig(), cooldowns, now=20)) == 1

@@ -140,7 +140,7 @@ def sample(
                 "phase": phase,
                 **last,
                 "fps": message.telemetry.fps,
-                "subjects": message.telemetry.watchlist.subjects if message.telemetry.watchlist else 0,
+                "subjects": message.telemetry.watchlist.subjects or 0,
             }
         )
     return {"rss_mb": last["VmRSS"], "hwm_mb": last["VmHWM"], "rss_peak_window_mb": peak_rss}, window

@@ -75,8 +75,7 @@ def run(ctx: BenchContext) -> PartResult:
                     watchlist_data = memory.as_data(held, settle_s, paced_window_s)
                 else:
                     window = watch.window(warmup_s, window_s)
-                    holding = window[0].telemetry.watchlist
-                    held_subjects = holding.subjects if holding is not None else None
+                    held_subjects = window[0].telemetry.watchlist.subjects
                     if held_subjects != memory.SUBJECTS:
                         raise RuntimeError(f"the full-speed daemon holds {held_subjects} subjects, not the bench's")
                     runs[name] = (rates(window, pid), window)

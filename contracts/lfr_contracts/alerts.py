@@ -15,9 +15,7 @@ sides recognise duplicates (QoS 1 redelivery) by alert id.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
-import math
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
@@ -26,12 +24,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from lfr_contracts import crypto
+from lfr_contracts.untrusted import IDENTIFIER_RULE, JsonRefused, excerpt, is_identifier, loads_json
 
 ALERT_MAGIC = b"LFRA"
 ALERT_VERSION = 1
 MAX_ALERT_BYTES = 4 * 1024 * 1024
 MAX_DECISION_BYTES = 4096
+MAX_EPOCH = 253_402_300_799.0  # the end of year 9999: alert and decision times are epoch seconds before it
 _SIG_BYTES = 64
+_MAX_TEXT = 256
+_MAX_REFERENCE = 2048
+_DECISION_FIELDS = frozenset({"v", "alert_id", "unit", "handset", "decision", "time"})
 
 
 class DecisionKind(StrEnum):
@@ -102,26 +105,28 @@ def decode_alert(payload: bytes, unit: str, unit_key: Ed25519PublicKey, handset_
     except crypto.CryptoError as exc:
         raise ProtocolError(f"alert refused: {exc}") from exc
     try:
-        body = json.loads(bytes(plaintext))
+        body = loads_json(plaintext, max_bytes=MAX_ALERT_BYTES)
+        if not isinstance(body, dict):
+            raise ProtocolError("alert body is not a JSON object")
         alert = Alert(
-            alert_id=_str(body, "alert_id"),
-            unit=_str(body, "unit"),
-            camera=_str(body, "camera"),
-            time=_num(body, "time"),
-            score=_num(body, "score"),
-            threshold=_num(body, "threshold"),
-            subject_id=_str(body, "subject_id"),
-            category=_str(body, "category"),
-            reference=_str(body, "reference"),
-            live_jpeg=base64.b64decode(_str(body, "live_jpeg"), validate=True),
-            watchlist_jpeg=base64.b64decode(_str(body, "watchlist_jpeg"), validate=True),
+            alert_id=_id(body, "alert_id"),
+            unit=_id(body, "unit"),
+            camera=_id(body, "camera"),
+            time=_num(body, "time", 0.0, MAX_EPOCH),
+            score=_num(body, "score", -1.0, 1.0),
+            threshold=_num(body, "threshold", -1.0, 1.0),
+            subject_id=_str(body, "subject_id", _MAX_TEXT),
+            category=_str(body, "category", _MAX_TEXT),
+            reference=_str(body, "reference", _MAX_REFERENCE),
+            live_jpeg=_picture(body, "live_jpeg"),
+            watchlist_jpeg=_picture(body, "watchlist_jpeg"),
         )
-    except (UnicodeDecodeError, json.JSONDecodeError, binascii.Error, TypeError) as exc:
-        raise ProtocolError(f"alert body is not valid: {exc}") from exc
+    except JsonRefused as exc:
+        raise ProtocolError(f"alert body is not valid JSON: {exc}") from None
     finally:
         plaintext[:] = bytes(len(plaintext))
     if alert.unit != unit:
-        raise ProtocolError(f"alert names unit {alert.unit!r}, expected {unit!r}")
+        raise ProtocolError(f"alert names unit {excerpt(alert.unit)}, expected {unit!r}")
     return alert
 
 
@@ -138,47 +143,66 @@ def encode_decision(decision: Decision, handset_key: Ed25519PrivateKey) -> bytes
 
 def parse_decision(payload: bytes) -> tuple[Decision, bytes, bytes]:
     """(decision, signature, signed bytes): the structure only; the caller verifies against the handset."""
-    if len(payload) > MAX_DECISION_BYTES:
-        raise ProtocolError(f"decision of {len(payload)} bytes is over the {MAX_DECISION_BYTES}-byte limit")
     try:
-        body = json.loads(payload)
-        if not isinstance(body, dict):
-            raise ProtocolError("decision is not a JSON object")
-        signature = bytes.fromhex(_str(body, "sig"))
-        fields = {k: v for k, v in body.items() if k != "sig"}
-        if fields.get("v") != 1:
-            raise ProtocolError(f"decision version {fields.get('v')!r} is not supported")
-        decision = Decision(
-            alert_id=_str(fields, "alert_id"),
-            unit=_str(fields, "unit"),
-            handset=_str(fields, "handset"),
-            decision=_decision_kind(_str(fields, "decision")),
-            time=_num(fields, "time"),
-        )
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
-        if isinstance(exc, ProtocolError):
-            raise
-        raise ProtocolError(f"decision is not valid JSON: {exc}") from exc
-    if set(fields) != {"v", "alert_id", "unit", "handset", "decision", "time"}:
-        raise ProtocolError(f"decision has unexpected fields: {sorted(fields)}")
+        body = loads_json(payload, max_bytes=MAX_DECISION_BYTES)
+    except JsonRefused as exc:
+        raise ProtocolError(f"decision is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("decision is not a JSON object")
+    fields = {k: v for k, v in body.items() if k != "sig"}
+    version = fields.get("v")
+    if isinstance(version, bool) or version != 1:
+        raise ProtocolError(f"decision version {excerpt(version)} is not supported")
+    unexpected = sorted(set(fields) ^ _DECISION_FIELDS)
+    if unexpected:
+        names = ", ".join(excerpt(name) for name in unexpected[:3]) + (", ..." if len(unexpected) > 3 else "")
+        raise ProtocolError(f"decision has missing or unexpected fields: {names}")
+    sig = _str(body, "sig", 2 * _SIG_BYTES)
+    try:
+        signature = bytes.fromhex(sig)
+    except ValueError:
+        raise ProtocolError("decision field 'sig' is not hexadecimal") from None
+    decision = Decision(
+        alert_id=_id(fields, "alert_id"),
+        unit=_id(fields, "unit"),
+        handset=_id(fields, "handset"),
+        decision=_decision_kind(_str(fields, "decision", _MAX_TEXT)),
+        time=_num(fields, "time", 0.0, MAX_EPOCH),
+    )
     return decision, signature, _canonical(fields)
 
 
 def _decision_kind(value: str) -> DecisionKind:
     if value not in DECISIONS:
-        raise ProtocolError(f"decision {value!r} is not one of {', '.join(DECISIONS)}")
+        raise ProtocolError(f"decision {excerpt(value)} is not one of {', '.join(DECISIONS)}")
     return DecisionKind(value)
 
 
-def _str(body: dict[str, Any], key: str) -> str:
+def _str(body: dict[str, Any], key: str, limit: int) -> str:
     value = body.get(key)
-    if not isinstance(value, str) or len(value) > 2_000_000:
-        raise ProtocolError(f"field {key!r} must be a string")
+    if not isinstance(value, str):
+        raise ProtocolError(f"field {key!r} must be a string, not {excerpt(value)}")
+    if len(value) > limit:
+        raise ProtocolError(f"field {key!r} has {len(value)} characters, at most {limit}")
     return value
 
 
-def _num(body: dict[str, Any], key: str) -> float:
+def _id(body: dict[str, Any], key: str) -> str:
     value = body.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ProtocolError(f"field {key!r} must be a finite number")
+    if not is_identifier(value):
+        raise ProtocolError(f"field {key!r} must be {IDENTIFIER_RULE}, not {excerpt(value)}")
+    return str(value)
+
+
+def _num(body: dict[str, Any], key: str, lo: float, hi: float) -> float:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise ProtocolError(f"field {key!r} must be a number from {lo:g} to {hi:g}, not {excerpt(value)}")
     return float(value)
+
+
+def _picture(body: dict[str, Any], key: str) -> bytes:
+    try:
+        return base64.b64decode(_str(body, key, MAX_ALERT_BYTES), validate=True)
+    except ValueError:  # binascii.Error, or text that is not ASCII at all
+        raise ProtocolError(f"field {key!r} is not base64") from None

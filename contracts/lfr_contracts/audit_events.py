@@ -133,14 +133,17 @@ class OfficerDecision(AuditEvent):
     alert_id: str
     handset_id: str
     decision: DecisionKind
+    revision: int = 0  # an officer's changed decision on the same alert: 1, 2, ...; the report counts the last
 
 
 @dataclass(frozen=True)
 class DecisionRefused(AuditEvent):
-    """A decision message that was malformed, unsigned, from an unknown handset or for an unknown alert."""
+    """Decision messages that were malformed, unsigned, from an unknown handset, for an unknown alert or over
+    a handset's rate: one event per reason and interval, so a flood does not write a line per message."""
 
     name: ClassVar[str] = "decision_refused"
     reason: str
+    count: int = 1
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ class Pattern(IntEnum):
     IDLE = 1
     ALERT = 2
     FAULT = 3
+    NO_WATCHLIST = 4  # running and scanning, but with no active watchlist: nobody can be found
 
 
 class Command(IntEnum):

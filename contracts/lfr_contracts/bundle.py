@@ -23,6 +23,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from lfr_contracts import crypto
+from lfr_contracts.untrusted import JsonRefused, excerpt, loads_json
 
 BUNDLE_MAGIC = b"LFRW"
 CLOSE_MAGIC = b"LFRC"
@@ -123,24 +125,47 @@ class AppliedHistory:
     ended: frozenset[str] = frozenset()  # deployments closed, superseded or expired
 
 
+# Times are epoch seconds from 1970 to the end of year 9999: what `iso` can write and a datetime can hold.
+MIN_EPOCH = 0.0
+MAX_EPOCH = 253_402_300_799.0
+_MAX_TIME_TEXT = 64
+_MAX_TEXT = 256  # deployment, unit and model ids, subject ids and categories
+_MAX_REFERENCE = 2048  # the command centre's free-text reference of a subject
+_MAX_SUBJECTS = 1_000_000
+_MAX_DIM = 4096
+_MAX_VERSION = 2**53  # a version is counted up by the command centre; JSON numbers stay exact below this
+
+
 def iso(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
+def check_epoch(value: float, what: str = "time") -> float:
+    """`value` if it is a finite time `iso` can write (1970 to 9999), else ValueError naming `what`."""
+    if not (math.isfinite(value) and MIN_EPOCH <= value <= MAX_EPOCH):
+        raise ValueError(f"{what} {value:g} is not a time between 1970 and 9999")
+    return value
+
+
 def parse_time(value: str) -> float:
-    """UTC ISO 8601 (`2026-05-01T08:00:00Z`; a naive time is taken as UTC) or epoch seconds, to epoch."""
+    """UTC ISO 8601 (`2026-05-01T08:00:00Z`; a naive time is taken as UTC) or epoch seconds, to epoch.
+    ValueError for anything else, NaN and the infinities included, and for a time outside 1970..9999."""
     text = value.strip()
+    if len(text) > _MAX_TIME_TEXT:
+        raise ValueError(f"{excerpt(text)} is not an ISO 8601 time or epoch seconds")
     try:
-        return float(text)
+        epoch = float(text)
     except ValueError:
-        pass
-    try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ValueError(f"{value!r} is not an ISO 8601 time or epoch seconds") from exc
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp()
+        try:
+            when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError(f"{excerpt(value)} is not an ISO 8601 time or epoch seconds") from exc
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        epoch = when.timestamp()
+    if not (math.isfinite(epoch) and MIN_EPOCH <= epoch <= MAX_EPOCH):
+        raise ValueError(f"{excerpt(value)} is not a time between 1970 and 9999")
+    return epoch
 
 
 # Plain data --------------------------------------------------------------------------------------------
@@ -262,8 +287,15 @@ def encode_body(subjects: list[SubjectEntry], dim: int) -> bytes:
     for s in subjects:
         if s.embeddings.ndim != 2 or s.embeddings.shape[1] != dim or len(s.embeddings) == 0:
             raise ValueError(f"subject {s.id}: embeddings must be (rows >= 1, {dim}), got {s.embeddings.shape}")
+        if not 0 < len(s.id) <= _MAX_TEXT or len(s.category) > _MAX_TEXT or len(s.reference) > _MAX_REFERENCE:
+            raise ValueError(
+                f"subject {excerpt(s.id)}: id 1-{_MAX_TEXT} characters, category at most {_MAX_TEXT}, "
+                f"reference at most {_MAX_REFERENCE}"
+            )
     index_bytes = _json_bytes(index)
     matrix = np.concatenate([s.embeddings for s in subjects]).astype("<f4", copy=False)
+    if not np.isfinite(matrix).all():
+        raise ValueError("the embeddings hold NaN or infinite values")
     return b"".join([_U32.pack(len(index_bytes)), index_bytes, matrix.tobytes(), *(s.photo_jpeg for s in subjects)])
 
 
@@ -284,8 +316,17 @@ def build_bundle(
     """Sign and seal a bundle for one unit. `unit_id` goes in the header, `unit_key` seals the body."""
     if not subjects:
         raise ValueError("a watchlist needs at least one subject")
+    for name, when in (("issued_at", issued_at), ("valid_from", valid_from), ("valid_until", valid_until)):
+        check_epoch(when, name)
+    for name, text in (("deployment", deployment), ("unit_id", unit_id), ("model_id", model_id)):
+        if not 0 < len(text) <= _MAX_TEXT:
+            raise ValueError(f"{name} must be 1 to {_MAX_TEXT} characters, not {len(text)}")
     if valid_until <= valid_from:
         raise ValueError("valid_until must be after valid_from")
+    if not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold {threshold} is not a cosine similarity in [-1, 1]")
+    if isinstance(version, bool) or not 0 <= version <= _MAX_VERSION:
+        raise ValueError(f"version {version} is not an integer from 0 to 2**53")
     dim = int(subjects[0].embeddings.shape[1])
     plaintext = encode_body(subjects, dim)
     # The seal's aad is the header without the body's length and digest (they describe the sealed
@@ -311,6 +352,7 @@ def _body_aad(header: BundleHeader) -> bytes:
 
 
 def build_close(deployment: str, unit_id: str, sign_key: Ed25519PrivateKey, now: float, nonce: str) -> bytes:
+    check_epoch(now, "the close command's time")
     header = {"format": FORMAT, "kind": "close", "deployment": deployment, "unit": unit_id}
     header |= {"time": iso(now), "nonce": nonce}
     prefix = _signed_prefix(CLOSE_MAGIC, _json_bytes(header))
@@ -337,9 +379,9 @@ def read_envelope(data: bytes, max_bytes: int) -> Envelope:
     if len(data) < body_at:
         raise BundleTruncated(f"{len(data)} bytes: the header and signature need {body_at}")
     try:
-        header = json.loads(data[_PREFIX.size : _PREFIX.size + header_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleGarbled(f"the header is not JSON ({exc})") from exc
+        header = loads_json(memoryview(data)[_PREFIX.size : _PREFIX.size + header_len], max_bytes=_MAX_HEADER_BYTES)
+    except JsonRefused as exc:
+        raise BundleGarbled(f"the header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
         raise BundleGarbled("the header is not a JSON object")
     signed = data[: _PREFIX.size + header_len]
@@ -353,52 +395,78 @@ def verify_envelope(envelope: Envelope, command_centre_key: Ed25519PublicKey) ->
         raise SignatureInvalid(f"the signature does not verify against the pinned command-centre key: {exc}") from exc
 
 
-def _field(header: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    value = header.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise BundleGarbled(f"header field {name!r} is missing or of the wrong type ({value!r})")
+def _text(table: dict[str, Any], name: str, what: str = "header field", limit: int = _MAX_TEXT, least: int = 1) -> str:
+    value = table.get(name)
+    if not isinstance(value, str):
+        raise BundleGarbled(f"{what} {name!r} is missing or not a string ({excerpt(value)})")
+    if not least <= len(value) <= limit:
+        raise BundleGarbled(f"{what} {name!r} must be {least} to {limit} characters, not {len(value)}")
+    return value
+
+
+def _integer(table: dict[str, Any], name: str, lo: int, hi: int, what: str = "header field") -> int:
+    """An integer in [lo, hi]; JSON's true and false are not integers."""
+    value = table.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BundleGarbled(f"{what} {name!r} is missing or not an integer ({excerpt(value)})")
+    if not lo <= value <= hi:
+        raise BundleGarbled(f"{what} {name!r} is {excerpt(value)}, not from {lo} to {hi}")
     return value
 
 
 def _time_field(header: dict[str, Any], name: str) -> float:
     try:
-        return parse_time(_field(header, name, str))
+        return parse_time(_text(header, name, limit=_MAX_TIME_TEXT))
     except ValueError as exc:
-        raise BundleGarbled(f"header field {name!r}: {exc}") from exc
+        raise BundleGarbled(f"header field {name!r}: {exc}") from None
+
+
+def _threshold(header: dict[str, Any]) -> float:
+    value = header.get("threshold")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BundleGarbled(f"header field 'threshold' is missing or not a number ({excerpt(value)})")
+    if not -1.0 <= value <= 1.0:  # NaN never reaches here: the JSON reader refuses it
+        raise BundleGarbled(f"threshold {excerpt(value)} is not a cosine similarity in [-1, 1]")
+    return float(value)
 
 
 def parse_bundle_header(header: dict[str, Any]) -> BundleHeader:
     if header.get("kind") != "watchlist":
-        raise BundleGarbled(f"header kind {header.get('kind')!r} is not 'watchlist'")
+        raise BundleGarbled(f"header kind {excerpt(header.get('kind'))} is not 'watchlist'")
+    digest = _text(header, "body_sha256", limit=64)
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise BundleGarbled("header field 'body_sha256' is not 64 lower-case hex digits")
     parsed = BundleHeader(
-        deployment=_field(header, "deployment", str),
-        unit=_field(header, "unit", str),
-        version=_field(header, "version", int),
+        deployment=_text(header, "deployment"),
+        unit=_text(header, "unit"),
+        version=_integer(header, "version", 0, _MAX_VERSION),
         issued_at=_time_field(header, "issued_at"),
         valid_from=_time_field(header, "valid_from"),
         valid_until=_time_field(header, "valid_until"),
-        threshold=float(_field(header, "threshold", (int, float))),
-        model_id=_field(header, "model_id", str),
-        subjects=_field(header, "subjects", int),
-        dim=_field(header, "dim", int),
-        body_bytes=_field(header, "body_bytes", int),
-        body_sha256=_field(header, "body_sha256", str),
+        threshold=_threshold(header),
+        model_id=_text(header, "model_id"),
+        subjects=_integer(header, "subjects", 1, _MAX_SUBJECTS),
+        dim=_integer(header, "dim", 1, _MAX_DIM),
+        body_bytes=_integer(header, "body_bytes", 1, 2**62),
+        body_sha256=digest,
     )
-    if not (math.isfinite(parsed.threshold) and -1.0 <= parsed.threshold <= 1.0):
-        raise BundleGarbled(f"threshold {parsed.threshold} is not a cosine similarity in [-1, 1]")
-    if parsed.subjects < 1 or parsed.dim < 1 or parsed.body_bytes < 1:
-        raise BundleGarbled("subject count, dim and body length must be positive")
+    if parsed.valid_until <= parsed.valid_from:
+        raise BundleGarbled("the validity window ends before it starts (valid_until <= valid_from)")
     return parsed
 
 
 def check_bundle(header: BundleHeader, *, unit_id: str, model_id: str, now: float, history: AppliedHistory) -> None:
     """The checks after the signature and before decryption; each refusal is its own exception."""
     if header.unit != unit_id:
-        raise WrongUnit(f"the bundle is for unit {header.unit!r}, this is {unit_id!r}")
+        raise WrongUnit(f"the bundle is for unit {excerpt(header.unit)}, this is {unit_id!r}")
     if header.model_id != model_id:
-        raise WrongModel(f"the bundle was enrolled with model {header.model_id!r}, this unit runs {model_id!r}")
+        raise WrongModel(
+            f"the bundle was enrolled with model {excerpt(header.model_id, 48)}, this unit runs {model_id!r}"
+        )
     if header.deployment in history.ended:
-        raise DeploymentEnded(f"deployment {header.deployment!r} has ended on this unit and is never applied again")
+        raise DeploymentEnded(
+            f"deployment {excerpt(header.deployment, 48)} has ended on this unit and is never applied again"
+        )
     if now >= header.valid_until:
         raise Expired(f"the bundle expired at {iso(header.valid_until)} (now {iso(now)})")
     if now < header.valid_from:
@@ -448,23 +516,35 @@ def _decode_body(header: BundleHeader, plaintext: bytearray) -> OpenedBundle:
     if len(view) < _U32.size:
         raise BundleGarbled("the decrypted body is too short")
     (index_len,) = _U32.unpack_from(view)
+    if _U32.size + index_len > len(view):
+        raise BundleGarbled(f"the subject index claims {index_len} bytes, more than the body holds")
     try:
-        index = json.loads(bytes(view[_U32.size : _U32.size + index_len]).decode("utf-8"))
-        entries = index["subjects"]
-        subjects = [SubjectMeta(str(e["id"]), str(e["category"]), str(e["reference"])) for e in entries]
-        rows = np.array([int(e["rows"]) for e in entries], dtype=np.int64)
-        photo_sizes = [int(e["photo"]) for e in entries]
-        dim = int(index["dim"])
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise BundleGarbled(f"the decrypted subject index is malformed ({exc})") from exc
-    if len(subjects) != header.subjects or dim != header.dim or (rows < 1).any() or min(photo_sizes, default=0) < 0:
-        raise BundleGarbled("the subject index does not agree with the signed header")
+        index = loads_json(view[_U32.size : _U32.size + index_len], max_bytes=index_len)
+    except JsonRefused as exc:
+        raise BundleGarbled(f"the decrypted subject index is not valid JSON: {exc}") from None
+    entries = index.get("subjects") if isinstance(index, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise BundleGarbled("the decrypted subject index has no list of subject tables")
+    if len(entries) != header.subjects or _integer(index, "dim", 1, _MAX_DIM, "index field") != header.dim:
+        raise BundleGarbled("the subject index does not agree with the signed header (subjects, dim)")
+    subjects = [
+        SubjectMeta(
+            _text(e, "id", "subject field"),
+            _text(e, "category", "subject field", least=0),
+            _text(e, "reference", "subject field", _MAX_REFERENCE, least=0),
+        )
+        for e in entries
+    ]
+    rows = [_integer(e, "rows", 1, len(view), "subject field") for e in entries]
+    photo_sizes = [_integer(e, "photo", 0, len(view), "subject field") for e in entries]
     matrix_at = _U32.size + index_len
-    n_rows = int(rows.sum())
-    photos_at = matrix_at + n_rows * dim * 4
+    n_rows = sum(rows)
+    photos_at = matrix_at + n_rows * header.dim * 4
     if photos_at + sum(photo_sizes) != len(view):
         raise BundleGarbled("the decrypted body's length does not match its subject index")
-    matrix = np.frombuffer(view[matrix_at:photos_at], dtype="<f4").reshape(n_rows, dim)
+    matrix = np.frombuffer(view[matrix_at:photos_at], dtype="<f4").reshape(n_rows, header.dim)
+    if not np.isfinite(matrix).all():
+        raise BundleGarbled("the embedding matrix holds NaN or infinite values")
     photos, at = [], photos_at
     for size in photo_sizes:
         photos.append(view[at : at + size])
@@ -482,13 +562,13 @@ def open_close(data: bytes, *, command_centre_key: Ed25519PublicKey, unit_id: st
     if envelope.header.get("kind") != "close" or envelope.body:
         raise BundleGarbled("a close command has kind 'close' and no body")
     close = CloseCommand(
-        deployment=_field(envelope.header, "deployment", str),
-        unit=_field(envelope.header, "unit", str),
+        deployment=_text(envelope.header, "deployment"),
+        unit=_text(envelope.header, "unit"),
         time=_time_field(envelope.header, "time"),
-        nonce=_field(envelope.header, "nonce", str),
+        nonce=_text(envelope.header, "nonce"),
     )
     if close.unit != unit_id:
-        raise WrongUnit(f"the close command is for unit {close.unit!r}, this is {unit_id!r}")
+        raise WrongUnit(f"the close command is for unit {excerpt(close.unit)}, this is {unit_id!r}")
     return close
 
 

@@ -10,6 +10,7 @@ loop reopens it). Every source counts dropped and late frames the same way, in `
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -17,18 +18,24 @@ import numpy as np
 import numpy.typing as npt
 
 from lfr_contracts.errors import ConfigError
+from lfr_contracts.settings import Range, Setting, Text, bounds, check_number, check_text, setting
+from lfr_contracts.untrusted import excerpt
 
 
 @dataclass(frozen=True)
 class CameraConfig:
-    name: str = "cam0"
-    source: str = ""  # a name in the `lfr_edge.camera_sources` entry-point group: replay, opencv, ...
-    uri: str = ""  # device path, RTSP url, video file or image folder, by source
-    width: int = 1280
-    height: int = 720
-    fps: float = 25.0
-    queue_size: int = 4
-    options: dict[str, Any] = field(default_factory=dict)  # source-specific, validated by the source
+    """One table per camera: the source that delivers its frames, and what it asks of the camera."""
+
+    name: str = setting("cam0", "the camera's name; every alert names its camera", text=Text.IDENTIFIER)
+    source: str = setting("", "the camera source: replay, opencv, picamera2, jetson, or a plugin's (simulator)")
+    uri: str = setting("", "device path, RTSP URL, video file or image folder, by source")
+    width: int = setting(1280, "frame width asked of the camera, pixels", ge=16, le=16384)
+    height: int = setting(720, "frame height asked of the camera, pixels", ge=16, le=16384)
+    fps: float = setting(25.0, "frame rate asked of the camera", gt=0.0, le=1000.0)
+    queue_size: int = setting(4, "frames held between capture and detection", ge=1, le=64)
+    options: dict[str, Any] = setting(
+        help="the source's own options (below); checked by the source", default_factory=dict
+    )
 
 
 class CameraError(RuntimeError):
@@ -102,17 +109,57 @@ def frames_skipped(delta_s: float, interval_s: float) -> int:
     return max(0, round(delta_s / interval_s) - 1)
 
 
-def source_options(name: str, options: dict[str, Any], known: dict[str, tuple[type, ...]]) -> dict[str, Any]:
-    """Check a source's `options` table: an unknown key or a wrong type is a ConfigError naming the key."""
-    for key, value in options.items():
+@dataclass(frozen=True)
+class SourceOption:
+    """One key of a source's `options` table, declared beside the source: its types, default, description
+    and, for numbers, its range. `docs/config.md` lists every source's table."""
+
+    types: tuple[type, ...]
+    default: Any
+    help: str
+    range: Range | None = None
+
+
+def option(
+    types: type | tuple[type, ...],
+    default: Any,
+    help: str,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> SourceOption:
+    span = bounds(ge=ge, gt=gt, le=le, lt=lt)
+    return SourceOption(types if isinstance(types, tuple) else (types,), default, help, span)
+
+
+def source_options(name: str, options: dict[str, Any], known: Mapping[str, SourceOption]) -> dict[str, Any]:
+    """A source's `options` checked against its table, with the defaults filled in: an unknown key, a wrong
+    type, a number out of range or not finite, or text holding a control character is a ConfigError naming
+    the key."""
+    for key in options:
         if key not in known:
             raise ConfigError(
-                f"cameras[{name}].options: unknown key {key!r} (known: {', '.join(sorted(known)) or 'none'})"
+                f"cameras[{name}].options: unknown key {excerpt(key)} (known: {', '.join(sorted(known)) or 'none'})"
             )
-        types = known[key]
-        if isinstance(value, bool) and bool not in types:
-            raise ConfigError(f"cameras[{name}].options.{key}: {value!r} has the wrong type")
-        if not isinstance(value, types):
-            wanted = " or ".join(t.__name__ for t in types)
-            raise ConfigError(f"cameras[{name}].options.{key}: expected {wanted}, got {value!r}")
-    return options
+    checked = {key: declared.default for key, declared in known.items()}
+    for key, value in options.items():
+        checked[key] = _check_option(f"cameras[{name}].options.{key}", value, known[key])
+    return checked
+
+
+def _check_option(key: str, value: Any, declared: SourceOption) -> Any:
+    types = declared.types
+    if isinstance(value, bool) and bool not in types:
+        raise ConfigError(f"{key}: {value!r} has the wrong type")
+    if not isinstance(value, types):
+        wanted = " or ".join(t.__name__ for t in types)
+        raise ConfigError(f"{key}: expected {wanted}, got {excerpt(value)}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        check_number(key, value, Setting(declared.help, declared.range))
+    texts = value if isinstance(value, list) else [value]
+    for text in texts:
+        if isinstance(text, str):
+            check_text(key, text, Text.ANY)
+    return value

@@ -30,12 +30,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from lfr_contracts.untrusted import IDENTIFIER_RULE, JsonRefused, excerpt, is_identifier, loads_json
+
 VERSION = 1
 CODE_DIGITS = 8
 CODE_TTL_S = 300.0
 MAX_ATTEMPTS = 5
 MAX_MESSAGE_BYTES = 4096
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class PairingError(Exception):
@@ -95,21 +96,30 @@ def transcript(role: str, fields: dict[str, str]) -> bytes:
 
 
 def _decode(message: bytes, kind: str) -> dict[str, Any]:
-    if len(message) > MAX_MESSAGE_BYTES:
-        raise PairingError(f"{kind}: {len(message)} bytes is over the {MAX_MESSAGE_BYTES}-byte limit")
     try:
-        data = json.loads(message)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PairingError(f"{kind}: not JSON") from exc
-    if not isinstance(data, dict) or data.get("type") != kind or data.get("v") != VERSION:
+        data = loads_json(message, max_bytes=MAX_MESSAGE_BYTES)
+    except JsonRefused as exc:
+        raise PairingError(f"{kind}: not a valid message ({exc})") from None
+    version = data.get("v") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or data.get("type") != kind or isinstance(version, bool) or version != VERSION:
         raise PairingError(f"{kind}: not a version {VERSION} {kind} message")
     return data
 
 
+def loose_fields(message: bytes) -> dict[str, Any]:
+    """A message's JSON object read loosely, to route or address a reply (never to trust): {} when it is
+    not a JSON object within the size and depth limits."""
+    try:
+        data = loads_json(message, max_bytes=MAX_MESSAGE_BYTES)
+    except JsonRefused:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _text(data: dict[str, Any], key: str, kind: str) -> str:
     value = data.get(key)
-    if not isinstance(value, str) or not _ID.match(value):
-        raise PairingError(f"{kind}.{key}: missing or not 1-64 letters, digits, '-' or '_'")
+    if not isinstance(value, str) or not is_identifier(value):
+        raise PairingError(f"{kind}.{key}: missing or not {IDENTIFIER_RULE}")
     return value
 
 
@@ -206,15 +216,13 @@ class PairingSession:
             raise PairingError(
                 "request: wrong pairing code" + ("; the code is now void" if left == 0 else f" ({left} tries left)")
             )
-        handset_ed = Ed25519PublicKey.from_public_bytes(e_raw)
+        handset_ed, handset_x = _public_keys(e_raw, x_raw, "request: the handset's")
         try:
             handset_ed.verify(signature, transcript("request", fields))
         except InvalidSignature as exc:
             raise PairingError("request: the handset's signature does not verify") from exc
         self.used = True
-        handset = PairedHandset(
-            handset_id, X25519PublicKey.from_public_bytes(x_raw), handset_ed, self.now(), self.unit_id
-        )
+        handset = PairedHandset(handset_id, handset_x, handset_ed, self.now(), self.unit_id)
         confirm_mac = hmac.new(key, transcript("confirm", fields), hashlib.sha256).digest()
         confirm = {
             "type": "confirm",
@@ -227,6 +235,13 @@ class PairingSession:
             "sig": _b64(self.unit_signer.sign(transcript("confirm", fields))),
         }
         return handset, json.dumps(confirm).encode()
+
+
+def _public_keys(ed_raw: bytes, x_raw: bytes, whose: str) -> tuple[Ed25519PublicKey, X25519PublicKey]:
+    try:
+        return Ed25519PublicKey.from_public_bytes(ed_raw), X25519PublicKey.from_public_bytes(x_raw)
+    except ValueError as exc:
+        raise PairingError(f"{whose} public keys are not valid") from exc
 
 
 @dataclass(frozen=True)
@@ -242,8 +257,8 @@ class HandsetPairing:
     """The handset's side: answer the unit's offer with the code, then check the unit's confirmation."""
 
     def __init__(self, handset_id: str, code: str, x25519: X25519PrivateKey, signer: Ed25519PrivateKey) -> None:
-        if not _ID.match(handset_id):
-            raise PairingError(f"handset id {handset_id!r}: use 1-64 letters, digits, '-' or '_'")
+        if not is_identifier(handset_id):
+            raise PairingError(f"handset id {excerpt(handset_id)}: use {IDENTIFIER_RULE}")
         self.handset_id = handset_id
         self.code = normalise_code(code)
         self._x25519 = x25519
@@ -259,7 +274,9 @@ class HandsetPairing:
         _unb64(offer.get("unit_x25519"), "offer.unit_x25519", 32)
         _unb64(offer.get("unit_ed25519"), "offer.unit_ed25519", 32)
         expires = offer.get("expires_at")
-        if not isinstance(expires, int | float) or (time.time() if now is None else now) > expires:
+        if isinstance(expires, bool) or not isinstance(expires, int | float):
+            raise PairingError("offer.expires_at: missing or not a number")
+        if (time.time() if now is None else now) > expires:
             raise PairingError("offer: expired; ask the technician for a new code")
         self._fields = {
             "unit_id": unit_id,
@@ -297,10 +314,13 @@ class HandsetPairing:
         body = transcript("confirm", self._fields)
         if not hmac.compare_digest(mac, hmac.new(self._key, body, hashlib.sha256).digest()):
             raise PairingError("confirm: the unit did not prove it knows the code")
-        unit_ed = Ed25519PublicKey.from_public_bytes(_unb64(self._fields["unit_ed25519"], "unit_ed25519", 32))
+        unit_ed, unit_x = _public_keys(
+            _unb64(self._fields["unit_ed25519"], "unit_ed25519", 32),
+            _unb64(self._fields["unit_x25519"], "unit_x25519", 32),
+            "confirm: the unit's",
+        )
         try:
             unit_ed.verify(_unb64(data.get("sig"), "confirm.sig", 64), body)
         except InvalidSignature as exc:
             raise PairingError("confirm: the unit's signature does not verify") from exc
-        unit_x = X25519PublicKey.from_public_bytes(_unb64(self._fields["unit_x25519"], "unit_x25519", 32))
         return PairedUnit(self._fields["unit_id"], unit_x, unit_ed)

@@ -100,6 +100,10 @@ def _decode_value(kind: Any, value: Any, name: str) -> Any:
         if value is None:
             raise RecordError(f"{name}: must not be null")
         return _decode_value(inner[0], value, name)
+    if origin is typing.Literal:
+        if value in args and type(value) in (str, int, bool):
+            return value
+        raise RecordError(f"{name}: {value!r} is not one of {', '.join(map(repr, args))}")
     if origin is tuple:
         if not isinstance(value, list):
             raise RecordError(f"{name}: expected a list, got {_describe(value)}")

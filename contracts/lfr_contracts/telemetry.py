@@ -8,11 +8,12 @@ which refuses a missing, unknown or mistyped field by name. No frame, crop or em
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from lfr_contracts import records
 from lfr_contracts.beacon import Pattern
+from lfr_contracts.status import WatchlistStatus
 
 MAX_TELEMETRY_BYTES = 64 * 1024
 
@@ -28,13 +29,6 @@ class CameraState(StrEnum):
     RECONNECTING = "reconnecting"
     ENDED = "ended"  # the source's stream ended (a replay or a simulated scene)
     STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class HeldWatchlist:
-    version: int
-    subjects: int
-    valid_until: float  # epoch seconds
 
 
 @dataclass(frozen=True)
@@ -78,13 +72,14 @@ class Telemetry:
     dropped_frames: int  # by the unit's frame queue
     queue_depth: int
     cpu_temp_c: float | None
-    watchlist: HeldWatchlist | None
+    watchlist: WatchlistStatus  # which list the unit holds, or why none
     cameras: dict[str, CameraState]
     camera_dropped: dict[str, int]  # by each camera source
     beacon: BeaconLink | None  # None when the unit has no beacon
     alerts_outbox: dict[str, int]  # the handset channel's counters
     threads: ThreadHealth
     audit: AuditHealth
+    messages_dropped: dict[str, int] = field(default_factory=dict)  # per subscribed topic: oversize or queue full
 
     @property
     def dropped_total(self) -> int:

@@ -13,7 +13,9 @@ class Topics:
     watchlist: str
     watchlist_ack: str
     alerts: str
+    alert_receipts: str  # handsets' signed receipts of the alerts they decrypted
     decisions: str
+    decision_answers: str  # the unit's answer to one handset on `<decision_answers>/<handset id>`
     telemetry: str
     audit: str
     # Handset pairing (docs/pairing.md): the unit's retained offer, handsets' requests, and the unit's
@@ -30,13 +32,18 @@ class Topics:
             watchlist=f"{base}/watchlist",
             watchlist_ack=f"{base}/watchlist/ack",
             alerts=f"{base}/alerts",
+            alert_receipts=f"{base}/alerts/ack",
             decisions=f"{base}/decisions",
+            decision_answers=f"{base}/decisions/answer",
             telemetry=f"{base}/telemetry",
             audit=f"{base}/audit",
             pairing_offer=f"{base}/pairing/offer",
             pairing_request=f"{base}/pairing/request",
             pairing_confirm=f"{base}/pairing/confirm",
         )
+
+    def decision_answer_for(self, handset_id: str) -> str:
+        return f"{self.decision_answers}/{handset_id}"
 
     def pairing_confirm_for(self, handset_id: str) -> str:
         return f"{self.pairing_confirm}/{handset_id}"

@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ModelError, BackendUnavailable, CameraError, CryptoError, AuditError, LifecycleError) as exc:
         print(f"lfr-edge {args.command}: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file or folder the config names is missing or not ours: say which, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"lfr-edge {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return code

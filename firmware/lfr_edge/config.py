@@ -8,8 +8,9 @@ file paths, never inline values.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import re
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,17 @@ from typing import Any, Literal, TypeVar
 from lfr_contracts.camera import CameraConfig
 from lfr_contracts.errors import ConfigError
 from lfr_contracts.layout import DEFAULT_CONFIG
+from lfr_contracts.settings import (
+    METADATA_KEY,
+    Setting,
+    Text,
+    check_number,
+    check_text,
+    control_character,
+    expand_path,
+    setting,
+)
+from lfr_contracts.untrusted import excerpt, is_identifier
 
 # The repository root, when running from a checkout (the manifest and default model cache live there).
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -25,117 +37,164 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass(frozen=True)
 class UnitConfig:
-    id: str = "unit-dev"
-    state_dir: Path = Path("/var/lib/lfr-edge")
-    keys_dir: Path = Path("/etc/lfr-edge/keys")
-    audit_log: Path = Path("/var/lib/lfr-edge/audit.jsonl")
+    """Who this unit is and where it keeps its state."""
+
+    id: str = setting("unit-dev", "the unit's id: its MQTT topics, TLS name and audit chain", text=Text.IDENTIFIER)
+    state_dir: Path = setting(Path("/var/lib/lfr-edge"), "the unit's state (lifecycle record, engine cache)")
+    keys_dir: Path = setting(Path("/etc/lfr-edge/keys"), "the unit's private keys (0600)")
+    audit_log: Path = setting(Path("/var/lib/lfr-edge/audit.jsonl"), "the hash-chained audit log")
 
 
 @dataclass(frozen=True)
 class ModelsConfig:
     """Where built model artifacts are, and which ones the unit uses."""
 
-    dir: Path = Path("~/.cache/lfr-edge/models")
-    manifest: Path = REPO_ROOT / "models" / "manifest.toml"
-    detector: Literal["short", "full", "both"] = "both"
-    embedder_variant: str = "default"  # "default" = the variant the models build chose
+    dir: Path = setting(Path("~/.cache/lfr-edge/models"), "the built model files (`make models`)")
+    manifest: Path = setting(REPO_ROOT / "models" / "manifest.toml", "the manifest naming every model file's sha256")
+    detector: Literal["short", "full", "both"] = setting("both", "which BlazeFace models detect faces")
+    embedder_variant: str = setting(
+        "default", 'the embedder variant; "default" is the one the models build chose', text=Text.NONEMPTY
+    )
 
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    backend: Literal["litert-cpu", "litert-edgetpu", "litert-gpu", "hailo", "onnx-tensorrt"] = "litert-cpu"
-    threads: int = 2
-    device: str = ""  # delegate-specific device selector, e.g. "usb" or ":0" for the EdgeTPU
-    gpu_delegate_library: str = "libtensorflowlite_gpu_delegate.so"  # litert-gpu: name or full path
-    engine_cache_dir: Path = Path("/var/lib/lfr-edge/engines")  # onnx-tensorrt: per board and model hash
-    tensorrt_precision: Literal["fp32", "fp16", "int8"] = "fp16"  # int8 needs QDQ-quantised ONNX models
-    tensorrt_fallback: Literal["none", "cuda"] = "none"  # "cuda": run on CUDA when TensorRT is not active
+    """Which accelerator runs the models."""
+
+    backend: Literal["litert-cpu", "litert-edgetpu", "litert-gpu", "hailo", "onnx-tensorrt"] = setting(
+        "litert-cpu", "the inference backend"
+    )
+    threads: int = setting(2, "CPU threads for LiteRT", ge=1, le=64)
+    device: str = setting("", 'delegate-specific device selector, e.g. "usb" or ":0" for the EdgeTPU')
+    gpu_delegate_library: str = setting(
+        "libtensorflowlite_gpu_delegate.so",
+        "litert-gpu: the delegate library, a name or a full path",
+        text=Text.NONEMPTY,
+    )
+    engine_cache_dir: Path = setting(Path("/var/lib/lfr-edge/engines"), "onnx-tensorrt: engines per board and model")
+    tensorrt_precision: Literal["fp32", "fp16", "int8"] = setting(
+        "fp16", "onnx-tensorrt: engine precision (int8 needs QDQ-quantised ONNX models)"
+    )
+    tensorrt_fallback: Literal["none", "cuda"] = setting(
+        "none", 'onnx-tensorrt: "cuda" runs on CUDA when TensorRT is not active'
+    )
 
 
 @dataclass(frozen=True)
 class DetectConfig:
-    score_threshold: float = 0.6
-    nms_iou: float = 0.3
+    """Face detection."""
+
+    score_threshold: float = setting(0.6, "lowest detector score kept", ge=0.0, le=1.0)
+    nms_iou: float = setting(0.3, "overlap above which two boxes are one face", ge=0.0, le=1.0)
     # Full range on the whole frame finds large faces; short range on overlapping tiles finds small ones
     # (40-90 px at 720p: 153/217 found with 2 rows vs 53/217 without, on the simulator's street scenes).
-    tile_rows: int = 2
-    max_faces: int = 50
+    tile_rows: int = setting(2, "rows of short-range tiles for small faces (0: none)", ge=0, le=8)
+    max_faces: int = setting(50, "most faces kept per frame", ge=1, le=1000)
 
 
 @dataclass(frozen=True)
 class QualityConfig:
-    min_eye_distance_px: float = 14.0
-    min_score: float = 0.6
-    min_sharpness: float = 15.0  # variance of the Laplacian of the aligned grey face
-    max_yaw_deg: float = 45.0
+    """Which faces are good enough to embed."""
+
+    min_eye_distance_px: float = setting(14.0, "smallest distance between the eyes, pixels", ge=0.0, le=16384.0)
+    min_score: float = setting(0.6, "lowest detector score embedded", ge=0.0, le=1.0)
+    min_sharpness: float = setting(15.0, "lowest variance of the Laplacian of the aligned face", ge=0.0, le=1000.0)
+    max_yaw_deg: float = setting(45.0, "largest head turn, degrees", gt=0.0, le=90.0)
 
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    flip_average: bool = True
+    """Face embedding."""
+
+    flip_average: bool = setting(True, "average the embeddings of the face and its mirror image")
 
 
 @dataclass(frozen=True)
 class MqttConfig:
-    host: str = "localhost"
-    port: int = 8883
-    ca_file: Path = Path("/etc/lfr-edge/tls/ca.crt")
-    cert_file: Path = Path("/etc/lfr-edge/tls/unit.crt")
-    key_file: Path = Path("/etc/lfr-edge/tls/unit.key")
-    topic_prefix: str = "lfr/v1"
-    keepalive_s: int = 15
-    reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 30.0
+    """The broker (mutual TLS)."""
+
+    host: str = setting("localhost", "the broker's host name or address", text=Text.NONEMPTY)
+    port: int = setting(8883, "the broker's TLS port", ge=1, le=65535)
+    ca_file: Path = setting(Path("/etc/lfr-edge/tls/ca.crt"), "the CA certificate the broker's is checked against")
+    cert_file: Path = setting(Path("/etc/lfr-edge/tls/unit.crt"), "the unit's client certificate")
+    key_file: Path = setting(Path("/etc/lfr-edge/tls/unit.key"), "the unit's TLS private key")
+    topic_prefix: str = setting("lfr/v1", "the first levels of every topic", text=Text.TOPIC)
+    keepalive_s: int = setting(15, "MQTT keepalive, seconds", ge=1, le=65535)
+    reconnect_min_s: float = setting(0.5, "first wait before reconnecting, doubling", gt=0.0, le=3600.0)
+    reconnect_max_s: float = setting(30.0, "longest wait between reconnects", gt=0.0, le=3600.0)
 
 
 @dataclass(frozen=True)
 class WatchlistConfig:
-    command_centre_key: Path = Path("/etc/lfr-edge/keys/command-centre.pub")
-    max_bundle_bytes: int = 256 * 1024 * 1024
+    """The watchlist the command centre sends."""
+
+    command_centre_key: Path = setting(
+        Path("/etc/lfr-edge/keys/command-centre.pub"), "the command centre's Ed25519 public key (pinned)"
+    )
+    max_bundle_bytes: int = setting(256 * 1024 * 1024, "largest bundle accepted, bytes", ge=1024, le=1 << 30)
 
 
 @dataclass(frozen=True)
 class TrackConfig:
-    iou_min: float = 0.2
-    embedding_min: float = 0.35
-    max_missed_frames: int = 10
-    best_k: int = 5
+    """Following each person through one camera's view."""
+
+    iou_min: float = setting(0.2, "box overlap that continues a track", ge=0.0, le=1.0)
+    embedding_min: float = setting(0.35, "embedding similarity that continues a track nearby", ge=-1.0, le=1.0)
+    max_missed_frames: int = setting(10, "frames without the face before a track ends", ge=0, le=1000)
+    best_k: int = setting(5, "best faces a track keeps for matching (at least match.min_frames)", ge=1, le=100)
 
 
 @dataclass(frozen=True)
 class MatchConfig:
-    min_frames: int = 2
-    margin: float = 0.03
-    cooldown_s: float = 60.0
-    top_k: int = 3
+    """When a track matches a watchlist subject."""
+
+    min_frames: int = setting(2, "best faces that must support a match", ge=1, le=100)
+    margin: float = setting(0.03, "lead of the best subject over the runner-up", ge=0.0, le=1.0)
+    cooldown_s: float = setting(60.0, "seconds before the same subject alerts again", ge=0.0, le=86400.0)
+    top_k: int = setting(3, "subjects compared per face", ge=1, le=100)
 
 
 @dataclass(frozen=True)
 class AlertsConfig:
-    handsets_dir: Path = Path("/etc/lfr-edge/handsets")
-    queue_max: int = 100
-    queue_ttl_s: float = 120.0
+    """Alerts to paired handsets."""
+
+    handsets_dir: Path = setting(Path("/etc/lfr-edge/handsets"), "the paired handsets' public keys")
+    queue_max: int = setting(100, "alerts held while the broker is away", ge=1, le=10_000)
+    queue_ttl_s: float = setting(120.0, "seconds an undelivered alert is kept", gt=0.0, le=86400.0)
 
 
 @dataclass(frozen=True)
 class BeaconConfig:
-    enabled: bool = True
-    port: str = "/dev/lfr-beacon"
-    protocol: Literal["lfr", "patlite"] = "lfr"
-    baudrate: int = 115200
-    heartbeat_s: float = 1.0
-    ack_timeout_s: float = 0.2
-    retries: int = 3  # re-sends after the first try, same sequence number
-    alert_hold_s: float = 10.0
-    watchdog_beats: int = 3  # the beacon shows fault by itself after this many heartbeats are missed
-    reconnect_min_s: float = 0.2  # reopen backoff after unplug, doubling up to reconnect_max_s
-    reconnect_max_s: float = 5.0
+    """The roof beacon on a serial line (docs/beacon-protocol.md)."""
+
+    enabled: bool = setting(True, "drive the beacon")
+    port: str = setting("/dev/lfr-beacon", "its serial device", text=Text.NONEMPTY)
+    protocol: Literal["lfr"] = setting("lfr", "its line protocol (docs/beacon-protocol.md)")
+    baudrate: int = setting(115200, "serial speed, bits per second", ge=300, le=4_000_000)
+    heartbeat_s: float = setting(1.0, "seconds between heartbeats", gt=0.0, le=30.0)
+    ack_timeout_s: float = setting(0.2, "seconds to wait for each acknowledgement", gt=0.0, le=10.0)
+    retries: int = setting(3, "re-sends after the first try, same sequence number", ge=0, le=10)
+    alert_hold_s: float = setting(10.0, "seconds the alert pattern shows", gt=0.0, le=3600.0)
+    watchdog_beats: int = setting(3, "missed heartbeats before the beacon shows fault by itself", ge=2, le=60)
+    reconnect_min_s: float = setting(0.2, "first wait before reopening after an unplug, doubling", gt=0.0, le=60.0)
+    reconnect_max_s: float = setting(5.0, "longest wait between reopen attempts", gt=0.0, le=600.0)
 
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    telemetry_interval_s: float = 10.0
-    watchdog_stall_s: float = 10.0
+    """The daemon's own rhythm."""
+
+    telemetry_interval_s: float = setting(10.0, "seconds between telemetry messages", gt=0.0, le=3600.0)
+    watchdog_stall_s: float = setting(
+        10.0, "seconds without progress before systemd's watchdog is starved", gt=0.0, le=600.0
+    )
+    clock_sync_wait_s: float = setting(
+        120.0,
+        "seconds to wait, where a time service runs, for the clock to be synchronised before judging watchlist "
+        "validity windows (0: judge them by the clock as it is)",
+        ge=0.0,
+        le=3600.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -158,49 +217,50 @@ class Config:
 
 T = TypeVar("T")
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_TOML_NESTING = 32  # brackets in the text, checked before parsing (tomllib recurses per level)
+MAX_VALUE_DEPTH = 8  # tables and arrays in the parsed document (dotted keys nest without brackets)
+MAX_NUMBER_CHARACTERS = 100  # digits of one number outside strings; a 64-bit integer has 20
+# A TOML string, comment, bracket or overlong number; an unterminated string runs to its end, so the scan stays
+# linear. tomllib spends ~100 MiB on a 1-million-digit integer before refusing it, so those are refused first.
+_TOML_TOKEN = re.compile(
+    r'"""(?:[^\\]|\\.)*?(?:"""|\Z)|\'\'\'.*?(?:\'\'\'|\Z)|"(?:[^"\\\n]|\\.)*(?:"|$)|\'[^\'\n]*(?:\'|$)|#[^\n]*|[][{}]'
+    rf"|[0-9][0-9_]{{{MAX_NUMBER_CHARACTERS},}}",
+    re.DOTALL | re.MULTILINE,
+)
+_NESTING_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
 
 def _coerce(value: Any, typ: Any, key: str, base: Path) -> Any:
+    """`value` as the field's type `typ`, or a ConfigError naming `key`."""
     origin = typing.get_origin(typ)
-    if typ is Any:
-        return value
     if origin is Literal:
         allowed = typing.get_args(typ)
-        if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+        if isinstance(value, dict | list) or value not in allowed:
+            raise ConfigError(f"{key}: {excerpt(value, 80)} is not one of {', '.join(map(repr, allowed))}")
         return value
-    if origin in (types.UnionType, typing.Union):
-        errors = []
-        for arm in typing.get_args(typ):
-            try:
-                return _coerce(value, arm, key, base)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a table, got {type(value).__name__}")
         return dict(value)
     if typ is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {excerpt(value, 80)}")
         return value
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {excerpt(value, 80)}")
         return value
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {excerpt(value, 80)}")
         return float(value)
     if typ is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {excerpt(value, 80)}")
         return value
     if typ is Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key}: expected a file path, got {value!r}")
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else (base / path)
+        return _path(value, key, base)
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a table, got {type(value).__name__}")
@@ -208,80 +268,87 @@ def _coerce(value: Any, typ: Any, key: str, base: Path) -> Any:
     raise ConfigError(f"{key}: unsupported type {typ!r}")  # a programming error, kept readable
 
 
+def _path(value: Any, key: str, base: Path) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a file path, got {excerpt(value, 80)}")
+    bad = control_character(value)
+    if bad is not None:
+        raise ConfigError(f"{key}: the path holds the control character {bad}; remove it")
+    path = expand_path(key, value)
+    return path if path.is_absolute() else (base / path)
+
+
+def _check_declared(key: str, value: Any, field: dataclasses.Field[Any]) -> None:
+    """The field's own declaration: a number within its range (and finite), text of its kind."""
+    declared = field.metadata.get(METADATA_KEY)
+    if not isinstance(declared, Setting) or isinstance(value, bool):
+        return
+    if isinstance(value, int | float):
+        check_number(key, value, declared)
+    elif isinstance(value, str):  # a path is a Path by now, checked by _path
+        check_text(key, value, declared.text)
+
+
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _type_hints(cls: type[Any]) -> dict[str, Any]:
+    """The field types of a section (evaluated once: the annotations are strings)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
 def parse_section(cls: type[T], table: dict[str, Any], name: str, base: Path | None = None) -> T:
-    """Build the dataclass `cls` from a TOML table, refusing unknown keys and wrong types."""
+    """Build the dataclass `cls` from a TOML table, refusing unknown keys, wrong types and values outside
+    the range each field declares."""
     base = base or Path.cwd()
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(table) - fields)
+    hints = _type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(table) - set(fields))
     if unknown:
-        raise ConfigError(f"[{name}] unknown key {unknown[0]!r} (known: {', '.join(sorted(fields))})")
-    values = {key: _coerce(value, hints[key], f"{name}.{key}", base) for key, value in table.items()}
+        raise ConfigError(f"[{name}] unknown key {excerpt(unknown[0], 80)} (known: {', '.join(sorted(fields))})")
+    values = {}
+    for key, value in table.items():
+        values[key] = _coerce(value, hints[key], f"{name}.{key}", base)
+        _check_declared(f"{name}.{key}", values[key], fields[key])
     return cls(**values)
 
 
-def _check_ranges(cfg: Config) -> None:
-    def positive(key: str, value: float) -> None:
-        if value <= 0:
-            raise ConfigError(f"{key}: must be greater than 0, got {value}")
+# What _check_relations enforces, for docs/config.md.
+RULES_BETWEEN_KEYS = (
+    "camera names are unique, and every camera names its `source`",
+    "`mqtt.reconnect_max_s` >= `mqtt.reconnect_min_s`; `beacon.reconnect_max_s` >= `beacon.reconnect_min_s`",
+    "`track.best_k` >= `match.min_frames` (otherwise no track could ever support a match)",
+    "`beacon.watchdog_beats` x `beacon.heartbeat_s` is at most 65 s (the beacon's watchdog is a 16-bit ms count)",
+    "(1 + `beacon.retries`) x `beacon.ack_timeout_s` < `beacon.watchdog_beats` x `beacon.heartbeat_s`",
+)
 
-    def unit_interval(key: str, value: float) -> None:
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{key}: must be between 0 and 1, got {value}")
 
-    if not cfg.unit.id or not all(c.isalnum() or c in "-_" for c in cfg.unit.id):
-        raise ConfigError(f"unit.id: {cfg.unit.id!r} must be letters, digits, '-' or '_'")
-    positive("inference.threads", cfg.inference.threads)
-    if not cfg.inference.gpu_delegate_library.strip():
-        raise ConfigError("inference.gpu_delegate_library: must name the LiteRT GPU delegate library")
-    unit_interval("detect.score_threshold", cfg.detect.score_threshold)
-    unit_interval("detect.nms_iou", cfg.detect.nms_iou)
-    if cfg.detect.tile_rows < 0:
-        raise ConfigError(f"detect.tile_rows: must be 0 (no tiles) or more, got {cfg.detect.tile_rows}")
-    positive("detect.max_faces", cfg.detect.max_faces)
-    unit_interval("quality.min_score", cfg.quality.min_score)
-    if not 0 < cfg.quality.max_yaw_deg <= 90:
-        raise ConfigError(f"quality.max_yaw_deg: must be in (0, 90], got {cfg.quality.max_yaw_deg}")
+def _check_relations(cfg: Config) -> None:
+    """The checks that involve more than one key (each key's own range is checked as it is parsed)."""
     names = [c.name for c in cfg.cameras]
     if len(set(names)) != len(names):
         raise ConfigError(f"cameras.name: camera names must be unique, got {names}")
     for cam in cfg.cameras:
         if not cam.source:
             raise ConfigError(f"cameras[{cam.name}].source: must name a source (replay, opencv, picamera2, jetson)")
-        positive(f"cameras[{cam.name}].width", cam.width)
-        positive(f"cameras[{cam.name}].height", cam.height)
-        positive(f"cameras[{cam.name}].fps", cam.fps)
-        positive(f"cameras[{cam.name}].queue_size", cam.queue_size)
-    if not 0 < cfg.mqtt.port < 65536:
-        raise ConfigError(f"mqtt.port: {cfg.mqtt.port} is not a TCP port")
-    if not cfg.mqtt.topic_prefix or cfg.mqtt.topic_prefix.endswith("/") or "#" in cfg.mqtt.topic_prefix:
-        raise ConfigError(f"mqtt.topic_prefix: {cfg.mqtt.topic_prefix!r} is not a valid topic prefix")
-    positive("mqtt.keepalive_s", cfg.mqtt.keepalive_s)
-    positive("watchlist.max_bundle_bytes", cfg.watchlist.max_bundle_bytes)
-    positive("match.min_frames", cfg.match.min_frames)
-    positive("match.top_k", cfg.match.top_k)
-    positive("alerts.queue_max", cfg.alerts.queue_max)
-    positive("alerts.queue_ttl_s", cfg.alerts.queue_ttl_s)
-    positive("beacon.heartbeat_s", cfg.beacon.heartbeat_s)
-    positive("beacon.ack_timeout_s", cfg.beacon.ack_timeout_s)
-    positive("daemon.telemetry_interval_s", cfg.daemon.telemetry_interval_s)
-    positive("daemon.watchdog_stall_s", cfg.daemon.watchdog_stall_s)
+    if cfg.mqtt.reconnect_max_s < cfg.mqtt.reconnect_min_s:
+        raise ConfigError("mqtt.reconnect_max_s: must not be less than mqtt.reconnect_min_s")
+    if cfg.track.best_k < cfg.match.min_frames:
+        raise ConfigError(
+            f"track.best_k: a track keeps {cfg.track.best_k} faces but match.min_frames needs "
+            f"{cfg.match.min_frames} to support a match, so nothing would ever alert"
+        )
     _check_beacon(cfg.beacon)
 
 
 def _check_beacon(beacon: BeaconConfig) -> None:
-    if beacon.retries < 0:
-        raise ConfigError(f"beacon.retries: must be 0 or more, got {beacon.retries}")
-    for key in ("baudrate", "alert_hold_s", "reconnect_min_s"):
-        if getattr(beacon, key) <= 0:
-            raise ConfigError(f"beacon.{key}: must be greater than 0, got {getattr(beacon, key)}")
     if beacon.reconnect_max_s < beacon.reconnect_min_s:
         raise ConfigError("beacon.reconnect_max_s: must not be less than beacon.reconnect_min_s")
-    if beacon.watchdog_beats < 2:
-        raise ConfigError(f"beacon.watchdog_beats: must be 2 or more, got {beacon.watchdog_beats}")
     watchdog_s = beacon.watchdog_beats * beacon.heartbeat_s
     if watchdog_s > 65.0:
-        raise ConfigError(f"beacon.heartbeat_s: watchdog_beats x heartbeat_s = {watchdog_s} s, at most 65 s")
+        raise ConfigError(f"beacon.heartbeat_s: watchdog_beats x heartbeat_s = {watchdog_s:g} s, at most 65 s")
     if (1 + beacon.retries) * beacon.ack_timeout_s >= watchdog_s:
         raise ConfigError(
             "beacon.ack_timeout_s: (1 + retries) x ack_timeout_s must be shorter than "
@@ -295,9 +362,16 @@ def require_cameras(cfg: Config) -> None:
         raise ConfigError("cameras: at least one [[cameras]] table is needed (see docs/config.md)")
 
 
+def _camera_label(index: int, table: dict[str, Any]) -> str:
+    """How errors name a camera: by its name once that is a valid one, else by its position."""
+    name = table.get("name", CameraConfig.name)
+    return f"cameras[{name}]" if is_identifier(name) else f"cameras[{index}]"
+
+
 def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
     """Validate a decoded TOML document. Relative paths are taken relative to `base`."""
     base = base or Path.cwd()
+    _check_depth(data)  # again: a document may come from elsewhere than parse_toml
     data = dict(data)
     cameras_raw = data.pop("cameras", None)
     cfg = parse_section(Config, data, "config", base)
@@ -307,24 +381,63 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
         for i, cam in enumerate(cameras_raw):
             if not isinstance(cam, dict):
                 raise ConfigError(f"cameras[{i}]: expected a table")
-        cams = tuple(parse_section(CameraConfig, cam, f"cameras[{i}]", base) for i, cam in enumerate(cameras_raw))
+        cams = tuple(parse_section(CameraConfig, cam, _camera_label(i, cam), base) for i, cam in enumerate(cameras_raw))
         cfg = dataclasses.replace(cfg, cameras=cams)
-    _check_ranges(cfg)
+    _check_relations(cfg)
     return cfg
+
+
+def _check_depth(data: dict[str, Any]) -> None:
+    """Refuse tables and arrays nested deeper than any config needs (without recursing)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_VALUE_DEPTH:
+            raise ConfigError(f"tables and arrays nested more than {MAX_VALUE_DEPTH} deep; no key needs that")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+
+
+def toml_nesting(text: str) -> int:
+    """The deepest bracket nesting outside strings and comments (an upper bound for broken TOML); a
+    ConfigError for a number too long to be one."""
+    tokens = _TOML_TOKEN.findall(text)
+    if any(t[0].isdigit() for t in tokens):
+        raise ConfigError(f"not valid TOML for a config: a number of more than {MAX_NUMBER_CHARACTERS} digits")
+    steps = (_NESTING_STEP[t] for t in tokens if t in _NESTING_STEP)
+    return max(itertools.accumulate(steps), default=0)
+
+
+def parse_toml(raw: bytes, what: str = "config file") -> dict[str, Any]:
+    """A TOML document of at most MAX_CONFIG_BYTES and MAX_TOML_NESTING, checked before it is parsed."""
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{len(raw)} bytes is too large for a {what} (at most {MAX_CONFIG_BYTES})")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not valid TOML (not UTF-8 at byte {exc.start})") from None
+    nesting = toml_nesting(text)
+    if nesting > MAX_TOML_NESTING:
+        raise ConfigError(f"not valid TOML for a {what}: brackets nested {nesting} deep")
+    try:
+        data = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(f"not valid TOML for a {what}: nested too deeply") from None
+    except ValueError as exc:  # TOMLDecodeError, or an integer too long to convert
+        raise ConfigError(f"not valid TOML ({str(exc)[:200]})") from None
+    _check_depth(data)
+    return data
 
 
 def load_config(path: Path) -> Config:
     """Read and validate the config file; every problem is a ConfigError naming the file and key."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from exc
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-    try:
-        return parse_config(data, base=path.parent.resolve())
+        return parse_config(parse_toml(raw), base=path.parent.resolve())
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
 

@@ -7,9 +7,15 @@
 from __future__ import annotations
 
 import hashlib
-import tomllib
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from lfr_contracts.errors import ConfigError
+from lfr_contracts.settings import control_character
+from lfr_contracts.untrusted import excerpt
+from lfr_edge.config import parse_toml
 
 
 class ModelError(RuntimeError):
@@ -99,41 +105,111 @@ def verify_file(path: Path, expected_sha256: str, hint: str = "") -> None:
         )
 
 
+MAX_MANIFEST_BYTES = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 def load_manifest(path: Path) -> Manifest:
+    """Read and check the manifest; any problem (unreadable, not TOML, a missing key or a value of the
+    wrong kind) is a ModelError naming the file and the entry."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
     except OSError as exc:
         raise ModelError(f"cannot read the model manifest {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ModelError(f"the model manifest {path} is not valid TOML: {exc}") from exc
     try:
-        sources = {
-            s["name"]: Source(s["name"], s["kind"], s["package"], s["version"], s["sha256"])
-            for s in data.get("source", [])
-        }
-        models = {}
-        for m in data.get("model", []):
-            variants = tuple(
-                Variant(v["name"], v["file"], v["sha256"], v.get("description", "")) for v in m.get("variant", [])
-            )
-            entry = ModelEntry(
-                name=m["name"],
-                source=m["source"],
-                path=m["path"],
-                sha256=m["sha256"],
-                inputs=m["inputs"],
-                outputs=m["outputs"],
-                variants=variants,
-                default_variant=m.get("default_variant", "float"),
-            )
-            if entry.source not in sources:
-                raise ModelError(f"{path}: model {entry.name!r} names unknown source {entry.source!r}")
-            if any(v.is_onnx and v.name == entry.default_variant for v in variants):
-                raise ModelError(
-                    f"{path}: model {entry.name!r}: default_variant {entry.default_variant!r} is an ONNX "
-                    "file, which the CPU unit (LiteRT) cannot run; the default must be a .tflite variant"
-                )
-            models[entry.name] = entry
-    except KeyError as exc:
-        raise ModelError(f"{path}: an entry lacks the key {exc.args[0]!r}") from exc
+        data = parse_toml(raw, "model manifest")
+    except ConfigError as exc:
+        raise ModelError(f"the model manifest {path}: {exc}") from None
+    try:
+        return _manifest(path, data)
+    except _Bad as exc:
+        raise ModelError(f"{path}: {exc}") from None
+
+
+class _Bad(Exception):
+    """One entry of the manifest is malformed (turned into a ModelError naming the file)."""
+
+
+def _tables(data: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise _Bad(f"{where}{key}: expected [[{key}]] tables")
+    return value
+
+
+def _text(table: dict[str, Any], key: str, where: str, default: str | None = None) -> str:
+    value = table.get(key, default)
+    if value is None:
+        raise _Bad(f"{where}an entry lacks the key {key!r}")
+    if not isinstance(value, str) or control_character(value) is not None:
+        raise _Bad(f"{where}{key}: expected a line of text, got {excerpt(value, 60)}")
+    return value
+
+
+def _name(table: dict[str, Any], key: str, where: str, default: str | None = None) -> str:
+    value = _text(table, key, where, default)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", value):
+        raise _Bad(f"{where}{key}: {excerpt(value, 60)} is not a name (letters, digits, '.', '-', '_')")
+    return value
+
+
+def _sha256(table: dict[str, Any], key: str, where: str) -> str:
+    value = _text(table, key, where)
+    if value and not _SHA256.fullmatch(value):  # empty: not recorded yet (`models/build.py --record`)
+        raise _Bad(f"{where}{key}: {excerpt(value, 70)} is not 64 lower-case hex digits")
+    return value
+
+
+def _variant(table: dict[str, Any], where: str) -> Variant:
+    name = _name(table, "name", where)
+    at = f"{where}variant {name!r}: "
+    file = _name(table, "file", at)  # a plain file name inside the models folder: no '/', no '..'
+    return Variant(name, file, _sha256(table, "sha256", at), _text(table, "description", at, ""))
+
+
+def _model(table: dict[str, Any], sources: dict[str, Source]) -> ModelEntry:
+    name = _name(table, "name", "")
+    where = f"model {name!r}: "
+    variants = tuple(_variant(v, where) for v in _tables(table, "variant", where))
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise _Bad(f"{where}variant names repeat: {', '.join(names)}")
+    entry = ModelEntry(
+        name=name,
+        source=_name(table, "source", where),
+        path=_text(table, "path", where),
+        sha256=_sha256(table, "sha256", where),
+        inputs=_text(table, "inputs", where),
+        outputs=_text(table, "outputs", where),
+        variants=variants,
+        default_variant=_name(table, "default_variant", where, "float"),
+    )
+    if entry.source not in sources:
+        raise _Bad(f"model {entry.name!r} names unknown source {entry.source!r}")
+    if variants and entry.default_variant not in names:
+        raise _Bad(f"{where}default_variant {entry.default_variant!r} is not one of its variants ({', '.join(names)})")
+    if any(v.is_onnx and v.name == entry.default_variant for v in variants):
+        raise _Bad(
+            f"model {entry.name!r}: default_variant {entry.default_variant!r} is an ONNX "
+            "file, which the CPU unit (LiteRT) cannot run; the default must be a .tflite variant"
+        )
+    return entry
+
+
+def _manifest(path: Path, data: dict[str, Any]) -> Manifest:
+    sources: dict[str, Source] = {}
+    for s in _tables(data, "source", ""):
+        name = _name(s, "name", "source: ")
+        where = f"source {name!r}: "
+        sources[name] = Source(
+            name, _name(s, "kind", where), _text(s, "package", where), _text(s, "version", where),
+            _sha256(s, "sha256", where),
+        )  # fmt: skip
+    models: dict[str, ModelEntry] = {}
+    for m in _tables(data, "model", ""):
+        entry = _model(m, sources)
+        if entry.name in models:
+            raise _Bad(f"model {entry.name!r} is listed twice")
+        models[entry.name] = entry
     return Manifest(path=path, sources=sources, models=models)

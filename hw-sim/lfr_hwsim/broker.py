@@ -136,7 +136,9 @@ def acl_text(
         "# Units: the username is the certificate CN, which is the unit id.",
         f"pattern read {units}/%u/watchlist",
         f"pattern read {units}/%u/decisions",
+        f"pattern read {units}/%u/alerts/ack",
         *(f"pattern write {units}/%u/{leaf}" for leaf in ("status", "watchlist/ack", "alerts", "telemetry", "audit")),
+        f"pattern write {units}/%u/decisions/answer/+",
         "# Handset pairing (docs/pairing.md): the unit offers, reads requests, answers one handset.",
         f"pattern write {units}/%u/pairing/offer",
         f"pattern read {units}/%u/pairing/request",
@@ -150,7 +152,8 @@ def acl_text(
         lines += ["", f"user {handset}"]
         for unit in paired_units:
             lines += [f"topic read {units}/{unit}/alerts", f"topic read {units}/{unit}/status"]
-            lines += [f"topic write {units}/{unit}/decisions"]
+            lines += [f"topic write {units}/{unit}/decisions", f"topic write {units}/{unit}/alerts/ack"]
+            lines += [f"topic read {units}/{unit}/decisions/answer/{handset}"]
             lines += [
                 f"topic read {units}/{unit}/pairing/offer",
                 f"topic write {units}/{unit}/pairing/request",
@@ -277,6 +280,15 @@ class MosquittoBroker:
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+    def kill(self) -> None:
+        """SIGKILL, as a power cut: whatever the broker had not saved (queued messages, sessions) is lost."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+            if proc.stderr:
+                proc.stderr.close()
 
     def restart(self) -> None:
         """Stop and start again on the same port (clients see a dropped connection, then a broker)."""

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from lfr_contracts.camera import CameraConfig, CameraError, EndOfStream, Frame, SourceStats
+from lfr_contracts.camera import CameraConfig, CameraError, EndOfStream, Frame, SourceStats, option, source_options
 from lfr_contracts.errors import ConfigError
+from lfr_contracts.settings import expand_path
+from lfr_contracts.untrusted import excerpt
 from lfr_hwsim.facelocate import LocatorUnavailable, default_locator
 from lfr_hwsim.plan import PlanError, PlanRequest, ScenePlan, build_plan, list_identities, load_plan
 from lfr_hwsim.scene import FrameTruth, SceneRenderer
@@ -58,85 +60,68 @@ class SimOptions:
     detector_model: Path | None = None
 
 
-OPTION_HELP = {
-    "faces_dir": "folder of labelled photos <identity>/<n>.jpg (default $LFR_FACES/wild)",
-    "seed": "integer >= 0; the same seed and options give the same scene",
-    "duration_s": "scene length in seconds (> 0)",
-    "crowd": "mean number of people in frame (> 0)",
-    "walkers": "total passers-by (integer >= 0; 0 = from crowd and duration)",
-    "watchlisted": "how many identities the demo watchlists (integer) or their names (list of strings)",
-    "occluders": "poles with a sign in the foreground (integer >= 0)",
-    "lighting": "lighting changes over time (true/false)",
-    "exposure": "shutter open time as a fraction of the frame interval, sets motion blur (0..1)",
-    "realtime": "pace frames at the camera's fps (true) or deliver as fast as possible (false)",
-    "loop": "start the scene again at its end instead of ending the stream (true/false)",
-    "plan_file": "a scene plan JSON written by `scene plan`; overrides the scene options above",
-    "truth_file": "append the ground truth of every delivered frame to this JSON-lines file",
-    "control_file": 'fault-injection control file: {"camera": "ok" | "stall" | "disconnect"}',
-    "detector_model": "BlazeFace .tflite used to find faces in the photos when building the plan",
+# The simulator's `options`, declared beside it: docs/config.md lists them from here.
+OPTIONS = {
+    "faces_dir": option(str, "", "folder of labelled photos <identity>/<n>.jpg (default $LFR_FACES/wild)"),
+    "seed": option(int, 0, "the same seed and options give the same scene", ge=0),
+    "duration_s": option((int, float), 60.0, "scene length in seconds", ge=1e-3, le=86400),
+    "crowd": option((int, float), 3.0, "mean number of people in frame", ge=1e-3, le=100),
+    "walkers": option(int, 0, "total passers-by (0 = from crowd and duration)", ge=0, le=100_000),
+    "watchlisted": option(
+        (int, list), 0, "how many identities the demo watchlists (integer) or their names (list of strings)", ge=0
+    ),
+    "occluders": option(int, 1, "poles with a sign in the foreground", ge=0, le=20),
+    "lighting": option(bool, True, "lighting changes over time"),
+    "exposure": option(
+        (int, float), 0.3, "shutter open time, a fraction of the frame interval (motion blur)", ge=0, le=1
+    ),
+    "realtime": option(bool, True, "pace frames at the camera's fps (true) or deliver as fast as possible (false)"),
+    "loop": option(bool, False, "start the scene again at its end instead of ending the stream"),
+    "plan_file": option(str, "", "a scene plan JSON written by `scene plan`; overrides the scene options above"),
+    "truth_file": option(str, "", "append the ground truth of every delivered frame to this JSON-lines file"),
+    "control_file": option(str, "", 'fault-injection control file: {"camera": "ok" | "stall" | "disconnect"}'),
+    "detector_model": option(str, "", "BlazeFace .tflite used to find faces in the photos when building the plan"),
 }
+_PATHS = ("faces_dir", "plan_file", "truth_file", "control_file", "detector_model")
 
 
 def parse_options(camera: str, options: dict[str, Any]) -> SimOptions:
-    """Check every option's name and type; the error names the option and what it accepts."""
+    """Check every option's name, type and range; the error names the option and what it accepts."""
 
     def fail(key: str, why: str) -> ConfigError:
-        return ConfigError(f"cameras[{camera}].options.{key}: {why} ({OPTION_HELP.get(key, '')})")
+        return ConfigError(f"cameras[{camera}].options.{key}: {why} ({OPTIONS[key].help})")
 
-    unknown = sorted(set(options) - set(OPTION_HELP))
-    if unknown:
-        raise ConfigError(
-            f"cameras[{camera}].options: unknown option(s) {', '.join(unknown)} for the simulator "
-            f"(known: {', '.join(OPTION_HELP)})"
-        )
+    checked = source_options(camera, options, OPTIONS)
+    paths: dict[str, Path | None] = {}
+    for key in _PATHS:
+        if key in options and not checked[key]:
+            raise fail(key, "an empty path")
+        paths[key] = expand_path(f"cameras[{camera}].options.{key}", checked[key]) if checked[key] else None
 
-    def number(key: str, default: float, lo: float, hi: float = math.inf, integer: bool = False) -> Any:
-        v = options.get(key, default)
-        ok_type = isinstance(v, int) if integer else isinstance(v, int | float)
-        if isinstance(v, bool) or not ok_type:
-            raise fail(key, f"{v!r} is not {'an integer' if integer else 'a number'}")
-        if not lo <= v <= hi:
-            raise fail(key, f"{v!r} is out of range")
-        return v
-
-    def flag(key: str, default: bool) -> bool:
-        v = options.get(key, default)
-        if not isinstance(v, bool):
-            raise fail(key, f"{v!r} is not true or false")
-        return v
-
-    def path(key: str) -> Path | None:
-        v = options.get(key)
-        if v is None:
-            return None
-        if not isinstance(v, str) or not v:
-            raise fail(key, f"{v!r} is not a path")
-        return Path(v).expanduser()
-
-    watch = options.get("watchlisted", 0)
+    watch = checked["watchlisted"]
     if isinstance(watch, list) and all(isinstance(i, str) and i for i in watch):
         watchlisted: int | tuple[str, ...] = tuple(watch)
-    elif isinstance(watch, int) and not isinstance(watch, bool) and watch >= 0:
+    elif isinstance(watch, int):
         watchlisted = watch
     else:
-        raise fail("watchlisted", f"{watch!r} is neither a count nor a list of identities")
+        raise fail("watchlisted", f"{excerpt(watch)} is neither a count nor a list of identities")
 
     opts = SimOptions(
-        faces_dir=path("faces_dir") or default_faces_dir(),
-        seed=number("seed", 0, 0, integer=True),
-        duration_s=float(number("duration_s", 60.0, 1e-3)),
-        crowd=float(number("crowd", 3.0, 1e-3, 100)),
-        walkers=number("walkers", 0, 0, 100_000, integer=True),
+        faces_dir=paths["faces_dir"] or default_faces_dir(),
+        seed=checked["seed"],
+        duration_s=float(checked["duration_s"]),
+        crowd=float(checked["crowd"]),
+        walkers=checked["walkers"],
         watchlisted=watchlisted,
-        occluders=number("occluders", 1, 0, 20, integer=True),
-        lighting=flag("lighting", True),
-        exposure=float(number("exposure", 0.3, 0.0, 1.0)),
-        realtime=flag("realtime", True),
-        loop=flag("loop", False),
-        plan_file=path("plan_file"),
-        truth_file=path("truth_file"),
-        control_file=path("control_file"),
-        detector_model=path("detector_model"),
+        occluders=checked["occluders"],
+        lighting=checked["lighting"],
+        exposure=float(checked["exposure"]),
+        realtime=checked["realtime"],
+        loop=checked["loop"],
+        plan_file=paths["plan_file"],
+        truth_file=paths["truth_file"],
+        control_file=paths["control_file"],
+        detector_model=paths["detector_model"],
     )
     if opts.plan_file is not None and not opts.plan_file.is_file():
         raise fail("plan_file", f"{opts.plan_file} does not exist")

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lfr_contracts.pairing import (
-    MAX_MESSAGE_BYTES,
     VERSION,
     PairedHandset,
     PairingError,
     PairingSession,
+    loose_fields,
 )
 from lfr_contracts.topics import Topics
 from lfr_edge.comms.mqtt import WAIT_S, QueuedClient, connect_tls
@@ -50,12 +50,7 @@ class PairingOutcome:
 
 def _handset_of(request: bytes) -> tuple[str, str] | None:
     """(handset id, handset nonce) of a request, read loosely: only to address the refusal to it."""
-    try:
-        data = json.loads(request) if len(request) <= MAX_MESSAGE_BYTES else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(data, dict):
-        return None
+    data = loose_fields(request)  # bounded: a deeply nested request must not end pair-handset
     handset_id, nonce = data.get("handset_id"), data.get("handset_nonce")
     if not isinstance(handset_id, str) or not isinstance(nonce, str) or len(nonce) > 64:
         return None

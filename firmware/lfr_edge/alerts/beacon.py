@@ -143,10 +143,12 @@ class BeaconDriver:
             self._base, self._fault_reason = Pattern.FAULT, reason
             self._changed()
 
-    def clear_fault(self) -> None:
-        """Back to idle once the fault is gone; an alert being shown keeps its hold time."""
+    def clear_fault(self, watchlist_active: bool = True) -> None:
+        """Back to idle once the fault is gone, or to `no_watchlist` while no list is held; an alert being shown
+        keeps its hold time."""
         with self._cond:
-            self._base, self._fault_reason = Pattern.IDLE, None
+            self._base = Pattern.IDLE if watchlist_active else Pattern.NO_WATCHLIST
+            self._fault_reason = None
             self._changed()
 
     def state(self) -> BeaconState:
@@ -480,6 +482,6 @@ class BeaconChannel:
 
     def show_state(self, state: UnitState) -> None:
         if state.ok:
-            self._driver.clear_fault()
+            self._driver.clear_fault(state.watchlist_active)
         else:
             self._driver.show_fault("; ".join(state.faults))

@@ -23,6 +23,7 @@ class UnitState:
     """What the unit is doing now, for the channels that show a standing state (the beacon's lamp)."""
 
     faults: tuple[str, ...] = ()  # why the unit is not scanning everywhere it should: "camera cam0 stalled"
+    watchlist_active: bool = True  # False: no list is held (none yet, expired, closed, refused)
 
     @property
     def ok(self) -> bool:

@@ -1,20 +1,28 @@
-"""Alerts to paired handsets over MQTT, and the officers' decisions coming back.
+"""Alerts to paired handsets over MQTT, and the officers' decisions coming back, acknowledged end to end.
 
-Each alert is sealed to every paired handset and signed by the unit. While the broker is unreachable,
-alerts wait in a bounded in-memory outbox with a time-to-live and go out on reconnect; what expires or
-overflows is counted and logged, never written to disk. Decisions are verified against the handset's
-pairing key and written to the audit log; duplicates (QoS 1 redelivery) are recognised by alert id.
+Each alert is sealed to every paired handset and signed by the unit. It stays in a bounded in-memory outbox
+until a paired handset's signed receipt says it was decrypted, or its time-to-live ends: it is re-published
+on every reconnect and every `RESEND_S`, since the broker's PUBACK is no proof of delivery (a broker that
+loses its state loses what it queued). What expires or overflows is counted and logged, never written to
+disk. Timers run on the monotonic clock: a step of the wall clock neither expires nor holds an alert.
+
+Every decision is answered on the handset's own answer topic: accepted (with its revision when the officer
+changed it) or refused with the reason. Decisions are verified against the handset's pairing key and
+audited; a repeat of the same decision (QoS 1 redelivery) is answered again but audited once. Each handset
+may send `DECISION_RATE` decisions a second (burst `DECISION_BURST`); refusals and what the rate limit
+dropped are counted and reported once per `REFUSAL_REPORT_S`, in the log and the audit log, not per message.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -23,14 +31,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from lfr_contracts import crypto
-from lfr_contracts.alerts import Alert, ProtocolError, encode_alert, parse_decision
+from lfr_contracts.alerts import Alert, Decision, DecisionKind, ProtocolError, encode_alert, parse_decision
 from lfr_contracts.audit_events import AuditSink, DecisionRefused, OfficerDecision
+from lfr_contracts.receipts import DecisionAnswer, claimed_receipt, decode_receipt, encode_answer
+from lfr_contracts.topics import Topics
 from lfr_edge.alerts.channel import UnitState
 from lfr_edge.config import AlertsConfig
 
 log = logging.getLogger(__name__)
 
 RECENT_ALERTS = 1000  # alert ids remembered for decisions and duplicate detection
+RESEND_S = 5.0  # an alert no handset has acknowledged is published again this often
+DECISION_RATE, DECISION_BURST = 2.0, 10  # per handset: decisions a second, and the burst allowed
+REFUSAL_REPORT_S = 10.0
 
 
 class Publisher(Protocol):
@@ -92,34 +105,60 @@ def handset_record(handset_id: str, sealing: X25519PublicKey, signing: Ed25519Pu
 
 @dataclass
 class OutboxStats:
-    sent: int = 0
-    queued: int = 0
+    sent: int = 0  # publications, re-sends included
+    resent: int = 0
+    delivered: int = 0  # alerts a handset acknowledged
+    queued: int = 0  # alerts waiting for a receipt
     expired: int = 0
     overflowed: int = 0
     no_handsets: int = 0
     decisions: int = 0
+    revised_decisions: int = 0
     duplicate_decisions: int = 0
     refused_decisions: int = 0
+    rate_limited_decisions: int = 0
+
+
+@dataclass
+class _Pending:
+    alert_id: str
+    payload: bytes
+    expires: float  # monotonic
+    sent_at: float | None = None  # monotonic, the last publication
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+@dataclass
+class _Refusals:
+    """Refused and rate-limited decisions since the last report, by reason."""
+
+    by_reason: Counter[str] = field(default_factory=Counter)
+    reported_at: float = -math.inf  # the first refusal after a quiet interval is reported at once
 
 
 class HandsetChannel:
-    """The paired handsets as an alert channel: each alert sealed to all of them, queued while offline."""
+    """The paired handsets as an alert channel: each alert sealed to all of them, kept until one acknowledges."""
 
     name = "handsets"
 
     def __init__(
         self,
         mqtt: Publisher,
-        alerts_topic: str,
+        topics: Topics,
         unit_id: str,
         unit_key: Ed25519PrivateKey,
         handsets: Callable[[], dict[str, PairedHandset]],
         cfg: AlertsConfig,
         audit: AuditSink,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.mqtt = mqtt
-        self.topic = alerts_topic
+        self.topics = topics
         self.unit_id = unit_id
         self.unit_key = unit_key
         self.handsets = handsets
@@ -127,8 +166,10 @@ class HandsetChannel:
         self.audit = audit
         self.clock = clock
         self.stats = OutboxStats()
-        self._outbox: deque[tuple[float, str, bytes]] = deque()
-        self._recent: OrderedDict[str, set[str]] = OrderedDict()  # alert id -> handsets that decided
+        self._outbox: OrderedDict[str, _Pending] = OrderedDict()
+        self._recent: OrderedDict[str, dict[str, tuple[DecisionKind, int]]] = OrderedDict()  # alert -> decisions
+        self._buckets: dict[str, _Bucket] = {}
+        self._refusals = _Refusals()
         self._lock = threading.Lock()
 
     def apply(self, cfg: AlertsConfig) -> None:
@@ -138,11 +179,13 @@ class HandsetChannel:
     def show_state(self, state: UnitState) -> None:
         """Nothing to show: the handset protocol carries alerts only; the unit's state is on its status topic."""
 
+    # alerts ---------------------------------------------------------------------------------------
+
     def deliver(self, alert: Alert) -> None:
         """Seal, sign and queue one alert, then publish what can be published now. Never blocks long."""
         paired = self.handsets()
         with self._lock:
-            self._recent[alert.alert_id] = set()
+            self._recent[alert.alert_id] = {}
             while len(self._recent) > RECENT_ALERTS:
                 self._recent.popitem(last=False)
         if not paired:
@@ -152,59 +195,163 @@ class HandsetChannel:
         payload = encode_alert(alert, self.unit_key, [h.sealing_key for h in paired.values()])
         with self._lock:
             if len(self._outbox) >= self.cfg.queue_max:
-                self._outbox.popleft()
+                dropped, _ = self._outbox.popitem(last=False)
                 self.stats.overflowed += 1
-                log.warning("alert outbox full (%d): the oldest alert was dropped", self.cfg.queue_max)
-            self._outbox.append((self.clock() + self.cfg.queue_ttl_s, alert.alert_id, payload))
+                log.warning("alert outbox full (%d): the oldest alert, %s, was dropped", self.cfg.queue_max, dropped)
+            self._outbox[alert.alert_id] = _Pending(alert.alert_id, payload, self.clock() + self.cfg.queue_ttl_s)
             self.stats.queued = len(self._outbox)
         self.flush()
 
-    def flush(self) -> None:
-        """Publish queued alerts while connected; drop and count the ones past their time-to-live."""
+    def flush(self, *, resend_all: bool = False) -> None:
+        """Publish what no handset has acknowledged yet: never sent, due for a re-send, or all of it after a
+        reconnect (`resend_all`); drop and count what is past its time-to-live."""
         with self._lock:
             now = self.clock()
-            while self._outbox:
-                expires, alert_id, payload = self._outbox[0]
-                if expires < now:
-                    self._outbox.popleft()
+            for pending in list(self._outbox.values()):
+                if pending.expires < now:
+                    del self._outbox[pending.alert_id]
                     self.stats.expired += 1
-                    log.warning("alert %s expired undelivered after %.0f s", alert_id, self.cfg.queue_ttl_s)
+                    log.warning("alert %s expired unacknowledged after %.0f s", pending.alert_id, self.cfg.queue_ttl_s)
                     continue
-                if not self.mqtt.connected.is_set() or not self.mqtt.publish(self.topic, payload, qos=1):
+                due = resend_all or pending.sent_at is None or now - pending.sent_at >= RESEND_S
+                if not due:
+                    continue
+                if not self.mqtt.connected.is_set() or not self.mqtt.publish(
+                    self.topics.alerts, pending.payload, qos=1
+                ):
                     break
-                self._outbox.popleft()
+                self.stats.resent += pending.sent_at is not None
+                pending.sent_at = now
                 self.stats.sent += 1
             self.stats.queued = len(self._outbox)
+        self._report_refusals()
+
+    def on_receipt(self, topic: str, payload: bytes) -> None:
+        """A handset decrypted an alert: it leaves the outbox. Anything unsigned or unknown is ignored."""
+        try:
+            claimed = claimed_receipt(payload)
+            handset = self.handsets().get(claimed.handset)
+            if handset is None or claimed.unit != self.unit_id:
+                raise ProtocolError(f"receipt from unknown handset {claimed.handset!r} or for another unit")
+            decode_receipt(payload, handset.signing_key)
+        except ProtocolError as exc:
+            self._refused(f"receipt: {exc}")
+            return
+        with self._lock:
+            pending = self._outbox.pop(claimed.alert_id, None)
+            self.stats.queued = len(self._outbox)
+        if pending is not None:
+            self.stats.delivered += 1
+            log.info("alert %s acknowledged by %s", claimed.alert_id, claimed.handset)
+
+    # decisions ------------------------------------------------------------------------------------
 
     def on_decision(self, topic: str, payload: bytes) -> None:
-        """Verify an officer's decision and audit it; refuse anything unsigned, unknown or malformed."""
+        """Verify an officer's decision, audit it and answer it; refuse anything unsigned, unknown or
+        malformed, and answer the refusal to a paired handset."""
         try:
             decision, signature, signed = parse_decision(payload)
+        except ProtocolError as exc:
+            self._refused(str(exc))
+            return
+        if not self._within_rate(decision.handset):
+            return
+        handset = self.handsets().get(decision.handset)
+        try:
             if decision.unit != self.unit_id:
                 raise ProtocolError(f"decision is for unit {decision.unit!r}")
-            handset = self.handsets().get(decision.handset)
             if handset is None:
                 raise ProtocolError(f"decision from unknown handset {decision.handset!r}")
             try:
                 crypto.verify(handset.signing_key, signature, signed)
             except crypto.CryptoError as exc:
                 raise ProtocolError(f"decision signature from {decision.handset!r} is not valid") from exc
-            with self._lock:
-                deciders = self._recent.get(decision.alert_id)
-                if deciders is None:
-                    raise ProtocolError(f"decision for unknown alert {decision.alert_id!r}")
-                if decision.handset in deciders:
-                    self.stats.duplicate_decisions += 1
-                    log.debug("duplicate decision for alert %s from %s", decision.alert_id, decision.handset)
-                    return
-                deciders.add(decision.handset)
+            revision = self._record(decision)
         except ProtocolError as exc:
-            self.stats.refused_decisions += 1
-            log.warning("decision refused: %s", exc)
-            self.audit.append(DecisionRefused(reason=str(exc)[:200]))
+            self._refused(str(exc))
+            if handset is not None:
+                self._answer(decision, "refused", str(exc), 0)
             return
+        self._answer(decision, "accepted", "", revision)
+
+    def _record(self, decision: Decision) -> int:
+        """The decision's revision: 0 the first, +1 for each change; a repeat is answered, not audited again."""
+        with self._lock:
+            decided = self._recent.get(decision.alert_id)
+            if decided is None:
+                raise ProtocolError(
+                    f"decision for unknown alert {decision.alert_id!r} (raised before the unit restarted, or too old)"
+                )
+            previous = decided.get(decision.handset)
+            if previous is not None and previous[0] == decision.decision:
+                self.stats.duplicate_decisions += 1
+                return previous[1]
+            revision = 0 if previous is None else previous[1] + 1
+            decided[decision.handset] = (decision.decision, revision)
         self.stats.decisions += 1
-        log.info("officer decision on alert %s: %s (%s)", decision.alert_id, decision.decision, decision.handset)
-        self.audit.append(
-            OfficerDecision(alert_id=decision.alert_id, handset_id=decision.handset, decision=decision.decision)
+        self.stats.revised_decisions += revision > 0
+        change = f" (revision {revision})" if revision else ""
+        log.info(
+            "officer decision on alert %s: %s%s (%s)", decision.alert_id, decision.decision, change, decision.handset
         )
+        self.audit.append(
+            OfficerDecision(
+                alert_id=decision.alert_id, handset_id=decision.handset, decision=decision.decision, revision=revision
+            )
+        )
+        return revision
+
+    def _answer(self, decision: Decision, status: str, reason: str, revision: int) -> None:
+        answer = DecisionAnswer(
+            unit=self.unit_id,
+            handset=decision.handset,
+            alert_id=decision.alert_id,
+            decision=decision.decision,
+            status="accepted" if status == "accepted" else "refused",
+            reason=reason,
+            revision=revision,
+            time=time.time(),
+        )
+        topic = self.topics.decision_answer_for(decision.handset)
+        if not self.mqtt.publish(topic, encode_answer(answer, self.unit_key), qos=1):
+            log.warning("could not queue the answer to %s's decision on %s", decision.handset, decision.alert_id)
+
+    def _within_rate(self, handset: str) -> bool:
+        """A token bucket per claimed handset id, checked before any signature work."""
+        now = self.clock()
+        with self._lock:
+            bucket = self._buckets.setdefault(handset[:64], _Bucket(float(DECISION_BURST), now))
+            bucket.tokens = min(float(DECISION_BURST), bucket.tokens + (now - bucket.at) * DECISION_RATE)
+            bucket.at = now
+            if bucket.tokens >= 1.0:
+                bucket.tokens -= 1.0
+                return True
+            if len(self._buckets) > 4 * RECENT_ALERTS:  # junk ids must not grow the table without bound
+                self._buckets.clear()
+        self.stats.rate_limited_decisions += 1
+        self._refused(f"over the rate of {DECISION_RATE:g} decisions a second for handset {handset[:64]!r}")
+        return False
+
+    def _refused(self, reason: str) -> None:
+        self.stats.refused_decisions += 1
+        with self._lock:
+            self._refusals.by_reason[reason[:200]] += 1
+        self._report_refusals()
+
+    def close(self) -> None:
+        """At stop: the refusals counted since the last report go to the log and the audit log now."""
+        self._report_refusals(now_or_never=True)
+
+    def _report_refusals(self, *, now_or_never: bool = False) -> None:
+        """At most once per REFUSAL_REPORT_S: one log line, and one audit event per reason with its count."""
+        now = self.clock()
+        with self._lock:
+            due = now_or_never or now - self._refusals.reported_at >= REFUSAL_REPORT_S
+            if not self._refusals.by_reason or not due:
+                return
+            counts, self._refusals = self._refusals.by_reason, _Refusals(reported_at=now)
+        total = sum(counts.values())
+        top = ", ".join(f"{n} x {reason}" for reason, n in counts.most_common(3))
+        log.warning("refused %d handset message(s) in the last %.0f s: %s", total, REFUSAL_REPORT_S, top)
+        for reason, n in counts.most_common(20):
+            self.audit.append(DecisionRefused(reason=reason, count=n))

@@ -158,7 +158,7 @@ class _Tally:
     alerts: int = 0
     alert_ids: set[str] = dataclasses.field(default_factory=set)
     decided: set[str] = dataclasses.field(default_factory=set)
-    decisions: Counter[DecisionKind] = dataclasses.field(default_factory=Counter)
+    final_decision: dict[str, DecisionKind] = dataclasses.field(default_factory=dict)  # alert id -> the last
     decisions_refused: int = 0
     periods: list[WatchlistPeriod] = dataclasses.field(default_factory=list)
     closes: set[tuple[str, str]] = dataclasses.field(default_factory=set)
@@ -176,10 +176,10 @@ class _Tally:
             self.alerts += 1
             self.alert_ids.add(event.alert_id)
         elif isinstance(event, OfficerDecision):
-            self.decisions[event.decision] += 1
+            self.final_decision[event.alert_id] = event.decision  # a revision replaces what it revises
             self.decided.add(event.alert_id)
         elif isinstance(event, DecisionRefused):
-            self.decisions_refused += 1
+            self.decisions_refused += event.count
         elif isinstance(event, WatchlistClose):
             self.closes.add((event.deployment, event.nonce))
         elif isinstance(event, WatchlistRefused):
@@ -275,7 +275,7 @@ def deployment_report(path: Path, unit_id: str | None = None) -> DeploymentRepor
         faces_seen=sum(tally.faces.values()),
         faces_seen_by_camera=dict(tally.faces),
         alerts=tally.alerts,
-        decisions={kind.value: tally.decisions[kind] for kind in DecisionKind},
+        decisions={kind.value: list(tally.final_decision.values()).count(kind) for kind in DecisionKind},
         decisions_refused=tally.decisions_refused,
         alerts_without_decision=len(tally.alert_ids - tally.decided),
         faults=tuple(tally.faults),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from importlib.metadata import EntryPoint, entry_points
 
 from lfr_contracts.camera import CameraConfig, CameraUnavailable, FrameSource
+from lfr_contracts.untrusted import excerpt
 
 ENTRY_POINT_GROUP = "lfr_edge.camera_sources"
 
@@ -23,7 +24,7 @@ def create_source(cfg: CameraConfig) -> FrameSource:
     entry = sources.get(cfg.source)
     if entry is None:
         known = ", ".join(sorted(sources)) or "none: is lfr-edge installed (pip install -e .)?"
-        raise CameraUnavailable(f"cameras[{cfg.name}].source {cfg.source!r} is unknown (known: {known})")
+        raise CameraUnavailable(f"cameras[{cfg.name}].source {excerpt(cfg.source)} is unknown (known: {known})")
     try:
         factory = entry.load()
     except ImportError as exc:

@@ -27,11 +27,15 @@ from lfr_contracts.camera import (
     SourceStats,
     frames_skipped,
     monotonic,
+    option,
     source_options,
 )
 from lfr_contracts.errors import ConfigError
 
-OPTIONS: dict[str, tuple[type, ...]] = {"timeout_ms": (int,), "argv": (list,)}
+OPTIONS = {
+    "timeout_ms": option(int, 1000, "longest wait for one frame before read() reports a stall", ge=1, le=600_000),
+    "argv": option(list, [], 'extra videoSource flags (strings), e.g. ["--input-flip=rotate-180"]'),
+}
 
 BUILD_HINT = (
     "build NVIDIA's jetson-inference on the Jetson (git clone --recursive "
@@ -62,8 +66,8 @@ class JetsonSource:
         self.name = cfg.name
         self.uri = cfg.uri or "csi://0"
         self.width, self.height, self.fps = cfg.width, cfg.height, cfg.fps
-        self.timeout_ms = int(options.get("timeout_ms", 1000))
-        extra = options.get("argv", [])
+        self.timeout_ms: int = options["timeout_ms"]
+        extra = options["argv"]
         if not all(isinstance(arg, str) for arg in extra):
             raise ConfigError(f"cameras[{cfg.name}].options.argv: expected a list of strings")
         self.argv = [

@@ -30,19 +30,20 @@ from lfr_contracts.camera import (
     SourceStats,
     frames_skipped,
     monotonic,
+    option,
     source_options,
 )
 from lfr_contracts.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-OPTIONS: dict[str, tuple[type, ...]] = {
-    "backend": (str,),
-    "reconnect_min_s": (int, float),
-    "reconnect_max_s": (int, float),
-    "reconnect_attempts": (int,),
-    "fourcc": (str,),
-    "buffer_size": (int,),
+OPTIONS = {
+    "backend": option(str, "", '"v4l2", "ffmpeg" or "gstreamer"; by default guessed from the uri'),
+    "reconnect_min_s": option((int, float), 0.5, "first wait before reconnecting, doubling", gt=0, le=3600),
+    "reconnect_max_s": option((int, float), 10.0, "longest wait between reconnects", gt=0, le=3600),
+    "reconnect_attempts": option(int, 10, "attempts before read() gives up (the daemon reopens later)", ge=1, le=1000),
+    "fourcc": option(str, "", 'V4L2 only: the pixel format to ask the camera for, e.g. "MJPG"'),
+    "buffer_size": option(int, 1, "frames OpenCV may queue; 1 keeps latency low", ge=1, le=64),
 }
 BACKENDS = ("v4l2", "ffmpeg", "gstreamer")
 
@@ -74,18 +75,18 @@ class OpenCVSource:
         self.name = cfg.name
         self.uri = cfg.uri
         self.width, self.height, self.fps = cfg.width, cfg.height, cfg.fps
-        self.backend: str = options.get("backend", guess_backend(cfg.uri))
+        self.backend: str = options["backend"] or guess_backend(cfg.uri)
         if self.backend not in BACKENDS:
             raise ConfigError(
                 f"cameras[{cfg.name}].options.backend: {self.backend!r} is not one of {', '.join(BACKENDS)}"
             )
-        self.reconnect_min_s = float(options.get("reconnect_min_s", 0.5))
-        self.reconnect_max_s = float(options.get("reconnect_max_s", 10.0))
-        self.reconnect_attempts = int(options.get("reconnect_attempts", 10))
-        if self.reconnect_min_s <= 0 or self.reconnect_max_s < self.reconnect_min_s:
-            raise ConfigError(f"cameras[{cfg.name}].options: need 0 < reconnect_min_s <= reconnect_max_s")
-        self.fourcc: str = options.get("fourcc", "")
-        self.buffer_size = int(options.get("buffer_size", 1))
+        self.reconnect_min_s = float(options["reconnect_min_s"])
+        self.reconnect_max_s = float(options["reconnect_max_s"])
+        self.reconnect_attempts: int = options["reconnect_attempts"]
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ConfigError(f"cameras[{cfg.name}].options: need reconnect_min_s <= reconnect_max_s")
+        self.fourcc: str = options["fourcc"]
+        self.buffer_size: int = options["buffer_size"]
         self.stats = SourceStats()
         self._stop = stop if stop is not None else threading.Event()
         self._cv2: Any = None

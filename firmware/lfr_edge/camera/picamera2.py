@@ -25,10 +25,14 @@ from lfr_contracts.camera import (
     SourceStats,
     frames_skipped,
     monotonic,
+    option,
     source_options,
 )
 
-OPTIONS: dict[str, tuple[type, ...]] = {"camera_num": (int,), "buffer_count": (int,)}
+OPTIONS = {
+    "camera_num": option(int, 0, "which camera module (rpicam-hello --list-cameras)", ge=0, le=15),
+    "buffer_count": option(int, 4, "libcamera buffers", ge=1, le=32),
+}
 
 INSTALL_HINT = (
     "Picamera2 is not installed: on Raspberry Pi OS run `sudo apt install python3-picamera2` "
@@ -63,8 +67,8 @@ class Picamera2Source:
         options = source_options(cfg.name, cfg.options, OPTIONS)
         self.name = cfg.name
         self.width, self.height, self.fps = cfg.width, cfg.height, cfg.fps
-        self.camera_num = int(options.get("camera_num", 0))
-        self.buffer_count = int(options.get("buffer_count", 4))
+        self.camera_num: int = options["camera_num"]
+        self.buffer_count: int = options["buffer_count"]
         self.stats = SourceStats()
         self._camera: Any = None
         self._model = ""

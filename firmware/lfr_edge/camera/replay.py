@@ -26,24 +26,29 @@ from lfr_contracts.camera import (
     Frame,
     SourceStats,
     monotonic,
+    option,
     source_options,
 )
+from lfr_contracts.settings import expand_path
 from lfr_edge.camera.opencv import import_cv2
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-OPTIONS: dict[str, tuple[type, ...]] = {"realtime": (bool,), "loop": (bool,)}
+OPTIONS = {
+    "realtime": option(bool, True, "pace frames at fps; false: as fast as read, with timestamps 1/fps apart"),
+    "loop": option(bool, False, "start again at the end instead of ending the stream"),
+}
 
 
 class ReplaySource:
     def __init__(self, cfg: CameraConfig) -> None:
         options = source_options(cfg.name, cfg.options, OPTIONS)
         self.name = cfg.name
-        self.path = Path(cfg.uri).expanduser()
+        self.path = expand_path(f"cameras[{cfg.name}].uri", cfg.uri)
         self.interval_s = 1.0 / cfg.fps
-        self.realtime: bool = options.get("realtime", True)
-        self.loop: bool = options.get("loop", False)
+        self.realtime: bool = options["realtime"]
+        self.loop: bool = options["loop"]
         self.stats = SourceStats()
         self.unreadable: list[Path] = []  # images skipped because they could not be decoded
         self._stop = threading.Event()

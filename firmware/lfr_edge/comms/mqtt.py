@@ -316,6 +316,8 @@ class UnitMqttClient:
     ) -> None:
         """Call `handler(topic, payload)` on this subscription's own thread for each message on `topic`, now
         and after every reconnect. Payloads over `max_bytes` are refused before they are copied."""
+        if "+" in topic or "#" in topic:
+            raise ValueError(f"subscribe {topic!r}: the unit subscribes to exact topics (messages are routed by name)")
         subscription = _Subscription(topic, handler, qos, max_bytes, overflow, queue.Queue(maxsize=queue_size))
         with self._lock:
             self._subscriptions[topic] = subscription
@@ -388,9 +390,8 @@ class UnitMqttClient:
             self._problem_logged_at = now
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        with self._lock:
-            matching = [s for s in self._subscriptions.values() if paho.topic_matches_sub(s.topic, message.topic)]
-        for subscription in matching:
+        subscription = self._subscriptions.get(message.topic)  # the unit subscribes to exact topics only
+        if subscription is not None:
             self._enqueue(subscription, message)
 
     def _enqueue(self, subscription: _Subscription, message: paho.MQTTMessage) -> None:

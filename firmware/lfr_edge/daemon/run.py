@@ -29,7 +29,8 @@ from lfr_contracts.alerts import MAX_DECISION_BYTES
 from lfr_contracts.audit_events import ConfigReloaded, FacesSeen, FaultComponent, Started, Stopped
 from lfr_contracts.camera import FrameSource
 from lfr_contracts.errors import ConfigError
-from lfr_contracts.telemetry import BeaconLink, CameraState, HeldWatchlist, Telemetry, encode_telemetry
+from lfr_contracts.receipts import MAX_RECEIPT_BYTES
+from lfr_contracts.telemetry import BeaconLink, CameraState, Telemetry, encode_telemetry
 from lfr_edge import keyfiles
 from lfr_edge.alerts.channel import AlertChannel, UnitState, show_state_on_all
 from lfr_edge.alerts.handset import HandsetChannel, load_handsets
@@ -39,6 +40,7 @@ from lfr_edge.camera import create_source
 from lfr_edge.comms.mqtt import Overflow, UnitMqttClient
 from lfr_edge.config import Config, load_config, require_cameras
 from lfr_edge.daemon.alerting import Alerter
+from lfr_edge.daemon.clock import WallClock
 from lfr_edge.daemon.frames import CaptureThread, FrameQueue
 from lfr_edge.daemon.memory_lock import lock_all_memory
 from lfr_edge.daemon.notify import Notifier, Watchdog
@@ -56,10 +58,12 @@ STOP_DEADLINE_S = 4.0  # everything in stop() shares this budget; systemd's Time
 
 @dataclass(frozen=True)
 class Health:
-    """What READY=1 waits for."""
+    """What READY=1 waits for: the unit can scan. The broker is not among them: a van whose network is down
+    at boot still scans and shows alerts on its beacon, queues them for the handsets, and says in STATUS=
+    why the broker cannot be reached; waiting for it instead would let systemd's start timeout restart the
+    unit until its start limit leaves it down for good, with nothing scanning when the network returns."""
 
     models: bool = False
-    broker: bool = False
     cameras: bool = False
 
 
@@ -103,6 +107,7 @@ class Daemon:
         log.info("models verified and loaded: %s (%s)", self.pipeline.model_id, cfg.inference.backend)
 
         self.mqtt = UnitMqttClient(cfg.unit.id, cfg.mqtt, model_id=self.pipeline.model_id, supervisor=self.supervisor)
+        self.wall_clock = WallClock(cfg.daemon.clock_sync_wait_s)
         self.sync = WatchlistSync(
             unit_id=cfg.unit.id,
             model_id=self.pipeline.model_id,
@@ -114,12 +119,13 @@ class Daemon:
             audit=self.audit,
             record=LifecycleFile(cfg.unit.state_dir / layout.LIFECYCLE_RECORD, cfg.unit.id, self.unit_signing),
             on_status=self.mqtt.set_watchlist_status,
+            clock_trusted=self.wall_clock.trusted,
             supervisor=self.supervisor,
         )
         self.mqtt.set_watchlist_status(self.sync.status())  # the first birth already says it
         self.handsets = HandsetChannel(
             self.mqtt,
-            self.mqtt.topics.alerts,
+            self.mqtt.topics,
             cfg.unit.id,
             self.unit_signing,
             self._paired_handsets,
@@ -137,6 +143,9 @@ class Daemon:
         )
         self.mqtt.subscribe(
             self.mqtt.topics.decisions, self.handsets.on_decision, max_bytes=MAX_DECISION_BYTES, queue_size=256
+        )
+        self.mqtt.subscribe(
+            self.mqtt.topics.alert_receipts, self.handsets.on_receipt, max_bytes=MAX_RECEIPT_BYTES, queue_size=256
         )
         self.mqtt.add_connect_listener(self._on_broker_connected)
 
@@ -173,11 +182,12 @@ class Daemon:
         return handsets
 
     def _on_broker_connected(self) -> None:
-        self.handsets.flush()
+        self.handsets.flush(resend_all=True)  # a broker that restarted may have lost what it queued
 
     def start(self) -> None:
         """Start every thread; READY=1 is sent from the main loop once the health checks pass."""
         self.mqtt.start()
+        self._show_unit_state()  # the beacon's first pattern already says whether a list is held
         if self.beacon is not None:
             self.beacon.start()
         for capture in self.captures:
@@ -214,6 +224,10 @@ class Daemon:
             elif time.monotonic() - last_status > 2.0:
                 last_status = time.monotonic()
                 self.notifier.status(self.status_line())
+                self.handsets.flush()  # re-send what no handset acknowledged
+                if self.wall_clock.step():  # NTP or a technician moved the wall clock: windows, again, now
+                    self.sync.check_expiry()
+                    self.sync.check_waiting()
             if ready:
                 self.faults.poll(time.monotonic(), self._current_problems)
             down = self.supervisor.down_reason()
@@ -225,22 +239,17 @@ class Daemon:
     def _show_unit_state(self) -> None:
         """The channels show what keeps the unit from scanning (a camera lost or stalled) while it lasts."""
         cameras = [p for p in self._current_problems() if p.component is FaultComponent.CAMERA]
-        state = UnitState(tuple(f"camera {p.source} {p.problem}" for p in cameras))
+        watchlist_active = self.sync.store is not None
+        state = UnitState(tuple(f"camera {p.source} {p.problem}" for p in cameras), watchlist_active)
         if state != self.unit_state:
             self.unit_state = state
             show_state_on_all(self.channels, state)
 
     def _check_ready(self) -> bool:
-        self.health = replace(
-            self.health,
-            broker=self.mqtt.connected.is_set(),
-            cameras=all(c.first_frame.is_set() for c in self.captures),
-        )
-        if not (self.health.models and self.health.broker and self.health.cameras):
+        self.health = replace(self.health, cameras=all(c.first_frame.is_set() for c in self.captures))
+        if not (self.health.models and self.health.cameras):
             waiting = [k for k, ok in vars(self.health).items() if not ok]
-            problem = self.mqtt.connection_problem()
-            reason = f" ({problem})" if problem and not self.health.broker else ""
-            self.notifier.status(f"starting: waiting for {', '.join(waiting)}{reason}")
+            self.notifier.status(f"starting: waiting for {', '.join(waiting)}; {self._broker_state()}")
             return False
         self.notifier.ready(self.status_line())
         if self.watchdog is not None:
@@ -252,17 +261,22 @@ class Daemon:
         broker = f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}"
         return current_problems(self.captures, self.beacon, self.cfg.beacon.port, self.mqtt.connected.is_set(), broker)
 
+    def _broker_state(self) -> str:
+        if self.mqtt.connected.is_set():
+            return "broker connected"
+        return self.mqtt.connection_problem() or f"broker {self.cfg.mqtt.host}:{self.cfg.mqtt.port}: connecting"
+
     def status_line(self) -> str:
         stats = self.worker.stats
+        broker = "" if self.mqtt.connected.is_set() else f"{self._broker_state()}; "
         return (
-            f"{stats.fps():.1f} fps, {stats.faces_seen} faces, watchlist {self.sync.status().summary()}, "
+            f"{broker}{stats.fps():.1f} fps, {stats.faces_seen} faces, watchlist {self.sync.status().summary()}, "
             f"{stats.alerts} alerts, dropped {self.queue.dropped}"
         )
 
     def telemetry(self) -> Telemetry:
         """Counts and timings only: no frame, crop or embedding is ever part of it."""
         stats = self.worker.stats
-        store = self.sync.store
         beacon = self.beacon.state() if self.beacon is not None else None
         return Telemetry(
             unit=self.cfg.unit.id,
@@ -280,13 +294,17 @@ class Daemon:
             dropped_frames=self.queue.dropped,
             queue_depth=self.queue.depth(),
             cpu_temp_c=cpu_temperature(),
-            watchlist=None if store is None else HeldWatchlist(store.version, store.size, store.valid_until),
+            watchlist=self.sync.status(),
             cameras={c.source.name: CameraState.STALLED if c.stalled else CameraState(c.state) for c in self.captures},
             camera_dropped={s.name: s.stats.dropped for s in self.sources},
             beacon=None if beacon is None else BeaconLink(beacon.connected, beacon.responsive, beacon.pattern_acked),
             alerts_outbox=dict(vars(self.handsets.stats)),
             threads=self.supervisor.health(),
             audit=self.audit.health(),
+            messages_dropped={
+                topic: stats.dropped_full + stats.dropped_oversize
+                for topic, stats in self.mqtt.subscription_stats().items()
+            },
         )
 
     def _telemetry_loop(self) -> None:
@@ -365,6 +383,7 @@ class Daemon:
         if self.beacon is not None:
             self.beacon.close(park=True, timeout_s=max(0.2, min(1.5, deadline - time.monotonic())))
         self._audit_faces_seen()
+        self.handsets.close()
         self.audit.append(Stopped(reason="signal", frames=self.worker.stats.frames))
         if self.mqtt.connected.is_set():
             self._publish_audit_head()

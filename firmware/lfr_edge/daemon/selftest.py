@@ -239,6 +239,30 @@ def _private_key_problem(path: Path) -> str | None:
     return None
 
 
+def check_watchlist(cfg: Config) -> Check:
+    """What the unit's lifecycle record says it held at its last stop, and whether the record can be trusted."""
+    from lfr_edge.watchlist.lifecycle import LifecycleError, LifecycleFile
+
+    path = cfg.unit.state_dir / layout.LIFECYCLE_RECORD
+    try:
+        key = keyfiles.load_ed25519_private(cfg.unit.keys_dir / layout.UNIT_ED25519_KEY)
+        state = LifecycleFile(path, cfg.unit.id, key).load()
+    except (crypto.KeyFileError, LifecycleError) as exc:
+        return Check("watchlist", "FAIL", str(exc))
+    held, refusal = state.held, state.last_refusal
+    if state.status == "active" and held is not None:
+        until = datetime.fromtimestamp(held.valid_until, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        detail = f"active at the last stop: {held.deployment} v{held.version}, {held.subjects} subjects, until {until}"
+    elif state.status == "refused" and refusal is not None:
+        detail = f"none: the last bundle was refused ({refusal.reason}: {refusal.detail[:120]})"
+    elif state.status in ("closed", "expired"):
+        detail = f"none: deployment {next(reversed(state.ended), '?')} {state.status}"
+    else:
+        detail = "none applied yet" if not path.exists() else "none"
+    ended = f"; {len(state.ended)} ended deployment(s) never to be applied again" if state.ended else ""
+    return Check("watchlist", "PASS", f"{detail}{ended} ({path})")
+
+
 def check_keys(cfg: Config) -> Iterator[Check]:
     keys = cfg.unit.keys_dir
     problems: list[str] = []
@@ -388,6 +412,7 @@ def run_checks(config_path: Path, opts: Options = Options()) -> list[Check]:
     rows += _guarded("beacon", lambda: check_beacon(cfg, opts))
     rows += _guarded("broker", lambda: check_broker(cfg, opts))
     rows += _guarded("keys", lambda: check_keys(cfg))
+    rows += _guarded("watchlist", lambda: check_watchlist(cfg))
     rows += _guarded("clock", check_clock)
     rows += _guarded("memory", lambda: check_memory(opts))
     rows += _guarded("disk", lambda: check_disk(cfg, opts))

@@ -9,6 +9,8 @@ subject within `cooldown_s` (several cameras, or a person turning back).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -47,21 +49,23 @@ class MatchDecision:
 
 @dataclass
 class Cooldowns:
-    """Last alert time per subject, shared by all cameras of the unit."""
+    """Last alert time per subject, shared by all cameras of the unit, on the monotonic clock: a step of the
+    wall clock (NTP at boot, a technician's `date`) neither silences a subject nor repeats its alert."""
 
     seconds: float
     last: dict[str, float] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
 
     def apply(self, cfg: MatchConfig) -> None:
         """A reloaded [match] section: the new cooldown counts from each subject's last alert."""
         self.seconds = cfg.cooldown_s
 
-    def ready(self, subject_id: str, now: float) -> bool:
+    def ready(self, subject_id: str) -> bool:
         last = self.last.get(subject_id)
-        return last is None or now - last >= self.seconds
+        return last is None or self.clock() - last >= self.seconds
 
-    def mark(self, subject_id: str, now: float) -> None:
-        self.last[subject_id] = now
+    def mark(self, subject_id: str) -> None:
+        self.last[subject_id] = self.clock()
 
 
 def evaluate(
@@ -91,10 +95,10 @@ def evaluate(
         count = int(rows.sum())
         if count < cfg.min_frames or subject_id in track.alerted_subjects:
             continue
-        if not cooldowns.ready(subject_id, now):
+        if not cooldowns.ready(subject_id):
             continue
         track.alerted_subjects.add(subject_id)
-        cooldowns.mark(subject_id, now)
+        cooldowns.mark(subject_id)
         decisions.append(
             MatchDecision(
                 track_id=track.id,

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from lfr_contracts import crypto
 from lfr_contracts.alerts import DECISIONS, Alert, Decision, DecisionKind, ProtocolError, decode_alert, encode_decision
+from lfr_contracts.receipts import AlertReceipt, DecisionAnswer, decode_answer, encode_receipt
 from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
 from lfr_edge.alerts.handset import handset_record
@@ -114,6 +115,7 @@ class HandsetClient:
         self.topics = Topics.for_unit(prefix, unit_id)
         self.alerts: queue.Queue[ReceivedAlert] = queue.Queue()
         self.refused: queue.Queue[str] = queue.Queue()
+        self.answers: queue.Queue[DecisionAnswer] = queue.Queue()
         self.seen: set[str] = set()
         self.duplicates = 0
         self.connected = threading.Event()
@@ -136,16 +138,30 @@ class HandsetClient:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def decide(self, alert_id: str, decision: DecisionKind) -> None:
+    def decide(self, alert_id: str, decision: DecisionKind, timeout: float = 10.0) -> DecisionAnswer:
+        """Send a signed decision and wait for the unit's answer (accepted, or refused with the reason);
+        TimeoutError when none comes: the decision may not have been recorded."""
         message = Decision(alert_id, self.unit_id, self.keys.handset_id, decision, time.time())
         info = self._client.publish(self.topics.decisions, encode_decision(message, self.keys.signing), qos=1)
-        info.wait_for_publish(10)
+        info.wait_for_publish(timeout)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                answer = self.answers.get(timeout=left)
+            except queue.Empty:
+                break
+            if answer.alert_id == alert_id and answer.decision == decision:
+                return answer
+        raise TimeoutError(f"unit {self.unit_id} did not answer the decision on {alert_id} within {timeout:g} s")
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if not reason.is_failure:
-            client.subscribe(self.topics.alerts, 1)
+            client.subscribe([(self.topics.alerts, 1), (self.topics.decision_answer_for(self.keys.handset_id), 1)])
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if message.topic != self.topics.alerts:
+            self._on_answer(bytes(message.payload))
+            return
         received_at = time.time()
         try:
             alert = decode_alert(bytes(message.payload), self.unit_id, self.unit_key, self.keys.sealing)
@@ -154,11 +170,19 @@ class HandsetClient:
             self.refused.put(str(exc))
             log.warning("alert refused: %s", exc)
             return
-        if alert.alert_id in self.seen:
+        receipt = AlertReceipt(self.unit_id, self.keys.handset_id, alert.alert_id, time.time())
+        self._client.publish(self.topics.alert_receipts, encode_receipt(receipt, self.keys.signing), qos=1)
+        if alert.alert_id in self.seen:  # the unit re-sends until a receipt arrives: show each alert once
             self.duplicates += 1
             return
         self.seen.add(alert.alert_id)
         self.alerts.put(ReceivedAlert(alert, received_at, decoded_at))
+
+    def _on_answer(self, payload: bytes) -> None:
+        try:
+            self.answers.put(decode_answer(payload, self.unit_key))
+        except ProtocolError as exc:
+            log.warning("answer refused: %s", exc)
 
 
 def _broker(value: str) -> tuple[str, int]:
@@ -230,11 +254,22 @@ def listen(args: argparse.Namespace) -> int:
 
 
 def decide(args: argparse.Namespace) -> int:
+    """Exit 0 when the unit accepted the decision, 1 when it refused it (the reason is printed), 3 when it did
+    not answer (the decision may not be recorded: try again)."""
     client = _client(args)
     client.start()
-    client.decide(args.alert_id, DecisionKind(args.decision))
-    client.stop()
-    print(f"decision {args.decision} on alert {args.alert_id} sent")
+    try:
+        answer = client.decide(args.alert_id, DecisionKind(args.decision), timeout=args.timeout)
+    except TimeoutError as exc:
+        print(f"lfr-handset decide: {exc}; the decision may not be recorded, send it again", file=sys.stderr)
+        return 3
+    finally:
+        client.stop()
+    if not answer.accepted:
+        print(f"lfr-handset decide: unit {answer.unit} refused the decision: {answer.reason}", file=sys.stderr)
+        return 1
+    change = f" (revision {answer.revision}: it replaces your earlier decision)" if answer.revision else ""
+    print(f"decision {args.decision} on alert {args.alert_id} accepted by unit {answer.unit}{change}")
     return 0
 
 
@@ -296,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("alert_id")
     p.add_argument("decision", choices=DECISIONS)
     _connection_args(p)
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the unit's answer")
     p.set_defaults(func=decide)
     p = sub.add_parser("pair", help="pair with a unit using the code its technician shows")
     p.add_argument("--code", required=True, help="the one-time code, e.g. 1234-5678")

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from lfr_contracts.pairing import MAX_MESSAGE_BYTES, HandsetPairing, PairedUnit, PairingError
+from lfr_contracts.pairing import HandsetPairing, PairedUnit, PairingError, loose_fields
 from lfr_contracts.topics import Topics
 from lfr_edge.comms.mqtt import WAIT_S, QueuedClient, connect_tls
 
@@ -112,8 +112,4 @@ def _next(mqtt: QueuedClient, topic: str, deadline: float, why: str) -> bytes:
 
 
 def _json(payload: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(payload) if len(payload) <= MAX_MESSAGE_BYTES else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        data = None
-    return data if isinstance(data, dict) else {}
+    return loose_fields(payload)
