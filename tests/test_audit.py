@@ -10,6 +10,7 @@ verifies, and the report names the lines whose fields changed instead of reading
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import stat
@@ -37,6 +38,7 @@ from lfr_contracts.audit_events import (
     FaultProblem,
     LogCreated,
     OfficerDecision,
+    RecordsLost,
     Started,
     Stopped,
     WatchlistApplied,
@@ -148,14 +150,23 @@ def test_a_cut_in_the_middle_of_the_file_is_detected(tmp_path: Path) -> None:
     assert not report.ok and report.bad_line is not None and 2 <= report.bad_line <= 5
 
 
-def test_broken_last_line_is_detected_and_blocks_resuming(tmp_path: Path) -> None:
+def test_an_incomplete_last_line_is_detected_then_cut_off_and_recorded_as_a_gap_on_resume(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    data = b"".join(write_log(path))
-    path.write_bytes(data[:-10])
+    lines = write_log(path)
+    cut = lines[-1][:-10]  # a write cut short (a power cut): no newline
+    path.write_bytes(b"".join(lines[:-1]) + cut)
     report = verify(path)
     assert not report.ok and report.bad_line == 6 and "incomplete" in report.problem
-    with pytest.raises(AuditChainError, match="incomplete"):
-        AuditLog.open(path, UNIT)
+    with AuditLog.open(path, UNIT) as log:  # the rest of the chain is intact: it goes on, not set aside
+        log.append(Stopped(reason="signal", frames=10))
+    report = verify(path)
+    assert report.ok and report.events == 7 and (report.gaps, report.lost) == (1, 1)
+    assert "1 gap(s) recorded, 1 record(s) lost" in report.summary()
+    gap = read_events(path)[5]
+    assert isinstance(gap, RecordsLost) and gap.lost_events == {"faces_seen": 1}
+    assert gap.cut_bytes == len(cut) and gap.cut_sha256 == hashlib.sha256(cut).hexdigest()
+    assert path.read_bytes().startswith(b"".join(lines[:-1]))
+    assert not list(tmp_path.glob("*.damaged-*"))
 
 
 def test_a_cut_tail_is_caught_by_the_published_head(tmp_path: Path) -> None:
@@ -175,7 +186,7 @@ def test_reopening_resumes_the_chain(tmp_path: Path) -> None:
     with AuditLog.open(path, UNIT) as log:
         assert log.head is not None and log.head.seq == 5
         head = log.append(Stopped(reason="signal", frames=10))
-    assert head.seq == 6
+    assert head is not None and head.seq == 6
     report = verify(path)
     assert report.ok and report.events == 7 and report.head == head
 
@@ -192,12 +203,16 @@ def test_resume_refuses_a_tail_that_does_not_chain(tmp_path: Path) -> None:
 
 def test_damaged_log_is_kept_aside_and_a_new_chain_names_it(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    data = b"".join(write_log(path))
-    path.write_bytes(data[:-10])
+    lines = write_log(path)
+    lines[-2] = lines[-2].replace(b'"count":2', b'"count":7')
+    data = b"".join(lines)
+    path.write_bytes(data)
+    with pytest.raises(AuditChainError, match="does not chain"):
+        AuditLog.open(path, UNIT)
     with AuditLog.open(path, UNIT, on_damage="rotate", clock=lambda: "2025-06-01T10:00:00.000Z") as log:
         log.append(Started(version="0.1.0", cameras=("cam0",)))
     kept = tmp_path / "audit.jsonl.damaged-2025-06-01T100000.000Z"
-    assert kept.read_bytes() == data[:-10]
+    assert kept.read_bytes() == data
     events = read_events(path)
     assert isinstance(events[0], LogCreated) and events[0].previous_log == kept.name
     assert events[0].previous_log_sha256 is not None and len(events[0].previous_log_sha256) == 64

@@ -18,7 +18,7 @@ from lfr_bench.report import write_results
 from lfr_contracts import beacon as bp
 from lfr_contracts.alerts import Alert
 from lfr_contracts.status import WatchlistStatus
-from lfr_contracts.telemetry import CameraState, Telemetry
+from lfr_contracts.telemetry import AuditHealth, CameraState, Telemetry, ThreadHealth
 from lfr_hwsim.beacon import SimulatedBeacon
 from lfr_tools.handset.cli import ReceivedAlert
 
@@ -66,6 +66,8 @@ def telemetry(t: float, frames: int, faces: int, dropped: int, camera_dropped: i
         camera_dropped={"cam0": camera_dropped},
         beacon=None,
         alerts_outbox={},
+        threads=ThreadHealth({}, ()),
+        audit=AuditHealth(True, 0, None),
     )
 
 

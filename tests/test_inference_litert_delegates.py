@@ -42,13 +42,17 @@ class FakeInterpreter:
         return [{"name": "output", "index": 1, "shape": np.array([1, 4, 4, 3]), "dtype": np.float32}]
 
     def set_tensor(self, index: int, value: np.ndarray) -> None:
-        self.tensors[index] = value
+        self.tensors[index] = np.array(value)  # the interpreter copies into its own buffer
 
     def invoke(self) -> None:
         self.tensors[1] = self.tensors[0] * 2
 
     def get_tensor(self, index: int) -> np.ndarray:
-        return self.tensors[index]
+        return np.array(self.tensors[index])
+
+    def tensor(self, index: int) -> Any:
+        """A function returning a view of the interpreter's own buffer (LiteRTModel zeroes it after run)."""
+        return lambda: self.tensors.setdefault(index, np.zeros((1, 4, 4, 3), np.float32))
 
 
 @pytest.fixture

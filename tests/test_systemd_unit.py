@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -76,11 +78,40 @@ def test_unit_has_the_contract_settings() -> None:
         "DevicePolicy=closed",
         "LimitCORE=0",
         "MemorySwapMax=0",
+        "LimitMEMLOCK=infinity",
+        "MemoryHigh=640M",
+        "MemoryMax=768M",
         "SystemCallFilter=@system-service",
         "ExecStart=/opt/lfr-edge/.venv/bin/lfr-edge run --config /etc/lfr-edge/config.toml",
     ):
         assert re.search(rf"^{re.escape(setting)}$", text, re.M), setting
     assert not re.search(r"^PrivateDevices=yes$", text, re.M)
+
+
+def memory_setting(text: str, key: str) -> float:
+    """MemoryHigh= / MemoryMax= of the unit in MiB (systemd's K, M, G are powers of 1024, as the benchmark's MB)."""
+    match = re.search(rf"^{key}=(\d+)([KMG])$", text, re.M)
+    assert match, f"{key}= with a K, M or G suffix"
+    return int(match[1]) * {"K": 1 / 1024, "M": 1, "G": 1024}[match[2]]
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_memory_max_keeps_the_margin_its_comment_gives_over_the_measured_peak(faces: Path) -> None:
+    """The figure the unit's comment cites, measured again as written there; MemoryMax stays above twice it."""
+    root = SYSTEMD.parent
+    text = (SYSTEMD / "lfr-edge.service").read_text()
+    assert "`python -m lfr_bench --quick 1 --parts memory`" in text
+    bench = subprocess.run(
+        [sys.executable, "-m", "lfr_bench", "--quick", "1", "--parts", "memory"],
+        cwd=root, capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert bench.returncode == 0, bench.stdout[-2000:] + bench.stderr[-2000:]
+    summary = json.loads((root / "bench-results" / "summary.json").read_text())["summary"]
+    steady, peak = summary["daemon_rss_steady_mb_10k"], summary["daemon_rss_peak_apply_mb_10k"]
+    assert steady is not None and peak is not None and steady < peak
+    high, limit = memory_setting(text, "MemoryHigh"), memory_setting(text, "MemoryMax")
+    assert high >= 1.5 * peak and limit >= 2.0 * peak and limit > high, (steady, peak, high, limit)
 
 
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers not installed")

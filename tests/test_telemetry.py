@@ -15,10 +15,12 @@ from lfr_contracts.beacon import Pattern
 from lfr_contracts.status import WatchlistStatus
 from lfr_contracts.telemetry import (
     MAX_TELEMETRY_BYTES,
+    AuditHealth,
     BeaconLink,
     CameraState,
     Telemetry,
     TelemetryError,
+    ThreadHealth,
     decode_telemetry,
     encode_telemetry,
 )
@@ -31,6 +33,7 @@ def message() -> Telemetry:
         stage_ms={"detect": 11.2}, dropped_frames=2, queue_depth=1, cpu_temp_c=None,
         watchlist=WatchlistStatus("active", "op-1", 7, 120, 1_800_003_600.0), cameras={"cam0": CameraState.STALLED},
         camera_dropped={"cam0": 1}, beacon=BeaconLink(True, False, Pattern.ALERT), alerts_outbox={"sent": 1},
+        threads=ThreadHealth({"watchlist-expiry": 2}, ("beacon",)), audit=AuditHealth(False, 3, 1_800_000_000.0),
     )  # fmt: skip
 
 
@@ -43,6 +46,8 @@ def test_a_message_decodes_to_what_was_encoded() -> None:
     assert decode_telemetry(encode_telemetry(message())) == message()
     assert body()["beacon"] == {"connected": True, "responsive": False, "pattern": "alert"}
     assert body()["cameras"] == {"cam0": "stalled"} and message().dropped_total == 3
+    assert body()["threads"] == {"failures": {"watchlist-expiry": 2}, "down": ["beacon"]}
+    assert body()["audit"] == {"writable": False, "lost": 3, "failing_since": 1_800_000_000.0}
 
 
 @pytest.mark.parametrize(
@@ -56,6 +61,9 @@ def test_a_message_decodes_to_what_was_encoded() -> None:
         (lambda b: b["watchlist"].pop("state"), "telemetry.watchlist.state: missing"),
         (lambda b: b["beacon"].update(pattern="disco"), "telemetry.beacon.pattern: 'disco' is not one of off"),
         (lambda b: b.update(stage_ms=[1, 2]), "telemetry.stage_ms: expected an object with string keys"),
+        (lambda b: b["threads"].update(down="beacon"), "telemetry.threads.down: expected a list, got str"),
+        (lambda b: b["audit"].pop("lost"), "telemetry.audit.lost: missing"),
+        (lambda b: b["audit"].update(writable=1), "telemetry.audit.writable: expected true or false, got int"),
         (
             lambda b: b.update(watchlist={"state": "refused", "reason": "wrong_unit"}, beacon=None, cpu_temp_c=51.5),
             None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from lfr_contracts import bundle
-from lfr_contracts.audit_events import AuditEvent, WatchlistApplied, WatchlistRefused, WatchlistWiped, WipeReason
+from lfr_contracts.audit_events import (
+    AuditEvent,
+    WatchlistApplied,
+    WatchlistRefused,
+    WatchlistRefusedRepeats,
+    WatchlistWiped,
+    WipeReason,
+)
 from lfr_edge.watchlist.lifecycle import LifecycleFile
 from lfr_edge.watchlist.store import WatchlistUnavailable
 from lfr_edge.watchlist.sync import WatchlistSync
@@ -293,3 +301,44 @@ def test_a_bundle_waits_while_the_clock_is_not_synchronised() -> None:
     assert h.sync.store is None and h.sync.status().reason == "clock_not_synchronised"
     h.clock_synchronised = True
     assert h.sync.check_waiting() and h.sync.store is not None
+
+
+def test_a_flood_of_refusals_writes_one_line_per_reason_and_interval_and_acks_each(
+    applied: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found: each refused message wrote an fsync'd audit line and a WARNING (a flood wore the SD card)."""
+    keys = applied.keys
+    wrong_unit = [make_bundle(keys, version=100 + i, unit_id="unit-b") for i in range(30)]
+    garbled = _flip(make_bundle(keys, version=6), -20)
+    before = len(applied.audit.events)
+    with caplog.at_level(logging.WARNING, logger="lfr_edge.watchlist.sync"):
+        for payload in wrong_unit:
+            applied.sync.handle_message("t", payload)
+        applied.sync.handle_message("t", garbled)
+        applied.clock.now += 30
+        applied.sync.flush_refusals()  # the interval has not ended: nothing more is written
+        written = applied.audit.events[before:]
+        assert [(type(e), e.reason) for e in written if isinstance(e, WatchlistRefused)] == [
+            (WatchlistRefused, "wrong_unit"), (WatchlistRefused, "garbled")
+        ]  # fmt: skip
+        assert len(written) == 2 and len(caplog.records) == 2
+        applied.clock.now += 31  # the interval has ended: the repeats, one line
+        applied.sync.flush_refusals()
+    repeats = applied.audit.events[before + 2 :]
+    assert len(repeats) == 1 and isinstance(repeats[0], WatchlistRefusedRepeats)
+    assert (repeats[0].reason, repeats[0].count, repeats[0].version) == ("wrong_unit", 29, 129)
+    assert repeats[0].since == bundle.iso(NOW) and repeats[0].until == bundle.iso(NOW)
+    assert len(caplog.records) == 3 and "refused 29 more message(s) (wrong_unit)" in caplog.records[-1].getMessage()
+    assert [a["status"] for a in applied.acks[-31:]] == ["refused"] * 31  # every message is still answered
+    assert applied.sync.status().state == "active"  # the held list is untouched
+    # After the interval, the next refusal is written in full again.
+    applied.sync.handle_message("t", wrong_unit[0])
+    assert isinstance(applied.audit.events[-1], WatchlistRefused)
+
+
+def test_refusals_still_counted_at_shutdown_are_written(applied: Harness) -> None:
+    for i in range(3):
+        applied.sync.handle_message("t", make_bundle(applied.keys, version=100 + i, unit_id="unit-b"))
+    applied.sync.shutdown()
+    names = [e.name for e in applied.audit.events]
+    assert names[-3:] == ["watchlist_refused", "watchlist_refused_repeats", "watchlist_wiped"]

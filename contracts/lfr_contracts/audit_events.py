@@ -69,6 +69,22 @@ class LogCreated(AuditEvent):
 
 
 @dataclass(frozen=True)
+class RecordsLost(AuditEvent):
+    """A gap in the log: records that could not be written (the file system was full or failing), counted
+    while it lasted and written, chained like any other line, as soon as writing works again. At start, an
+    incomplete last line (a write cut short by a power cut) is cut off and recorded here too."""
+
+    name: ClassVar[str] = "gap"
+    lost: int  # records that are not in the log
+    lost_events: dict[str, int]  # how many of each event
+    since: str  # ISO 8601 UTC: the first record lost (or when the cut tail was found)
+    until: str  # the last record lost
+    error: str  # why they could not be written, e.g. "No space left on device"
+    cut_bytes: int | None = None  # the incomplete last line that was cut off at start: its length
+    cut_sha256: str | None = None  # and its sha256
+
+
+@dataclass(frozen=True)
 class Started(AuditEvent):
     name: ClassVar[str] = "started"
     version: str
@@ -153,6 +169,20 @@ class WatchlistRefused(AuditEvent):
 
 
 @dataclass(frozen=True)
+class WatchlistRefusedRepeats(AuditEvent):
+    """Refusals of one reason within one interval after the first (which has its own watchlist_refused):
+    a flood of bad messages writes one line per reason and interval, not one per message."""
+
+    name: ClassVar[str] = "watchlist_refused_repeats"
+    reason: str
+    count: int
+    since: str  # ISO 8601 UTC: the first refusal counted here
+    until: str  # the last one
+    detail: str  # the last one's detail
+    version: int | None  # the version the last one claims, if it could be read
+
+
+@dataclass(frozen=True)
 class WatchlistClose(AuditEvent):
     """A signed close command for a deployment was accepted (a held list of it was wiped just before)."""
 
@@ -196,6 +226,7 @@ EVENTS: Mapping[str, type[AuditEvent]] = {
     cls.name: cls
     for cls in (
         LogCreated,
+        RecordsLost,
         Started,
         Stopped,
         ConfigReloaded,
@@ -205,6 +236,7 @@ EVENTS: Mapping[str, type[AuditEvent]] = {
         DecisionRefused,
         WatchlistApplied,
         WatchlistRefused,
+        WatchlistRefusedRepeats,
         WatchlistClose,
         WatchlistWiped,
         Fault,

@@ -39,6 +39,23 @@ class BeaconLink:
 
 
 @dataclass(frozen=True)
+class ThreadHealth:
+    """The daemon's supervised threads (lfr_edge.daemon.supervise)."""
+
+    failures: dict[str, int]  # unexpected exceptions per thread since start (threads that had none are left out)
+    down: tuple[str, ...]  # threads that could not recover: the unit stops petting systemd's watchdog
+
+
+@dataclass(frozen=True)
+class AuditHealth:
+    """Whether the audit log is being written (lfr_edge.audit.log): a full disk is a fault, not a crash."""
+
+    writable: bool  # False from a failed write until writing works again
+    lost: int  # records that could not be written since start (each gap record in the log counts its own)
+    failing_since: float | None  # epoch seconds of the first failed write of the current episode
+
+
+@dataclass(frozen=True)
 class Telemetry:
     unit: str
     time: float  # epoch seconds at the unit
@@ -60,6 +77,8 @@ class Telemetry:
     camera_dropped: dict[str, int]  # by each camera source
     beacon: BeaconLink | None  # None when the unit has no beacon
     alerts_outbox: dict[str, int]  # the handset channel's counters
+    threads: ThreadHealth
+    audit: AuditHealth
     messages_dropped: dict[str, int] = field(default_factory=dict)  # per subscribed topic: oversize or queue full
 
     @property

@@ -5,6 +5,8 @@ The frame pipeline must never wait on a serial line, so the pipeline only sets t
 commands, waits for their ACK, retries, keeps the beacon's watchdog fed with heartbeats, and when the
 port fails (the beacon is unplugged) reopens it with capped backoff and replays the wanted state.
 Garbage from the line is skipped and counted; it is logged once per burst, never once per byte.
+The thread is supervised (lfr_edge.daemon.supervise): an unexpected error closes the port, is counted and
+logged once, and the thread starts again after a backoff; one that keeps failing is down.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from lfr_contracts.beacon import BadChecksum, DeviceState, Frame, Pattern, Reply
 from lfr_contracts.errors import ConfigError
 from lfr_edge.alerts.channel import UnitState
 from lfr_edge.config import BeaconConfig
+from lfr_edge.daemon.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,9 @@ _COUNTERS = (
 class BeaconDriver:
     """Drives one roof beacon; every public method returns at once (except selftest and close)."""
 
-    def __init__(self, cfg: BeaconConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, cfg: BeaconConfig, clock: Callable[[], float] = time.monotonic, supervisor: Supervisor | None = None
+    ) -> None:
         if cfg.protocol != "lfr":
             raise ConfigError(f"beacon.protocol: {cfg.protocol!r} has no driver yet (only 'lfr')")
         self._cfg = cfg
@@ -116,7 +121,9 @@ class BeaconDriver:
         self._garbage_burst = 0
         self._watchdog_armed = False
         self._silence_logged = False
-        self._thread = threading.Thread(target=self._run, name="beacon", daemon=True)
+        self._closing = threading.Event()  # ends a supervised restart's backoff
+        run = (supervisor or Supervisor()).supervised("beacon", self._drive, stop=self._closing)
+        self._thread = threading.Thread(target=run, name="beacon", daemon=True)
 
     # ---- pipeline side: never blocks on the port ----
 
@@ -160,6 +167,7 @@ class BeaconDriver:
     def close(self, park: bool = True, timeout_s: float | None = None) -> None:
         """Stop the thread. park=True first sets idle and switches the beacon's watchdog off, so a
         deliberate stop (SIGTERM) is not shown as a fault; park=False stops as a crash would."""
+        self._closing.set()
         with self._cond:
             self._stopping, self._park = True, park
             if park:
@@ -203,6 +211,14 @@ class BeaconDriver:
 
     # ---- the thread ----
 
+    def _drive(self) -> None:
+        """The thread's loop; an unexpected error loses the port (and goes to the supervisor)."""
+        try:
+            self._run()
+        except Exception:
+            self._lose_port("unexpected error")
+            raise
+
     def _run(self) -> None:
         backoff = self._cfg.reconnect_min_s
         try:
@@ -227,9 +243,6 @@ class BeaconDriver:
                     self._step()
                 except (serial.SerialException, OSError) as exc:
                     self._lose_port(f"serial port error ({exc})")
-                except Exception:  # a bug must not take the beacon down for the whole deployment
-                    log.exception("beacon: unexpected error; reopening the port")
-                    self._lose_port("unexpected error")
         finally:
             self._close_port()
 

@@ -15,18 +15,26 @@ The deployment report (lfr_edge.audit.report) reads the lines back through the s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import threading
+import time as _time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from lfr_contracts.audit_events import LINE_FIELDS, AuditEvent, AuditEventError, LogCreated, check_event
+from lfr_contracts.audit_events import LINE_FIELDS, AuditEvent, AuditEventError, LogCreated, RecordsLost, check_event
+from lfr_contracts.telemetry import AuditHealth
+
+log = logging.getLogger(__name__)
 
 ZERO_HASH = "0" * 64
 MAX_LINE_BYTES = 16 * 1024
@@ -106,22 +114,35 @@ class Head:
     hash: str
 
 
-def _read_tail(path: Path) -> tuple[bytes, int]:
-    """The last bytes of the file (enough for two full lines) and where they start."""
+@dataclasses.dataclass(frozen=True)
+class _Resume:
+    """Where an existing log's chain goes on: its head, the bytes of whole lines, an incomplete tail."""
+
+    head: Head | None
+    size: int  # the file is cut back to this many bytes (whole, chained lines)
+    cut: bytes  # an incomplete last line (no newline: a write cut short by a crash or a power cut)
+
+
+def _resume_point(path: Path) -> _Resume:
+    """Check the last whole line is well formed and chained to the line before it; find a cut tail."""
     with path.open("rb") as f:
         size = f.seek(0, os.SEEK_END)
         start = max(0, size - _TAIL_WINDOW)
         f.seek(start)
-        return f.read(), start
+        data = f.read()
+    whole = data.rfind(b"\n") + 1  # 0 when no line in the window ends
+    cut = data[whole:]
+    if len(cut) >= MAX_LINE_BYTES:
+        raise AuditChainError(f"{path}: the last {len(cut)} bytes are not a line (no newline)")
+    if whole == 0 and start > 0:
+        raise AuditChainError(f"{path}: cannot find the end of the last whole line")
+    return _Resume(_check_tail(path, data[:whole], start), start + whole, cut)
 
 
-def _check_tail(path: Path) -> Head | None:
-    """Verify the last line is whole, well formed and chained to the line before it."""
-    data, start = _read_tail(path)
+def _check_tail(path: Path, data: bytes, start: int) -> Head | None:
+    """The head of the whole lines in `data` (the file's last bytes, from offset `start`)."""
     if not data:
         return None
-    if not data.endswith(b"\n"):
-        raise AuditChainError(f"{path}: the last line is incomplete (no newline: a write was cut short)")
     lines = data.split(b"\n")[:-1]
     if start > 0:
         lines = lines[1:]  # the first piece may be the end of a longer line
@@ -154,16 +175,56 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     return record
 
 
-class AuditLog:
-    """Appends hash-chained events to one file; thread-safe; fsyncs every event."""
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written; a short write is followed by the error that explains it."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.EIO, "the audit log accepted no bytes")
+        view = view[written:]
 
-    def __init__(self, path: Path, fd: int, head: Head | None, genesis: str, clock: Callable[[], str]) -> None:
+
+@dataclasses.dataclass
+class _Gap:
+    """Records lost during the current failure episode (written as one `gap` record once writing works)."""
+
+    since: str
+    until: str
+    error: str
+    lost: Counter[str] = dataclasses.field(default_factory=Counter)
+    failing_since: float = 0.0  # epoch seconds, for telemetry
+
+
+class AuditLog:
+    """Appends hash-chained events to one file; thread-safe; fsyncs every event.
+
+    A write that fails (a full disk, an I/O error) is cut back, so the file only ever holds whole, chained
+    lines, and the head moves only once a line is written and fsynced. The record is then lost, counted, and
+    the failure is logged once per episode (never to this log). Each later append, and `retry()`, tries
+    again: the first line written afterwards is a `gap` record naming how many records of which events
+    were lost and when, so the chain verifies across it.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        fd: int,
+        resume: _Resume,
+        genesis: str,
+        clock: Callable[[], str],
+        first: tuple[AuditEvent, ...] = (),
+    ) -> None:
         self.path = path
         self._fd = fd
-        self._head = head
+        self._head = resume.head
+        self._size = resume.size  # whole, chained lines: the file is cut back to this before every write
         self._genesis = genesis
         self._clock = clock
         self._lock = threading.Lock()
+        self._first = list(first)  # written before anything else: a new log's first line, a cut tail's gap
+        self._gap: _Gap | None = None
+        self._lost_total = 0
 
     @classmethod
     def open(
@@ -175,39 +236,54 @@ class AuditLog:
     ) -> AuditLog:
         """Open (or create) the log and resume its chain after checking the last line.
 
-        A damaged tail raises AuditChainError, or with on_damage="rotate" the damaged file is kept
-        aside as `<name>.damaged-<time>` and a new chain starts whose first event names it and its hash.
+        An incomplete last line (a write cut short by a crash) is cut off, and the next line written is a
+        `gap` record naming its length and sha256. Any other damage to the tail raises AuditChainError, or
+        with on_damage="rotate" the damaged file is kept aside as `<name>.damaged-<time>` and a new chain
+        starts whose first event names it and its hash. Opening never needs free space: on a full disk the
+        first lines wait until writing works.
         """
         damaged: Path | None = None
-        head: Head | None = None
+        resume = _Resume(None, 0, b"")
         if path.exists():
             try:
-                head = _check_tail(path)
+                resume = _resume_point(path)
             except AuditChainError:
                 if on_damage == "raise":
                     raise
                 damaged = path.with_name(f"{path.name}.damaged-{clock().replace(':', '')}")
                 os.rename(path, damaged)
-                head = None
-        created = head is None
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        if created:
+        first: list[AuditEvent] = []
+        if resume.head is None:
             os.fchmod(fd, FILE_MODE)  # the service's UMask=0077 would otherwise make it 0600
-        log = cls(path, fd, head, genesis_hash(unit_id), clock)
-        if created:
             if damaged is None:
-                log.append(LogCreated(unit=unit_id))
+                first.append(LogCreated(unit=unit_id))
             else:
                 digest = hashlib.sha256(damaged.read_bytes()).hexdigest()
-                log.append(LogCreated(unit=unit_id, previous_log=damaged.name, previous_log_sha256=digest))
-        return log
+                first.append(LogCreated(unit=unit_id, previous_log=damaged.name, previous_log_sha256=digest))
+        if resume.cut:
+            first.append(_cut_tail_gap(resume.cut, clock()))
+            log.warning(
+                "audit: %s ended in an incomplete line of %d bytes; cut off and recorded", path, len(resume.cut)
+            )
+        audit = cls(path, fd, resume, genesis_hash(unit_id), clock, tuple(first))
+        with audit._lock:
+            audit._write_pending(audit._clock())
+        return audit
 
     @property
     def head(self) -> Head | None:
         return self._head
 
-    def append(self, event: AuditEvent) -> Head:
-        """Write one event and fsync it; returns the new head. Refuses biometric-looking or mistyped fields."""
+    def health(self) -> AuditHealth:
+        """Whether writing works, and how many records were lost since start (for telemetry)."""
+        with self._lock:
+            gap = self._gap
+            return AuditHealth(gap is None, self._lost_total, None if gap is None else gap.failing_since)
+
+    def append(self, event: AuditEvent) -> Head | None:
+        """Write one event and fsync it; the new head, or None when it could not be written (a reported fault,
+        counted in the next gap record). Refuses biometric-looking or mistyped fields with AuditError."""
         name, fields = event.name, event.to_fields()
         for key, value in fields.items():
             if key in LINE_FIELDS:
@@ -220,20 +296,32 @@ class AuditLog:
         with self._lock:
             if self._fd < 0:
                 raise AuditError(f"{self.path}: the audit log is closed")
-            seq = 0 if self._head is None else self._head.seq + 1
-            prev = self._genesis if self._head is None else self._head.hash
-            record = {"seq": seq, "time": self._clock(), "event": name, **fields, "prev": prev}
-            line = json.dumps(record, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
-            if len(line) >= MAX_LINE_BYTES:
-                raise AuditError(f"audit event {name}: {len(line)} bytes is over the {MAX_LINE_BYTES} limit")
-            os.write(self._fd, line + b"\n")
-            os.fsync(self._fd)
-            self._head = Head(seq=seq, hash=line_hash(line))
-            return self._head
+            time = self._clock()
+            size = len(self._line(name, fields, time))
+            if size >= MAX_LINE_BYTES:
+                raise AuditError(f"audit event {name}: {size} bytes is over the {MAX_LINE_BYTES} limit")
+            if not self._write_pending(time):
+                self._lose(name, time)
+                return None
+            try:
+                return self._write(name, fields, time)
+            except OSError as exc:
+                self._failed(exc, time)
+                self._lose(name, time)
+                return None
+
+    def retry(self) -> bool:
+        """Write what waits (the gap record) if writing works again; True when nothing waits."""
+        with self._lock:
+            if not self._first and self._gap is None:
+                return True
+            return self._fd >= 0 and self._write_pending(self._clock())
 
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
+                if self._first or self._gap is not None:
+                    self._write_pending(self._clock())
                 os.close(self._fd)
                 self._fd = -1
 
@@ -243,6 +331,88 @@ class AuditLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # under the lock -----------------------------------------------------------------------------------
+
+    def _line(self, name: str, fields: dict[str, Any], time: str) -> bytes:
+        seq = 0 if self._head is None else self._head.seq + 1
+        prev = self._genesis if self._head is None else self._head.hash
+        record = {"seq": seq, "time": time, "event": name, **fields, "prev": prev}
+        return json.dumps(record, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+    def _write(self, name: str, fields: dict[str, Any], time: str) -> Head:
+        """Append one line and fsync; on any error cut the file back to its whole lines and raise."""
+        line = self._line(name, fields, time)
+        start = self._size
+        if os.fstat(self._fd).st_size != start:
+            os.ftruncate(self._fd, start)  # what an earlier failed write may have left
+        try:
+            _write_all(self._fd, line + b"\n")
+            os.fsync(self._fd)
+        except OSError:
+            with contextlib.suppress(OSError):  # if this fails too, the next write cuts it back first
+                os.ftruncate(self._fd, start)
+            raise
+        self._size = start + len(line) + 1
+        self._head = Head(seq=0 if self._head is None else self._head.seq + 1, hash=line_hash(line))
+        return self._head
+
+    def _write_pending(self, time: str) -> bool:
+        """Write the first lines and the gap record that wait; True when nothing waits any more."""
+        try:
+            while self._first:
+                event = self._first[0]
+                self._write(event.name, event.to_fields(), time)
+                self._first.pop(0)
+            gap = self._gap
+            if gap is not None:
+                event = RecordsLost(sum(gap.lost.values()), dict(gap.lost), gap.since, gap.until, gap.error)
+                self._write(event.name, event.to_fields(), time)
+                self._gap = None
+                log.warning(
+                    "audit: writing %s again; %d record(s) lost since %s are recorded as a gap",
+                    self.path, event.lost, gap.since,
+                )  # fmt: skip
+        except OSError as exc:
+            self._failed(exc, time)
+            return False
+        return True
+
+    def _failed(self, exc: OSError, time: str) -> None:
+        """A write failed: the first of an episode is logged (once; never to this log)."""
+        if self._gap is None:
+            self._gap = _Gap(since=time, until=time, error=exc.strerror or str(exc), failing_since=wall_time())
+            log.error(
+                "audit: cannot write %s (%s); records are counted and a gap record is written once writing "
+                "works again (free space on the state directory's file system)",
+                self.path, exc.strerror or exc,
+            )  # fmt: skip
+
+    def _lose(self, name: str, time: str) -> None:
+        gap = self._gap
+        assert gap is not None  # _failed ran first
+        gap.lost[name] += 1
+        gap.until = time
+        self._lost_total += 1
+
+
+def _cut_tail_gap(cut: bytes, time: str) -> RecordsLost:
+    """The gap record of an incomplete last line found at start (one record cut short)."""
+    match = re.search(rb'"event":"([a-z][a-z0-9_.]{0,63})"', cut)
+    lost_events = {match.group(1).decode(): 1} if match else {}
+    return RecordsLost(
+        lost=1,
+        lost_events=lost_events,
+        since=time,
+        until=time,
+        error="the last line was incomplete at start (a write cut short); it was cut off",
+        cut_bytes=len(cut),
+        cut_sha256=hashlib.sha256(cut).hexdigest(),
+    )
+
+
+def wall_time() -> float:
+    return _time.time()
+
 
 @dataclasses.dataclass(frozen=True)
 class VerifyReport:
@@ -251,11 +421,14 @@ class VerifyReport:
     head: Head | None
     bad_line: int | None = None  # 1-based line number of the first line where the chain breaks
     problem: str = ""
+    gaps: int = 0  # `gap` records in the verified part: the unit could not write for a while
+    lost: int = 0  # the records they say were lost
 
     def summary(self) -> str:
+        gaps = f"; {self.gaps} gap(s) recorded, {self.lost} record(s) lost" if self.gaps else ""
         if self.ok:
-            return f"chain intact: {self.events} events"
-        return f"chain broken at line {self.bad_line}: {self.problem}"
+            return f"chain intact: {self.events} events{gaps}"
+        return f"chain broken at line {self.bad_line}: {self.problem}{gaps}"
 
 
 def _records(path: Path) -> Iterator[tuple[int, bytes, bool]]:
@@ -301,18 +474,20 @@ def read_verified(
 
 def _chain_report(good: list[tuple[dict[str, Any], str]], bad: _Bad | None, expected_head: Head | None) -> VerifyReport:
     head = Head(seq=good[-1][0]["seq"], hash=good[-1][1]) if good else None
+    gaps = [record for record, _ in good if record["event"] == RecordsLost.name]
+    lost = sum(g["lost"] for g in gaps if isinstance(g.get("lost"), int))
     if bad is not None:
-        return VerifyReport(False, len(good), head, bad.line, bad.problem)
+        return VerifyReport(False, len(good), head, bad.line, bad.problem, len(gaps), lost)
     if expected_head is not None:
         hashes = {record["seq"]: digest for record, digest in good}
         if expected_head.seq not in hashes:
             have = -1 if head is None else head.seq
             problem = f"ends at seq {have}, the published head is seq {expected_head.seq}"
-            return VerifyReport(False, len(good), head, len(good) + 1, problem)
+            return VerifyReport(False, len(good), head, len(good) + 1, problem, len(gaps), lost)
         if hashes[expected_head.seq] != expected_head.hash:
             problem = f"line {expected_head.seq + 1} differs from the published head"
-            return VerifyReport(False, len(good), head, expected_head.seq + 1, problem)
-    return VerifyReport(True, len(good), head)
+            return VerifyReport(False, len(good), head, expected_head.seq + 1, problem, len(gaps), lost)
+    return VerifyReport(True, len(good), head, gaps=len(gaps), lost=lost)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,9 +26,11 @@ from lfr_contracts.audit_events import (
     FaultCleared,
     LogCreated,
     OfficerDecision,
+    RecordsLost,
     WatchlistApplied,
     WatchlistClose,
     WatchlistRefused,
+    WatchlistRefusedRepeats,
     WatchlistWiped,
     WipeReason,
     decode_event,
@@ -61,6 +63,18 @@ class FaultEpisode:
 
 
 @dataclass(frozen=True)
+class Gap:
+    """A stretch in which the unit could not write its log (a full disk): what was lost, and when."""
+
+    time: str  # when the gap record was written (writing worked again)
+    lost: int
+    lost_events: dict[str, int]
+    since: str
+    until: str
+    error: str
+
+
+@dataclass(frozen=True)
 class DeploymentReport:
     chain: VerifyReport
     unreadable: tuple[str, ...]  # "line N: what is wrong", for lines that do not decode as their event
@@ -83,6 +97,7 @@ class DeploymentReport:
     decisions_refused: int
     alerts_without_decision: int
     faults: tuple[FaultEpisode, ...]
+    gaps: tuple[Gap, ...]  # the figures above do not count what these lost
 
     @property
     def ok(self) -> bool:
@@ -125,6 +140,11 @@ class DeploymentReport:
         for f in self.faults:
             lasted = "not cleared" if f.lasted_s is None else f"cleared after {f.lasted_s:.1f} s"
             lines.append(f"  {f.time}  {f.component} {f.source} {f.problem}: {f.detail} ({lasted})")
+        lost = sum(g.lost for g in self.gaps)
+        lines.append(f"gaps:               {len(self.gaps)}" + (f" ({lost} records lost)" if self.gaps else ""))
+        for g in self.gaps:
+            what = ", ".join(f"{k} {v}" for k, v in sorted(g.lost_events.items())) or "unknown events"
+            lines.append(f"  {g.since} .. {g.until}: {g.lost} lost ({what}): {g.error}")
         lines.append("events by type:     " + ", ".join(f"{k} {v}" for k, v in sorted(self.events_by_type.items())))
         return "\n".join(lines)
 
@@ -145,6 +165,7 @@ class _Tally:
     wipes: Counter[WipeReason] = dataclasses.field(default_factory=Counter)
     refused: Counter[str] = dataclasses.field(default_factory=Counter)
     faults: list[FaultEpisode] = dataclasses.field(default_factory=list)
+    gaps: list[Gap] = dataclasses.field(default_factory=list)
 
     def add(self, time: str, event: AuditEvent) -> None:
         if isinstance(event, LogCreated) and event.unit not in self.units:
@@ -163,6 +184,11 @@ class _Tally:
             self.closes.add((event.deployment, event.nonce))
         elif isinstance(event, WatchlistRefused):
             self.refused[event.reason] += 1
+        elif isinstance(event, WatchlistRefusedRepeats):
+            self.refused[event.reason] += event.count
+        elif isinstance(event, RecordsLost):
+            self.gaps.append(Gap(time, event.lost, event.lost_events, event.since, event.until, event.error))
+            self._end_lost_in_gap(event)
         else:
             self._add_watchlist_or_fault(time, event)
 
@@ -191,6 +217,14 @@ class _Tally:
                 ) and episode.lasted_s is None:
                     episode.lasted_s = event.lasted_s
                     break
+
+    def _end_lost_in_gap(self, gap: RecordsLost) -> None:
+        """Held lists whose wipe was among the lost records ended within the gap (the latest first)."""
+        for _ in range(gap.lost_events.get(WatchlistWiped.name, 0)):
+            period = next((p for p in reversed(self.periods) if p.ended_at is None), None)
+            if period is None:
+                return
+            period.ended_at, period.ended_by = gap.until, f"not recorded: lost in the gap from {gap.since}"
 
     def _end(self, deployment: str, version: int, time: str, how: str, any_deployment: bool = False) -> None:
         """Close the open period of that version (a replacement may come from another deployment)."""
@@ -245,6 +279,7 @@ def deployment_report(path: Path, unit_id: str | None = None) -> DeploymentRepor
         decisions_refused=tally.decisions_refused,
         alerts_without_decision=len(tally.alert_ids - tally.decided),
         faults=tuple(tally.faults),
+        gaps=tuple(tally.gaps),
     )
 
 

@@ -10,6 +10,9 @@ Each subscription has its own bounded queue and its own dispatcher thread, never
 a slow handler (applying a watchlist) cannot stall keep-alives, and a flood on one topic (junk decisions)
 cannot starve another (the command centre's close). A payload over the subscription's size limit is
 refused before it is copied. What a subscription drops is counted and logged once per interval.
+These threads are supervised (lfr_edge.daemon.supervise): a handler that raises is counted and logged
+once, and the dispatcher goes on with the next message; paho's own network thread is caught by the
+daemon's thread hook.
 
 An unreachable broker is loud: every failed attempt is recorded with its reason (`connection_problem`),
 the first logged at once and the rest summarised at most every `PROBLEM_LOG_INTERVAL_S`.
@@ -39,6 +42,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from lfr_contracts.status import UnitState, UnitStatus, WatchlistStatus, now_iso
 from lfr_contracts.topics import Topics
 from lfr_edge.config import MqttConfig
+from lfr_edge.daemon.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +223,11 @@ class QueuedClient:
 class UnitMqttClient:
     """One unit's connection to the broker. `start()` returns at once; `connected` is set when up."""
 
-    def __init__(self, unit_id: str, cfg: MqttConfig, *, model_id: str | None = None) -> None:
+    def __init__(
+        self, unit_id: str, cfg: MqttConfig, *, model_id: str | None = None, supervisor: Supervisor | None = None
+    ) -> None:
         self.unit_id = unit_id
+        self._supervisor = supervisor or Supervisor()
         self.cfg = cfg
         self.topics = Topics.for_unit(cfg.topic_prefix, unit_id)
         self.client_id = f"{unit_id}-{secrets.token_hex(4)}"
@@ -254,10 +261,7 @@ class UnitMqttClient:
         """Connect in the background; reconnects with capped exponential backoff until `stop()`."""
         log.info("mqtt: connecting to %s:%s as %s", self.cfg.host, self.cfg.port, self.client_id)
         self._started = True
-        self._dispatcher = threading.Thread(
-            target=self._run_listeners, name=f"mqtt-connect-{self.unit_id}", daemon=True
-        )
-        self._dispatcher.start()
+        self._dispatcher = self._supervisor.start(f"mqtt-connect-{self.unit_id}", self._run_listeners)
         with self._lock:
             for subscription in self._subscriptions.values():
                 self._start_thread(subscription)
@@ -407,8 +411,7 @@ class UnitMqttClient:
 
     def _start_thread(self, subscription: _Subscription) -> None:
         name = f"mqtt-{subscription.topic.rsplit('/', 1)[-1]}"
-        subscription.thread = threading.Thread(target=self._dispatch, args=(subscription,), name=name, daemon=True)
-        subscription.thread.start()
+        subscription.thread = self._supervisor.start(name, lambda: self._dispatch(subscription))
 
     def _run_listeners(self) -> None:
         while self._events.get():
@@ -417,8 +420,8 @@ class UnitMqttClient:
             for listener in listeners:
                 try:
                     listener()
-                except Exception:
-                    log.exception("mqtt: connect listener failed")
+                except Exception as exc:
+                    self._supervisor.caught(threading.current_thread().name, exc)
 
     def _dispatch(self, subscription: _Subscription) -> None:
         while (item := subscription.inbox.get()) is not None:
@@ -426,9 +429,9 @@ class UnitMqttClient:
             try:
                 subscription.handler(topic, payload)
                 subscription.stats.delivered += 1
-            except Exception:
+            except Exception as exc:  # the next message is handled all the same
                 subscription.stats.handler_errors += 1
-                log.exception("mqtt: handler for %s failed", topic)
+                self._supervisor.caught(threading.current_thread().name, exc)
             # Drop the payload now: the next get() may block for hours, and a watchlist bundle is large.
             del item, payload
 

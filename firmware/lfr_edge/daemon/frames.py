@@ -2,6 +2,10 @@
 
 When the pipeline falls behind, the oldest frames are dropped and counted: a live camera's newest frame is
 worth more than an old one, and nothing is ever buffered without bound.
+
+A capture thread handles a camera's own errors (CameraError: reopen with backoff). Anything else (a bug in a
+camera source) is the supervisor's (lfr_edge.daemon.supervise): counted, logged once, the camera closed
+and opened again; a camera that keeps failing takes its thread down and the unit is restarted.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import time
 from collections import deque
 
 from lfr_contracts.camera import CameraError, EndOfStream, Frame, FrameSource
+from lfr_edge.daemon.supervise import Supervisor, describe
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +70,10 @@ class CaptureThread(threading.Thread):
         stop: threading.Event,
         max_backoff_s: float = 5.0,
         stall_after_s: float = 2.0,
+        supervisor: Supervisor | None = None,
     ):
         super().__init__(name=f"capture-{source.name}", daemon=True)
+        self._supervisor = supervisor or Supervisor()
         self.source = source
         self.queue = queue
         self.stop_event = stop
@@ -80,6 +87,14 @@ class CaptureThread(threading.Thread):
         self._stall_lock = threading.Lock()
 
     def run(self) -> None:
+        self._supervisor.supervised(self.name, self._capture, stop=self.stop_event)()
+        self._close_quietly()
+        if self.stop_event.is_set() and self.state != "ended":
+            self.state = "stopped"
+        # Otherwise it ended, or is down for good: still "reconnecting" with its last error, a camera fault.
+
+    def _capture(self) -> None:
+        """Read frames until stopped or the stream ends; an unexpected error closes the camera and is raised."""
         backoff = 0.2
         opened = False
         while not self.stop_event.is_set():
@@ -101,15 +116,16 @@ class CaptureThread(threading.Thread):
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
                 continue
+            except Exception as exc:
+                self.state, self.last_error = "reconnecting", describe(exc)
+                self._close_quietly()
+                raise
             if self.state != "streaming":
                 log.info("camera %s streaming (%s)", self.source.name, self.source.describe())
             self.state, backoff = "streaming", 0.2
             self._frame_arrived()
             self.first_frame.set()
             self.queue.put(frame)
-        self._close_quietly()
-        if self.state != "ended":
-            self.state = "stopped"
 
     def check_stall(self, now: float) -> bool:
         """From the main loop: a streaming camera that delivered nothing for stall_after_s is logged once."""

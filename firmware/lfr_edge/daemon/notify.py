@@ -7,11 +7,13 @@ WATCHDOG_USEC microseconds, STATUS=... for `systemctl status`, STOPPING=1 and RE
 
 `Watchdog` pets systemd's watchdog only while the pipeline makes progress: the pipeline calls
 `progress()` once per frame, a small thread sends WATCHDOG=1 on a timer, and stops sending when the last
-progress is older than `stall_s`, so systemd kills and restarts a stuck pipeline.
+progress is older than `stall_s`, so systemd kills and restarts a stuck pipeline. It also stops for good
+once `unhealthy()` names a reason (a supervised thread that could not recover: lfr_edge.daemon.supervise).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -19,6 +21,8 @@ import time
 from collections.abc import Callable, Mapping
 
 from lfr_edge.config import DaemonConfig
+
+log = logging.getLogger(__name__)
 
 
 class NotifyError(OSError):
@@ -133,6 +137,7 @@ class Watchdog:
         interval_s: float,
         stall_s: float,
         clock: Callable[[], float] = time.monotonic,
+        unhealthy: Callable[[], str | None] = lambda: None,
     ) -> None:
         if interval_s <= 0 or stall_s <= 0:
             raise ValueError("Watchdog: interval_s and stall_s must be greater than 0")
@@ -143,16 +148,24 @@ class Watchdog:
         self._last_progress = clock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._unhealthy = unhealthy
         self.pets = 0
         self.stalled = False
+        self.refused: str | None = None  # why petting stopped for good
 
     @classmethod
-    def from_env(cls, notifier: Notifier, stall_s: float, env: Mapping[str, str] | None = None) -> Watchdog | None:
+    def from_env(
+        cls,
+        notifier: Notifier,
+        stall_s: float,
+        env: Mapping[str, str] | None = None,
+        unhealthy: Callable[[], str | None] = lambda: None,
+    ) -> Watchdog | None:
         """A watchdog paced by WATCHDOG_USEC, or None when systemd asked for none."""
         timeout = watchdog_timeout_s(env)
         if timeout is None or not notifier.enabled:
             return None
-        return cls(notifier, interval_s=timeout / 2, stall_s=stall_s)
+        return cls(notifier, interval_s=timeout / 2, stall_s=stall_s, unhealthy=unhealthy)
 
     def apply(self, cfg: DaemonConfig) -> None:
         """A reloaded [daemon] section: how old the last progress may be before petting stops."""
@@ -166,7 +179,14 @@ class Watchdog:
         return self._clock() - self._last_progress
 
     def tick(self) -> bool:
-        """One pet decision: send WATCHDOG=1 if the pipeline progressed recently; say whether it did."""
+        """One pet decision: send WATCHDOG=1 if the pipeline progressed recently and nothing is down."""
+        reason = self.refused or self._unhealthy()
+        if reason is not None:
+            if self.refused is None:
+                self.refused = reason
+                log.error("watchdog: %s; no more WATCHDOG=1, so systemd restarts the unit", reason)
+                self._notifier.status(f"restart needed: {reason}; WATCHDOG=1 stopped")
+            return False
         if self.seconds_since_progress() > self.stall_s:
             if not self.stalled:
                 self.stalled = True

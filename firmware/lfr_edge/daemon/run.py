@@ -4,6 +4,9 @@ Start-up order follows what systemd is told: READY=1 only once the models are lo
 camera has delivered a frame and the broker is connected. The watchdog is petted only while frames are
 processed. SIGTERM stops capture, publishes the retained `stopped`, wipes the watchlist, sets the beacon to
 idle and exits 0 within 5 s. SIGHUP re-reads the config and applies what is safe to change live.
+
+Every thread is supervised (lfr_edge.daemon.supervise). When one is down for good, the watchdog stops
+petting and the main loop stops the unit with exit status 1, so systemd restarts it either way.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from lfr_edge.daemon.clock import WallClock
 from lfr_edge.daemon.frames import CaptureThread, FrameQueue
 from lfr_edge.daemon.memory_lock import lock_all_memory
 from lfr_edge.daemon.notify import Notifier, Watchdog
+from lfr_edge.daemon.supervise import Supervisor
 from lfr_edge.daemon.worker import PipelineWorker
 from lfr_edge.vision.pipeline import build_pipeline
 from lfr_edge.watchlist.lifecycle import LifecycleFile
@@ -75,6 +79,7 @@ class Daemon:
         self.started_at = time.monotonic()
         self.beacon: Any = None
         self.unit_state = UnitState()
+        self.supervisor = Supervisor()
         self._faces_audited: dict[str, int] = {}
         self._published_head: Any = None
 
@@ -82,6 +87,7 @@ class Daemon:
 
     def setup(self) -> None:
         cfg = self.cfg
+        self.supervisor.install_excepthook()  # threads we did not start (paho's) are watched too
         for problem in harden_process():
             log.warning("hardening: %s", problem)
         locking = lock_all_memory()
@@ -100,7 +106,7 @@ class Daemon:
         self.health = replace(self.health, models=True)
         log.info("models verified and loaded: %s (%s)", self.pipeline.model_id, cfg.inference.backend)
 
-        self.mqtt = UnitMqttClient(cfg.unit.id, cfg.mqtt, model_id=self.pipeline.model_id)
+        self.mqtt = UnitMqttClient(cfg.unit.id, cfg.mqtt, model_id=self.pipeline.model_id, supervisor=self.supervisor)
         self.wall_clock = WallClock(cfg.daemon.clock_sync_wait_s)
         self.sync = WatchlistSync(
             unit_id=cfg.unit.id,
@@ -114,6 +120,7 @@ class Daemon:
             record=LifecycleFile(cfg.unit.state_dir / layout.LIFECYCLE_RECORD, cfg.unit.id, self.unit_signing),
             on_status=self.mqtt.set_watchlist_status,
             clock_trusted=self.wall_clock.trusted,
+            supervisor=self.supervisor,
         )
         self.mqtt.set_watchlist_status(self.sync.status())  # the first birth already says it
         self.handsets = HandsetChannel(
@@ -146,13 +153,15 @@ class Daemon:
         if cfg.beacon.enabled:
             from lfr_edge.alerts.beacon import BeaconChannel, BeaconDriver
 
-            self.beacon = BeaconDriver(cfg.beacon)
+            self.beacon = BeaconDriver(cfg.beacon, supervisor=self.supervisor)
             self.channels.append(BeaconChannel(self.beacon))
 
         self.queue = FrameQueue(sum(c.queue_size for c in cfg.cameras))
         self.sources: list[FrameSource] = [create_source(c) for c in cfg.cameras]
         self.captures = [
-            CaptureThread(s, self.queue, self.stop_event, stall_after_s=max(2.0, 5.0 / c.fps))
+            CaptureThread(
+                s, self.queue, self.stop_event, stall_after_s=max(2.0, 5.0 / c.fps), supervisor=self.supervisor
+            )
             for s, c in zip(self.sources, cfg.cameras, strict=True)
         ]
         self.worker = PipelineWorker(
@@ -184,8 +193,10 @@ class Daemon:
         for capture in self.captures:
             capture.start()
         self.sync.start_expiry_timer()
-        self.watchdog = Watchdog.from_env(self.notifier, self.cfg.daemon.watchdog_stall_s, self.env)
-        threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True).start()
+        self.watchdog = Watchdog.from_env(
+            self.notifier, self.cfg.daemon.watchdog_stall_s, self.env, unhealthy=self.supervisor.down_reason
+        )
+        self.supervisor.start("telemetry", self._telemetry_loop, stop=self.stop_event)
 
     # the main loop ----------------------------------------------------------------------------------
 
@@ -219,6 +230,10 @@ class Daemon:
                     self.sync.check_waiting()
             if ready:
                 self.faults.poll(time.monotonic(), self._current_problems)
+            down = self.supervisor.down_reason()
+            if down is not None:
+                log.error("%s; stopping so that systemd restarts the unit", down)
+                return 1
         return 0
 
     def _show_unit_state(self) -> None:
@@ -284,6 +299,8 @@ class Daemon:
             camera_dropped={s.name: s.stats.dropped for s in self.sources},
             beacon=None if beacon is None else BeaconLink(beacon.connected, beacon.responsive, beacon.pattern_acked),
             alerts_outbox=dict(vars(self.handsets.stats)),
+            threads=self.supervisor.health(),
+            audit=self.audit.health(),
             messages_dropped={
                 topic: stats.dropped_full + stats.dropped_oversize
                 for topic, stats in self.mqtt.subscription_stats().items()
@@ -292,13 +309,14 @@ class Daemon:
 
     def _telemetry_loop(self) -> None:
         while not self.stop_event.wait(self.cfg.daemon.telemetry_interval_s):
+            self.audit.retry()  # after a full disk: writing resumes, with its gap record, when space returns
             try:
                 self._audit_faces_seen()
                 if self.mqtt.connected.is_set():
                     self.mqtt.publish(self.mqtt.topics.telemetry, encode_telemetry(self.telemetry()), qos=0)
                     self._publish_audit_head()
-            except Exception:  # a bug here must not end telemetry for the rest of the deployment
-                log.exception("telemetry: could not build or send a message; trying again next interval")
+            except Exception as exc:  # a bug here must not end telemetry: counted, and tried next interval
+                self.supervisor.caught("telemetry", exc)
 
     def _publish_audit_head(self) -> None:
         """The audit log's head (seq and hash of its last line), retained: someone who cuts lines off the

@@ -1,8 +1,9 @@
 """The per-frame work: faces → tracks → match decisions → alerts, and the counters telemetry reports.
 
 One worker thread runs the shared models for every camera (interpreters are not thread-safe); each
-camera has its own tracker. A frame's pixels are zeroed once processed, and an ended track's faces are
-zeroed before they are dropped: what is not a match does not outlive its frame or track.
+camera has its own tracker. A frame's pixels are zeroed once processed, the frame's face crops and
+embeddings once the tracker has taken its copies, and an ended track's faces before they are dropped: what
+is not a match does not outlive its frame or track (tests/test_canary.py searches the process's memory).
 """
 
 from __future__ import annotations
@@ -111,8 +112,10 @@ class PipelineWorker:
         tracker = self.trackers[frame.camera]
         update = tracker.update(result.faces, frame.index, frame.timestamp)
         self.stats.record_tracks_started(sum(1 for t in update.active if t.frames_seen == 1))
-        for face in result.faces:
-            face.aligned.fill(0)  # tracks hold their own copies of their best faces
+        for face in result.faces:  # tracks hold their own copies of their best faces
+            face.aligned.fill(0)
+            if face.embedding is not None:
+                face.embedding.fill(0)
         t_match = time.perf_counter()
         decisions: list[MatchDecision] = []
         watchlist = self.watchlist()
@@ -148,6 +151,8 @@ class PipelineWorker:
         for track in ended:
             self.stats.record_track_ended(matched=bool(track.alerted_subjects))
             track.wipe()
+        if ended:
+            self.pipeline.forget()  # the model's workspace may hold the last of them: one blank run, per track end
 
     def end_all_tracks(self) -> None:
         for tracker in self.trackers.values():

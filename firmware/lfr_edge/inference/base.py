@@ -65,7 +65,8 @@ class LoadedModel(Protocol):
     def outputs(self) -> Sequence[TensorSpec]: ...
 
     def run(self, *inputs: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
-        """Run once; returns the outputs in the order of `outputs` (copies, safe to keep)."""
+        """Run once; returns the outputs in the order of `outputs` (copies, safe to keep). They are the only
+        copies the backend leaves where it can: it zeroes its own buffers and conversions of the inputs."""
         ...
 
 

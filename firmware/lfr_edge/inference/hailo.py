@@ -53,9 +53,16 @@ class HailoModel(ModelTensors):
         self._pipeline.__enter__()
 
     def run(self, *inputs: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
-        feed = {spec.name: np.ascontiguousarray(array, dtype=np.float32) for spec, array in self.checked(inputs)}
-        results = self._pipeline.infer(feed)
-        return [np.array(results[spec.name], dtype=np.float32) for spec in self._outputs]
+        checked = self.checked(inputs)
+        feed = {spec.name: np.ascontiguousarray(array, dtype=np.float32) for spec, array in checked}
+        try:
+            results = self._pipeline.infer(feed)
+        finally:
+            for spec, array in checked:
+                if feed[spec.name] is not array:
+                    feed[spec.name].fill(0)  # a converted copy of a frame or a face
+        # HailoRT hands over fresh float32 arrays: returned as they are (no second copy).
+        return [np.asarray(results[spec.name], dtype=np.float32) for spec in self._outputs]
 
     def close(self) -> None:
         self._pipeline.__exit__(None, None, None)

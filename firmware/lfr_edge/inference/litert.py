@@ -42,10 +42,19 @@ class LiteRTModel(ModelTensors):
         self._outputs = tuple(TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"]) for d in self._out)
 
     def run(self, *inputs: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
-        for detail, (spec, array) in zip(self._in, self.checked(inputs), strict=True):
-            self._it.set_tensor(detail["index"], np.ascontiguousarray(array, dtype=spec.dtype))
-        self._it.invoke()
-        return [np.array(self._it.get_tensor(d["index"]), dtype=np.float32) for d in self._out]
+        """Run once; the outputs are the only copies: the interpreter's input and output buffers are zeroed
+        (a frame, a face crop or an embedding must not stay in them until the next call)."""
+        try:
+            for detail, (spec, array) in zip(self._in, self.checked(inputs), strict=True):
+                data = np.ascontiguousarray(array, dtype=spec.dtype)
+                self._it.set_tensor(detail["index"], data)
+                if data is not array:
+                    data.fill(0)  # a converted copy
+            self._it.invoke()
+            return [np.array(self._it.tensor(d["index"])(), dtype=np.float32) for d in self._out]
+        finally:
+            for detail in (*self._in, *self._out):
+                self._it.tensor(detail["index"])().fill(0)
 
 
 def load_model(model_path: Path, threads: int, delegates: list[Any] | None = None) -> LiteRTModel:

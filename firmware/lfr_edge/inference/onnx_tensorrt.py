@@ -85,9 +85,16 @@ class OnnxModel(ModelTensors):
         return TensorSpec(arg.name, shape, np.dtype(DTYPES[arg.type]))
 
     def run(self, *inputs: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
-        feed = {spec.name: np.ascontiguousarray(array, dtype=spec.dtype) for spec, array in self.checked(inputs)}
-        outputs = self._session.run([o.name for o in self._outputs], feed)
-        return [np.array(o, dtype=np.float32) for o in outputs]
+        checked = self.checked(inputs)
+        feed = {spec.name: np.ascontiguousarray(array, dtype=spec.dtype) for spec, array in checked}
+        try:
+            outputs = self._session.run([o.name for o in self._outputs], feed)
+        finally:
+            for spec, array in checked:
+                if feed[spec.name] is not array:
+                    feed[spec.name].fill(0)  # a converted copy of a frame or a face
+        # ONNX Runtime hands over fresh arrays: float32 ones are returned as they are (no second copy).
+        return [np.asarray(o, dtype=np.float32) for o in outputs]
 
 
 class OnnxTensorRTBackend:

@@ -3,6 +3,13 @@
 The model's batch is fixed at two. With flip-averaging (on by default) each invoke holds a face and its
 mirror and the two embeddings are averaged: free here, and more accurate. Without it, two faces share
 an invoke (an odd one out is padded with a copy).
+
+A passer-by's face must not outlive its frame in some buffer nobody zeroes: the model's input is built in
+place in one buffer that is zeroed after every call, the model's outputs are zeroed once averaged, and the
+normalisation works in place. The only copy left is the array returned, which its caller overwrites when
+done (the daemon's worker does, once the tracker has taken its own copy). The runtime's own workspace
+(XNNPACK's) still holds the last face's activations, the embedding among them, until the next invoke:
+`scrub()` runs the model once on a blank input to overwrite them (the worker does when a track ends).
 """
 
 from __future__ import annotations
@@ -16,9 +23,15 @@ FloatArray = npt.NDArray[np.float32]
 
 
 def normalise_rows(x: FloatArray) -> FloatArray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    out: FloatArray = (x / np.maximum(norms, 1e-12)).astype(np.float32)
-    return out
+    """Scale each row of `x` to unit length, in place (no temporary copy of the vectors); returns `x`."""
+    for row in x:
+        row /= _norm(row)
+    return x
+
+
+def _norm(v: FloatArray) -> np.float32:
+    """The length of one vector (at least 1e-12), without a temporary copy of it."""
+    return np.float32(max(float(np.sqrt(np.dot(v, v))), 1e-12))
 
 
 class Embedder:
@@ -29,24 +42,66 @@ class Embedder:
         self.model = model
         self.flip_average = flip_average
         self.dim = int(model.outputs[0].shape[-1])
+        self._pair = np.zeros((2, 112, 112, 3), np.float32)  # the model's input, zeroed after every call
+        self._dirty = False  # the runtime's workspace holds a face's activations (see scrub)
 
     def embed(self, faces: npt.NDArray[np.uint8]) -> FloatArray:
         """faces: (N, 112, 112, 3) uint8 RGB aligned crops -> (N, dim) float32, unit length."""
         if faces.ndim != 4 or faces.shape[1:] != (112, 112, 3):
             raise ValueError(f"expected aligned faces of shape (N, 112, 112, 3), got {faces.shape}")
         n = len(faces)
-        if n == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        tensor = (faces.astype(np.float32) - 127.5) * (1.0 / 128.0)
-        out = np.empty((n, self.dim), dtype=np.float32)
-        if self.flip_average:
-            for i in range(n):
-                pair = np.stack([tensor[i], tensor[i, :, ::-1]])
-                emb = self.model.run(pair)[0]
-                out[i] = emb[0] / max(np.linalg.norm(emb[0]), 1e-12) + emb[1] / max(np.linalg.norm(emb[1]), 1e-12)
-        else:
-            for i in range(0, n, 2):
-                pair = tensor[i : i + 2] if i + 1 < n else np.stack([tensor[i], tensor[i]])
-                emb = self.model.run(pair)[0]
-                out[i : i + 2] = emb[: min(2, n - i)]
+        out = np.zeros((n, self.dim), dtype=np.float32)
+        self._dirty = self._dirty or n > 0
+        try:
+            if self.flip_average:
+                for i in range(n):
+                    self._load(0, faces[i])
+                    self._pair[1] = self._pair[0, :, ::-1]
+                    self._average_into(out[i])
+            else:
+                for i in range(0, n, 2):
+                    self._load(0, faces[i])
+                    self._load(1, faces[i + 1] if i + 1 < n else faces[i])
+                    self._copy_into(out[i : i + 2])
+        except BaseException:
+            out.fill(0)
+            raise
+        finally:
+            self._pair.fill(0)
         return normalise_rows(out)
+
+    def scrub(self) -> None:
+        """Overwrite what the last faces left in the runtime's own buffers: one run on a blank input."""
+        if not self._dirty:
+            return
+        self._pair.fill(0)
+        for output in self.model.run(self._pair):
+            output.fill(0)
+        self._dirty = False
+
+    def _load(self, slot: int, face: npt.NDArray[np.uint8]) -> None:
+        """One face into the input buffer, scaled as the model wants ((x - 127.5) / 128), in place."""
+        target = self._pair[slot]
+        np.copyto(target, face, casting="unsafe")
+        target -= np.float32(127.5)
+        target *= np.float32(1.0 / 128.0)
+
+    def _average_into(self, row: FloatArray) -> None:
+        """The face's and its mirror's embeddings, each normalised, summed into `row`."""
+        outputs = self.model.run(self._pair)
+        try:
+            face, mirror = outputs[0][0], outputs[0][1]
+            np.divide(face, _norm(face), out=row)
+            mirror /= _norm(mirror)
+            row += mirror
+        finally:
+            for output in outputs:
+                output.fill(0)
+
+    def _copy_into(self, rows: FloatArray) -> None:
+        outputs = self.model.run(self._pair)
+        try:
+            rows[:] = outputs[0][: len(rows)]
+        finally:
+            for output in outputs:
+                output.fill(0)

@@ -74,6 +74,7 @@ def evaluate(
     """The alerts this track's evidence justifies now (usually none; none from a wiped or expired list)."""
     probes = track.embeddings()
     if len(probes) < cfg.min_frames:
+        probes.fill(0)
         return []
     try:
         found = watchlist.search(probes, now, max(2, cfg.top_k))
@@ -86,6 +87,8 @@ def evaluate(
         candidates = [(int(i), watchlist.subject_id(int(i))) for i in np.unique(best_idx[supports])]
     except WatchlistUnavailable:  # wiped or expired between frames, or during this search
         return []
+    finally:
+        probes.fill(0)  # the track keeps its own; this copy of a passer-by's embeddings goes now
     decisions = []
     for subject_index, subject_id in candidates:
         rows = supports & (best_idx == subject_index)

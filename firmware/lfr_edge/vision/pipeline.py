@@ -3,6 +3,8 @@
 A `FacePipeline` is built once from the config (models verified against the manifest, loaded on the
 configured backend) and then called per frame. It keeps no per-frame state: what it returns is all there
 is, and the caller decides what to keep (the tracker keeps only what a track needs, and overwrites it).
+The faces' crops and embeddings are the only copies left (the batch handed to the embedder is zeroed), so
+a caller that overwrites them leaves nothing of a passer-by behind.
 """
 
 from __future__ import annotations
@@ -83,8 +85,11 @@ class FacePipeline:
         embeddings: dict[int, npt.NDArray[np.float32]] = {}
         if embed and passing:
             batch = np.stack([aligned[i] for i in passing])
-            for i, row in zip(passing, self.embedder.embed(batch), strict=True):
-                embeddings[i] = row
+            try:
+                for i, row in zip(passing, self.embedder.embed(batch), strict=True):
+                    embeddings[i] = row  # views of one array: the caller overwrites them through the faces
+            finally:
+                batch.fill(0)
         t4 = time.perf_counter()
         faces = [
             Face(d, v, a, embeddings.get(i))
@@ -97,6 +102,10 @@ class FacePipeline:
             "embed": (t4 - t3) * 1e3,
         }
         return FrameFaces(faces, stage_ms)
+
+    def forget(self) -> None:
+        """Overwrite what the last faces left in the embedding model's workspace (when a track ends)."""
+        self.embedder.scrub()
 
     def embed_aligned(self, faces: Image) -> npt.NDArray[np.float32]:
         """Embeddings of already-aligned 112x112 crops (the corpus's `aligned/` set, enrolment tools)."""

@@ -47,7 +47,12 @@ def estimate_yaw_deg(keypoints: npt.NDArray[np.float32]) -> float:
 def sharpness(aligned: npt.NDArray[np.uint8]) -> float:
     """Variance of the Laplacian of the grey aligned face: low means blurred."""
     grey = cv2.cvtColor(aligned, cv2.COLOR_RGB2GRAY)
-    return float(cv2.Laplacian(grey, cv2.CV_32F).var())
+    edges = cv2.Laplacian(grey, cv2.CV_32F)
+    try:
+        return float(edges.var())
+    finally:
+        grey.fill(0)  # copies of a face: overwritten, not left to the allocator
+        edges.fill(0)
 
 
 def assess(detection: Detection, aligned: npt.NDArray[np.uint8], cfg: QualityConfig) -> QualityVerdict:

@@ -4,7 +4,8 @@ Faces are associated with tracks by box overlap and embedding similarity (greedy
 track survives `max_missed_frames` frames without a face, then ends. A track keeps only its `best_k`
 faces by quality (embedding and aligned crop, for matching and for the alert's live picture); when it
 ends, those buffers are zeroed before they are dropped, so nothing of a person who matched nothing
-remains.
+remains. The association's scratch copies of the embeddings are zeroed too, and its similarities are not
+computed through BLAS (whose packing buffers would keep copies nobody zeroes).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Track:
     recent: npt.NDArray[np.float32] | None = None  # the latest embedding, for association
 
     def embeddings(self) -> npt.NDArray[np.float32]:
+        """A copy of the best faces' embeddings (one row each): the caller zeroes it when done."""
         if not self.best:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([f.embedding for f in self.best])
@@ -112,6 +114,24 @@ def iou_matrix(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.ND
     return result
 
 
+def similarities(faces: list[Face], tracks: list[Track], dim: int) -> npt.NDArray[np.float32]:
+    """Cosine similarity of each face's embedding with each track's latest (0 where either has none)."""
+    face_emb = np.zeros((len(faces), dim), dtype=np.float32)
+    track_emb = np.zeros((len(tracks), dim), dtype=np.float32)
+    try:
+        for i, face in enumerate(faces):
+            if face.embedding is not None:
+                face_emb[i] = face.embedding
+        for j, track in enumerate(tracks):
+            if track.recent is not None:
+                track_emb[j] = track.recent
+        sim: npt.NDArray[np.float32] = np.einsum("id,jd->ij", face_emb, track_emb)
+        return sim
+    finally:
+        face_emb.fill(0)
+        track_emb.fill(0)
+
+
 @dataclass(frozen=True)
 class TrackUpdate:
     active: list[Track]  # tracks that saw a face this frame
@@ -168,15 +188,7 @@ class Tracker:
         dim = next((f.embedding.shape[0] for f in faces if f.embedding is not None), 0)
         sim = np.zeros_like(iou)
         if dim:
-            face_emb = np.zeros((len(faces), dim), dtype=np.float32)
-            for i, face in enumerate(faces):
-                if face.embedding is not None:
-                    face_emb[i] = face.embedding
-            track_emb = np.zeros((len(self.tracks), dim), dtype=np.float32)
-            for j, track in enumerate(self.tracks):
-                if track.recent is not None:
-                    track_emb[j] = track.recent
-            sim = face_emb @ track_emb.T
+            sim = similarities(faces, self.tracks, dim)
         # A pair qualifies by overlap, or by a similar face near the track (a fast walker, a missed frame).
         widths = np.maximum(track_boxes[:, 2] - track_boxes[:, 0], 1.0)
         centres_f = (boxes[:, :2] + boxes[:, 2:]) / 2

@@ -196,7 +196,12 @@ class WatchlistStore:
             state = "wiped" if self._wiped else f"outside its validity window (until {iso(self.valid_until)})"
             raise WatchlistUnavailable(f"watchlist version {self.version} is {state}")
         probes = np.atleast_2d(probes).astype(np.float32, copy=False)
-        scores = probes @ self._matrix.T  # (P, rows)
+        # One matrix-vector product per probe, not one matrix product: BLAS's matrix product packs the probes
+        # into its own buffer, where a passer-by's embedding stayed after the track was wiped (test_canary).
+        # As fast for the few probes of a track (memory-bound either way).
+        scores = np.empty((len(probes), len(self._matrix)), np.float32)  # (P, rows)
+        for probe, row in zip(probes, scores, strict=True):
+            np.matmul(self._matrix, probe, out=row)
         if not self._one_row_each:
             scores = np.maximum.reduceat(scores, self._starts, axis=1)  # best row of each subject
         k = min(k, scores.shape[1])

@@ -10,6 +10,15 @@ What was applied, closed, superseded or refused is kept in the signed lifecycle 
 (`lfr_edge.watchlist.lifecycle`), so a restart never brings back a deployment that ended. A verified bundle
 whose window has not opened yet, or that arrives before the clock is known synchronised, waits in RAM and
 is applied when it can be.
+
+Refusals are aggregated: the first of each reason in `refusal_interval_s` is logged, audited and recorded
+at once; the rest are counted and written as one `watchlist_refused_repeats` line (and one log line) per
+reason when the interval ends, so a flood of bad messages cannot wear the SD card. Every refusal is still
+acknowledged on the ack topic.
+
+The expiry timer never depends on the audit log: a list whose window ended is wiped first, then the
+wipe is written (the audit log counts what it cannot write), and the timer runs supervised
+(lfr_edge.daemon.supervise), so an unexpected error is counted and the timer restarted.
 """
 
 from __future__ import annotations
@@ -30,10 +39,12 @@ from lfr_contracts.audit_events import (
     WatchlistApplied,
     WatchlistClose,
     WatchlistRefused,
+    WatchlistRefusedRepeats,
     WatchlistWiped,
     WipeReason,
 )
 from lfr_contracts.status import WatchlistStatus
+from lfr_edge.daemon.supervise import Supervisor
 from lfr_edge.watchlist import lifecycle
 from lfr_edge.watchlist.lifecycle import HeldWatchlist, LifecycleFile, LifecycleState, Refusal
 from lfr_edge.watchlist.store import WatchlistStore, release_freed_memory
@@ -42,6 +53,19 @@ log = logging.getLogger(__name__)
 
 
 Publish = Callable[[str, bytes], bool]
+REFUSAL_INTERVAL_S = 60.0
+
+
+@dataclass
+class _Repeats:
+    """Refusals of one reason after the first in the current interval."""
+
+    opened_at: float  # when the interval's first refusal of this reason came (that one was written in full)
+    count: int = 0
+    since: str = ""
+    until: str = ""
+    detail: str = ""
+    version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +96,8 @@ class WatchlistSync:
         clock: Callable[[], float] = time.time,
         clock_trusted: Callable[[], bool] = lambda: True,
         on_status: Callable[[WatchlistStatus], None] = lambda status: None,
+        refusal_interval_s: float = REFUSAL_INTERVAL_S,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.unit_id = unit_id
         self.model_id = model_id
@@ -91,6 +117,10 @@ class WatchlistSync:
         self._lock = threading.RLock()
         self._timer_stop = threading.Event()
         self._timer: threading.Thread | None = None
+        self._refusal_interval_s = refusal_interval_s
+        self._repeats: dict[str, _Repeats] = {}
+        self._record_unsaved = False  # a refusal counted in `_repeats` changed the state; saved at the flush
+        self._supervisor = supervisor or Supervisor()
 
     # what the pipeline and the status use ----------------------------------------------------------
 
@@ -221,17 +251,49 @@ class WatchlistSync:
         return header.get("body_sha256") == held.digest and header.get("version") == held.version
 
     def _refuse(self, exc: bundle.BundleError, payload: bytes) -> None:
-        version = _claimed_version(payload)
-        log.warning("watchlist: refused a message (%s): %s; the held list is unchanged", exc.reason, exc)
-        refusal = Refusal(exc.reason, str(exc), version, self._clock())
+        version, now = _claimed_version(payload), self._clock()
+        self.flush_refusals()
+        refusal = Refusal(exc.reason, str(exc), version, now)
         previous = self._state.last_refusal
         # An ended deployment's bundle (the broker's retained copy) leaves the status at closed or expired;
         # a repeated refusal is not written again, so a flood does not wear the SD card.
         repeated = previous is not None and (previous.reason, previous.version) == (refusal.reason, refusal.version)
-        if not isinstance(exc, bundle.DeploymentEnded) and not repeated:
-            self._save(lifecycle.refused(self._state, refusal))
-        self._audit.append(WatchlistRefused(reason=exc.reason, detail=str(exc)[:500], version=version))
+        changes_state = not isinstance(exc, bundle.DeploymentEnded) and not repeated
+        repeats = self._repeats.get(exc.reason)
+        if repeats is None:  # the first of its reason in this interval: in full, at once
+            self._repeats[exc.reason] = _Repeats(opened_at=now)
+            log.warning("watchlist: refused a message (%s): %s; the held list is unchanged", exc.reason, exc)
+            if changes_state:
+                self._save(lifecycle.refused(self._state, refusal))
+            self._audit.append(WatchlistRefused(reason=exc.reason, detail=str(exc)[:500], version=version))
+        else:
+            if changes_state:
+                self._state, self._record_unsaved = lifecycle.refused(self._state, refusal), True
+            repeats.count += 1
+            repeats.since = repeats.since or bundle.iso(now)
+            repeats.until, repeats.detail, repeats.version = bundle.iso(now), str(exc)[:500], version
         self._ack({"status": "refused", "reason": exc.reason, "detail": str(exc), "version": version})
+
+    def flush_refusals(self, force: bool = False) -> None:
+        """Write the refusals counted in intervals that have ended (all of them with `force`): one line each."""
+        with self._lock:
+            now = self._clock()
+            ended = [
+                reason
+                for reason, r in self._repeats.items()
+                if force or not 0 <= now - r.opened_at < self._refusal_interval_s
+            ]
+            for reason in ended:
+                r = self._repeats.pop(reason)
+                if not r.count:
+                    continue
+                log.warning(
+                    "watchlist: refused %d more message(s) (%s) since %s; last: %s", r.count, reason, r.since, r.detail
+                )
+                self._audit.append(WatchlistRefusedRepeats(reason, r.count, r.since, r.until, r.detail, r.version))
+            if self._record_unsaved and (force or not self._repeats):
+                self._record_unsaved = False
+                self._save(self._state)
 
     def _handle_close(self, payload: bytes) -> None:
         try:
@@ -293,8 +355,8 @@ class WatchlistSync:
             held = self._store
             if held is None or self._clock() < held.valid_until or not self._clock_trusted():
                 return False
+            self._wipe(WipeReason.EXPIRED)  # first: neither the record nor the audit log can hold it up
             self._save(lifecycle.ended(self._state, held.deployment, "expired"))
-            self._wipe(WipeReason.EXPIRED)
         self._on_status(self.status())
         return True
 
@@ -308,21 +370,22 @@ class WatchlistSync:
         return True
 
     def start_expiry_timer(self, period_s: float = 1.0) -> None:
-        """Check expiry and waiting bundles every `period_s` on a background thread (the store also refuses
-        by itself once its window has ended)."""
+        """Check expiry, waiting bundles and counted refusals every `period_s` on a supervised background
+        thread (the store also refuses by itself once its window has ended)."""
 
         def run() -> None:
             while not self._timer_stop.wait(period_s):
                 self.check_expiry()
                 self.check_waiting()
+                self.flush_refusals()
 
-        self._timer = threading.Thread(target=run, name="watchlist-expiry", daemon=True)
-        self._timer.start()
+        self._timer = self._supervisor.start("watchlist-expiry", run, stop=self._timer_stop)
 
     def shutdown(self) -> None:
         self._timer_stop.set()
         if self._timer is not None:
             self._timer.join(5)
+        self.flush_refusals(force=True)
         self.wipe(WipeReason.SHUTDOWN)
 
 
