@@ -19,11 +19,11 @@ from lfr_hwsim.timeline import caption, draw_timeline
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 REPO = Path(__file__).resolve().parents[1]
-MAKE_DEMO = "make demo DURATION=20"  # README.md, "Other targets"
+MAKE_DEMO = "make demo"  # README.md, "Two commands"
 
 
 def test_make_demo_writes_a_report_and_a_timeline_a_non_engineer_can_read(faces: Path) -> None:
-    assert f"`{MAKE_DEMO}`" in (REPO / "README.md").read_text()
+    assert f"\n{MAKE_DEMO}    # " in (REPO / "README.md").read_text()
     # As a user runs it: not as a sub-make of `make test` (MAKEFLAGS would pass make test's variables on).
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     started = time.time()
@@ -31,10 +31,10 @@ def test_make_demo_writes_a_report_and_a_timeline_a_non_engineer_can_read(faces:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = REPO / "demo-results"
     png, report_file = out / "timeline.png", out / "report.json"
-    assert f"{png}" in done.stdout, "the demo report names the plot"
+    assert "demo-results/timeline.png" in done.stdout, "the demo report names the plot"
     assert report_file.stat().st_mtime >= started and png.stat().st_mtime >= started
     report = json.loads(report_file.read_text())
-    assert report["alerts"], "a 20 s demo street has watchlisted walkers to alert"
+    assert report["alerts"], "the demo's street has watchlisted walkers to alert"
     assert report["timeline"] and all(0 <= p["t_s"] <= report["duration_s"] + 15 for p in report["timeline"])
 
     fig = draw_timeline(report)

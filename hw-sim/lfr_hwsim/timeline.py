@@ -37,7 +37,12 @@ def caption(report: dict[str, Any]) -> str:
         "no watchlist). Bottom: pictures the unit had no time to check. "
         f"Result: {report['true_alerts']} of the {passed} watchlisted people who walked past were alerted, "
         f"{report['missed']} missed, {report['false_alerts']} false or repeated alerts; "
-        f"{report['passers_by']} people passed in all, and nothing of the others was kept."
+        f"{report['passers_by']} people passed in all, and "
+        + (
+            "nothing of the others was kept."
+            if report["non_match_files_written"] == 0
+            else f"{report['non_match_files_written']} files were written that should not have been."
+        )
     )
 
 
@@ -60,7 +65,16 @@ def draw_timeline(report: dict[str, Any]) -> Figure:
     for n, alert in enumerate(report["alerts"]):
         ax_fps.axvline(alert["at_s"], color="#d62728", alpha=0.7)
         where = f"{alert['subject_id']}" + (f" ({alert['camera']})" if alert.get("camera") else "")
-        ax_fps.text(alert["at_s"], top * (0.96 - 0.08 * (n % 3)), f" {where}", color="#d62728", fontsize=9, va="top")
+        right = alert["at_s"] > 0.85 * end  # near the right edge the label goes left of its line
+        ax_fps.text(
+            alert["at_s"],
+            top * (0.96 - 0.08 * (n % 3)),
+            f"{where} " if right else f" {where}",
+            color="#d62728",
+            fontsize=9,
+            va="top",
+            ha="right" if right else "left",
+        )
     ax_fps.set_title(
         f"lfr-edge demo: {report['true_alerts']} alerted, {report['missed']} missed, "
         f"{report['false_alerts']} false (red lines: alerts, labelled with the subject)"
