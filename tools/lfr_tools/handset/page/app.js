@@ -21,7 +21,7 @@ function ago(seconds) {
 }
 
 function clock(epochS) {
-  return new Date(epochS * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return new Date(epochS * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
 }
 
 function undecided(card) {
@@ -189,7 +189,7 @@ function showUnit() {
   else if (!w) wl.textContent = "Watchlist: not known while the unit is offline";
   else if (w.state === "active") {
     const until = w.valid_until ? `, valid until ${clock(w.valid_until)}` : "";
-    wl.textContent = `Watchlist active: ${w.deployment}, ${w.subjects} subjects${until}`;
+    wl.textContent = `Watchlist active: ${w.deployment}, ${w.subjects} subject${w.subjects === 1 ? "" : "s"}${until}`;
   } else {
     const why = w.reason ? `: ${w.reason}` : "";
     wl.innerHTML = "";
