@@ -42,13 +42,17 @@ class Deployment:
 
 
 def camera(folder: Path) -> dict[str, object]:
-    return {"name": "cam0", "source": "replay", "uri": str(folder), "fps": 8.0, "options": {"realtime": True, "loop": True}}
+    return {
+        "name": "cam0",
+        "source": "replay",
+        "uri": str(folder),
+        "fps": 8.0,
+        "options": {"realtime": True, "loop": True},
+    }
 
 
 @pytest.fixture(scope="module")
-def deployment(
-    tmp_path_factory: pytest.TempPathFactory, faces: Path, pipeline: FacePipeline
-) -> Iterator[Deployment]:
+def deployment(tmp_path_factory: pytest.TempPathFactory, faces: Path, pipeline: FacePipeline) -> Iterator[Deployment]:
     tmp = tmp_path_factory.mktemp("handset-app")
     wanted = sorted((faces / "wild" / WANTED).glob("*.jpg"))
     frames = tmp / "frames"
@@ -57,7 +61,9 @@ def deployment(
         (frames / f"{i:03d}.jpg").symlink_to(image)
     with SimulatedVan(tmp / "van", unit_id="van-01") as van:
         subject = Subject("S-7205", "wanted", tuple(wanted[:2]), "ref 1/23: assault, Leeds")
-        van.publish_watchlist(van.build_watchlist([subject], PipelineEnroller(pipeline), threshold=0.5), wait_ack_s=None)
+        van.publish_watchlist(
+            van.build_watchlist([subject], PipelineEnroller(pipeline), threshold=0.5), wait_ack_s=None
+        )
         config = van.write_config([camera(frames)], daemon={"telemetry_interval_s": 0.5})
         app = HandsetAppProcess(van, "handset-1", "--clear-decided-after", "600")
         browser = chromium(PHONE)

@@ -5,8 +5,9 @@ Alert (unit → handsets, `.../alerts`, QoS 1):
 The envelope (crypto.seal, one wrapped key per paired handset, aad = b"lfr-alert|<unit id>") holds the
 UTF-8 JSON of `Alert`, with the pictures base64-encoded JPEGs: the live face, the watchlist photo and, for a
 match only, the context picture (head and shoulders around the face in the frame of the match, at most
-`MAX_CONTEXT_PX` pixels a side and `MAX_CONTEXT_BYTES`; an empty string when the unit has none). The signature covers the envelope, so
-a handset knows the alert came from its unit; only paired handsets can open it.
+`MAX_CONTEXT_PX` pixels a side and `MAX_CONTEXT_BYTES`; an empty string when the unit has none). The
+signature covers the envelope, so a handset knows the alert came from its unit; only paired handsets can
+open it.
 
 Decision (handset → unit, `.../decisions`, QoS 1): UTF-8 JSON
     {"v": 1, "alert_id", "unit", "handset", "decision", "time", "sig"}

@@ -67,7 +67,11 @@ class HandsetAppProcess:
             *extra,
         ]
         self.proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.output: list[str] = []
         self._found = threading.Event()
@@ -95,6 +99,15 @@ class HandsetAppProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+def open_in_browser(url: str) -> bool:
+    """Open the page in the desktop's browser, where there is a desktop (never a text browser in the terminal)."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    import webbrowser
+
+    return webbrowser.open(url)
 
 
 def chromium(size: tuple[int, int] = PHONE) -> Any:

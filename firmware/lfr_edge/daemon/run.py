@@ -30,8 +30,8 @@ from lfr_contracts.audit_events import ConfigReloaded, FacesSeen, FaultComponent
 from lfr_contracts.camera import FrameSource
 from lfr_contracts.errors import ConfigError
 from lfr_contracts.receipts import MAX_RECEIPT_BYTES
-from lfr_contracts.telemetry import BeaconLink, CameraState, Telemetry, encode_telemetry
 from lfr_contracts.status import BeaconState
+from lfr_contracts.telemetry import BeaconLink, CameraState, Telemetry, encode_telemetry
 from lfr_edge import keyfiles
 from lfr_edge.alerts.channel import AlertChannel, UnitState, show_state_on_all
 from lfr_edge.alerts.handset import HandsetChannel, load_handsets

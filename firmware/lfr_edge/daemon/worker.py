@@ -3,7 +3,8 @@
 One worker thread runs the shared models for every camera (interpreters are not thread-safe); each
 camera has its own tracker. A frame's pixels are zeroed once processed (after a match's context picture is
 cut from it), the frame's face crops and embeddings once the tracker has taken its copies, and an ended
-track's faces before they are dropped: what is not a match does not outlive its frame or track (tests/test_canary.py searches the process's memory).
+track's faces before they are dropped: what is not a match does not outlive its frame or track
+(tests/test_canary.py searches the process's memory).
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def context_jpeg(frame: npt.NDArray[np.uint8], box: tuple[float, float, float, f
     region = frame[top:bottom, left:right]
     scale = min(1.0, max_px / max(region.shape[:2]))
     size = (max(1, round(region.shape[1] * scale)), max(1, round(region.shape[0] * scale)))
-    scaled = cv2.resize(region, size, interpolation=cv2.INTER_AREA)
+    scaled = np.asarray(cv2.resize(region, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
     try:
         return encode_jpeg(scaled, quality=80)
     finally:

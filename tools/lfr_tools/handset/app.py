@@ -37,7 +37,11 @@ from lfr_tools.handset.client import HandsetClient, OnAlert, OnStatus, ReceivedA
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-PAGE_FILES = {"": ("index.html", "text/html"), "app.js": ("app.js", "text/javascript"), "app.css": ("app.css", "text/css")}
+PAGE_FILES = {
+    "": ("index.html", "text/html"),
+    "app.js": ("app.js", "text/javascript"),
+    "app.css": ("app.css", "text/css"),
+}
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -252,6 +256,7 @@ class HandsetApp:
     def decide(self, alert_id: str, decision: DecisionKind) -> dict[str, Any]:
         """Send the decision and wait for the unit's answer: accepted, refused (with the reason), or none."""
         self.screen.set_decision(alert_id, {"decision": decision.value, "status": "pending"})
+        result: dict[str, Any]
         try:
             answer = self.client.decide(alert_id, decision, timeout=self.decision_timeout_s)
         except TimeoutError:
@@ -398,7 +403,9 @@ def run(args: argparse.Namespace, make_client: Callable[[OnAlert, OnStatus], Han
     app.start()
     print(f"handset {app.client.keys.handset_id}: the officer's screen for unit {args.unit} is at", flush=True)
     print(f"  {app.url}", flush=True)
-    print("  (this machine only; the link holds this launch's secret; Ctrl-C stops it and clears the screen)", flush=True)
+    print(
+        "  (this machine only; the link holds this launch's secret; Ctrl-C stops it and clears the screen)", flush=True
+    )
     if args.open:
         webbrowser.open(app.url)
     try:

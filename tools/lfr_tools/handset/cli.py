@@ -39,6 +39,7 @@ __all__ = ["HandsetClient", "HandsetKeys", "ReceivedAlert", "main", "refusal_mes
 
 log = logging.getLogger(__name__)
 
+
 def _broker(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit():

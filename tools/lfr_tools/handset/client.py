@@ -250,8 +250,6 @@ def refusal_message(exc: ProtocolError, handset_id: str, unit_id: str) -> str:
     return str(exc)
 
 
-
-
 def client_from_args(
     args: argparse.Namespace,
     mode: ClientMode,
@@ -266,5 +264,6 @@ def client_from_args(
     unit_key = keyfiles.load_ed25519_public(unit_key_path)
     host, port = args.broker
     tls = (args.ca, args.cert, args.key)
-    return HandsetClient(keys, args.unit, unit_key, host, port, tls, args.prefix, mode=mode, on_alert=on_alert,
-                         on_status=on_status)
+    return HandsetClient(
+        keys, args.unit, unit_key, host, port, tls, args.prefix, mode=mode, on_alert=on_alert, on_status=on_status
+    )
