@@ -11,6 +11,13 @@ clears the page.
 from __future__ import annotations
 
 import json
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -20,16 +27,20 @@ from typing import Any
 
 import pytest
 
+from lfr_contracts.alerts import Alert
 from lfr_edge.vision.pipeline import FacePipeline
 from lfr_hwsim.officer import PHONE, PIXELATE_FACES, TABLET, HandsetAppProcess, chromium, resize, wait_until
 from lfr_hwsim.van import DaemonProcess, SimulatedVan, Subject
 from lfr_tools.command_centre.enrol import PipelineEnroller
+from lfr_tools.handset.app import Screen, score_band
+from lfr_tools.handset.client import ReceivedAlert
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 WANTED = "7205"  # an identity of ../shared/faces/wild
 RESULTS = Path(__file__).resolve().parent.parent / "test-results" / "handset-app"
 CARD = "document.querySelector('.card')"
+URL = re.compile(r"http://127\.0\.0\.1:\d+/[A-Za-z0-9_-]+/")
 
 
 @dataclass
@@ -160,7 +171,8 @@ def test_the_unit_going_offline_and_back_shows_in_the_banner(deployment: Deploym
     deployment.daemon = deployment.van.start_daemon(deployment.config)
     deployment.daemon.wait_for("READY", timeout=120)
     wait_until(browser, "document.getElementById('unit').classList.contains('online')", timeout_s=30)
-    assert "Watchlist active" in browser.execute_script("return document.getElementById('watchlist').textContent")
+    # Back online it holds no list until the retained one is applied again, and the banner follows.
+    wait_until(browser, "document.getElementById('watchlist').textContent.startsWith('Watchlist active')")
 
 
 def test_a_refused_decision_shows_the_refusal(deployment: Deployment) -> None:
@@ -179,3 +191,84 @@ def test_stopping_the_app_clears_the_page(deployment: Deployment) -> None:
     wait_until(browser, "document.querySelectorAll('.card').length === 0", timeout_s=10)
     assert "stopped" in browser.execute_script("return document.getElementById('unit-state').textContent")
     assert browser.execute_script("return window.localStorage.length + window.sessionStorage.length") == 0
+
+
+# The screen's memory, without a browser ---------------------------------------------------------------
+
+
+def received(alert_id: str, time_s: float = 1_800_000_000.0) -> ReceivedAlert:
+    alert = Alert(alert_id, "van-01", "cam0", time_s, 0.62, 0.5, "S-1", "wanted", "", b"\xff\xd8l", b"\xff\xd8w")
+    return ReceivedAlert(alert, time_s + 0.3, time_s + 0.31)
+
+
+def events(stream: queue.Queue[bytes | None]) -> list[str]:
+    kinds = []
+    while not stream.empty():
+        message = stream.get_nowait()
+        kinds.append("end" if message is None else message.decode().split("\n", 1)[0].removeprefix("event: "))
+    return kinds
+
+
+def test_decided_alerts_leave_the_screen_after_the_configured_time_and_everything_at_stop() -> None:
+    now = [100.0]
+    screen = Screen(clear_decided_after_s=30.0, clock=lambda: now[0])
+    page = screen.subscribe()
+    for alert_id in ("a1", "a2", "a3"):
+        screen.add_alert(received(alert_id))
+    screen.set_decision("a1", {"decision": "engage", "status": "accepted"})
+    screen.set_decision("a2", {"decision": "false_alert", "status": "refused", "reason": "unknown alert"})
+    now[0] += 29.9
+    screen.clear_decided()
+    assert screen.knows("a1")
+    now[0] += 0.1
+    screen.clear_decided()
+    assert not screen.knows("a1") and screen.knows("a2") and screen.knows("a3")  # refused: still undecided
+    assert events(page) == ["snapshot", "alert", "alert", "alert", "decision", "decision", "remove"]
+    screen.close()
+    assert events(page) == ["stop", "end"]
+    assert not screen.knows("a2") and not screen.knows("a3")
+    late = screen.subscribe()  # a page that connects after the stop gets an empty screen, and its stream ends
+    assert '"alerts":[]' in late.get_nowait().decode() and late.get_nowait() is None  # type: ignore[union-attr]
+
+
+def test_the_score_is_told_in_words_beside_the_threshold() -> None:
+    assert score_band(0.52, 0.5).startswith("just above the threshold")
+    assert score_band(0.6, 0.5) == "clearly above the threshold"
+    assert score_band(0.9, 0.5) == "far above the threshold"
+
+
+# What a newcomer runs: `make demo HANDSET=app` ---------------------------------------------------------
+
+
+def test_the_demo_with_the_officers_screen(faces: Path, tmp_path: Path) -> None:
+    """`lfr-hwsim demo --handset app` (what `make demo HANDSET=app` runs): its printed URL in a browser shows
+    an alert as a card with both pictures; a decision there is accepted by the unit; Ctrl-C ends the demo."""
+    command = [str(Path(sys.executable).parent / "lfr-hwsim"), "demo", "--faces", str(faces), "--duration", "40"]
+    demo = subprocess.Popen(
+        [*command, "--handset", "app", "--out", str(tmp_path / "demo")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(demo.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    browser = chromium(PHONE)
+    try:
+        deadline = time.monotonic() + 180
+        while not (url := next((m.group(0) for line in list(lines) if (m := URL.search(line))), None)):
+            assert time.monotonic() < deadline and demo.poll() is None, "".join(lines)
+            time.sleep(0.2)
+        browser.get(url)
+        alert_id = wait_until(browser, f"{CARD} && {CARD}.dataset.alertId", timeout_s=150)
+        assert wait_until(browser, f"[...{CARD}.querySelectorAll('.pictures img')].every(i => i.naturalWidth > 0)")
+        browser.execute_script(f"document.querySelector('[data-alert-id=\"{alert_id}\"] button.engage').click()")
+        wait_until(browser, f"document.querySelector('[data-alert-id=\"{alert_id}\"] .answer.accepted')")
+    finally:
+        browser.quit()
+        demo.send_signal(signal.SIGINT)
+        code = demo.wait(60)
+        reader.join(5)
+    assert code == 0, "".join(lines)
+    assert re.search(r"decided engage:\s+1", "".join(lines)), "".join(lines)
+    assert "nothing of the non-matches was kept" in "".join(lines)
