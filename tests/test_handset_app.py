@@ -183,6 +183,8 @@ def test_a_refused_decision_shows_the_refusal(deployment: Deployment) -> None:
     answer = wait_until(browser, f"document.querySelector('[data-alert-id=\"{first}\"] .answer.refused')")
     text = browser.execute_script("return arguments[0].textContent", answer)
     assert text.startswith("False alert: REFUSED by the unit: decision for unknown alert"), text
+    browser.execute_script("arguments[0].scrollIntoView()", answer)
+    browser.save_screenshot(str(RESULTS / "phone-refused.png"))
 
 
 def test_stopping_the_app_clears_the_page(deployment: Deployment) -> None:
