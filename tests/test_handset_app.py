@@ -175,6 +175,16 @@ def test_the_unit_going_offline_and_back_shows_in_the_banner(deployment: Deploym
     wait_until(browser, "document.getElementById('watchlist').textContent.startsWith('Watchlist active')")
 
 
+def test_the_beacon_unplugged_and_back_shows_in_the_banner(deployment: Deployment) -> None:
+    browser, beacon = deployment.browser, deployment.van.beacon
+    assert beacon is not None
+    wait_until(browser, "document.getElementById('beacon').textContent === 'Beacon OK'", timeout_s=30)
+    beacon.unplug()
+    wait_until(browser, "document.getElementById('beacon').textContent.includes('DISCONNECTED')", timeout_s=30)
+    beacon.replug()
+    wait_until(browser, "document.getElementById('beacon').textContent === 'Beacon OK'", timeout_s=30)
+
+
 def test_a_refused_decision_shows_the_refusal(deployment: Deployment) -> None:
     """The restarted unit no longer knows the first alert: a decision on it is refused, and the card says why."""
     browser = deployment.browser

@@ -186,7 +186,10 @@ class HandsetClient:
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         if message.topic == self.topics.status:
-            self._on_unit_status(bytes(message.payload))
+            if self.mode == "decide":  # the session's status subscription (from `listen`): nothing to keep
+                client.ack(message.mid, message.qos)
+            else:
+                self._on_unit_status(bytes(message.payload))
             return
         if message.topic != self.topics.alerts:
             self._on_answer(bytes(message.payload))
