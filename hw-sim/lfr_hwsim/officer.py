@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -92,7 +93,7 @@ class HandsetAppProcess:
     def stop(self, timeout_s: float = 10.0) -> int:
         """Ctrl-C, as the officer would: the app clears the screen and stops."""
         if self.proc.poll() is None:
-            self.proc.send_signal(2)
+            self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:

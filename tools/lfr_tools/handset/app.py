@@ -19,6 +19,7 @@ import json
 import logging
 import queue
 import secrets
+import signal
 import threading
 import time
 import webbrowser
@@ -400,6 +401,7 @@ def _drain(events: queue.Queue[bytes | None]) -> Iterator[bytes]:
 def run(args: argparse.Namespace, make_client: Callable[[OnAlert, OnStatus], HandsetClient]) -> int:
     """`lfr-handset app`: serve until Ctrl-C (or SIGTERM), then clear the screen and stop."""
     app = HandsetApp(make_client, args.clear_decided_after, args.decision_timeout, args.port)
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop clears the screen as Ctrl-C does
     app.start()
     print(f"handset {app.client.keys.handset_id}: the officer's screen for unit {args.unit} is at", flush=True)
     print(f"  {app.url}", flush=True)
@@ -416,6 +418,10 @@ def run(args: argparse.Namespace, make_client: Callable[[OnAlert, OnStatus], Han
         app.stop()
         print("handset app stopped: the screen is cleared", flush=True)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
