@@ -32,11 +32,13 @@ from lfr_edge.vision.pipeline import build_pipeline
 from lfr_hwsim.broker import COMMAND_CENTRE, Collector
 from lfr_hwsim.facelocate import default_locator
 from lfr_hwsim.faults import Fault, FaultInjector, FaultScriptError, parse_script
+from lfr_hwsim.officer import HandsetAppProcess, open_in_browser
 from lfr_hwsim.plan import PlanRequest, ScenePlan, build_plan
 from lfr_hwsim.timeline import plot_timeline
 from lfr_hwsim.van import SimulatedVan, Subject
 from lfr_tools.command_centre.enrol import PipelineEnroller
 
+OFFICER_APP = "officer-app"  # the handset `--handset app` pairs for the officer's screen
 MIN_USABLE_FACE_PX = 48  # a walker whose face never gets this wide cannot be expected to be recognised
 # Files that may change during a run: logs, sockets, the camera's fault-control file, the broker's
 # session store (sealed alerts queued for an offline handset: matches only) and the unit's lifecycle
@@ -109,7 +111,10 @@ def run_demo(
     seed: int = 7,
     fps: float = 25.0,
     faults: Sequence[Fault] | str = (),
+    handset: str = "listen",
 ) -> dict[str, Any]:
+    """`handset="app"` adds the officer's screen (`lfr-handset app`, a second paired handset) and keeps the
+    unit running after the scene until Ctrl-C, so that the alerts can be decided on it."""
     script = parse_script(faults) if isinstance(faults, str) else tuple(faults)
     out.mkdir(parents=True, exist_ok=True)
     with scratch_dir() as work:
@@ -120,7 +125,8 @@ def run_demo(
         )
         plan_file = work / "plan.json"
         plan.save(plan_file)
-        with SimulatedVan(work / "van", unit_id="van-demo") as van:
+        handsets = ("handset-1", OFFICER_APP) if handset == "app" else ("handset-1",)
+        with SimulatedVan(work / "van", unit_id="van-demo", handset_ids=handsets) as van:
             say(f"broker up on 127.0.0.1:{van.broker.port} (mutual TLS, ACLs); unit van-demo provisioned")
             pipeline = build_pipeline(Config())
             subjects = [
@@ -143,6 +149,7 @@ def run_demo(
             }
             config = van.write_config([camera], daemon={"telemetry_interval_s": 1.0})
             phone = van.handset()
+            screen = officers_screen(van) if handset == "app" else None
             observed = Observed()
             listener = TelemetryListener(van, observed)
             before = snapshot(work)
@@ -154,6 +161,7 @@ def run_demo(
                 say("faults scheduled: " + ", ".join(str(f) for f in script))
             last_printed = [-10.0]
             say("unit READY; the street scene is running (Ctrl-C stops early)\n")
+            stopped_early = False
             try:
                 while (elapsed := time.monotonic() - started) < duration_s:
                     drain_alerts(phone, observed, started)
@@ -166,13 +174,18 @@ def run_demo(
                         announce_faults(injector, observed)
                     time.sleep(0.25)
             except KeyboardInterrupt:
+                stopped_early = True
                 say("\nstopped early")
+            if screen is not None:
+                linger(screen, stopped_early, phone, observed, started)
             if injector is not None:
                 injector.stop()
                 announce_faults(injector, observed)
             code = daemon.terminate(timeout=10)
             drain_alerts(phone, observed, started)
             listener.stop()
+            if screen is not None:
+                screen.stop()
             after = snapshot(work)
             written = [p for p, meta in after.items() if before.get(p) != meta and not p.endswith(PRIVATE_OK)]
             audit = deployment_report(van.paths.state / "audit.jsonl")
@@ -183,6 +196,28 @@ def run_demo(
     print_report(report, out)
     print(f"\nthe unit's deployment report (lfr-edge audit report):\n{audit.text()}")
     return report
+
+
+def officers_screen(van: SimulatedVan) -> HandsetAppProcess:
+    """`lfr-handset app` for the demo's second handset; its URL printed (and opened where there is a display)."""
+    screen = HandsetAppProcess(van, OFFICER_APP, "--clear-decided-after", "120")
+    say(f"\nthe officer's screen (lfr-handset app, handset {OFFICER_APP}): open this in a browser on this machine\n")
+    say(f"    {screen.url}\n")
+    open_in_browser(screen.url)
+    return screen
+
+
+def linger(screen: HandsetAppProcess, stopped_early: bool, phone: Any, observed: Observed, started: float) -> None:
+    """After the scene the unit keeps running, so that the officer can decide on the screen, until Ctrl-C."""
+    if stopped_early:
+        return
+    say(f"\nthe scene has ended; the unit keeps running: decide on {screen.url}\nCtrl-C ends the demo")
+    try:
+        while screen.proc.poll() is None:
+            drain_alerts(phone, observed, started)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        say("")
 
 
 class TelemetryListener:
@@ -359,6 +394,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out", type=Path, default=Path("demo-results"))
     p.add_argument(
+        "--handset",
+        choices=("listen", "app"),
+        default="listen",
+        help="app: also serve the officer's screen (lfr-handset app) and keep the unit up after the scene until Ctrl-C",
+    )
+    p.add_argument(
         "--faults",
         type=_fault_script,
         default=(),
@@ -368,7 +409,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "watchlist-corrupt, watchlist-replay, watchlist-expire (e.g. '8:broker-restart=4, 20:camera-stall=3')",
     )
     p.set_defaults(
-        func=lambda a: 0 if run_demo(a.faces, a.duration, a.out, a.watchlisted, a.seed, faults=a.faults) else 1
+        func=lambda a: (
+            0 if run_demo(a.faces, a.duration, a.out, a.watchlisted, a.seed, faults=a.faults, handset=a.handset) else 1
+        )
     )
 
 
