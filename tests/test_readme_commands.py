@@ -28,6 +28,17 @@ RUN_BY = {
     "make demo": "run: test_demo_timeline.py::test_make_demo_writes_a_report_and_a_timeline_a_non_engineer_can_read",
     "make test": "not a test: .ci/run runs it (the CI check)",
     "make models": "not a test: `make test` runs it first (its prerequisite), so .ci/run does",
+    "make system-deps": "not a test: `make test` runs it first (its prerequisite), so .ci/run does",
+    "make demo HANDSET=app": (
+        "make -n: test_readme_commands.py::test_the_make_targets_run_the_commands_the_readme_names (the recipe "
+        "passes --handset app; test_handset_app.py runs that demo)"
+    ),
+    ".venv/bin/lfr-hwsim demo --faces ../shared/faces --duration 60 --handset app": (
+        "run: test_handset_app.py::test_the_demo_with_the_officers_screen (with --duration 40)"
+    ),
+    ".venv/bin/python -m lfr_bench.handset_app --alerts 30": (
+        "not run: a benchmark (a minute of a real daemon and browser); test_handset_app.py runs the same path"
+    ),
     "make bench": "not run: minutes long, and it installs the peer face_recognition from the internet",
     "make bench QUICK=1": "not run: installs the peer face_recognition from the internet",
     "make demo DURATION=20": (
@@ -144,15 +155,16 @@ def test_the_make_targets_run_the_commands_the_readme_names() -> None:
     """`make -n` shows what each documented target runs: the README's simulator line is `make demo`'s recipe,
     DURATION and FAULTS reach the demo as given, and test-fast leaves the slow tests out."""
     demo = make_dry_run("demo").splitlines()[-1]
-    assert re.fullmatch(r'\.venv/bin/lfr-hwsim demo --faces "[^"]+" --duration 60 --out demo-results ?', demo), demo
+    assert re.fullmatch(r'\.venv/bin/lfr-hwsim demo --faces "[^"]+" --duration 60 --out demo-results *', demo), demo
     assert ".venv/bin/lfr-hwsim demo --faces ../shared/faces --duration 60" in README.read_text()
     assert "--duration 20 --out demo-results" in make_dry_run("demo", "DURATION=20").splitlines()[-1]
     faults = next(c for c in RUN_BY if "FAULTS=" in c)
     script = re.search(r'FAULTS="([^"]+)"', faults)
     assert script is not None
-    fault_run = make_dry_run("demo", f"FAULTS={script[1]}", "DURATION=50").splitlines()[-1]
+    fault_run = make_dry_run("demo", f"FAULTS={script[1]}", "DURATION=50").splitlines()[-1].rstrip()
     assert fault_run.endswith(f'--duration 50 --out demo-results --faults "{script[1]}"'), fault_run
     from lfr_hwsim.faults import parse_script
 
     assert len(parse_script(script[1])) == 8
     assert '-m "not slow"' in make_dry_run("test-fast").splitlines()[-1]
+    assert make_dry_run("demo", "HANDSET=app").splitlines()[-1].rstrip().endswith("--handset app")
