@@ -70,20 +70,37 @@ def wait_status(van: SimulatedVan, state: str, timeout: float = 20.0) -> UnitSta
         time.sleep(0.3)
 
 
-def close_with_the_cli(van: SimulatedVan, tmp: Path, deployment: str = "sim-deployment") -> int:
+def close_with_the_cli(
+    van: SimulatedVan, tmp: Path, capsys: pytest.CaptureFixture[str], deployment: str = "sim-deployment"
+) -> int:
     key = tmp / "command-centre.key"
     if not key.exists():
         keyfiles.save_private_key(key, van.command_centre_key)
     tls = van.broker.client(COMMAND_CENTRE)
-    return watchlist_main([
+    done = watchlist_main([
         "close", "--deployment", deployment, "--sign-key", str(key), "--unit", van.unit_id,
         "--broker", f"{van.broker.host}:{van.broker.port}", "--ca", str(tls.ca_file), "--cert", str(tls.cert_file),
         "--key", str(tls.key_file), "--wait-ack", "--timeout", "20",
     ])  # fmt: skip
+    assert f"cleared the retained message on {van.topics.watchlist}" in capsys.readouterr().out
+    return done
+
+
+def retained_watchlist(van: SimulatedVan) -> bytes | None:
+    """What the broker retains on the unit's watchlist topic, or None, read as the unit (only the unit may read
+    it: run it while the daemon is stopped). The broker sends a subscription's retained message before it
+    answers the next SUBSCRIBE on the same connection, so once the second is granted the first has come."""
+    reader = Collector(van.broker, van.unit_id)
+    try:
+        assert reader.subscribe(van.topics.watchlist) == [1]
+        assert reader.subscribe(van.topics.decisions) == [1]
+        return None if reader.messages.empty() else reader.messages.get_nowait().payload
+    finally:
+        reader.close()
 
 
 def test_a_closed_deployment_never_comes_back_after_a_restart(
-    van: SimulatedVan, faces: Path, pipeline: FacePipeline, tmp_path: Path
+    van: SimulatedVan, faces: Path, pipeline: FacePipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     payload = watchlist_of(van, faces, pipeline)
     van.publish_watchlist(payload, wait_ack_s=None)
@@ -92,25 +109,34 @@ def test_a_closed_deployment_never_comes_back_after_a_restart(
     daemon = van.start_daemon(config)
     daemon.wait_for("READY", timeout=60)
     phone.alerts.get(timeout=60)  # the list works
-    assert close_with_the_cli(van, tmp_path) == 0
+    assert close_with_the_cli(van, tmp_path, capsys) == 0  # the unit answered closed; then the CLI cleared it
     wait_status(van, "closed")
     assert daemon.terminate() == 0
-    # The broker still retains the bundle (here: the command centre's copy published again), as it did when
-    # this was found; the restarted unit must refuse it and say the deployment is closed.
-    van.publish_watchlist(payload, wait_ack_s=None)
+    assert retained_watchlist(van) is None  # the broker retains neither the bundle nor the close
     while not phone.alerts.empty():
         phone.alerts.get_nowait()
+
+    before = daemon.log_path.stat().st_size
     daemon = van.start_daemon(config)
     try:
         ready = daemon.wait_for("READY", timeout=60)
+        # Nothing retained is not a refusal: the record says the deployment was closed.
         status = wait_status(van, "closed")
         assert status.watchlist is not None and status.watchlist.deployment == "sim-deployment"
         assert "watchlist closed" in ready["STATUS"] or "closed" in daemon.wait_for("STATUS", 10)["STATUS"]
+        # The broker retains the bundle again (the command centre's copy published again, or an old broker's
+        # state restored), as it did when this was found: the unit refuses it and still says closed.
+        van.publish_watchlist(payload, wait_ack_s=None)
         with pytest.raises(queue.Empty):
             phone.alerts.get(timeout=8)  # the wanted person walks past again: no prompt
+        status = wait_status(van, "closed")
+        assert status.watchlist is not None and status.watchlist.deployment == "sim-deployment"
     finally:
         assert daemon.terminate() == 0
-    assert "deployment_ended" in daemon.log_path.read_text()
+    assert retained_watchlist(van) == payload  # what the broker retains is seen when there is something
+    after_restart = daemon.log_path.read_bytes()[before:].decode(errors="replace")
+    refusals = [line for line in after_restart.splitlines() if "refused a message" in line]
+    assert len(refusals) == 1 and "deployment_ended" in refusals[0], refusals  # only the bundle published again
 
 
 def test_a_refused_retained_bundle_says_refused_after_a_restart(
