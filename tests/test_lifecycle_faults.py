@@ -24,6 +24,8 @@ from lfr_hwsim.broker import COMMAND_CENTRE
 from lfr_hwsim.van import DaemonProcess, SimulatedVan, Subject
 from lfr_tools.command_centre.cli import main as watchlist_main
 from lfr_tools.command_centre.enrol import PipelineEnroller
+from lfr_tools.handset.cli import HandsetClient
+from lfr_tools.handset.unit_state import status_line
 from mqtt_fixtures import Collector
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
@@ -70,6 +72,19 @@ def wait_status(van: SimulatedVan, state: str, timeout: float = 20.0) -> UnitSta
         time.sleep(0.3)
 
 
+def handset_shows(phone: HandsetClient, state: str, timeout: float = 20.0) -> str:
+    """The line `lfr-handset listen` prints for the first status the handset receives with watchlist `state`."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            status = phone.statuses.get(timeout=left)
+        except queue.Empty:
+            break
+        if status.state == "online" and status.watchlist is not None and status.watchlist.state == state:
+            return status_line(status)
+    raise AssertionError(f"the handset never received a status saying watchlist {state}")
+
+
 def close_with_the_cli(
     van: SimulatedVan, tmp: Path, capsys: pytest.CaptureFixture[str], deployment: str = "sim-deployment"
 ) -> int:
@@ -109,6 +124,7 @@ def test_a_closed_deployment_never_comes_back_after_a_restart(
     daemon = van.start_daemon(config)
     daemon.wait_for("READY", timeout=60)
     phone.alerts.get(timeout=60)  # the list works
+    assert ": watchlist active: sim-deployment v" in handset_shows(phone, "active")
     assert close_with_the_cli(van, tmp_path, capsys) == 0  # the unit answered closed; then the CLI cleared it
     wait_status(van, "closed")
     assert daemon.terminate() == 0
@@ -120,8 +136,11 @@ def test_a_closed_deployment_never_comes_back_after_a_restart(
     daemon = van.start_daemon(config)
     try:
         ready = daemon.wait_for("READY", timeout=60)
-        # Nothing retained is not a refusal: the record says the deployment was closed.
+        # Nothing retained is not a refusal: the record says the deployment was closed, and the officer is told.
         status = wait_status(van, "closed")
+        told = handset_shows(phone, "closed")
+        assert f"UNIT {van.unit_id} online since " in told and "watchlist closed: sim-deployment" in told
+        assert "no alert can come" in told
         assert status.watchlist is not None and status.watchlist.deployment == "sim-deployment"
         assert "watchlist closed" in ready["STATUS"] or "closed" in daemon.wait_for("STATUS", 10)["STATUS"]
         # The broker retains the bundle again (the command centre's copy published again, or an old broker's

@@ -1,7 +1,8 @@
 """`lfr-handset`: the reference handset client, for the simulator and for field tests.
 
 It holds the handset's two key pairs (X25519 to open alerts, Ed25519 to sign decisions), subscribes to a
-unit's alerts, prints each one (subject, score, age) and can save the two pictures; `decide` answers an
+unit's alerts, prints each one (subject, score, age) and can save the two pictures, and prints a `UNIT`
+line whenever the unit's retained status changes (the watchlist it holds, or why none); `decide` answers an
 alert with a signed decision; `pair` pairs with a unit by the one-time code the technician reads out
 (docs/pairing.md) and keeps the unit's key in the key folder, where listen and decide find it.
 
@@ -30,11 +31,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from lfr_contracts import crypto
 from lfr_contracts.alerts import DECISIONS, Alert, Decision, DecisionKind, ProtocolError, decode_alert, encode_decision
 from lfr_contracts.receipts import AlertReceipt, DecisionAnswer, decode_answer, encode_receipt
+from lfr_contracts.status import StatusError, UnitStatus
 from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
 from lfr_edge.alerts.handset import handset_record
 from lfr_edge.cli_options import Shared, check_required, declare, parent
 from lfr_edge.comms.mqtt import tls_client
+from lfr_tools.handset.unit_state import read_status, status_line
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +132,7 @@ class HandsetClient:
         self.alerts: queue.Queue[ReceivedAlert] = queue.Queue()
         self.refused: queue.Queue[str] = queue.Queue()
         self.answers: queue.Queue[DecisionAnswer] = queue.Queue()
+        self.statuses: queue.Queue[UnitStatus] = queue.Queue()  # the unit's retained status, as it changes
         self.seen: set[str] = set()
         self.duplicates = 0
         self.connected = threading.Event()
@@ -174,9 +178,13 @@ class HandsetClient:
         if reason.is_failure:
             return
         answers = (self.topics.decision_answer_for(self.keys.handset_id), 1)
-        client.subscribe([answers] if self.mode == "decide" else [(self.topics.alerts, 1), answers])
+        status = (self.topics.status, 0)  # QoS 0: not queued while away; the retained one comes on every connect
+        client.subscribe([answers] if self.mode == "decide" else [(self.topics.alerts, 1), answers, status])
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if message.topic == self.topics.status:
+            self._on_status(bytes(message.payload))
+            return
         if message.topic != self.topics.alerts:
             self._on_answer(bytes(message.payload))
             if self.mode == "decide":
@@ -199,6 +207,15 @@ class HandsetClient:
             return
         self.seen.add(alert.alert_id)
         self.alerts.put(ReceivedAlert(alert, received_at, decoded_at))
+
+    def _on_status(self, payload: bytes) -> None:
+        try:
+            status = read_status(payload, self.unit_id)
+        except StatusError as exc:
+            log.warning("unit %s: status ignored: %s", self.unit_id, exc)
+            return
+        if status is not None:
+            self.statuses.put(status)
 
     def _on_answer(self, payload: bytes) -> None:
         try:
@@ -271,6 +288,9 @@ def listen(args: argparse.Namespace) -> int:
                 item = client.alerts.get(timeout=1.0)
             except queue.Empty:
                 continue
+            finally:  # what the unit holds, as it changes: before the alert that came after it
+                while not client.statuses.empty():
+                    print(status_line(client.statuses.get_nowait()), flush=True)
             received += 1
             a = item.alert
             print(
