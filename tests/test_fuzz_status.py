@@ -1,8 +1,9 @@
-"""Fuzzing the unit's retained status as the handset reads it (`lfr-handset listen` prints it).
+"""Fuzzing what the unit reports as its readers read it: the retained status as the handset reads it
+(`lfr-handset listen` prints it), and the unit's answer on watchlist/ack as `lfr-watchlist` reads it.
 
-Any client allowed to read the status topic hands the handset what the broker retains there; the handset
-must show a status or ignore the message with `StatusError`, whatever the bytes, and the line it prints
-must be made for any status that decodes.
+The handset must show a status or ignore the message with `StatusError`, whatever the bytes, and the line it
+prints must be made for any status that decodes. `lfr-watchlist` must read an answer or ignore it (None),
+never raise on the MQTT thread.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz_helpers import dumps, fuzz, holds, hostile_json_text, json_values, mutated
+from fuzz_helpers import bounded, dumps, fuzz, holds, hostile_json_text, json_values, mutated
 from lfr_contracts.status import StatusError, UnitStatus, WatchlistStatus
+from lfr_tools.command_centre.cli import read_ack
 from lfr_tools.handset.unit_state import read_status, status_line
 
 UNIT = "van-07"
@@ -97,3 +99,19 @@ def test_a_status_with_any_field_value_is_shown_or_ignored(path: tuple[str, ...]
 @given(st.one_of(hostile_json_text(), st.builds(dumps, json_values), st.binary(max_size=5000)))
 def test_arbitrary_statuses_are_ignored(payload: bytes) -> None:
     holds(StatusError, lambda: shown(payload))
+
+
+CLOSED_ACK = json.dumps({"status": "closed", "deployment": "op-1", "nonce": "dc47564e959fd2c4"}).encode()
+
+
+@fuzz(200)
+@given(st.one_of(mutated(CLOSED_ACK), hostile_json_text(), st.builds(dumps, json_values), st.binary(max_size=5000)))
+def test_any_answer_is_read_or_ignored(payload: bytes) -> None:
+    with bounded():
+        ack = read_ack(payload)
+    assert ack is None or isinstance(ack, dict)
+
+
+def test_the_real_answer_is_read() -> None:
+    assert read_ack(CLOSED_ACK) == {"status": "closed", "deployment": "op-1", "nonce": "dc47564e959fd2c4"}
+    assert read_ack(b"[") is None and read_ack(b'"closed"') is None

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from lfr_contracts import bundle, crypto, layout
 from lfr_contracts.status import StatusError, UnitStatus
 from lfr_contracts.topics import Topics
+from lfr_contracts.untrusted import JsonRefused, loads_json
 from lfr_edge import keyfiles
 from lfr_edge.cli_options import Shared, check_required, declare, parent
 from lfr_edge.comms.mqtt import tls_client
@@ -48,6 +49,7 @@ from lfr_tools.command_centre.enrol import Enroller
 from lfr_tools.progress import progress as show_progress
 
 MAX_INSPECT_BYTES = 1 << 31
+MAX_ACK_BYTES = 64 * 1024  # a unit's answer is a few hundred bytes
 
 
 class CliError(Exception):
@@ -232,9 +234,9 @@ def _send(
     With `clear_when_closed`, once the unit answers `closed` the retained message is cleared too."""
     topics = Topics.for_unit(args.prefix, unit_id)
     client = tls_client(f"command-centre-{secrets.token_hex(4)}", args.ca, args.cert, args.key)
-    acks: queue.Queue[dict[str, object]] = queue.Queue()
+    acks: queue.Queue[dict[str, object] | None] = queue.Queue()
     subscribed: queue.Queue[bool] = queue.Queue()
-    client.on_message = lambda c, u, m: acks.put(json.loads(m.payload))
+    client.on_message = lambda c, u, m: acks.put(read_ack(bytes(m.payload)))
     client.on_subscribe = lambda c, u, mid, codes, p: subscribed.put(True)
     try:
         client.connect(args.broker[0], args.broker[1], keepalive=30)
@@ -262,6 +264,9 @@ def _send(
                     file=sys.stderr,
                 )
                 return 1
+            if ack is None:
+                print(f"ignored a message on {topics.watchlist_ack} that is not a unit's answer", file=sys.stderr)
+                continue
             print(f"unit {unit_id} answered: {json.dumps(ack)}")
             if clear_when_closed and ack.get("status") == "closed":
                 _clear_retained(client, topics.watchlist, args.timeout)
@@ -271,6 +276,16 @@ def _send(
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def read_ack(payload: bytes) -> dict[str, object] | None:
+    """The unit's answer on watchlist/ack (a JSON object), or None for anything else (never an exception on
+    the MQTT thread, which would leave the command waiting as if the unit were offline)."""
+    try:
+        data = loads_json(payload, max_bytes=MAX_ACK_BYTES)
+    except JsonRefused:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _clear_retained(client: paho.Client, topic: str, timeout_s: float) -> None:
