@@ -392,3 +392,24 @@ def test_no_certificate_can_publish_on_another_handsets_request_topic(two_handse
     ]
     assert helper.messages.empty()
     helper.close()
+
+
+def test_a_broker_acl_from_before_the_per_handset_request_topic_is_named_by_the_handset(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    # The upgrade trap: an ACL written before requests went to pairing/request/<handset> lets the handset read
+    # the offer but drops its request; the officer is told what to regenerate, not only "no answer".
+    old_acl = broker.acl_file.read_text().replace(f"pairing/request/{HANDSET}", "pairing/request")
+    broker.acl_file.write_text(old_acl.replace("pairing/request/+", "pairing/request"))
+    broker.restart()
+    unit = UnitSide(broker, tmp_path)
+    phone = HandsetKeys.generate(tmp_path / "phone", HANDSET)
+    tls = broker.client(HANDSET)
+    try:
+        with pytest.raises(PairingError, match=r"did not answer.*regenerate it with `lfr-provision broker config`"):
+            pair_with_unit(
+                HANDSET, unit.session.code, phone.sealing, phone.signing, UNIT, broker.host, broker.port,
+                (tls.ca_file, tls.cert_file, tls.key_file), prefix=broker.prefix, timeout_s=3,
+            )  # fmt: skip
+    finally:
+        assert unit.stop().result == "cancelled"

@@ -85,7 +85,13 @@ def pair_with_unit(
         nonce = json.loads(request)["handset_nonce"]
         mqtt.publish(topics.pairing_request_for(handset_id), request)  # the broker lets only this CN write it
         while True:
-            answer = _next(mqtt, confirm_topic, deadline, f"unit {unit_id} did not answer the request")
+            answer = _next(
+                mqtt,
+                confirm_topic,
+                deadline,
+                f"unit {unit_id} did not answer the request (a broker whose ACL predates "
+                f"{topics.pairing_request_for(handset_id)} drops it: regenerate it with `lfr-provision broker config`)",
+            )
             data = _json(answer)
             if data.get("handset_nonce") != nonce:
                 continue  # an answer to an earlier attempt (or to someone replaying one)
