@@ -30,7 +30,7 @@ from lfr_edge.comms.mqtt import UnitMqttClient
 from lfr_edge.config import AlertsConfig
 from lfr_hwsim.broker import MosquittoBroker
 from lfr_provision.pair_handset import pair_handset
-from lfr_provision.pair_mqtt import PairingOutcome, UnitPairing
+from lfr_provision.pair_mqtt import SHOWN_REFUSALS, PairingOutcome, UnitPairing
 from lfr_tools.handset.cli import HandsetClient, HandsetKeys, unit_key_file
 from lfr_tools.handset.cli import main as handset_main
 from lfr_tools.handset.pairing import pair_with_unit
@@ -413,3 +413,21 @@ def test_a_broker_acl_from_before_the_per_handset_request_topic_is_named_by_the_
             )  # fmt: skip
     finally:
         assert unit.stop().result == "cancelled"
+
+
+def test_a_flood_of_refused_requests_is_counted_not_written_line_by_line(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    topics = Topics.for_unit(broker.prefix, UNIT)
+    unit = UnitSide(broker, tmp_path)
+    flood = Collector(broker, HANDSET)  # an enrolled handset sending junk on its own request topic
+    for i in range(SHOWN_REFUSALS + 40):
+        flood.publish(topics.pairing_request_for(HANDSET), f"junk {i}".encode())
+    flood.close()  # the same identity connects next: one connection per certificate
+    handset_pair(broker, unit.session.code, HandsetKeys.generate(tmp_path / "phone", HANDSET))  # costs no try
+    outcome = unit.finish()
+    assert outcome.result == "paired"
+    assert len(outcome.refusals) == SHOWN_REFUSALS and outcome.more_refusals == {HANDSET: 40}
+    refused = [e for e in read_events(unit.audit_path, UNIT) if isinstance(e, PairingRefused)]
+    assert len(refused) == SHOWN_REFUSALS + 1 and sum(e.count for e in refused) == SHOWN_REFUSALS + 40
+    assert refused[-1].count == 40 and refused[-1].sender == HANDSET

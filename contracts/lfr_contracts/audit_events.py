@@ -236,13 +236,15 @@ class HandsetPaired(AuditEvent):
 @dataclass(frozen=True)
 class PairingRefused(AuditEvent):
     """A pairing request was refused. `sender` is the certificate CN the broker vouches for (the request
-    topic's last level); `claimed` is the handset id the request named, when it named a valid one."""
+    topic's last level); `claimed` is the handset id the request named, when it named a valid one. A session
+    writes its first refusals one by one, then one line per sender with the `count` of the rest."""
 
     name: ClassVar[str] = "pairing_refused"
     sender: str
     session: str
     reason: str
     claimed: str | None = None
+    count: int = 1
 
 
 EVENTS: Mapping[str, type[AuditEvent]] = {

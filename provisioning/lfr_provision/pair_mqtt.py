@@ -23,6 +23,7 @@ import json
 import queue
 import secrets
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,15 +44,20 @@ from lfr_provision import handsets
 Tls = tuple[Path, Path, Path]  # CA, client certificate, client key
 
 
+SHOWN_REFUSALS = 20  # per session, each shown and audited; later ones are counted, one audit line per sender
+
+
 @dataclass
 class PairingOutcome:
     """How a pairing session ended: `paired` (with the handset and its registry file), `expired`,
-    `voided` (too many wrong codes) or `cancelled`; `refusals` lists every refused request, in order."""
+    `voided` (too many wrong codes) or `cancelled`; `refusals` lists the first SHOWN_REFUSALS refused
+    requests, in order, and `more_refusals` counts the later ones by sender (a flood writes a line each)."""
 
     result: str
     handset: PairedHandset | None = None
     registry_file: Path | None = None
     refusals: list[str] = field(default_factory=list)
+    more_refusals: Counter[str] = field(default_factory=Counter)
 
 
 def _nonce_of(request: bytes) -> str | None:
@@ -109,6 +115,16 @@ class UnitPairing:
         if self._mqtt is None:
             raise RuntimeError("open() first")
         outcome = PairingOutcome("cancelled")
+        try:
+            return self._serve(outcome)
+        finally:
+            for sender, count in sorted(outcome.more_refusals.items()):
+                reason = f"{count} more refused request(s) from {sender}, counted after the first {SHOWN_REFUSALS}"
+                self.on_refusal(reason)
+                self.audit.append(PairingRefused(sender, self.session.session_id, reason, count=count))
+
+    def _serve(self, outcome: PairingOutcome) -> PairingOutcome:
+        assert self._mqtt is not None
         while not self._cancel.is_set():
             if self.session.now() > self.session.expires_at:
                 outcome.result = "expired"
@@ -125,9 +141,12 @@ class UnitPairing:
                 handset, confirm = self._accept(payload, sender)
             except PairingError as exc:
                 reason = str(exc)
-                outcome.refusals.append(reason)
-                self.on_refusal(reason)
-                self.audit.append(PairingRefused(sender, self.session.session_id, reason[:200], _claimed(payload)))
+                if len(outcome.refusals) < SHOWN_REFUSALS:
+                    outcome.refusals.append(reason)
+                    self.on_refusal(reason)
+                    self.audit.append(PairingRefused(sender, self.session.session_id, reason[:200], _claimed(payload)))
+                else:
+                    outcome.more_refusals[sender] += 1
                 self._answer_refusal(sender, payload, reason)
                 if self.session.attempts_left <= 0:
                     outcome.result = "voided"
@@ -137,7 +156,8 @@ class UnitPairing:
             path = handsets.register(self.handsets_dir, handset)
             self.audit.append(HandsetPaired(handset.handset_id, self.session.session_id, replaced))
             self._mqtt.publish(self.topics.pairing_confirm_for(handset.handset_id), confirm)
-            return PairingOutcome("paired", handset, path, outcome.refusals)
+            outcome.result, outcome.handset, outcome.registry_file = "paired", handset, path
+            return outcome
         return outcome
 
     def _accept(self, payload: bytes, sender: str) -> tuple[PairedHandset, bytes]:
