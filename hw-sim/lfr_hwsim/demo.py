@@ -33,6 +33,7 @@ from lfr_hwsim.broker import COMMAND_CENTRE, Collector
 from lfr_hwsim.facelocate import default_locator
 from lfr_hwsim.faults import Fault, FaultInjector, FaultScriptError, parse_script
 from lfr_hwsim.plan import PlanRequest, ScenePlan, build_plan
+from lfr_hwsim.timeline import plot_timeline
 from lfr_hwsim.van import SimulatedVan, Subject
 from lfr_tools.command_centre.enrol import PipelineEnroller
 
@@ -57,6 +58,8 @@ class Observed:
     """What the demo saw from outside the unit: telemetry, alerts at the handset, beacon states."""
 
     telemetry: list[Telemetry] = field(default_factory=list)
+    telemetry_at: list[float] = field(default_factory=list)  # monotonic time each telemetry message arrived
+    started: float = 0.0  # monotonic time the unit said READY: the report's and the plot's time zero
     alerts: list[dict[str, Any]] = field(default_factory=list)
     beacon_states: list[tuple[float, str]] = field(default_factory=list)
     faults_announced: int = 0
@@ -145,7 +148,7 @@ def run_demo(
             before = snapshot(work)
             daemon = van.start_daemon(config)
             daemon.wait_for("READY", timeout=120)
-            started = time.monotonic()
+            started = observed.started = time.monotonic()
             injector = FaultInjector(van, script, handset=phone).start() if script else None
             if script:
                 say("faults scheduled: " + ", ".join(str(f) for f in script))
@@ -176,7 +179,7 @@ def run_demo(
         report = make_report(plan, duration_s, observed, written, audit, code)
         report["faults"] = injector.report() if injector is not None else []
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    plot_timeline(observed, report, out / "timeline.png")
+    plot_timeline(report, out / "timeline.png")
     print_report(report, out)
     print(f"\nthe unit's deployment report (lfr-edge audit report):\n{audit.text()}")
     return report
@@ -198,7 +201,9 @@ class TelemetryListener:
                 message = self.collector.next(timeout=0.5)
             except queue.Empty:
                 continue
-            observed.telemetry.append(decode_telemetry(message.payload))
+            telemetry = decode_telemetry(message.payload)
+            observed.telemetry_at.append(time.monotonic())
+            observed.telemetry.append(telemetry)
 
     def stop(self) -> None:
         self._stop.set()
@@ -217,6 +222,7 @@ def drain_alerts(phone: Any, observed: Observed, started: float) -> None:
             {
                 "alert_id": alert.alert_id,
                 "subject_id": alert.subject_id,
+                "camera": alert.camera,
                 "score": alert.score,
                 "at_s": round(time.monotonic() - started, 2),
                 "latency_ms": round(item.age_ms, 1),
@@ -293,6 +299,11 @@ def make_report(
             "n": len(latencies),
         },
         "alerts": observed.alerts,
+        "timeline": [
+            {"t_s": round(at - observed.started, 2), "fps": t.fps, "dropped_frames": t.dropped_total}
+            for at, t in zip(observed.telemetry_at, observed.telemetry, strict=True)
+            if at >= observed.started
+        ],
         "beacon_states": observed.beacon_states,
         "non_match_files_written": len(written),
         "files_written": written,
@@ -301,31 +312,6 @@ def make_report(
         "daemon_exit_code": exit_code,
         "scene": {"seed": plan.seed, "watchlisted": list(plan.watchlisted), "fps": plan.fps},
     }
-
-
-def plot_timeline(observed: Observed, report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_fps, ax_lat) = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
-    if observed.telemetry:
-        t0 = observed.telemetry[0].uptime_s
-        ax_fps.plot([t.uptime_s - t0 for t in observed.telemetry], [t.fps for t in observed.telemetry])
-    for alert in observed.alerts:
-        ax_fps.axvline(alert["at_s"], color="red", alpha=0.6)
-    ax_fps.set_ylabel("frames / s")
-    ax_fps.set_title(
-        f"lfr-edge demo: {report['true_alerts']} true, {report['false_alerts']} false, {report['missed']} missed"
-        " (red: alerts)"
-    )
-    ax_lat.scatter([a["at_s"] for a in observed.alerts], [a["latency_ms"] for a in observed.alerts], color="red")
-    ax_lat.set_ylabel("frame → handset ms")
-    ax_lat.set_xlabel("seconds since READY")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def print_report(report: dict[str, Any], out: Path) -> None:
@@ -351,7 +337,8 @@ def print_report(report: dict[str, Any], out: Path) -> None:
             f"fault {f['action']:<6} at {f['at_s']:5.1f} s: {f['kind']}: {f['detail']}"
             for f in report.get("faults", [])
         ),
-        f"written: {out / 'report.json'}, {out / 'timeline.png'}",
+        f"written: {out / 'report.json'}; the timeline plot (fps, alerts by subject, roof light, dropped frames, "
+        f"with a caption): {out / 'timeline.png'}",
     ]
     print("\n".join(lines))
 

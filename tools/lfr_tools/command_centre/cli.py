@@ -10,11 +10,11 @@
     lfr-watchlist inspect BUNDLE [--verify-key KEY.pub]
 
 The subjects CSV has a header row with the columns subject_id, category, photos (file names in --photos,
-separated by ';') and reference. A unit key's id is given as `ID=PATH`, or is the file's name without
-its extension (`keys/van-07.pub` is unit `van-07`); a unit's own key file, unit-x25519.pub, names no unit,
-so give it as `van-07=unit-x25519.pub`. `--out` names the bundle file (extension .lfrwl); `{unit}` in it is
-replaced by the unit id, and it is required when there is more than one unit key
-(`--out out/{unit}.lfrwl`). Times are UTC ISO 8601 (`2026-05-01T08:00Z`) or epoch seconds.
+separated by ';') and reference; docs/watchlist.md describes each. A unit key's id is given as `ID=PATH`,
+or is the file's name without its extension (`keys/van-07.pub` is unit `van-07`); a unit's own key file,
+unit-x25519.pub, names no unit, so give it as `van-07=unit-x25519.pub`. `--out` names the bundle file
+(extension .lfrwl); `{unit}` in it is replaced by the unit id, and it is required when there is more than one
+unit key (`--out out/{unit}.lfrwl`). Times are UTC ISO 8601 (`2026-05-01T08:00Z`) or epoch seconds.
 
 The connection options (--broker, --ca, --cert, --key, --prefix, --timeout) may come before or after the
 command. Each certificate is one identity on the broker, which holds one connection per identity.
@@ -56,6 +56,17 @@ class CliError(Exception):
     """A user error: the message says which argument or file is wrong."""
 
 
+SUBJECTS_COLUMNS = ("subject_id", "category", "photos", "reference")
+SUBJECTS_HELP = """Enrol every subject of --subjects with the unit's model; sign and seal one bundle per unit.
+
+The subjects CSV (UTF-8, header row) has the columns:
+  subject_id  required, unique in the file
+  category    why the subject is listed (may be empty); shown with each alert
+  photos      file names in --photos, separated by ';' (each with exactly one clear face)
+  reference   the command centre's free-text reference, e.g. a warrant number (may be empty)
+Each column, its limits and an example: docs/watchlist.md."""
+
+
 @dataclass(frozen=True)
 class SubjectRow:
     subject_id: str
@@ -68,7 +79,7 @@ def read_subjects(path: Path) -> list[SubjectRow]:
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
-            needed = {"subject_id", "category", "photos", "reference"}
+            needed = set(SUBJECTS_COLUMNS)
             missing = needed - set(reader.fieldnames or [])
             if missing:
                 raise CliError(f"{path}: missing column(s) {', '.join(sorted(missing))} (need {sorted(needed)})")
@@ -443,9 +454,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_keygen)
 
-    p = sub.add_parser("build", help="enrol subjects and write one signed, sealed bundle per unit")
+    p = sub.add_parser(
+        "build",
+        help="enrol subjects and write one signed, sealed bundle per unit",
+        description=SUBJECTS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--photos", type=Path, required=True)
-    p.add_argument("--subjects", type=Path, required=True)
+    p.add_argument("--subjects", type=Path, required=True, help="the subjects CSV (columns: docs/watchlist.md)")
     p.add_argument("--deployment", required=True)
     p.add_argument("--valid-from", type=_time, required=True)
     p.add_argument("--valid-until", type=_time, required=True)
