@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from lfr_contracts.bundle import check_epoch
+
 WatchlistState = Literal["active", "none", "expired", "closed", "refused", "waiting"]
 STATES: tuple[str, ...] = get_args(WatchlistState)
 MAX_TEXT = 300
@@ -67,6 +69,10 @@ class WatchlistStatus:
         until = data.get("valid_until", 0.0)
         if isinstance(until, bool) or not isinstance(until, int | float) or not math.isfinite(until):
             raise StatusError("watchlist status valid_until is not a time")
+        try:
+            check_epoch(until, "watchlist status valid_until")  # every reader writes it as a date
+        except ValueError as exc:
+            raise StatusError(str(exc)) from None
         return cls(**data)
 
 

@@ -34,6 +34,7 @@ from lfr_tools.handset.client import (
     refusal_message,
     unit_key_file,
 )
+from lfr_tools.handset.unit_state import status_line
 
 __all__ = ["HandsetClient", "HandsetKeys", "ReceivedAlert", "main", "refusal_message", "unit_key_file"]
 
@@ -86,6 +87,9 @@ def listen(args: argparse.Namespace) -> int:
                 item = client.alerts.get(timeout=1.0)
             except queue.Empty:
                 continue
+            finally:  # what the unit holds, as it changes: before the alert that came after it
+                while not client.statuses.empty():
+                    print(status_line(client.statuses.get_nowait()), flush=True)
             received += 1
             a = item.alert
             print(

@@ -27,6 +27,7 @@ from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
 from lfr_edge.alerts.handset import handset_record
 from lfr_edge.comms.mqtt import tls_client
+from lfr_tools.handset.unit_state import read_status
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class HandsetClient:
         self.unit_key = unit_key
         self.topics = Topics.for_unit(prefix, unit_id)
         self.alerts: queue.Queue[ReceivedAlert] = queue.Queue()
+        self.statuses: queue.Queue[UnitStatus] = queue.Queue()  # the unit's status as it changes, without on_status
         self.refused: queue.Queue[str] = queue.Queue()
         self._answers: list[DecisionAnswer] = []  # answers not yet taken by a waiting decision (bounded)
         self._answered = threading.Condition()
@@ -182,7 +184,8 @@ class HandsetClient:
         if self.mode == "decide":
             client.subscribe([answers])
         else:
-            client.subscribe([(self.topics.alerts, 1), answers, (self.topics.status, 1)])
+            status = (self.topics.status, 0)  # QoS 0: never queued while away; the retained one comes on connect
+            client.subscribe([(self.topics.alerts, 1), answers, status])
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         if message.topic == self.topics.status:
@@ -229,17 +232,15 @@ class HandsetClient:
             self._answered.notify_all()
 
     def _on_unit_status(self, payload: bytes) -> None:
-        if not payload:  # a cleared retained status: nothing to show
-            return
         try:
-            status = UnitStatus.decode(payload)
+            status = read_status(payload, self.unit_id)
         except StatusError as exc:
             log.warning("unit %s: status ignored: %s", self.unit_id, exc)
             return
-        if status.unit != self.unit_id:
-            log.warning("status names unit %r, expected %r: ignored", status.unit, self.unit_id)
-        elif self._on_status is not None:
+        if status is not None and self._on_status is not None:
             self._on_status(status, time.time())
+        elif status is not None:
+            self.statuses.put(status)
 
 
 def refusal_message(exc: ProtocolError, handset_id: str, unit_id: str) -> str:
