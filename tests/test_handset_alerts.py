@@ -126,8 +126,13 @@ class Unit:
             AlertsConfig(**cfg),
             self.audit,
         )
-        self.mqtt.subscribe(self.mqtt.topics.decisions, self.channel.on_decision, max_bytes=MAX_DECISION_BYTES)
-        self.mqtt.subscribe(self.mqtt.topics.alert_receipts, self.channel.on_receipt, max_bytes=MAX_RECEIPT_BYTES)
+        topics = self.mqtt.topics  # every handset's own topics, as the daemon subscribes
+        self.mqtt.subscribe(
+            topics.every_sender(topics.decisions), self.channel.on_decision, max_bytes=MAX_DECISION_BYTES
+        )
+        self.mqtt.subscribe(
+            topics.every_sender(topics.alert_receipts), self.channel.on_receipt, max_bytes=MAX_RECEIPT_BYTES
+        )
         self.mqtt.add_connect_listener(lambda: self.channel.flush(resend_all=True))  # as the daemon does
 
     def start(self) -> None:
@@ -188,7 +193,7 @@ def test_bad_decisions_are_refused_and_audited(
     unit.channel.deliver(make_alert("a-1"))
     rogue = HandsetKeys.generate(tmp_path / "rogue", "handset-1")  # same id, other key: not the paired one
     sender = Collector(broker, "handset-1")
-    topic = Topics.for_unit(broker.prefix, "unit-a").decisions
+    topic = Topics.for_unit(broker.prefix, "unit-a").decision_from("handset-1")
     engage = DecisionKind.ENGAGE
     cases = [
         b"garbage{",
@@ -212,9 +217,10 @@ def test_bad_decisions_are_refused_and_audited(
         reasons = list(counted)
         assert "not valid JSON" in reasons[0]
         assert any("signature" in r for r in reasons) and any("unknown alert" in r for r in reasons)
-        assert any("unknown handset" in r for r in reasons) and any("unit-b" in r for r in reasons)
-        # The paired handset is told why, for each of its decisions the unit could read.
-        told = [decode_answer(answers.next(timeout=10).payload, unit.key.public_key()) for _ in range(3)]
+        assert any("unit-b" in r for r in reasons)
+        assert "decision sent on handset 'handset-1''s topic names handset 'handset-7'" in "".join(reasons)
+        # The sender is told why, for each of its decisions the unit could read.
+        told = [decode_answer(answers.next(timeout=10).payload, unit.key.public_key()) for _ in range(4)]
         assert {a.status for a in told} == {"refused"} and all(a.reason for a in told)
     finally:
         answers.close()
@@ -236,7 +242,7 @@ def test_a_decision_is_answered_a_changed_one_is_a_revision_and_a_repeat_is_audi
         answers = []
         for kind in (DecisionKind.ENGAGE, DecisionKind.ENGAGE, DecisionKind.FALSE_ALERT):
             decision = Decision("a-1", "unit-a", "handset-1", kind, time.time())
-            sender.publish(topics.decisions, encode_decision(decision, handset_keys.signing))
+            sender.publish(topics.decision_from("handset-1"), encode_decision(decision, handset_keys.signing))
             answers.append(decode_answer(sender.next(timeout=10).payload, unit.key.public_key()))
         assert [(a.status, a.decision, a.revision) for a in answers] == [
             ("accepted", DecisionKind.ENGAGE, 0),
@@ -269,11 +275,12 @@ def test_a_decision_flood_from_one_handset_is_rate_limited_before_any_signature_
         lambda: registry, AlertsConfig(), audit, clock=lambda: clock[0],
     )  # fmt: skip
     junk = Decision("a-1", "unit-a", "handset-1", DecisionKind.ENGAGE, 1.0)
+    own = Topics.for_unit("lfr/v1", "unit-a").decision_from("handset-1")
     for _ in range(3000):
-        channel.on_decision("t", encode_decision(junk, Ed25519PrivateKey.generate()))
+        channel.on_decision(own, encode_decision(junk, Ed25519PrivateKey.generate()))
     assert channel.stats.rate_limited_decisions == 3000 - 10  # the burst, then nothing in the same instant
     clock[0] += 10.0  # ten seconds later: one report, and the bucket has refilled
-    channel.on_decision("t", encode_decision(junk, Ed25519PrivateKey.generate()))
+    channel.on_decision(own, encode_decision(junk, Ed25519PrivateKey.generate()))
     counted = [e for e in audit.events if isinstance(e, DecisionRefused)]
     assert sum(e.count for e in counted) == 3001 and len(counted) <= 3
 

@@ -109,7 +109,7 @@ def retained_watchlist(van: SimulatedVan) -> bytes | None:
     reader = Collector(van.broker, van.unit_id)
     try:
         assert reader.subscribe(van.topics.watchlist) == [1]
-        assert reader.subscribe(van.topics.decisions) == [1]
+        assert reader.subscribe(van.topics.every_sender(van.topics.decisions)) == [1]
         return None if reader.messages.empty() else reader.messages.get_nowait().payload
     finally:
         reader.close()
@@ -191,9 +191,10 @@ def test_a_decision_flood_does_not_delay_the_command_centres_close(
     try:
         daemon.wait_for("READY", timeout=60)
         assert json.loads(acks.next_on(van.topics.watchlist_ack, timeout=30).payload)["status"] == "applied"
+        own_topic = van.topics.decision_from(van.handset_ids[0])  # the only decision topic its certificate may write
         for i in range(2999):
-            junk.client.publish(van.topics.decisions, json.dumps({"junk": i}).encode(), qos=0)
-        junk.publish(van.topics.decisions, b'{"junk": 2999}')  # QoS 1: the whole flood has reached the broker
+            junk.client.publish(own_topic, json.dumps({"junk": i}).encode(), qos=0)
+        junk.publish(own_topic, b'{"junk": 2999}')  # QoS 1: the whole flood has reached the broker
         close = bundle.build_close("sim-deployment", van.unit_id, van.command_centre_key, time.time(), "flood")
         sent = time.monotonic()
         acks.publish(van.topics.watchlist, close, retain=True)  # on the command centre's open connection
@@ -204,7 +205,7 @@ def test_a_decision_flood_does_not_delay_the_command_centres_close(
         # The whole flood reached the unit before the close did (the broker forwards in order), so the next
         # telemetry counts every decision the full queue dropped.
         telemetry = decode_telemetry(acks.next_on(van.topics.telemetry, timeout=10).payload)
-        dropped = telemetry.messages_dropped.get(van.topics.decisions, 0)
+        dropped = telemetry.messages_dropped.get(van.topics.every_sender(van.topics.decisions), 0)
     finally:
         junk.close()
         acks.close()

@@ -28,7 +28,10 @@ def test_topics_follow_the_design_names() -> None:
     topics = Topics.for_unit("lfr/v1", "van-7")
     assert topics.status == "lfr/v1/units/van-7/status"
     assert topics.watchlist_ack == "lfr/v1/units/van-7/watchlist/ack"
-    assert topics.decisions == "lfr/v1/units/van-7/decisions"
+    assert topics.decision_from("handset-1") == "lfr/v1/units/van-7/decisions/from/handset-1"
+    assert topics.receipt_from("handset-1") == "lfr/v1/units/van-7/alerts/ack/from/handset-1"
+    assert Topics.handset_of(topics.decisions, topics.decision_from("h-2")) == "h-2"
+    assert Topics.handset_of(topics.decisions, topics.decision_answer_for("h-2")) is None
 
 
 def test_a_unit_cannot_read_another_units_watchlist(broker: MosquittoBroker) -> None:
@@ -55,12 +58,12 @@ def test_a_unit_cannot_write_another_units_status_or_any_watchlist(broker: Mosqu
     msg = watcher.next()
     assert (msg.topic, msg.payload) == ("lfr/v1/units/unit-a/status", b"own")
     handset = Collector(broker, "handset-1")
-    handset.publish("lfr/v1/units/unit-a/decisions", b"marker", retain=True)
+    handset.publish("lfr/v1/units/unit-a/decisions/from/handset-1", b"marker", retain=True)
     reader = Collector(broker, "unit-a")
     reader.subscribe("lfr/v1/units/unit-a/watchlist")
-    reader.subscribe("lfr/v1/units/unit-a/decisions")
+    reader.subscribe("lfr/v1/units/unit-a/decisions/from/+")
     first = reader.next()  # a retained watchlist would have come before the decision marker
-    assert (first.topic, first.payload) == ("lfr/v1/units/unit-a/decisions", b"marker")
+    assert (first.topic, first.payload) == ("lfr/v1/units/unit-a/decisions/from/handset-1", b"marker")
     for c in (watcher, intruder, reader, handset):
         c.close()
 
@@ -153,13 +156,14 @@ def test_a_flood_of_decisions_cannot_delay_or_drop_the_command_centres_close(bro
     unit.subscribe(
         unit.topics.watchlist, lambda t, p: closes.put(time.monotonic()), max_bytes=1024, overflow=Overflow.WAIT
     )
-    unit.subscribe(unit.topics.decisions, lambda t, p: time.sleep(0.005), max_bytes=4096, queue_size=64)
+    decisions = unit.topics.every_sender(unit.topics.decisions)
+    unit.subscribe(decisions, lambda t, p: time.sleep(0.005), max_bytes=4096, queue_size=64)
     unit.start()
     handset, centre = Collector(broker, "handset-1"), Collector(broker, "command-centre")
     try:
         assert unit.connected.wait(10)
         for i in range(3000):
-            handset.client.publish(unit.topics.decisions, b"junk %d" % i, qos=0)
+            handset.client.publish(unit.topics.decision_from("handset-1"), b"junk %d" % i, qos=0)
         time.sleep(0.2)  # the flood is arriving
         sent = time.monotonic()
         centre.publish(unit.topics.watchlist, b"LFRC close", retain=False)
@@ -167,7 +171,7 @@ def test_a_flood_of_decisions_cannot_delay_or_drop_the_command_centres_close(bro
         assert handled - sent < 1.0
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            stats = unit.subscription_stats()[unit.topics.decisions]
+            stats = unit.subscription_stats()[decisions]
             if stats.delivered + stats.dropped_full >= 3000:
                 break
             time.sleep(0.1)
@@ -181,15 +185,15 @@ def test_a_flood_of_decisions_cannot_delay_or_drop_the_command_centres_close(bro
 def test_an_oversize_payload_is_refused_before_the_handler(broker: MosquittoBroker) -> None:
     unit = UnitMqttClient("unit-a", unit_mqtt_config(broker, "unit-a"))
     got: queue.Queue[bytes] = queue.Queue()
-    unit.subscribe(unit.topics.decisions, lambda t, p: got.put(p), max_bytes=100)
+    unit.subscribe(unit.topics.every_sender(unit.topics.decisions), lambda t, p: got.put(p), max_bytes=100)
     unit.start()
     handset = Collector(broker, "handset-1")
     try:
         assert unit.connected.wait(10)
-        handset.publish(unit.topics.decisions, b"x" * 5000)
-        handset.publish(unit.topics.decisions, b"small")
+        handset.publish(unit.topics.decision_from("handset-1"), b"x" * 5000)
+        handset.publish(unit.topics.decision_from("handset-1"), b"small")
         assert got.get(timeout=5) == b"small"
-        assert unit.subscription_stats()[unit.topics.decisions].dropped_oversize == 1
+        assert unit.subscription_stats()[unit.topics.every_sender(unit.topics.decisions)].dropped_oversize == 1
     finally:
         handset.close()
         unit.stop()

@@ -212,15 +212,16 @@ def test_an_mqtt_handler_that_raises_is_counted_and_the_next_message_is_handled(
             raise IndexError("a handler bug")
         handled.put(payload)
 
-    unit.subscribe(unit.topics.decisions, handler, max_bytes=4096)
+    decisions = unit.topics.every_sender(unit.topics.decisions)
+    unit.subscribe(decisions, handler, max_bytes=4096)
     unit.start()
     handset = Collector(broker, "handset-1")
     try:
         assert unit.connected.wait(WAIT_S)
         for payload in (b"bad 1", b"bad 2", b"good"):
-            handset.publish(unit.topics.decisions, payload)
+            handset.publish(unit.topics.decision_from("handset-1"), payload)
         assert handled.get(timeout=WAIT_S) == b"good"
-        assert unit.subscription_stats()[unit.topics.decisions].handler_errors == 2
+        assert unit.subscription_stats()[decisions].handler_errors == 2
         assert supervisor.health() == ThreadHealth({"mqtt-decisions": 2}, ())
         assert len(tracebacks(caplog, "mqtt-decisions")) == 1
     finally:

@@ -13,7 +13,10 @@ class Topics:
     watchlist: str
     watchlist_ack: str
     alerts: str
-    alert_receipts: str  # handsets' signed receipts of the alerts they decrypted
+    # Handsets' signed receipts of the alerts they decrypted, and officers' decisions: each handset sends on
+    # `<alert_receipts>/<handset id>` and `<decisions>/<handset id>`, which the broker lets only the
+    # certificate with that CN write, so the topic names the sender (`handset_of`).
+    alert_receipts: str
     decisions: str
     decision_answers: str  # the unit's answer to one handset on `<decision_answers>/<handset id>`
     telemetry: str
@@ -33,8 +36,8 @@ class Topics:
             watchlist=f"{base}/watchlist",
             watchlist_ack=f"{base}/watchlist/ack",
             alerts=f"{base}/alerts",
-            alert_receipts=f"{base}/alerts/ack",
-            decisions=f"{base}/decisions",
+            alert_receipts=f"{base}/alerts/ack/from",
+            decisions=f"{base}/decisions/from",
             decision_answers=f"{base}/decisions/answer",
             telemetry=f"{base}/telemetry",
             audit=f"{base}/audit",
@@ -42,6 +45,24 @@ class Topics:
             pairing_request=f"{base}/pairing/request",
             pairing_confirm=f"{base}/pairing/confirm",
         )
+
+    def decision_from(self, handset_id: str) -> str:
+        return f"{self.decisions}/{handset_id}"
+
+    def receipt_from(self, handset_id: str) -> str:
+        return f"{self.alert_receipts}/{handset_id}"
+
+    @staticmethod
+    def every_sender(base: str) -> str:
+        """The unit subscribes to every handset's own topic under `base` (decisions, alert receipts)."""
+        return f"{base}/+"
+
+    @staticmethod
+    def handset_of(base: str, topic: str) -> str | None:
+        """The handset id a per-handset topic under `base` names (the certificate CN the broker let publish
+        there), or None when the topic is not one handset's topic under `base`."""
+        head, sep, handset_id = topic.rpartition("/")
+        return handset_id if head == base and sep and handset_id else None
 
     def decision_answer_for(self, handset_id: str) -> str:
         return f"{self.decision_answers}/{handset_id}"
@@ -60,7 +81,4 @@ class Topics:
     def pairing_request_sender(self, topic: str) -> str | None:
         """The handset id a request topic names (the certificate CN the broker let publish there), or None
         when the topic is not one handset's request topic."""
-        head, sep, handset_id = topic.rpartition("/")
-        if head != self.pairing_request or not sep or not handset_id:
-            return None
-        return handset_id
+        return self.handset_of(self.pairing_request, topic)

@@ -8,10 +8,11 @@ What the configuration promises (DESIGN.md, MQTT topics; docs/broker.md):
   queued alerts). One identity holds one connection; a second connection with it closes the first.
 - Least privilege (the ACL): a unit reads only its own watchlist and decisions and writes only its own
   status, ack, alerts, telemetry and audit; its pairing helper (`<unit>.pairing`) offers, reads requests and
-  answers; a handset reads the alerts and status of the units it is enrolled for, writes their decisions, and
-  writes only its own pairing request (`pairing/request/<its CN>`, so the topic names the sender) and reads
-  only its own pairing answer; the command centre writes watchlists and reads what units report; a
-  bridge (`bridge-<unit>`) carries one unit's topics between a van's broker and the command centre's.
+  answers; a handset reads the alerts and status of the units it is enrolled for, and writes only its own
+  decisions, alert receipts and pairing request (`decisions/from/<its CN>`, `alerts/ack/from/<its CN>`,
+  `pairing/request/<its CN>`: the topic names the sender) and reads only its own answers; the command
+  centre writes watchlists and reads what units report; a bridge (`bridge-<unit>`) carries one unit's
+  topics between a van's broker and the command centre's.
 - Nothing acknowledged is lost to a restart: persistence on, saved every `autosave_interval` seconds (not
   mosquitto's 30 minutes), so sessions, queued alerts and retained watchlists survive a broker restart.
 - Bounded messages: `max_packet_size` closes the connection of a client that sends more (loud, unlike
@@ -86,8 +87,9 @@ def acl_text(plan: AccessPlan) -> str:
         "# Written by `lfr-provision broker config`: regenerate it rather than edit it (docs/broker.md).",
         "# Units: the username is the certificate CN, which is the unit id.",
         f"pattern read {units}/%u/watchlist",
-        f"pattern read {units}/%u/decisions",
-        f"pattern read {units}/%u/alerts/ack",  # handsets' signed receipts
+        # Each handset's decisions and signed receipts, on topics that name it (written only by its CN, below).
+        f"pattern read {units}/%u/decisions/from/+",
+        f"pattern read {units}/%u/alerts/ack/from/+",
         *(f"pattern write {units}/%u/{leaf}" for leaf in _UNIT_LEAVES_WRITTEN),
         f"pattern write {units}/%u/decisions/answer/+",  # accepted or refused, to the deciding handset
     ]
@@ -109,8 +111,8 @@ def acl_text(plan: AccessPlan) -> str:
             lines += [
                 f"topic read {units}/{unit}/alerts",
                 f"topic read {units}/{unit}/status",
-                f"topic write {units}/{unit}/decisions",
-                f"topic write {units}/{unit}/alerts/ack",
+                f"topic write {units}/{unit}/decisions/from/{handset}",  # its own: the topic names the sender
+                f"topic write {units}/{unit}/alerts/ack/from/{handset}",
                 f"topic read {units}/{unit}/decisions/answer/{handset}",
                 f"topic read {units}/{unit}/pairing/offer",
                 f"topic write {units}/{unit}/pairing/request/{handset}",  # its own: the topic names the sender
@@ -119,9 +121,12 @@ def acl_text(plan: AccessPlan) -> str:
     for bridge, bridged in sorted(plan.bridges.items()):
         lines += ["", f"# {bridge}: a van's broker, carrying its unit's topics (bridge_conf)", f"user {bridge}"]
         for unit in bridged:
-            lines += [f"topic read {units}/{unit}/watchlist", f"topic readwrite {units}/{unit}/decisions"]
+            lines += [f"topic read {units}/{unit}/watchlist"]
             lines += [f"topic write {units}/{unit}/{leaf}" for leaf in (*_UNIT_LEAVES_WRITTEN, "bridge")]
-            lines += [f"topic readwrite {units}/{unit}/{leaf}" for leaf in ("alerts/ack", "decisions/answer/+")]
+            lines += [
+                f"topic readwrite {units}/{unit}/{leaf}/+"
+                for leaf in ("decisions/from", "alerts/ack/from", "decisions/answer")
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -240,9 +245,9 @@ def bridge_conf(bridge: Bridge, prefix: str = DEFAULT_PREFIX) -> list[str]:
         f"topic watchlist in 1 {base} {base}",
         *(f"topic {leaf} out 1 {base} {base}" for leaf in ("watchlist/ack", "status", "audit", "alerts")),
         f"topic telemetry out 0 {base} {base}",
-        f"topic decisions both 1 {base} {base}",
-        f"topic decisions/answer/# both 1 {base} {base}",
-        f"topic alerts/ack both 1 {base} {base}",
+        f"topic decisions/from/+ both 1 {base} {base}",
+        f"topic decisions/answer/+ both 1 {base} {base}",
+        f"topic alerts/ack/from/+ both 1 {base} {base}",
     ]
 
 

@@ -6,11 +6,15 @@ on every reconnect and every `RESEND_S`, since the broker's PUBACK is no proof o
 loses its state loses what it queued). What expires or overflows is counted and logged, never written to
 disk. Timers run on the monotonic clock: a step of the wall clock neither expires nor holds an alert.
 
-Every decision is answered on the handset's own answer topic: accepted (with its revision when the officer
-changed it) or refused with the reason. Decisions are verified against the handset's pairing key and
-audited; a repeat of the same decision (QoS 1 redelivery) is answered again but audited once. Each handset
-may send `DECISION_RATE` decisions a second (burst `DECISION_BURST`); refusals and what the rate limit
-dropped are counted and reported once per `REFUSAL_REPORT_S`, in the log and the audit log, not per message.
+Each handset sends its decisions and receipts on its own topics (`.../decisions/from/<handset id>`,
+`.../alerts/ack/from/<handset id>`), which the broker's ACL lets only the certificate with that CN write:
+the topic names the sender, and a message naming another handset is refused. Every decision is answered
+on the sender's answer topic: accepted (with its revision when the officer changed it) or refused with the
+reason. Decisions are verified against the handset's pairing key and audited; a repeat of the same
+decision (QoS 1 redelivery) is answered again but audited once. Each sender may send `DECISION_RATE`
+decisions a second (burst `DECISION_BURST`), counted on the topic's id before anything is parsed, so no
+handset can spend another's allowance; refusals and what the rate limit dropped are counted and reported
+once per `REFUSAL_REPORT_S`, in the log and the audit log, not per message.
 """
 
 from __future__ import annotations
@@ -141,6 +145,11 @@ class _Refusals:
     reported_at: float = -math.inf  # the first refusal after a quiet interval is reported at once
 
 
+def _not_the_sender(what: str, sender: str | None, claimed: str) -> str:
+    """Why a message naming another handset than its topic is refused (the topic names the certificate)."""
+    return f"{what} sent on handset {sender!r}'s topic names handset {claimed[:64]!r}: a handset speaks for itself only"
+
+
 class HandsetChannel:
     """The paired handsets as an alert channel: each alert sealed to all of them, kept until one acknowledges."""
 
@@ -227,9 +236,13 @@ class HandsetChannel:
         self._report_refusals()
 
     def on_receipt(self, topic: str, payload: bytes) -> None:
-        """A handset decrypted an alert: it leaves the outbox. Anything unsigned or unknown is ignored."""
+        """A handset decrypted an alert: it leaves the outbox. Anything unsigned, unknown or sent on another
+        handset's topic is refused (counted)."""
+        sender = Topics.handset_of(self.topics.alert_receipts, topic)
         try:
             claimed = claimed_receipt(payload)
+            if claimed.handset != sender:
+                raise ProtocolError(_not_the_sender("receipt", sender, claimed.handset))
             handset = self.handsets().get(claimed.handset)
             if handset is None or claimed.unit != self.unit_id:
                 raise ProtocolError(f"receipt from unknown handset {claimed.handset!r} or for another unit")
@@ -247,17 +260,23 @@ class HandsetChannel:
     # decisions ------------------------------------------------------------------------------------
 
     def on_decision(self, topic: str, payload: bytes) -> None:
-        """Verify an officer's decision, audit it and answer it; refuse anything unsigned, unknown or
-        malformed, and answer the refusal to a paired handset."""
+        """Verify an officer's decision, audit it and answer it; refuse anything unsigned, unknown, malformed
+        or naming another handset than its topic, and answer the refusal to the sender."""
+        sender = Topics.handset_of(self.topics.decisions, topic)
+        if sender is None:
+            self._refused(f"decision on {topic[:100]!r}, not a handset's decision topic")
+            return
+        if not self._within_rate(sender):
+            return
         try:
             decision, signature, signed = parse_decision(payload)
         except ProtocolError as exc:
             self._refused(str(exc))
             return
-        if not self._within_rate(decision.handset):
-            return
         handset = self.handsets().get(decision.handset)
         try:
+            if decision.handset != sender:
+                raise ProtocolError(_not_the_sender("decision", sender, decision.handset))
             if decision.unit != self.unit_id:
                 raise ProtocolError(f"decision is for unit {decision.unit!r}")
             if handset is None:
@@ -269,10 +288,9 @@ class HandsetChannel:
             revision = self._record(decision)
         except ProtocolError as exc:
             self._refused(str(exc))
-            if handset is not None:
-                self._answer(decision, "refused", str(exc), 0)
+            self._answer(sender, decision, "refused", str(exc), 0)  # the broker vouches for the sender
             return
-        self._answer(decision, "accepted", "", revision)
+        self._answer(sender, decision, "accepted", "", revision)
 
     def _record(self, decision: Decision) -> int:
         """The decision's revision: 0 the first, +1 for each change; a repeat is answered, not audited again."""
@@ -301,10 +319,10 @@ class HandsetChannel:
         )
         return revision
 
-    def _answer(self, decision: Decision, status: str, reason: str, revision: int) -> None:
+    def _answer(self, sender: str, decision: Decision, status: str, reason: str, revision: int) -> None:
         answer = DecisionAnswer(
             unit=self.unit_id,
-            handset=decision.handset,
+            handset=sender,
             alert_id=decision.alert_id,
             decision=decision.decision,
             status="accepted" if status == "accepted" else "refused",
@@ -312,12 +330,13 @@ class HandsetChannel:
             revision=revision,
             time=time.time(),
         )
-        topic = self.topics.decision_answer_for(decision.handset)
+        topic = self.topics.decision_answer_for(sender)
         if not self.mqtt.publish(topic, encode_answer(answer, self.unit_key), qos=1):
-            log.warning("could not queue the answer to %s's decision on %s", decision.handset, decision.alert_id)
+            log.warning("could not queue the answer to %s's decision on %s", sender, decision.alert_id)
 
     def _within_rate(self, handset: str) -> bool:
-        """A token bucket per claimed handset id, checked before any signature work."""
+        """A token bucket per sender (the id its topic names: only its certificate can spend it), checked
+        before the decision is even parsed."""
         now = self.clock()
         with self._lock:
             bucket = self._buckets.setdefault(handset[:64], _Bucket(float(DECISION_BURST), now))

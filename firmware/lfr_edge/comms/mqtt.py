@@ -8,8 +8,11 @@ the birth of connection N, so a consumer can ignore a late death of an older con
 
 Each subscription has its own bounded queue and its own dispatcher thread, never paho's network thread:
 a slow handler (applying a watchlist) cannot stall keep-alives, and a flood on one topic (junk decisions)
-cannot starve another (the command centre's close). A payload over the subscription's size limit is
-refused before it is copied. What a subscription drops is counted and logged once per interval.
+cannot starve another (the command centre's close). A subscription to every handset's own topic
+(`.../decisions/from/+`) keeps one bounded queue per sender, served in turn: one handset's flood fills
+only its own and cannot delay another's decision. A payload over the subscription's size limit is
+refused before it is copied. What a subscription drops is counted and logged once per interval. A
+subscription the broker's ACL refuses is logged with the fix.
 These threads are supervised (lfr_edge.daemon.supervise): a handler that raises is counted and logged
 once, and the dispatcher goes on with the next message; paho's own network thread is caught by the
 daemon's thread hook.
@@ -30,6 +33,7 @@ import ssl
 import sys
 import threading
 import time
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +71,53 @@ class SubscriptionStats:
     handler_errors: int = 0
 
 
+class Inbox:
+    """A subscription's bounded queue: one FIFO of `per_sender` messages per sender (the last topic level of
+    a `.../+` subscription; one for an exact topic), the senders served in turn."""
+
+    def __init__(self, per_sender: int, max_senders: int) -> None:
+        self.per_sender, self.max_senders = per_sender, max_senders
+        self._waiting: OrderedDict[str, deque[tuple[str, bytes]]] = OrderedDict()  # senders with messages, in turn
+        self._ready = threading.Condition()
+        self._stopped = False
+
+    def put(self, sender: str, item: tuple[str, bytes], *, wait: bool) -> bool:
+        """Queue it; when the sender's queue is full wait for room (`wait`) or return False (dropped)."""
+        with self._ready:
+            while True:
+                waiting = self._waiting.get(sender)
+                if waiting is None and len(self._waiting) < self.max_senders:
+                    waiting = self._waiting[sender] = deque()
+                if waiting is not None and len(waiting) < self.per_sender:
+                    waiting.append(item)
+                    self._ready.notify_all()
+                    return True
+                if not wait or self._stopped:
+                    return False
+                self._ready.wait()
+
+    def get(self) -> tuple[str, bytes] | None:
+        """The next sender's oldest message (None once stopped); that sender then waits for the others."""
+        with self._ready:
+            while not self._waiting and not self._stopped:
+                self._ready.wait()
+            if self._stopped:
+                return None
+            sender, waiting = next(iter(self._waiting.items()))
+            item = waiting.popleft()
+            if waiting:
+                self._waiting.move_to_end(sender)
+            else:
+                del self._waiting[sender]
+            self._ready.notify_all()
+            return item
+
+    def stop(self, stopped: bool = True) -> None:
+        with self._ready:
+            self._stopped = stopped
+            self._ready.notify_all()
+
+
 @dataclass
 class _Subscription:
     topic: str
@@ -74,11 +125,12 @@ class _Subscription:
     qos: int
     max_bytes: int
     overflow: Overflow
-    inbox: queue.Queue[tuple[str, bytes] | None]
+    inbox: Inbox
     stats: SubscriptionStats = field(default_factory=SubscriptionStats)
     thread: threading.Thread | None = None
     reported_drops: int = 0
     reported_at: float = 0.0
+    dropped_from: Counter[str] = field(default_factory=Counter)  # since the last report, by sender
 
     def dropped(self) -> int:
         return self.stats.dropped_full + self.stats.dropped_oversize
@@ -87,12 +139,15 @@ class _Subscription:
         """One log line per interval for whatever was dropped since the last one."""
         new = self.dropped() - self.reported_drops
         if new and now - self.reported_at >= DROP_LOG_INTERVAL_S:
+            senders = ", ".join(f"{n} from {who or 'the topic'}" for who, n in self.dropped_from.most_common(3))
             log.warning(
-                "mqtt: dropped %d message(s) on %s in the last %.0f s (%d over %d bytes, %d with the queue full)",
+                "mqtt: dropped %d message(s) on %s in the last %.0f s (%d over %d bytes, %d with the queue full;"
+                " %s)",
                 new, self.topic, DROP_LOG_INTERVAL_S, self.stats.dropped_oversize, self.max_bytes,
-                self.stats.dropped_full,
+                self.stats.dropped_full, senders,
             )  # fmt: skip
             self.reported_drops, self.reported_at = self.dropped(), now
+            self.dropped_from.clear()
 
 
 def describe_connect_failure(exc: BaseException | None) -> str:
@@ -235,6 +290,7 @@ class UnitMqttClient:
         self.connect_count = 0
         self._seq = 0
         self._subscriptions: dict[str, _Subscription] = {}
+        self._pending_subacks: dict[int, str] = {}  # message id -> topic, to name a refused subscription
         self._connect_listeners: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._events: queue.Queue[bool] = queue.Queue()  # True: run the connect listeners; False: stop
@@ -255,6 +311,7 @@ class UnitMqttClient:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_subscribe = self._on_subscribe
 
     # lifecycle ---------------------------------------------------------------------------------------
 
@@ -287,7 +344,7 @@ class UnitMqttClient:
         with self._lock:
             subscriptions = list(self._subscriptions.values())
         for subscription in subscriptions:
-            _put_stop(subscription.inbox)
+            subscription.inbox.stop()
             if subscription.thread is not None:
                 subscription.thread.join(timeout_s)
                 subscription.thread = None
@@ -315,18 +372,22 @@ class UnitMqttClient:
         max_bytes: int,
         queue_size: int = 64,
         overflow: Overflow = Overflow.DROP,
+        max_senders: int = 64,
     ) -> None:
         """Call `handler(topic, payload)` on this subscription's own thread for each message on `topic`, now
-        and after every reconnect. Payloads over `max_bytes` are refused before they are copied."""
-        if "+" in topic or "#" in topic:
-            raise ValueError(f"subscribe {topic!r}: the unit subscribes to exact topics (messages are routed by name)")
-        subscription = _Subscription(topic, handler, qos, max_bytes, overflow, queue.Queue(maxsize=queue_size))
+        and after every reconnect. Payloads over `max_bytes` are refused before they are copied. A topic
+        ending in `/+` (every handset's own topic) queues `queue_size` messages per sender, for up to
+        `max_senders` senders at once."""
+        if "#" in topic or "+" in topic.removesuffix("/+"):
+            raise ValueError(f"subscribe {topic!r}: an exact topic, or one ending in /+ (messages are routed by name)")
+        inbox = Inbox(queue_size, max_senders if topic.endswith("/+") else 1)
+        subscription = _Subscription(topic, handler, qos, max_bytes, overflow, inbox)
         with self._lock:
             self._subscriptions[topic] = subscription
             if self._started:
                 self._start_thread(subscription)
         if self.connected.is_set():
-            self._client.subscribe(topic, qos)
+            self._subscribe(topic, qos)
 
     def set_watchlist_status(self, status: WatchlistStatus) -> None:
         """Say which watchlist the unit holds in its retained status, now and in every later birth."""
@@ -372,7 +433,7 @@ class UnitMqttClient:
         with self._lock:
             subscriptions = [(sub.topic, sub.qos) for sub in self._subscriptions.values()]
         for topic, qos in subscriptions:
-            client.subscribe(topic, qos)
+            self._subscribe(topic, qos)
         client.publish(self.topics.status, self._status("online"), qos=1, retain=True)
         log.info("mqtt: connected to %s:%s as %s (seq %d)", self.cfg.host, self.cfg.port, self.client_id, self._seq)
         self.connected.set()
@@ -388,6 +449,20 @@ class UnitMqttClient:
             self._set_will()
             log.warning("mqtt: disconnected from %s:%s (%s); reconnecting", self.cfg.host, self.cfg.port, reason)
 
+    def _subscribe(self, topic: str, qos: int) -> None:
+        _, mid = self._client.subscribe(topic, qos)
+        if mid is not None:
+            self._pending_subacks[mid] = topic
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, codes: Any, properties: Any) -> None:
+        topic = self._pending_subacks.pop(mid, "?")
+        if any(code.is_failure for code in codes):
+            log.error(
+                "mqtt: the broker's ACL does not let %s read %s: nothing sent there reaches the unit; regenerate "
+                "the broker's ACL with `lfr-provision broker config` (docs/broker.md) and reload the broker",
+                self.unit_id, topic,
+            )  # fmt: skip
+
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         # paho calls this from inside its `except OSError:` block, so the exception is the one being handled.
         self._record_problem(describe_connect_failure(sys.exc_info()[1]))
@@ -401,26 +476,30 @@ class UnitMqttClient:
             self._problem_logged_at = now
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        subscription = self._subscriptions.get(message.topic)  # the unit subscribes to exact topics only
+        subscription = self._subscriptions.get(message.topic)  # an exact topic, else one handset's own topic
+        sender = ""
+        if subscription is None:
+            head, _, sender = message.topic.rpartition("/")
+            subscription = self._subscriptions.get(f"{head}/+")
         if subscription is not None:
-            self._enqueue(subscription, message)
+            self._enqueue(subscription, sender, message)
 
-    def _enqueue(self, subscription: _Subscription, message: paho.MQTTMessage) -> None:
+    def _enqueue(self, subscription: _Subscription, sender: str, message: paho.MQTTMessage) -> None:
         if len(message.payload) > subscription.max_bytes:
             subscription.stats.dropped_oversize += 1  # refused before the payload is copied
-        elif subscription.overflow is Overflow.WAIT:
-            subscription.inbox.put((message.topic, bytes(message.payload)))
-        else:
-            try:
-                subscription.inbox.put_nowait((message.topic, bytes(message.payload)))
-            except queue.Full:
-                subscription.stats.dropped_full += 1
+            subscription.dropped_from[sender[:64]] += 1
+        elif not subscription.inbox.put(
+            sender, (message.topic, bytes(message.payload)), wait=subscription.overflow is Overflow.WAIT
+        ):
+            subscription.stats.dropped_full += 1
+            subscription.dropped_from[sender[:64]] += 1
         subscription.report_drops(time.monotonic())
 
     # dispatcher threads -----------------------------------------------------------------------------
 
     def _start_thread(self, subscription: _Subscription) -> None:
-        name = f"mqtt-{subscription.topic.rsplit('/', 1)[-1]}"
+        subscription.inbox.stop(stopped=False)
+        name = "mqtt-" + [part for part in subscription.topic.split("/") if part not in ("+", "from")][-1]
         subscription.thread = self._supervisor.start(name, lambda: self._dispatch(subscription))
 
     def _run_listeners(self) -> None:
@@ -445,13 +524,3 @@ class UnitMqttClient:
             # Drop the payload now: the next get() may block for hours, and a watchlist bundle is large.
             del item, payload
 
-
-def _put_stop(inbox: queue.Queue[tuple[str, bytes] | None]) -> None:
-    """Wake a dispatcher to stop, even when its queue is full (the oldest waiting message gives way)."""
-    while True:
-        try:
-            inbox.put_nowait(None)
-            return
-        except queue.Full:
-            with contextlib.suppress(queue.Empty):
-                inbox.get_nowait()

@@ -142,12 +142,13 @@ class Daemon:
             queue_size=4,
             overflow=Overflow.WAIT,
         )
-        self.mqtt.subscribe(
-            self.mqtt.topics.decisions, self.handsets.on_decision, max_bytes=MAX_DECISION_BYTES, queue_size=256
-        )
-        self.mqtt.subscribe(
-            self.mqtt.topics.alert_receipts, self.handsets.on_receipt, max_bytes=MAX_RECEIPT_BYTES, queue_size=256
-        )
+        # Every handset's own topics, one queue per handset served in turn: a flood from one cannot delay another.
+        topics = self.mqtt.topics
+        for topic, handler, max_bytes in (
+            (topics.decisions, self.handsets.on_decision, MAX_DECISION_BYTES),
+            (topics.alert_receipts, self.handsets.on_receipt, MAX_RECEIPT_BYTES),
+        ):
+            self.mqtt.subscribe(topics.every_sender(topic), handler, max_bytes=max_bytes, queue_size=64)
         self.mqtt.add_connect_listener(self._on_broker_connected)
 
         self.channels: list[AlertChannel] = [self.handsets]

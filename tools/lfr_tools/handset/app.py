@@ -265,7 +265,8 @@ class HandsetApp:
                 "decision": decision.value,
                 "status": "no_answer",
                 "reason": f"no answer from the unit within {self.decision_timeout_s:g} s: "
-                "the decision may not be recorded, press again",
+                "the decision may not be recorded, press again (if no decision is ever answered, the broker's "
+                "ACL may predate per-handset decision topics: regenerate it with `lfr-provision broker config`)",
             }
         else:
             result = {

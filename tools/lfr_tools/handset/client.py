@@ -165,7 +165,8 @@ class HandsetClient:
         """Send a signed decision and wait for the unit's answer (accepted, or refused with the reason);
         TimeoutError when none comes: the decision may not have been recorded."""
         message = Decision(alert_id, self.unit_id, self.keys.handset_id, decision, time.time())
-        info = self._client.publish(self.topics.decisions, encode_decision(message, self.keys.signing), qos=1)
+        topic = self.topics.decision_from(self.keys.handset_id)  # the broker lets only this handset's CN write it
+        info = self._client.publish(topic, encode_decision(message, self.keys.signing), qos=1)
         info.wait_for_publish(timeout)
         deadline = time.monotonic() + timeout
         with self._answered:
@@ -175,7 +176,10 @@ class HandsetClient:
                         self._answers.remove(answer)
                         return answer
                 self._answered.wait(left)
-        raise TimeoutError(f"unit {self.unit_id} did not answer the decision on {alert_id} within {timeout:g} s")
+        raise TimeoutError(
+            f"unit {self.unit_id} did not answer the decision on {alert_id} within {timeout:g} s (a broker whose "
+            f"ACL predates {topic} drops it: regenerate the ACL with `lfr-provision broker config`)"
+        )
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
@@ -210,7 +214,8 @@ class HandsetClient:
             log.warning("%s", refusal_message(exc, self.keys.handset_id, self.unit_id))
             return
         receipt = AlertReceipt(self.unit_id, self.keys.handset_id, alert.alert_id, time.time())
-        self._client.publish(self.topics.alert_receipts, encode_receipt(receipt, self.keys.signing), qos=1)
+        receipts = self.topics.receipt_from(self.keys.handset_id)  # the broker lets only this handset's CN write it
+        self._client.publish(receipts, encode_receipt(receipt, self.keys.signing), qos=1)
         if alert.alert_id in self.seen:  # the unit re-sends until a receipt arrives: show each alert once
             self.duplicates += 1
             return
