@@ -164,7 +164,13 @@ def test_acl_binds_each_identity_to_its_own_topics() -> None:
     assert "topic write lfr/v1/units/van-07/pairing/offer" in blocks["user van-07.pairing"]
     handset = blocks["user handset-1"]
     assert "topic read lfr/v1/units/van-07/pairing/confirm/handset-1" in handset
-    assert "topic write lfr/v1/units/van-07/decisions" in handset and "watchlist" not in handset
+    assert "topic write lfr/v1/units/van-07/decisions/from/handset-1" in handset and "watchlist" not in handset
+    assert "topic write lfr/v1/units/van-07/alerts/ack/from/handset-1" in handset
+    assert (
+        "topic write lfr/v1/units/van-07/decisions\n" not in text
+        and "pattern read lfr/v1/units/%u/decisions\n" not in text
+    )
+    assert "pattern read lfr/v1/units/%u/decisions/from/+" in text
     assert "topic write lfr/v1/units/+/watchlist" in blocks["user command-centre"]
 
 
@@ -277,6 +283,28 @@ def test_another_certificate_can_neither_take_nor_erase_a_handsets_session(tmp_p
     assert mine.get(timeout=10) == b"queued for handset-2"
     close(owner)
     close(sender)
+
+
+def test_a_handset_certificate_writes_only_its_own_decision_and_receipt_topics(
+    tmp_path: Path, generated: Broker
+) -> None:
+    units = "lfr/v1/units/van-07"
+    init_unit(InitOptions(unit_id="van-07", root=tmp_path / "van"))
+    tls = tmp_path / "van/etc/lfr-edge/tls"
+    assert provision("ca", "sign", "--ca", str(generated.ca), "--csr", str(tls / "unit.csr"), "--out", str(tls)) == 0
+    unit, got = connect((tls / "ca.crt", tls / "unit.crt", tls / "unit.key"), generated.port, "van-07")
+    subscribed(unit, f"{units}/decisions/from/+")  # as the daemon subscribes: every handset's own topic
+    subscribed(unit, f"{units}/alerts/ack/from/+")
+    rogue, _ = connect(generated.identity("handset", "handset-2", tmp_path), generated.port, "handset-2")
+    # handset-2 speaking for handset-1, and on the shared topics of old: the broker drops every one
+    for topic in ("decisions/from/handset-1", "alerts/ack/from/handset-1", "decisions", "alerts/ack"):
+        rogue.publish(f"{units}/{topic}", b"as handset-1: " + topic.encode(), qos=1).wait_for_publish(10)
+    rogue.publish(f"{units}/decisions/from/handset-2", b"its own", qos=1).wait_for_publish(10)
+    assert got.get(timeout=10) == b"its own"  # the broker forwards one sender's messages in order
+    with pytest.raises(queue.Empty):
+        got.get(timeout=0.5)
+    close(rogue)
+    close(unit)
 
 
 def test_a_message_over_the_limit_closes_the_senders_connection(tmp_path: Path, generated: Broker) -> None:

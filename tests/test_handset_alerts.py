@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,7 +29,7 @@ from lfr_contracts.audit_events import AuditEvent, DecisionRefused, OfficerDecis
 from lfr_contracts.receipts import MAX_RECEIPT_BYTES, decode_answer
 from lfr_contracts.topics import Topics
 from lfr_edge.alerts.handset import HandsetChannel, PairedHandset, load_handsets, parse_handset
-from lfr_edge.comms.mqtt import UnitMqttClient
+from lfr_edge.comms.mqtt import SubscriptionStats, UnitMqttClient
 from lfr_edge.config import AlertsConfig
 from lfr_hwsim.broker import MosquittoBroker
 from lfr_tools.handset.cli import HandsetClient, HandsetKeys
@@ -458,3 +461,136 @@ def test_the_outbox_times_out_on_the_monotonic_clock_not_the_wall_clock() -> Non
     monotonic[0] += 121
     channel.flush()
     assert channel.stats.queued == 0 and channel.stats.expired == 1
+
+
+def test_a_flood_naming_another_handset_spends_only_the_senders_own_allowance() -> None:
+    """handset-2 sends 3,000 decisions naming handset-1 on its own topic, in one instant: they spend handset-2's
+    allowance only (the first ones refused with the reason, answered to handset-2), and handset-1's decision in
+    the same instant is accepted."""
+    keys = {h: Ed25519PrivateKey.generate() for h in ("handset-1", "handset-2")}
+    registry = {h: PairedHandset(h, X25519PrivateKey.generate().public_key(), k.public_key()) for h, k in keys.items()}
+    topics = Topics.for_unit("lfr/v1", "unit-a")
+    audit = ListAudit()
+
+    class Answers:
+        connected = threading.Event()
+        sent: ClassVar[list[str]] = []
+
+        def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
+            self.sent.append(topic)
+            return True
+
+    channel = HandsetChannel(
+        Answers(), topics, "unit-a", Ed25519PrivateKey.generate(), lambda: registry, AlertsConfig(), audit,
+        clock=lambda: 100.0,
+    )  # fmt: skip
+    channel.deliver(make_alert("a-1"))
+    forged = encode_decision(Decision("a-1", "unit-a", "handset-1", DecisionKind.NO_ACTION, 1.0), keys["handset-2"])
+    for _ in range(3000):
+        channel.on_decision(topics.decision_from("handset-2"), forged)
+    assert channel.stats.rate_limited_decisions == 3000 - 10 and channel.stats.decisions == 0
+    assert Answers.sent == [topics.decision_answer_for("handset-2")] * 10  # each refusal told to the sender
+    genuine = encode_decision(Decision("a-1", "unit-a", "handset-1", DecisionKind.ENGAGE, 1.0), keys["handset-1"])
+    channel.on_decision(topics.decision_from("handset-1"), genuine)
+    assert Answers.sent[-1] == topics.decision_answer_for("handset-1")
+    assert [e for e in audit.events if isinstance(e, OfficerDecision)] == [
+        OfficerDecision("a-1", "handset-1", DecisionKind.ENGAGE)
+    ]
+    channel.close()
+    reports = [e for e in audit.events if isinstance(e, DecisionRefused)]
+    counted = Counter[str]()
+    for e in reports:
+        counted[e.reason] += e.count
+    reason = "decision sent on handset 'handset-2''s topic names handset 'handset-1'"
+    assert len(reports) <= 4 and counted[f"{reason}: a handset speaks for itself only"] == 10
+    assert sum(counted.values()) == 3000 and len(counted) == 2  # aggregated: one line per reason, not per message
+
+
+@pytest.fixture
+def two_handsets(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    with MosquittoBroker(tmp_path / "broker", handsets={"handset-1": ["unit-a"], "handset-2": ["unit-a"]}) as running:
+        yield running
+
+
+@pytest.mark.broker
+def test_one_handsets_decision_flood_neither_spends_nor_delays_anothers_decision(
+    two_handsets: MosquittoBroker, handset_keys: HandsetKeys, tmp_path: Path
+) -> None:
+    """handset-2 floods (QoS 0, as fast as paho sends): decisions naming handset-1 on its own topic, on
+    handset-1's topic (the broker drops those), and its own. handset-1's genuine decision, sent mid-flood with
+    the client `lfr-handset decide` uses, is answered accepted within a few seconds on a loaded machine."""
+    flooder_keys = HandsetKeys.generate(tmp_path / "flooder", "handset-2")
+    unit = Unit(two_handsets, {**paired(handset_keys), **paired(flooder_keys)})
+    unit.start()
+    phone = handset_client(two_handsets, handset_keys, unit)
+    flooder = Collector(two_handsets, "handset-2")
+    topics = Topics.for_unit(two_handsets.prefix, "unit-a")
+    naming_b = encode_decision(
+        Decision("a-1", "unit-a", "handset-1", DecisionKind.NO_ACTION, 1.0), flooder_keys.signing
+    )
+    own = encode_decision(Decision("a-1", "unit-a", "handset-2", DecisionKind.ENGAGE, 1.0), flooder_keys.signing)
+    flood = [
+        (topics.decision_from("handset-2"), naming_b),
+        (topics.decision_from("handset-1"), naming_b),  # not its topic: the broker drops it
+        (topics.decision_from("handset-2"), own),
+    ]
+    sent = [0]
+    answered, flooding = threading.Event(), threading.Event()
+
+    def flood_until_answered() -> None:
+        deadline = time.monotonic() + 60
+        while (not answered.is_set() or sent[0] < 3000) and time.monotonic() < deadline:
+            topic, payload = flood[sent[0] % len(flood)]
+            flooder.client.publish(topic, payload, qos=0)
+            sent[0] += 1
+            if sent[0] == 1000:
+                flooding.set()
+
+    flooding_thread = threading.Thread(target=flood_until_answered, daemon=True)
+    try:
+        unit.channel.deliver(make_alert("a-1"))
+        assert phone.alerts.get(timeout=10).alert.alert_id == "a-1"
+        flooding_thread.start()
+        assert flooding.wait(30)
+        started, at_start = time.monotonic(), sent[0]
+        answer = phone.decide("a-1", DecisionKind.ENGAGE, timeout=20)
+        took = time.monotonic() - started
+        answered.set()
+        during = sent[0] - at_start
+        flooding_thread.join(70)
+        print(
+            f"handset-1's decision answered {answer.status} in {took * 1000:.0f} ms while handset-2 sent {during} "
+            f"flood messages (load average {os.getloadavg()[0]:.1f})"
+        )
+        assert answer.accepted and answer.handset == "handset-1" and answer.revision == 0
+        assert took < 5.0, took
+        assert during > 0  # the flood went on while handset-1's decision waited
+        stats = unit.mqtt.subscription_stats()[topics.every_sender(topics.decisions)]
+        let_through = sum(1 for i in range(sent[0]) if flood[i % len(flood)][0] == topics.decision_from("handset-2"))
+        deadline = time.monotonic() + 30
+        while handled(unit, stats) < let_through + 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        unit.channel.close()
+    finally:
+        answered.set()
+        flooder.close()
+        phone.stop()
+        unit.mqtt.stop()
+    decided = [(e.handset_id, e.decision) for e in unit.audit.events if isinstance(e, OfficerDecision)]
+    assert ("handset-1", DecisionKind.ENGAGE) in decided and ("handset-1", DecisionKind.NO_ACTION) not in decided
+    refused = {e.reason: e.count for e in unit.audit.events if isinstance(e, DecisionRefused)}
+    assert any("names handset 'handset-1'" in reason for reason in refused), refused
+    assert any("over the rate" in reason and "'handset-2'" in reason for reason in refused), refused
+    assert not any("'handset-1'" in reason and "over the rate" in reason for reason in refused), refused
+    # every flood message the broker let through (two in three) was refused, rate-limited, dropped with
+    # handset-2's queue full, or accepted (its own, once; then answered as repeats): each one counted
+    c = unit.channel.stats
+    print(f"the flood: {sent[0]} sent, {let_through} let through by the broker: {c.refused_decisions} refused, "
+          f"{stats.dropped_full} dropped with handset-2's queue full, {c.duplicate_decisions} repeats")  # fmt: skip
+    assert handled(unit, stats) == let_through + 1  # and handset-1's own decision
+
+
+def handled(unit: Unit, stats: SubscriptionStats) -> int:
+    """Decisions the unit accounted for: accepted (first or repeat), refused, dropped with a queue full."""
+    c = unit.channel.stats
+    return c.decisions + c.duplicate_decisions + c.refused_decisions + stats.dropped_full
