@@ -411,6 +411,7 @@ def test_the_report_counts_each_decision_the_real_handset_channel_audited(tmp_pa
     phone = HandsetKeys.generate(tmp_path / "handset", "handset-1")
     paired = {"handset-1": parse_handset(phone.record(), "test")}
     sent = [DecisionKind.ENGAGE, DecisionKind.FALSE_ALERT, DecisionKind.ENGAGE, DecisionKind.NO_ACTION]
+    own_topic = Topics.for_unit("lfr/v1", UNIT).decision_from("handset-1")
     with AuditLog.open(path, UNIT) as log:
         channel = HandsetChannel(
             LoopbackPublisher(),
@@ -425,9 +426,9 @@ def test_the_report_counts_each_decision_the_real_handset_channel_audited(tmp_pa
             alert_id = f"a-{n}"
             channel.deliver(Alert(alert_id, UNIT, "cam0", time.time(), 0.7, 0.5, "S-1", "wanted", "", b"\xff", b"\xff"))
             decision = encode_decision(Decision(alert_id, UNIT, "handset-1", kind, time.time()), phone.signing)
-            channel.on_decision("decisions", decision)
-            channel.on_decision("decisions", decision)  # QoS 1 redelivery: not audited twice
-        channel.on_decision("decisions", b"{not json")
+            channel.on_decision(own_topic, decision)
+            channel.on_decision(own_topic, decision)  # QoS 1 redelivery: not audited twice
+        channel.on_decision(own_topic, b"{not json")
     events = read_events(path)
     assert [e for e in events if isinstance(e, OfficerDecision)] == [
         OfficerDecision(f"a-{n}", "handset-1", kind) for n, kind in enumerate(sent)

@@ -26,7 +26,7 @@ from lfr_contracts.alerts import (
     encode_decision,
 )
 from lfr_contracts.audit_events import AuditEvent, DecisionRefused, OfficerDecision
-from lfr_contracts.receipts import MAX_RECEIPT_BYTES, decode_answer
+from lfr_contracts.receipts import MAX_RECEIPT_BYTES, AlertReceipt, decode_answer, encode_receipt
 from lfr_contracts.topics import Topics
 from lfr_edge.alerts.handset import HandsetChannel, PairedHandset, load_handsets, parse_handset
 from lfr_edge.comms.mqtt import SubscriptionStats, UnitMqttClient
@@ -594,3 +594,71 @@ def handled(unit: Unit, stats: SubscriptionStats) -> int:
     """Decisions the unit accounted for: accepted (first or repeat), refused, dropped with a queue full."""
     c = unit.channel.stats
     return c.decisions + c.duplicate_decisions + c.refused_decisions + stats.dropped_full
+
+
+def test_a_receipt_naming_another_handset_is_refused_and_keeps_the_alert_queued(handset_keys: HandsetKeys) -> None:
+    """handset-2 acknowledging handset-1's alert in handset-1's name, on its own topic: refused (counted), and
+    the alert stays queued for a handset that really opened it; handset-1's own receipt takes it out."""
+    other = Ed25519PrivateKey.generate()
+    second = PairedHandset("handset-2", X25519PrivateKey.generate().public_key(), other.public_key())
+    registry = {**paired(handset_keys), "handset-2": second}
+    topics = Topics.for_unit("lfr/v1", "unit-a")
+    audit = ListAudit()
+    channel = HandsetChannel(
+        _Offline(), topics, "unit-a", Ed25519PrivateKey.generate(), lambda: registry, AlertsConfig(), audit
+    )
+    channel.deliver(make_alert("a-1"))
+    forged = encode_receipt(AlertReceipt("unit-a", "handset-1", "a-1", time.time()), other)
+    channel.on_receipt(topics.receipt_from("handset-2"), forged)
+    channel.on_receipt(topics.alert_receipts, forged)  # not one handset's topic (the broker delivers none)
+    assert channel.stats.queued == 1 and channel.stats.delivered == 0 and channel.stats.refused_decisions == 2
+    genuine = encode_receipt(AlertReceipt("unit-a", "handset-1", "a-1", time.time()), handset_keys.signing)
+    channel.on_receipt(topics.receipt_from("handset-1"), genuine)
+    assert channel.stats.queued == 0 and channel.stats.delivered == 1
+    channel.close()
+    reasons = [e.reason for e in audit.events if isinstance(e, DecisionRefused)]
+    assert "receipt sent on handset 'handset-2''s topic names handset 'handset-1'" in "".join(reasons)
+
+
+class _Offline:
+    connected = threading.Event()
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
+        return False
+
+
+@pytest.mark.broker
+def test_a_broker_acl_from_before_per_handset_decision_topics_is_named_by_the_handset_and_the_unit(
+    broker: MosquittoBroker, handset_keys: HandsetKeys, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """The upgrade trap: an ACL written before decisions went to decisions/from/<handset> drops the handset's
+    decision (mosquitto 2.0 grants the unit's subscription and drops what it may not read, so only the handset
+    can tell); `lfr-handset decide` exits 3 naming the fix."""
+    from lfr_edge import keyfiles
+    from lfr_tools.handset.cli import main as handset_main
+
+    old = broker.acl_file.read_text()
+    for leaf in ("decisions", "alerts/ack"):
+        old = old.replace(f"{leaf}/from/handset-1", leaf).replace(f"{leaf}/from/+", leaf)
+    broker.acl_file.write_text(old)
+    broker.restart()
+    unit = Unit(broker, paired(handset_keys))
+    unit.start()
+    keyfiles.save_public_key(handset_keys_dir(tmp_path) / "unit-unit-a-ed25519.pub", unit.key.public_key())
+    tls = broker.client("handset-1")
+    try:
+        unit.channel.deliver(make_alert("a-1"))
+        argv = ["decide", "a-1", "engage", "--unit", "unit-a", "--broker", f"{broker.host}:{broker.port}",
+                "--ca", str(tls.ca_file), "--cert", str(tls.cert_file), "--key", str(tls.key_file),
+                "--keys", str(handset_keys_dir(tmp_path)), "--timeout", "2"]  # fmt: skip
+        assert handset_main(argv) == 3
+        err = capsys.readouterr().err
+        assert "did not answer the decision on a-1" in err and "decisions/from/handset-1" in err
+        assert "regenerate the ACL with `lfr-provision broker config`" in err
+    finally:
+        unit.mqtt.stop()
+
+
+def handset_keys_dir(tmp_path: Path) -> Path:
+    """Where the `handset_keys` fixture keeps handset-1's keys."""
+    return tmp_path / "handset"

@@ -147,6 +147,8 @@ class _Refusals:
 
 def _not_the_sender(what: str, sender: str | None, claimed: str) -> str:
     """Why a message naming another handset than its topic is refused (the topic names the certificate)."""
+    if sender is None:
+        return f"{what} on a topic that names no handset"
     return f"{what} sent on handset {sender!r}'s topic names handset {claimed[:64]!r}: a handset speaks for itself only"
 
 

@@ -11,8 +11,7 @@ a slow handler (applying a watchlist) cannot stall keep-alives, and a flood on o
 cannot starve another (the command centre's close). A subscription to every handset's own topic
 (`.../decisions/from/+`) keeps one bounded queue per sender, served in turn: one handset's flood fills
 only its own and cannot delay another's decision. A payload over the subscription's size limit is
-refused before it is copied. What a subscription drops is counted and logged once per interval. A
-subscription the broker's ACL refuses is logged with the fix.
+refused before it is copied. What a subscription drops is counted and logged once per interval.
 These threads are supervised (lfr_edge.daemon.supervise): a handler that raises is counted and logged
 once, and the dispatcher goes on with the next message; paho's own network thread is caught by the
 daemon's thread hook.
@@ -290,7 +289,6 @@ class UnitMqttClient:
         self.connect_count = 0
         self._seq = 0
         self._subscriptions: dict[str, _Subscription] = {}
-        self._pending_subacks: dict[int, str] = {}  # message id -> topic, to name a refused subscription
         self._connect_listeners: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._events: queue.Queue[bool] = queue.Queue()  # True: run the connect listeners; False: stop
@@ -311,7 +309,6 @@ class UnitMqttClient:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_connect_fail = self._on_connect_fail
-        self._client.on_subscribe = self._on_subscribe
 
     # lifecycle ---------------------------------------------------------------------------------------
 
@@ -387,7 +384,7 @@ class UnitMqttClient:
             if self._started:
                 self._start_thread(subscription)
         if self.connected.is_set():
-            self._subscribe(topic, qos)
+            self._client.subscribe(topic, qos)
 
     def set_watchlist_status(self, status: WatchlistStatus) -> None:
         """Say which watchlist the unit holds in its retained status, now and in every later birth."""
@@ -433,7 +430,7 @@ class UnitMqttClient:
         with self._lock:
             subscriptions = [(sub.topic, sub.qos) for sub in self._subscriptions.values()]
         for topic, qos in subscriptions:
-            self._subscribe(topic, qos)
+            self._client.subscribe(topic, qos)
         client.publish(self.topics.status, self._status("online"), qos=1, retain=True)
         log.info("mqtt: connected to %s:%s as %s (seq %d)", self.cfg.host, self.cfg.port, self.client_id, self._seq)
         self.connected.set()
@@ -448,20 +445,6 @@ class UnitMqttClient:
             self._seq += 1  # the next birth and its will carry the next sequence number
             self._set_will()
             log.warning("mqtt: disconnected from %s:%s (%s); reconnecting", self.cfg.host, self.cfg.port, reason)
-
-    def _subscribe(self, topic: str, qos: int) -> None:
-        _, mid = self._client.subscribe(topic, qos)
-        if mid is not None:
-            self._pending_subacks[mid] = topic
-
-    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, codes: Any, properties: Any) -> None:
-        topic = self._pending_subacks.pop(mid, "?")
-        if any(code.is_failure for code in codes):
-            log.error(
-                "mqtt: the broker's ACL does not let %s read %s: nothing sent there reaches the unit; regenerate "
-                "the broker's ACL with `lfr-provision broker config` (docs/broker.md) and reload the broker",
-                self.unit_id, topic,
-            )  # fmt: skip
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         # paho calls this from inside its `except OSError:` block, so the exception is the one being handled.
@@ -523,4 +506,3 @@ class UnitMqttClient:
                 self._supervisor.caught(threading.current_thread().name, exc)
             # Drop the payload now: the next get() may block for hours, and a watchlist bundle is large.
             del item, payload
-
