@@ -239,7 +239,9 @@ def test_a_corrupt_registry_file_is_named(tmp_path: Path) -> None:
 def test_the_acl_in_docs_pairing_md_is_the_one_the_project_writes() -> None:
     doc = (Path(__file__).parents[1] / "docs" / "pairing.md").read_text()
     block = doc.split("## Broker ACL", 1)[1].split("```")[1]
-    shown = [line for line in block.splitlines() if line.startswith(("user ", "topic "))]
+    shown = [line for line in block.splitlines() if line.startswith(("user ", "topic ", "pattern "))]
     written = acl_text(AccessPlan(units=(UNIT,), handsets={"handset-12": (UNIT,)})).splitlines()
     assert shown and all(line in written for line in shown), [line for line in shown if line not in written]
     assert "topic write lfr/v1/units/van-07/pairing/request/handset-12" in shown
+    assert "topic write lfr/v1/units/van-07/decisions/from/handset-12" in shown
+    assert "pattern read lfr/v1/units/%u/decisions/from/+" in shown

@@ -9,7 +9,7 @@ match only, the context picture (head and shoulders around the face in the frame
 signature covers the envelope, so a handset knows the alert came from its unit; only paired handsets can
 open it.
 
-Decision (handset → unit, `.../decisions`, QoS 1): UTF-8 JSON
+Decision (handset → unit, on its own `.../decisions/from/<handset>`, QoS 1): UTF-8 JSON
     {"v": 1, "alert_id", "unit", "handset", "decision", "time", "sig"}
 where `sig` is the handset's Ed25519 signature (hex) over the canonical JSON of the other fields. Both
 sides recognise duplicates (QoS 1 redelivery) by alert id.

@@ -1,6 +1,6 @@
 """End-to-end receipts between a unit and its handsets: the broker's PUBACK is not delivery.
 
-Alert receipt (handset → unit, `.../alerts/ack`, QoS 1): UTF-8 JSON
+Alert receipt (handset → unit, on its own `.../alerts/ack/from/<handset>`, QoS 1): UTF-8 JSON
     {"v": 1, "kind": "alert_receipt", "unit", "handset", "alert_id", "time", "sig"}
 sent once the handset has decrypted the alert; the unit keeps the alert in its outbox (and re-publishes it)
 until a paired handset's receipt arrives or its time-to-live ends.
