@@ -112,6 +112,8 @@ def enrol_subjects(
             if result.embedding is None:
                 problems.append(f"{row.subject_id}: {name}: {result.reason}")
                 continue
+            for note in result.notes:
+                bar.write(f"note: {row.subject_id}: {name}: {note}")
             embeddings.append(result.embedding)
             photo = photo or result.photo_jpeg
         if not embeddings:
