@@ -186,7 +186,9 @@ def test_a_trial_as_the_readme_writes_it(tmp_path: Path, faces: Path) -> None:
         walking, _ = write_trial_watchlist(load_plan(trial / "plan.json"), trial / "watchlist")
         listed.update(walking)
 
-    with DocShell(REPO, {"TRIAL": str(trial), "FACES": str(faces)}, before={"lfr-evaluate": volunteers}) as shell:
+    (tmp_path / "logs").mkdir()
+    values = {"TRIAL": str(trial), "FACES": str(faces)}
+    with DocShell(REPO, values, before={"lfr-evaluate": volunteers}, logs=tmp_path / "logs") as shell:
         shell.run_blocks(section(sh_blocks(README), "Trials before a deployment"))
         printed = shell.output_of("lfr-evaluate")
     result = json.loads((trial / "result.json").read_text())
