@@ -90,8 +90,8 @@ class PhotoFaceFinder:
     @classmethod
     def for_pipeline(cls, pipeline: FacePipeline, threshold: float = PHOTO_THRESHOLD) -> PhotoFaceFinder:
         """Photo mode on the short-range model the unit's pipeline already loaded."""
-        short = pipeline.detector.short_range
-        if short is None:
+        short = getattr(pipeline.detector, "short_range", None)  # a detector of another family may not have one
+        if not isinstance(short, BlazeFace):
             raise ValueError(
                 'photo mode needs the short-range BlazeFace: set models.detector = "both" or "short" in the config'
             )
