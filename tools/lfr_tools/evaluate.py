@@ -193,7 +193,8 @@ def summary(result: dict[str, Any], fps: float) -> list[str]:
         f"{result['frame_ms_median']:.1f} ms, p99 {result['frame_ms_p99']:.1f} ms",
         f"faces seen: {result['faces_seen']}, tracks (people): {result['tracks']}",
         f"watchlist: {result['subjects']} subjects, threshold {result['threshold']:g} ({result['model_id']})",
-        f"alerts: {len(result['alerts'])}",
+        f"alerts: {len(result['alerts'])} ({len({a['subject'] for a in result['alerts']})} of {result['subjects']} "
+        "listed subjects alerted)",
     ]
     lines += [
         f"  {a['subject']} at {a['time']:.2f} s (frame {a['frame']}), score {a['score']:.3f}" for a in result["alerts"]
