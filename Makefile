@@ -8,6 +8,7 @@ PY          := $(VENV)/bin/python
 LFR_FACES   ?= $(abspath ../shared/faces)
 DURATION    ?= 60
 FAULTS      ?=
+HANDSET     ?=
 QUICK       ?= 0
 PYTEST_ARGS ?=
 # Where code runs: contracts (everyone), firmware (the van), tools (elsewhere), provisioning (the technician),
@@ -30,13 +31,16 @@ venv: $(VENV)/.installed
 
 # Debian packages: installed with apt-get when we are root, otherwise named for the user.
 #   mosquitto: the real broker every MQTT test starts; npm: fetches MobileFaceNet (npm pack);
-#   systemd: systemd-analyze and friends for the service-unit tests; python3-seccomp: the W^X test.
+#   systemd: systemd-analyze and friends for the service-unit tests; python3-seccomp: the W^X test;
+#   chromium, chromium-driver: the real browser the handset app's tests (and `make demo HANDSET=app`) drive.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	/usr/bin/python3 -c "import seccomp" >/dev/null 2>&1 || missing="$$missing python3-seccomp"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
@@ -64,7 +68,7 @@ test-fast: venv
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: venv system-deps models
-	$(VENV)/bin/lfr-hwsim demo --faces "$(LFR_FACES)" --duration $(DURATION) --out demo-results $(if $(FAULTS),--faults "$(FAULTS)")
+	$(VENV)/bin/lfr-hwsim demo --faces "$(LFR_FACES)" --duration $(DURATION) --out demo-results $(if $(FAULTS),--faults "$(FAULTS)") $(if $(HANDSET),--handset $(HANDSET))
 
 bench: venv system-deps models
 	$(PY) -m lfr_bench --quick $(QUICK)

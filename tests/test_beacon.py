@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import random
 import time
@@ -19,7 +20,7 @@ from lfr_contracts.beacon import Command, Frame, NakReason, Pattern
 from lfr_contracts.errors import ConfigError
 from lfr_edge.alerts.beacon import BeaconChannel, BeaconDriver, BeaconState
 from lfr_edge.alerts.channel import UnitState
-from lfr_edge.config import BeaconConfig, parse_config
+from lfr_edge.config import BeaconConfig, parse_config, quiet_hours
 from lfr_hwsim.beacon import SimulatedBeacon
 
 WAIT_S = 3.0  # upper bound for an awaited event; tests finish as soon as the event happens
@@ -39,7 +40,9 @@ def sim(tmp_path: Path) -> Iterator[SimulatedBeacon]:
 def make_driver(sim: SimulatedBeacon) -> Iterator[DriverFactory]:
     drivers: list[BeaconDriver] = []
 
-    def make(**overrides: Any) -> tuple[BeaconDriver, BeaconConfig]:
+    def make(
+        local_time: Callable[[], datetime.time] = lambda: datetime.time(12, 0), **overrides: Any
+    ) -> tuple[BeaconDriver, BeaconConfig]:
         settings: dict[str, Any] = {
             "port": str(sim.link),
             "heartbeat_s": 0.15,
@@ -51,7 +54,7 @@ def make_driver(sim: SimulatedBeacon) -> Iterator[DriverFactory]:
             "reconnect_max_s": 0.1,
         }
         cfg = BeaconConfig(**(settings | overrides))
-        driver = BeaconDriver(cfg)
+        driver = BeaconDriver(cfg, local_time=local_time)
         driver.start()
         drivers.append(driver)
         return driver, cfg
@@ -144,6 +147,80 @@ def test_a_fault_that_clears_during_an_alert_leaves_the_alert_its_hold(
     state = driver.state()
     assert (state.pattern_wanted, state.pattern_acked, state.alert_camera) == (Pattern.ALERT, Pattern.ALERT, "cam0")
     assert sim.state.pattern is Pattern.ALERT
+
+
+def beeps_sent(sim: SimulatedBeacon) -> list[int]:
+    """The durations of the BUZZER commands the simulated beacon carried out, in order."""
+    return [bp.u16_arg(f) for f in sim.executed() if f.kind == Command.BUZZER]
+
+
+def a_heartbeat_after_the_alert(sim: SimulatedBeacon) -> bool:
+    """True once the beacon carried out a heartbeat after showing the alert: the driver sends a due beep
+    before a heartbeat, so by then every beep that was due has been sent."""
+
+    def seen() -> bool:
+        kinds = [(f.kind, f.args) for f in sim.executed()]
+        shown = [i for i, k in enumerate(kinds) if k == (Command.SET_PATTERN, bytes((Pattern.ALERT,)))]
+        return bool(shown) and any(k[0] == Command.HEARTBEAT for k in kinds[shown[-1] :])
+
+    deadline = time.monotonic() + WAIT_S
+    while not seen():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_an_alert_sounds_the_buzzers_beeps_over_the_pty(sim: SimulatedBeacon, make_driver: DriverFactory) -> None:
+    driver, _ = make_driver(buzzer_beeps=3, buzzer_beep_ms=40, buzzer_gap_ms=30)
+    ready(driver)
+    assert beeps_sent(sim) == [] and not sim.state.buzzer_on
+    driver.show_alert("cam0")
+    assert sim.wait_until(lambda s: s.buzzer_on and s.pattern is Pattern.ALERT, WAIT_S)
+    assert eventually(driver, lambda s: s.beeps == 3)
+    assert beeps_sent(sim) == [40, 40, 40]
+    assert sim.wait_until(lambda s: not s.buzzer_on, WAIT_S)  # the beacon ends each beep by itself
+    assert driver.state().beeps_quiet == 0
+
+
+QUIET_NOW = [datetime.time(22, 0), datetime.time(23, 59), datetime.time(3, 0), datetime.time(6, 59)]
+
+
+@pytest.mark.parametrize("now", QUIET_NOW)
+def test_in_quiet_hours_an_alert_shows_its_lights_without_a_beep(
+    sim: SimulatedBeacon, make_driver: DriverFactory, now: datetime.time
+) -> None:
+    clock = [datetime.time(12, 0)]
+    driver, _ = make_driver(local_time=lambda: clock[0], buzzer_beeps=2, buzzer_quiet_hours="22:00-07:00")
+    ready(driver)
+    clock[0] = now
+    driver.show_alert("cam0")
+    assert sim.wait_for(Pattern.ALERT, WAIT_S)
+    assert a_heartbeat_after_the_alert(sim)
+    assert beeps_sent(sim) == [] and not sim.state.buzzer_on
+    assert driver.state().beeps_quiet == 2 and driver.state().beeps == 0
+    # Out of quiet hours again (07:00 is its end), the next alert beeps.
+    clock[0] = datetime.time(7, 0)
+    driver.show_alert("cam1")
+    assert eventually(driver, lambda s: s.beeps == 2)
+    assert len(beeps_sent(sim)) == 2
+
+
+def test_no_beeps_configured_means_the_buzzer_is_never_used(sim: SimulatedBeacon, make_driver: DriverFactory) -> None:
+    driver, _ = make_driver(buzzer_beeps=0)
+    ready(driver)
+    driver.show_alert("cam0")
+    assert sim.wait_for(Pattern.ALERT, WAIT_S)
+    assert a_heartbeat_after_the_alert(sim)
+    assert beeps_sent(sim) == [] and driver.state().beeps == 0
+
+
+def test_quiet_hours_parse_to_minutes_and_may_run_past_midnight() -> None:
+    assert quiet_hours("k", "") is None
+    assert quiet_hours("k", "22:00-07:00") == (22 * 60, 7 * 60)
+    assert quiet_hours("k", "01:30-05:15") == (90, 315)
+    with pytest.raises(ConfigError, match=r'k: expected "HH:MM-HH:MM"'):
+        quiet_hours("k", "22:00 - 07:00")
 
 
 def test_beacon_shows_fault_by_itself_when_heartbeats_stop(sim: SimulatedBeacon, make_driver: DriverFactory) -> None:
@@ -308,6 +385,12 @@ def test_simulated_beacon_naks_bad_commands_and_executes_nothing(
         ({"heartbeat_s": 30.0}, "beacon.heartbeat_s"),
         ({"protocol": "x10"}, "beacon.protocol"),
         ({"alert_hold_s": 0}, "beacon.alert_hold_s"),
+        ({"buzzer_beeps": 11}, "beacon.buzzer_beeps"),
+        ({"buzzer_beep_ms": 10}, "beacon.buzzer_beep_ms"),
+        ({"buzzer_quiet_hours": "22:00"}, "beacon.buzzer_quiet_hours"),
+        ({"buzzer_quiet_hours": "24:00-07:00"}, "beacon.buzzer_quiet_hours"),
+        ({"buzzer_quiet_hours": "7:00-8:00"}, "beacon.buzzer_quiet_hours"),
+        ({"buzzer_quiet_hours": "22:00-22:00"}, "beacon.buzzer_quiet_hours"),
     ],
 )
 def test_bad_beacon_config_is_refused_naming_the_key(overrides: dict[str, Any], key: str) -> None:

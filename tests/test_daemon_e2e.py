@@ -19,12 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from lfr_contracts.alerts import DecisionKind
+from lfr_contracts.alerts import MAX_CONTEXT_PX, DecisionKind
 from lfr_contracts.audit_events import AlertRaised, OfficerDecision, Stopped, WatchlistApplied, WatchlistWiped
 from lfr_contracts.beacon import Pattern
 from lfr_contracts.telemetry import Telemetry, decode_telemetry
 from lfr_edge.audit.log import Head, verify
 from lfr_edge.audit.report import read_events
+from lfr_edge.vision.image import decode_image
 from lfr_edge.vision.pipeline import FacePipeline
 from lfr_hwsim.beacon import LampState
 from lfr_hwsim.broker import COMMAND_CENTRE
@@ -112,6 +113,8 @@ def test_watchlisted_person_gives_one_alert_to_the_handset_and_the_beacon(
         got = phone.alerts.get(timeout=60)
         assert got.alert.subject_id == "S-7205" and got.alert.category == "wanted"
         assert got.alert.score >= 0.5 and got.alert.live_jpeg[:2] == b"\xff\xd8"
+        context = decode_image(got.alert.context_jpeg, "context picture")  # head and shoulders, for a match only
+        assert max(context.shape[:2]) <= MAX_CONTEXT_PX and context.shape[1] > 112
         assert van.beacon is not None and van.beacon.wait_for(Pattern.ALERT, timeout_s=10)
         phone.decide(got.alert.alert_id, DecisionKind.ENGAGE)
         # The same person keeps walking past (the replay loops): the cooldown keeps it to one prompt.

@@ -162,6 +162,10 @@ def test_a_van_rehearsed_on_a_desk_from_nothing_to_an_alert(tmp_path: Path, face
         assert "ALERT" in shell.output_of("lfr-handset listen") and f"subject S-{WANTED}" in shell.output_of(
             "lfr-handset listen"
         )
+        # the handset says what the unit holds; the close clears the broker's retained copy
+        listened = shell.output_of("lfr-handset listen")
+        assert re.search(r"^UNIT van-07 online since \S+: watchlist active: ", listened, re.M), listened
+        assert "cleared the retained message" in shell.output_of("lfr-watchlist close")
         assert "1 handset(s) paired" in shell.output_of("lfr-provision handsets list")
         codes = shell.stop()
     assert codes[BENCH_RUN] == 0, codes  # Ctrl-C: the daemon stops cleanly
@@ -170,6 +174,9 @@ def test_a_van_rehearsed_on_a_desk_from_nothing_to_an_alert(tmp_path: Path, face
     assert verify(audit).ok
     events = [json.loads(line)["event"] for line in audit.read_text().splitlines()]
     assert "alert" in " ".join(events) and "decision" in " ".join(events), events
+    pairing_log = root / "var/lib/lfr-edge/pairing-audit.jsonl"  # pair-handset's own chain (docs/pairing.md)
+    assert verify(pairing_log).ok
+    assert [json.loads(line)["event"] for line in pairing_log.read_text().splitlines()][1:] == ["handset_paired"]
     assert git_status() == before, "the documented commands wrote outside the bench folder"
 
 

@@ -25,6 +25,7 @@ from lfr_contracts import crypto
 from lfr_contracts.alerts import (
     ALERT_MAGIC,
     ALERT_VERSION,
+    MAX_CONTEXT_BYTES,
     Alert,
     Decision,
     DecisionKind,
@@ -44,12 +45,26 @@ from lfr_contracts.receipts import (
     encode_answer,
     encode_receipt,
 )
+from lfr_contracts.status import StatusError, UnitStatus
 from lfr_edge.audit.log import AuditLog
 
 UNIT_KEY = Ed25519PrivateKey.generate()
 HANDSET_SEAL = X25519PrivateKey.generate()
 HANDSET_SIGN = Ed25519PrivateKey.generate()
-ALERT = Alert("a1b2c3", "unit-a", "cam0", 1_800_000_000.0, 0.71, 0.55, "S-0042", "wanted", "ref 12", b"live", b"list")
+ALERT = Alert(
+    "a1b2c3",
+    "unit-a",
+    "cam0",
+    1_800_000_000.0,
+    0.71,
+    0.55,
+    "S-0042",
+    "wanted",
+    "ref 12",
+    b"live",
+    b"list",
+    b"\xff\xd8c",
+)
 REAL_ALERT = encode_alert(ALERT, UNIT_KEY, [HANDSET_SEAL.public_key()])
 REAL_DECISION = encode_decision(
     Decision("a1b2c3", "unit-a", "handset-1", DecisionKind.ENGAGE, 1_800_000_010.0), HANDSET_SIGN
@@ -82,6 +97,7 @@ def alert_body() -> dict[str, Any]:
     body: dict[str, Any] = {k: getattr(ALERT, k) for k in ALERT.__dataclass_fields__}
     body["live_jpeg"] = base64.b64encode(ALERT.live_jpeg).decode()
     body["watchlist_jpeg"] = base64.b64encode(ALERT.watchlist_jpeg).decode()
+    body["context_jpeg"] = base64.b64encode(ALERT.context_jpeg).decode()
     return body
 
 
@@ -129,6 +145,49 @@ def test_an_alert_body_that_is_not_an_object_is_refused() -> None:
     for body in (b"[]", b"7", b'"text"', b"[" * 3000):
         with pytest.raises(ProtocolError):
             at_handset(alert_with_body(body))
+
+
+# The context picture (head and shoulders, matches only) -------------------------------------------------
+
+
+def test_the_context_picture_travels_sealed_and_an_older_unit_sends_none() -> None:
+    assert at_handset(REAL_ALERT).context_jpeg == b"\xff\xd8c"
+    older = {k: v for k, v in alert_body().items() if k != "context_jpeg"}
+    assert at_handset(alert_with_body(dumps(older))).context_jpeg == b""
+    assert at_handset(alert_with_body(dumps({**alert_body(), "context_jpeg": ""}))).context_jpeg == b""
+
+
+def test_a_context_picture_over_the_bound_or_not_a_jpeg_is_refused() -> None:
+    big = b"\xff\xd8" + bytes(MAX_CONTEXT_BYTES)
+    with pytest.raises(ProtocolError, match="context picture of"):
+        encode_alert(Alert(**{**vars(ALERT), "context_jpeg": big}), UNIT_KEY, [HANDSET_SEAL.public_key()])
+    for picture, reason in ((big, "characters, at most"), (b"GIF89a", "is not a JPEG")):
+        body = {**alert_body(), "context_jpeg": base64.b64encode(picture).decode()}
+        with pytest.raises(ProtocolError, match=reason):
+            at_handset(alert_with_body(dumps(body)))
+
+
+@fuzz(100)
+@given(st.one_of(st.binary(max_size=2 * MAX_CONTEXT_BYTES), st.binary(max_size=64).map(lambda b: b"\xff\xd8" + b)))
+def test_any_context_picture_opens_within_its_bound_or_is_refused(picture: bytes) -> None:
+    body = {**alert_body(), "context_jpeg": base64.b64encode(picture).decode()}
+    payload = alert_with_body(dumps(body))
+    if holds(ProtocolError, lambda: at_handset(payload)):
+        opened = at_handset(payload).context_jpeg
+        assert opened == picture  # b"": no context picture
+        assert not opened or (len(opened) <= MAX_CONTEXT_BYTES and opened[:2] == b"\xff\xd8")
+
+
+STATUS = UnitStatus("online", "unit-a", "2027-01-01T00:00:00.000Z", 3, None, "m", "ok").encode()
+
+
+@fuzz(100)
+@given(st.one_of(json_values, st.sampled_from(["ok", "not_answering", "disconnected"])))
+def test_a_status_with_any_beacon_value_is_read_or_refused(value: Any) -> None:
+    """The beacon's state in the unit's retained status, which the handset shows."""
+    payload = dumps({**json.loads(STATUS), "beacon": value})
+    if holds(StatusError, lambda: UnitStatus.decode(payload)):
+        assert UnitStatus.decode(payload).beacon in (None, "ok", "not_answering", "disconnected")
 
 
 # Property-based --------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Fuzzing the pairing messages (lfr_contracts.pairing): offer, request, confirm.
 
-Anyone on the broker can publish a pairing request while `lfr-provision pair-handset` runs, and anyone can
-answer a handset's request. Each side must accept the real message or raise `PairingError`, whatever the
-bytes: a request that raised RecursionError used to end `pair-handset`.
+Any enrolled handset can publish a pairing request (on its own request topic, whatever it puts in it)
+while `lfr-provision pair-handset` runs, and anyone can answer a handset's request. Each side must accept
+the real message or raise `PairingError`, whatever the bytes: a request that raised RecursionError used to
+end `pair-handset`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from fuzz_helpers import dumps, fuzz, holds, hostile_json_text, json_values, mutated
@@ -36,11 +37,11 @@ def session() -> PairingSession:
 OFFER = session().offer()
 PHONE = HandsetPairing("handset-12", CODE, X25519PrivateKey.generate(), Ed25519PrivateKey.generate())
 REQUEST = PHONE.request(OFFER, now=NOW)
-_, CONFIRM = session().accept(REQUEST)
+_, CONFIRM = session().accept(REQUEST, sender="handset-12")
 
 
 def at_unit(request: bytes) -> PairedHandset:
-    return session().accept(request)[0]
+    return session().accept(request, sender="handset-12")[0]
 
 
 def at_handset_offer(offer: bytes) -> bytes:
@@ -73,7 +74,8 @@ def test_hostile_requests_are_refused_and_the_unit_reads_on(request_bytes: bytes
     with pytest.raises(PairingError):
         at_unit(request_bytes)
     assert isinstance(loose_fields(request_bytes), dict)
-    pair_mqtt._handset_of(request_bytes)  # whom pair-handset addresses the refusal to: no crash either
+    pair_mqtt._nonce_of(request_bytes)  # what pair-handset reads to answer the refusal: no crash either
+    pair_mqtt._claimed(request_bytes)  # and to audit it
 
 
 def test_an_offer_whose_expiry_is_not_a_number_is_refused() -> None:
@@ -95,7 +97,8 @@ def test_the_real_messages_pair() -> None:
 def test_mutated_requests_pair_or_are_refused(request_bytes: bytes) -> None:
     holds(PairingError, lambda: at_unit(request_bytes))
     assert isinstance(loose_fields(request_bytes), dict)
-    pair_mqtt._handset_of(request_bytes)
+    pair_mqtt._nonce_of(request_bytes)
+    pair_mqtt._claimed(request_bytes)
 
 
 @fuzz(100)
@@ -103,6 +106,15 @@ def test_mutated_requests_pair_or_are_refused(request_bytes: bytes) -> None:
 def test_a_request_with_any_field_value_is_refused(field: str, value: Any) -> None:
     request_bytes = replaced(REQUEST, field, value)
     holds(PairingError, lambda: at_unit(request_bytes))
+
+
+@fuzz(100)
+@given(st.one_of(st.text(max_size=80), st.sampled_from(["handset-1", "handset-13", "Handset-12", "handset-12 "])))
+def test_the_real_request_from_any_other_sender_is_refused(sender: str) -> None:
+    # The sender is the last level of the topic the request came on (any text a broker would route).
+    assume(sender != "handset-12")
+    with pytest.raises(PairingError):
+        session().accept(REQUEST, sender=sender)
 
 
 @fuzz(100)

@@ -8,6 +8,7 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,19 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from lfr_contracts import layout
 from lfr_contracts.alerts import Alert
+from lfr_contracts.audit_events import HandsetPaired, PairingRefused
 from lfr_contracts.pairing import MAX_ATTEMPTS, HandsetPairing, PairingError, PairingSession, normalise_code
 from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
 from lfr_edge.alerts.handset import HandsetChannel, load_handsets
+from lfr_edge.audit.log import AuditLog, verify
+from lfr_edge.audit.report import read_events
+from lfr_edge.cli import main as edge_main
 from lfr_edge.comms.mqtt import UnitMqttClient
 from lfr_edge.config import AlertsConfig
 from lfr_hwsim.broker import MosquittoBroker
 from lfr_provision.pair_handset import pair_handset
-from lfr_provision.pair_mqtt import PairingOutcome, UnitPairing
+from lfr_provision.pair_mqtt import SHOWN_REFUSALS, PairingOutcome, UnitPairing
 from lfr_tools.handset.cli import HandsetClient, HandsetKeys, unit_key_file
 from lfr_tools.handset.cli import main as handset_main
 from lfr_tools.handset.pairing import pair_with_unit
@@ -60,12 +65,16 @@ class UnitSide:
         self.session = PairingSession(UNIT, self.sealing.public_key(), self.signer, **extra)
         tls = broker.client(layout.pairing_identity(UNIT))  # the daemon keeps the unit's own identity
         self.refusals: queue.Queue[str] = queue.Queue()
+        self.audit_path = handsets_dir / "audit" / layout.PAIRING_AUDIT_LOG
+        self.audit_path.parent.mkdir(exist_ok=True)
+        self.audit = AuditLog.open(self.audit_path, UNIT)
         self.pairing = UnitPairing(
             self.session,
             broker.host,
             broker.port,
             (tls.ca_file, tls.cert_file, tls.key_file),
             handsets_dir,
+            audit=self.audit,
             prefix=broker.prefix,
             on_refusal=self.refusals.put,
         )
@@ -77,6 +86,7 @@ class UnitSide:
     def _serve(self) -> None:
         self.outcome = self.pairing.serve()
         self.pairing.close(self.outcome.result)
+        self.audit.close()
 
     def finish(self) -> PairingOutcome:
         self._thread.join(WAIT_S)
@@ -114,7 +124,7 @@ def write_unit(tmp_path: Path, broker: MosquittoBroker) -> tuple[Path, Path, Pat
     tls = broker.pki.unit(UNIT)  # unit.crt and pairing.crt for one key, as `lfr-provision ca sign` issues them
     config = tmp_path / "unit" / "config.toml"
     config.write_text(
-        f'[unit]\nid = "{UNIT}"\nkeys_dir = "{keys}"\n\n'
+        f'[unit]\nid = "{UNIT}"\nkeys_dir = "{keys}"\naudit_log = "{tmp_path / "unit" / "audit.jsonl"}"\n\n'
         f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nca_file = "{tls.ca_file}"\n'
         f'cert_file = "{tls.cert_file}"\nkey_file = "{tls.key_file}"\n\n'
         f'[alerts]\nhandsets_dir = "{handsets_dir}"\n'
@@ -144,6 +154,12 @@ def test_right_code_pairs_and_the_handset_opens_the_units_next_alert(broker: Mos
     assert result == [0]
     told = list(lines.queue)
     assert any("no restart" in line or "nothing to restart" in line for line in told)
+    pairing_log = tmp_path / "unit" / layout.PAIRING_AUDIT_LOG  # beside the unit's audit log
+    assert verify(pairing_log, unit_id=UNIT).ok
+    assert edge_main(["audit", "verify", str(pairing_log)]) == 0  # as docs/pairing.md says to check it
+    paired = [e for e in read_events(pairing_log, UNIT) if isinstance(e, HandsetPaired)]
+    assert [(e.handset_id, e.replaced) for e in paired] == [(HANDSET, False)]
+    assert any(str(pairing_log) in line for line in told)
 
     # The unit registered the handset's keys; the handset (its id from its certificate) has the unit's.
     registry = load_handsets(handsets_dir)
@@ -211,21 +227,21 @@ def test_a_recorded_request_replayed_later_is_refused(broker: MosquittoBroker, t
     try:
         first = UnitSide(broker, tmp_path)
         recorded = request_on_the_wire(handset, topics, first.session.code, phone)
-        handset.publish(topics.pairing_request, recorded)
+        handset.publish(topics.pairing_request_for(HANDSET), recorded)
         assert first.finish().result == "paired"
         (tmp_path / f"{HANDSET}.json").unlink()  # the technician unpairs it
 
         second = UnitSide(broker, tmp_path)
-        handset.publish(topics.pairing_request, recorded)
+        handset.publish(topics.pairing_request_for(HANDSET), recorded)
         assert "another (older) pairing session" in second.refusals.get(timeout=WAIT_S)
 
         # within one session too: a request seen once is not taken again, and costs no try
         rival = HandsetKeys.generate(tmp_path / "rival", HANDSET)
         wrong_request = request_on_the_wire(handset, topics, wrong(second.session.code), rival)
-        handset.publish(topics.pairing_request, wrong_request)
+        handset.publish(topics.pairing_request_for(HANDSET), wrong_request)
         assert "wrong pairing code" in second.refusals.get(timeout=WAIT_S)
         tries_left = second.session.attempts_left
-        handset.publish(topics.pairing_request, wrong_request)
+        handset.publish(topics.pairing_request_for(HANDSET), wrong_request)
         assert "replayed" in second.refusals.get(timeout=WAIT_S)
         assert second.session.attempts_left == tries_left == MAX_ATTEMPTS - 1
         assert not (tmp_path / f"{HANDSET}.json").exists()
@@ -298,3 +314,120 @@ def test_a_handset_id_other_than_its_certificate_name_is_refused_before_sending(
             )
     finally:
         assert unit.stop().result == "cancelled"
+
+
+IMPOSTOR, VICTIM = "handset-13", "handset-12"
+
+
+@pytest.fixture
+def two_handsets(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A broker on which handset-12 and handset-13 are both enrolled for unit-a."""
+    with MosquittoBroker(tmp_path / "broker2", handsets={VICTIM: [UNIT], IMPOSTOR: [UNIT]}) as running:
+        yield running
+
+
+def test_a_code_issued_to_one_handset_cannot_pair_another_by_naming_it(
+    two_handsets: MosquittoBroker, tmp_path: Path
+) -> None:
+    # Found (issue 12, item 6): a code issued to pair handset-13, used over handset-13's certificate with a
+    # request naming handset-12, overwrote handset-12's keys.
+    broker, topics = two_handsets, Topics.for_unit(two_handsets.prefix, UNIT)
+    first = UnitSide(broker, tmp_path)
+    handset_pair(broker, first.session.code, HandsetKeys.generate(tmp_path / "victim", VICTIM))
+    assert first.finish().result == "paired"
+    victim_file = tmp_path / f"{VICTIM}.json"
+    victim_keys = victim_file.read_bytes()
+
+    unit = UnitSide(broker, tmp_path)  # the technician's new code, given to the officer holding handset-13
+    attacker = HandsetKeys.generate(tmp_path / "attacker", VICTIM)  # keys the impostor wants sealed alerts for
+    impostor = Collector(broker, IMPOSTOR)  # handset-13's own certificate
+    try:
+        assert impostor.subscribe(topics.pairing_confirm_for(IMPOSTOR)) == [1]
+        request = request_on_the_wire(impostor, topics, unit.session.code, attacker)  # names handset-12
+        assert json.loads(request)["handset_id"] == VICTIM
+        # As it was sent when found (the one request topic), and on handset-12's own: the broker lets neither
+        # through. Then on the only request topic handset-13's certificate may write: the unit refuses it.
+        impostor.publish(topics.pairing_request, request)
+        impostor.publish(topics.pairing_request_for(VICTIM), request)
+        impostor.publish(topics.pairing_request_for(IMPOSTOR), request)
+        reason = unit.refusals.get(timeout=WAIT_S)
+        assert f"names handset '{VICTIM}' but was sent with the certificate of '{IMPOSTOR}'" in reason
+        answer = json.loads(impostor.next_on(topics.pairing_confirm_for(IMPOSTOR), timeout=WAIT_S).payload)
+        assert answer["type"] == "refused" and answer["handset_id"] == IMPOSTOR and reason.startswith(answer["reason"])
+        assert unit.refusals.empty()  # one request reached the unit: the earlier two were dropped by the broker
+        assert unit.session.attempts_left == MAX_ATTEMPTS and not unit.session.used
+    finally:
+        impostor.close()
+        outcome = unit.stop()
+    assert outcome.result == "cancelled" and len(outcome.refusals) == 1
+    assert victim_file.read_bytes() == victim_keys  # handset-12's keys untouched
+    assert not (tmp_path / f"{IMPOSTOR}.json").exists()
+    assert verify(unit.audit_path, unit_id=UNIT).ok
+    refused = [e for e in read_events(unit.audit_path, UNIT) if isinstance(e, PairingRefused)]
+    assert [(e.sender, e.claimed, e.session) for e in refused] == [(IMPOSTOR, VICTIM, unit.session.session_id)]
+    assert "names handset" in refused[0].reason
+
+
+def test_no_certificate_can_publish_on_another_handsets_request_topic(two_handsets: MosquittoBroker) -> None:
+    broker, topics = two_handsets, Topics.for_unit(two_handsets.prefix, UNIT)
+    helper = Collector(broker, layout.pairing_identity(UNIT))  # what pair-handset subscribes to
+    assert helper.subscribe(topics.pairing_requests) == [1]
+    senders = [Collector(broker, name) for name in (IMPOSTOR, UNIT, "command-centre")]
+    try:
+        for sender in senders:
+            sender.publish(topics.pairing_request_for(VICTIM), f"from {sender._connection.name}".encode())
+            sender.publish(topics.pairing_request, b"on the old shared topic")
+        victim = Collector(broker, VICTIM)
+        victim.publish(topics.pairing_request_for(VICTIM), b"from handset-12")
+        senders[0].publish(topics.pairing_request_for(IMPOSTOR), b"from handset-13")
+        got = [helper.next(timeout=WAIT_S) for _ in range(2)]
+        victim.close()
+    finally:
+        for sender in senders:
+            sender.close()
+    # Each sender's own messages arrive in order, so those published before the two that arrived were dropped.
+    assert sorted((m.topic, m.payload) for m in got) == [
+        (topics.pairing_request_for(VICTIM), b"from handset-12"),
+        (topics.pairing_request_for(IMPOSTOR), b"from handset-13"),
+    ]
+    assert helper.messages.empty()
+    helper.close()
+
+
+def test_a_broker_acl_from_before_the_per_handset_request_topic_is_named_by_the_handset(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    # The upgrade trap: an ACL written before requests went to pairing/request/<handset> lets the handset read
+    # the offer but drops its request; the officer is told what to regenerate, not only "no answer".
+    old_acl = broker.acl_file.read_text().replace(f"pairing/request/{HANDSET}", "pairing/request")
+    broker.acl_file.write_text(old_acl.replace("pairing/request/+", "pairing/request"))
+    broker.restart()
+    unit = UnitSide(broker, tmp_path)
+    phone = HandsetKeys.generate(tmp_path / "phone", HANDSET)
+    tls = broker.client(HANDSET)
+    try:
+        with pytest.raises(PairingError, match=r"did not answer.*regenerate it with `lfr-provision broker config`"):
+            pair_with_unit(
+                HANDSET, unit.session.code, phone.sealing, phone.signing, UNIT, broker.host, broker.port,
+                (tls.ca_file, tls.cert_file, tls.key_file), prefix=broker.prefix, timeout_s=3,
+            )  # fmt: skip
+    finally:
+        assert unit.stop().result == "cancelled"
+
+
+def test_a_flood_of_refused_requests_is_counted_not_written_line_by_line(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    topics = Topics.for_unit(broker.prefix, UNIT)
+    unit = UnitSide(broker, tmp_path)
+    flood = Collector(broker, HANDSET)  # an enrolled handset sending junk on its own request topic
+    for i in range(SHOWN_REFUSALS + 40):
+        flood.publish(topics.pairing_request_for(HANDSET), f"junk {i}".encode())
+    flood.close()  # the same identity connects next: one connection per certificate
+    handset_pair(broker, unit.session.code, HandsetKeys.generate(tmp_path / "phone", HANDSET))  # costs no try
+    outcome = unit.finish()
+    assert outcome.result == "paired"
+    assert len(outcome.refusals) == SHOWN_REFUSALS and outcome.more_refusals == {HANDSET: 40}
+    refused = [e for e in read_events(unit.audit_path, UNIT) if isinstance(e, PairingRefused)]
+    assert len(refused) == SHOWN_REFUSALS + 1 and sum(e.count for e in refused) == SHOWN_REFUSALS + 40
+    assert refused[-1].count == 40 and refused[-1].sender == HANDSET

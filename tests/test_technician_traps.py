@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from lfr_edge.daemon.frames import CaptureThread, FrameQueue
 from lfr_edge.daemon.selftest import Verdict
 from lfr_hwsim.broker import MosquittoBroker
 from lfr_provision.cli import main as provision_main
+from lfr_tools.command_centre.cli import SUBJECTS_COLUMNS, CliError, read_subjects
 from lfr_tools.command_centre.cli import main as watchlist_main
 from lfr_tools.handset.cli import HandsetClient, HandsetKeys
 from mqtt_fixtures import Collector
@@ -220,3 +222,29 @@ def test_lfr_watchlist_build_into_a_log_writes_lines_not_carriage_returns(tmp_pa
     assert done.returncode == 0, done.stderr
     assert "\r" not in done.stderr
     assert "enrolling: 24/24 photos (100%)" in done.stderr.splitlines()
+
+
+def test_the_subjects_csv_is_documented_and_build_help_points_there(tmp_path: Path) -> None:
+    """docs/watchlist.md's column table, `lfr-watchlist build --help` and the columns the reader needs are the
+    same four; the doc's example is a file `build` reads; the doc is linked from the README."""
+    doc = (REPO / "docs" / "watchlist.md").read_text()
+    table = re.findall(r"^\| `(\w+)` \|", doc, flags=re.MULTILINE)
+    assert tuple(table) == SUBJECTS_COLUMNS
+    done = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "lfr-watchlist"), "build", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "docs/watchlist.md" in done.stdout
+    for column in SUBJECTS_COLUMNS:
+        assert re.search(rf"^\s+{column}\s", done.stdout, flags=re.MULTILINE), f"{column} is not in build --help"
+    example = re.search(r"```csv\n(.*?)```", doc, flags=re.DOTALL)
+    assert example is not None
+    (tmp_path / "subjects.csv").write_text(example[1])
+    rows = read_subjects(tmp_path / "subjects.csv")
+    assert [(r.subject_id, r.category, r.photos) for r in rows] == [
+        ("S-0001", "wanted", ["s0001-a.jpg", "s0001-b.jpg"]),
+        ("S-0002", "missing person", ["s0002.png"]),
+    ]
+    (tmp_path / "bad.csv").write_text("subject_id,photos\nS-1,a.jpg\n")
+    with pytest.raises(CliError, match=r"missing column\(s\) category, reference"):
+        read_subjects(tmp_path / "bad.csv")
+    assert "`docs/watchlist.md`" in (REPO / "README.md").read_text()

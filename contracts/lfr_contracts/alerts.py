@@ -3,8 +3,11 @@
 Alert (unit → handsets, `.../alerts`, QoS 1):
     b"LFRA" | u8 version (1) | Ed25519 signature by the unit (64) | sealed envelope
 The envelope (crypto.seal, one wrapped key per paired handset, aad = b"lfr-alert|<unit id>") holds the
-UTF-8 JSON of `Alert`, with the two pictures base64-encoded JPEGs. The signature covers the envelope, so
-a handset knows the alert came from its unit; only paired handsets can open it.
+UTF-8 JSON of `Alert`, with the pictures base64-encoded JPEGs: the live face, the watchlist photo and, for a
+match only, the context picture (head and shoulders around the face in the frame of the match, at most
+`MAX_CONTEXT_PX` pixels a side and `MAX_CONTEXT_BYTES`; an empty string when the unit has none). The
+signature covers the envelope, so a handset knows the alert came from its unit; only paired handsets can
+open it.
 
 Decision (handset → unit, `.../decisions`, QoS 1): UTF-8 JSON
     {"v": 1, "alert_id", "unit", "handset", "decision", "time", "sig"}
@@ -30,6 +33,8 @@ ALERT_MAGIC = b"LFRA"
 ALERT_VERSION = 1
 MAX_ALERT_BYTES = 4 * 1024 * 1024
 MAX_DECISION_BYTES = 4096
+MAX_CONTEXT_PX = 320  # the context picture's longest side
+MAX_CONTEXT_BYTES = 96 * 1024  # a 320-pixel JPEG is ~ 10-30 KB; anything larger is not one a unit makes
 MAX_EPOCH = 253_402_300_799.0  # the end of year 9999: alert and decision times are epoch seconds before it
 _SIG_BYTES = 64
 _MAX_TEXT = 256
@@ -65,6 +70,7 @@ class Alert:
     reference: str  # the command centre's free-text reference for the subject
     live_jpeg: bytes
     watchlist_jpeg: bytes
+    context_jpeg: bytes = b""  # head and shoulders in the frame of the match; empty when the unit has none
 
 
 @dataclass(frozen=True)
@@ -81,9 +87,12 @@ def _aad(unit: str) -> bytes:
 
 
 def encode_alert(alert: Alert, unit_key: Ed25519PrivateKey, handset_keys: list[X25519PublicKey]) -> bytes:
+    if len(alert.context_jpeg) > MAX_CONTEXT_BYTES:
+        raise ProtocolError(f"context picture of {len(alert.context_jpeg)} bytes is over {MAX_CONTEXT_BYTES}")
     body = asdict(alert)
     body["live_jpeg"] = base64.b64encode(alert.live_jpeg).decode()
     body["watchlist_jpeg"] = base64.b64encode(alert.watchlist_jpeg).decode()
+    body["context_jpeg"] = base64.b64encode(alert.context_jpeg).decode()
     plaintext = json.dumps(body, separators=(",", ":")).encode()
     envelope = crypto.seal(plaintext, handset_keys, _aad(alert.unit), purpose="lfr-edge/alert")
     return ALERT_MAGIC + bytes([ALERT_VERSION]) + crypto.sign(unit_key, envelope) + envelope
@@ -120,6 +129,7 @@ def decode_alert(payload: bytes, unit: str, unit_key: Ed25519PublicKey, handset_
             reference=_str(body, "reference", _MAX_REFERENCE),
             live_jpeg=_picture(body, "live_jpeg"),
             watchlist_jpeg=_picture(body, "watchlist_jpeg"),
+            context_jpeg=_context(body),
         )
     except JsonRefused as exc:
         raise ProtocolError(f"alert body is not valid JSON: {exc}") from None
@@ -206,3 +216,17 @@ def _picture(body: dict[str, Any], key: str) -> bytes:
         return base64.b64decode(_str(body, key, MAX_ALERT_BYTES), validate=True)
     except ValueError:  # binascii.Error, or text that is not ASCII at all
         raise ProtocolError(f"field {key!r} is not base64") from None
+
+
+def _context(body: dict[str, Any]) -> bytes:
+    """The context picture: absent or empty (none, or a unit from before it existed), else a bounded JPEG."""
+    if body.get("context_jpeg", "") == "":
+        return b""
+    text = _str(body, "context_jpeg", 4 * ((MAX_CONTEXT_BYTES + 2) // 3))
+    try:
+        picture = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise ProtocolError("field 'context_jpeg' is not base64") from None
+    if not picture.startswith(b"\xff\xd8"):
+        raise ProtocolError("field 'context_jpeg' is not a JPEG")
+    return picture

@@ -222,6 +222,31 @@ class FaultCleared(AuditEvent):
     lasted_s: float
 
 
+@dataclass(frozen=True)
+class HandsetPaired(AuditEvent):
+    """`lfr-provision pair-handset` registered a handset's public keys (in the pairing log: the daemon owns
+    the unit's audit log, so the pairing helper keeps a chain of its own beside it; docs/pairing.md)."""
+
+    name: ClassVar[str] = "handset_paired"
+    handset_id: str
+    session: str  # the pairing session's id
+    replaced: bool  # the handset was paired before: its old keys were replaced
+
+
+@dataclass(frozen=True)
+class PairingRefused(AuditEvent):
+    """A pairing request was refused. `sender` is the certificate CN the broker vouches for (the request
+    topic's last level); `claimed` is the handset id the request named, when it named a valid one. A session
+    writes its first refusals one by one, then one line per sender with the `count` of the rest."""
+
+    name: ClassVar[str] = "pairing_refused"
+    sender: str
+    session: str
+    reason: str
+    claimed: str | None = None
+    count: int = 1
+
+
 EVENTS: Mapping[str, type[AuditEvent]] = {
     cls.name: cls
     for cls in (
@@ -241,6 +266,8 @@ EVENTS: Mapping[str, type[AuditEvent]] = {
         WatchlistWiped,
         Fault,
         FaultCleared,
+        HandsetPaired,
+        PairingRefused,
     )
 }
 

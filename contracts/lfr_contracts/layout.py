@@ -23,6 +23,9 @@ TLS_CERT = "unit.crt"  # CN = the unit id: the daemon's identity on the broker
 TLS_PAIRING_CERT = "pairing.crt"  # CN = pairing_identity(unit id), same key: `lfr-provision pair-handset`
 TLS_CA = "ca.crt"
 LIFECYCLE_RECORD = "lifecycle.json"  # in unit.state_dir: deployments applied and ended, signed (never biometric)
+# beside unit.audit_log: `lfr-provision pair-handset`'s own hash-chained log (pairings, refused requests); the
+# daemon is the only writer of the unit's audit log
+PAIRING_AUDIT_LOG = "pairing-audit.jsonl"
 # The broker binds each client id to its certificate's CN (one connection per identity), so the pairing
 # helper, which runs beside the daemon, has an identity of its own. No unit or handset id contains a ".".
 PAIRING_IDENTITY_SUFFIX = ".pairing"

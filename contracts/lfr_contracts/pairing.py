@@ -5,7 +5,9 @@ types the code into the handset (`lfr-handset pair --code`), whose `HandsetPairi
 offer. Both sides derive a key from the code and the unit's fresh nonce (HKDF-SHA256) and MAC the whole
 transcript with it (HMAC-SHA256): both public keys, the unit id, the session id, the handset id and both
 nonces. A handset without the code cannot produce the MAC; a message for another unit or session, with a
-nonce already seen, after expiry or after the code was used is refused; 5 wrong MACs void the code.
+nonce already seen, after expiry or after the code was used is refused; 5 wrong MACs void the code. The
+request's handset id must be the sender's, which the broker vouches for (its request topic is writable only
+by the certificate whose CN is that id): a code never pairs a handset other than the one that sends it.
 
 Everything here is pure (bytes in, bytes out, a clock passed in); the MQTT transport only carries the
 messages on the pairing topics of `lfr_contracts.topics.Topics`.
@@ -179,8 +181,14 @@ class PairingSession:
         """The unit's public offer (not secret; the code never travels)."""
         return json.dumps({"type": "offer", "v": VERSION, **self._fields(), "expires_at": self.expires_at}).encode()
 
-    def accept(self, message: bytes) -> tuple[PairedHandset, bytes]:
-        """Check a handset's request; return the handset to register and the confirm message to send."""
+    def accept(self, message: bytes, *, sender: str) -> tuple[PairedHandset, bytes]:
+        """Check a handset's request; return the handset to register and the confirm message to send.
+
+        `sender` is the handset id the broker vouches for: the request topic's last level, which only the
+        certificate with that CN may write. A request naming another handset is refused before any code is
+        checked (it costs no try): a code pairs the handset that sends it, never one it names."""
+        if not is_identifier(sender):
+            raise PairingError(f"request: arrived on no handset's request topic ({excerpt(sender)})")
         data = _decode(message, "request")
         if _text(data, "unit_id", "request") != self.unit_id:
             raise PairingError("request: addressed to another unit")
@@ -193,6 +201,11 @@ class PairingSession:
         if self.now() > self.expires_at:
             raise PairingError("request: the code has expired; start a new pairing")
         handset_id = _text(data, "handset_id", "request")
+        if handset_id != sender:
+            raise PairingError(
+                f"request: names handset {handset_id!r} but was sent with the certificate of {sender!r}; a handset "
+                "pairs only as the CN of its own certificate"
+            )
         handset_nonce = _unb64(data.get("handset_nonce"), "request.handset_nonce", 16)
         if handset_nonce in self.seen_nonces:
             raise PairingError("request: nonce already seen (a replayed message)")

@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from lfr_contracts.bundle import check_epoch
+
 WatchlistState = Literal["active", "none", "expired", "closed", "refused", "waiting"]
 STATES: tuple[str, ...] = get_args(WatchlistState)
 MAX_TEXT = 300
@@ -67,11 +69,18 @@ class WatchlistStatus:
         until = data.get("valid_until", 0.0)
         if isinstance(until, bool) or not isinstance(until, int | float) or not math.isfinite(until):
             raise StatusError("watchlist status valid_until is not a time")
+        try:
+            check_epoch(until, "watchlist status valid_until")  # every reader writes it as a date
+        except ValueError as exc:
+            raise StatusError(str(exc)) from None
         return cls(**data)
 
 
 UnitState = Literal["online", "offline", "stopped"]
 MAX_STATUS_BYTES = 4096
+# The roof beacon, as the unit last found it: answering, not answering commands, or its port not open.
+BeaconState = Literal["ok", "not_answering", "disconnected"]
+BEACON_STATES: tuple[str, ...] = get_args(BeaconState)
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,7 @@ class UnitStatus:
     seq: int
     watchlist: WatchlistStatus | None = None  # None in the last will: the broker sends it, not the unit
     model: str | None = None  # the embedding model the unit runs: a bundle must be enrolled with it
+    beacon: BeaconState | None = None  # None: the unit has no beacon (or said nothing of it)
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"state": self.state, "unit": self.unit, "time": self.time, "seq": self.seq}
@@ -89,6 +99,8 @@ class UnitStatus:
             body["watchlist"] = self.watchlist.to_json()
         if self.model is not None:
             body["model"] = self.model
+        if self.beacon is not None:
+            body["beacon"] = self.beacon
         return json.dumps(body).encode()
 
     @classmethod
@@ -107,8 +119,11 @@ class UnitStatus:
         watchlist, model = data.get("watchlist"), data.get("model")
         if model is not None and (not isinstance(model, str) or len(model) > MAX_TEXT):
             raise StatusError("a status message's model is not a model id")
+        beacon = data.get("beacon")
+        if beacon is not None and beacon not in BEACON_STATES:
+            raise StatusError(f"a status message's beacon is not one of {', '.join(BEACON_STATES)}")
         parsed = None if watchlist is None else WatchlistStatus.from_json(watchlist)
-        return cls(data["state"], unit, when, seq, parsed, model)
+        return cls(data["state"], unit, when, seq, parsed, model, beacon)
 
 
 def now_iso(now: dt.datetime | None = None) -> str:

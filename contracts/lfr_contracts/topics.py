@@ -18,8 +18,9 @@ class Topics:
     decision_answers: str  # the unit's answer to one handset on `<decision_answers>/<handset id>`
     telemetry: str
     audit: str
-    # Handset pairing (docs/pairing.md): the unit's retained offer, handsets' requests, and the unit's
-    # answer to one handset on `<pairing_confirm>/<handset id>`.
+    # Handset pairing (docs/pairing.md): the unit's retained offer, each handset's request on
+    # `<pairing_request>/<handset id>` (the broker lets only the certificate with that CN write there, so the
+    # topic names the sender), and the unit's answer to one handset on `<pairing_confirm>/<handset id>`.
     pairing_offer: str
     pairing_request: str
     pairing_confirm: str
@@ -47,3 +48,19 @@ class Topics:
 
     def pairing_confirm_for(self, handset_id: str) -> str:
         return f"{self.pairing_confirm}/{handset_id}"
+
+    def pairing_request_for(self, handset_id: str) -> str:
+        return f"{self.pairing_request}/{handset_id}"
+
+    @property
+    def pairing_requests(self) -> str:
+        """The unit's pairing helper subscribes to every handset's request topic."""
+        return f"{self.pairing_request}/+"
+
+    def pairing_request_sender(self, topic: str) -> str | None:
+        """The handset id a request topic names (the certificate CN the broker let publish there), or None
+        when the topic is not one handset's request topic."""
+        head, sep, handset_id = topic.rpartition("/")
+        if head != self.pairing_request or not sep or not handset_id:
+            return None
+        return handset_id

@@ -178,6 +178,27 @@ class BeaconConfig:
     watchdog_beats: int = setting(3, "missed heartbeats before the beacon shows fault by itself", ge=2, le=60)
     reconnect_min_s: float = setting(0.2, "first wait before reopening after an unplug, doubling", gt=0.0, le=60.0)
     reconnect_max_s: float = setting(5.0, "longest wait between reopen attempts", gt=0.0, le=600.0)
+    # The buzzer: a pattern of beeps at each alert, silent during quiet hours (the lights still show).
+    buzzer_beeps: int = setting(2, "beeps sounded at each alert (0: the buzzer is never used)", ge=0, le=10)
+    buzzer_beep_ms: int = setting(300, "length of one beep, milliseconds", ge=20, le=5000)
+    buzzer_gap_ms: int = setting(200, "silence between beeps, milliseconds", ge=20, le=5000)
+    buzzer_quiet_hours: str = setting(
+        "", 'local times "HH:MM-HH:MM" when the buzzer stays silent, e.g. "22:00-07:00" (empty: never quiet)'
+    )
+
+
+def quiet_hours(key: str, text: str) -> tuple[int, int] | None:
+    """The quiet window as (start, end) minutes after local midnight, or None for "never quiet"; a window
+    whose end is before its start runs past midnight."""
+    if not text:
+        return None
+    found = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)", text)
+    if found is None:
+        raise ConfigError(f'{key}: expected "HH:MM-HH:MM" in 24-hour local time, e.g. "22:00-07:00", got {text!r}')
+    start, end = (int(found[i]) * 60 + int(found[i + 1]) for i in (1, 3))
+    if start == end:
+        raise ConfigError(f'{key}: {text!r} is an empty window; leave it empty ("") for never quiet')
+    return start, end
 
 
 @dataclass(frozen=True)
@@ -344,6 +365,7 @@ def _check_relations(cfg: Config) -> None:
 
 
 def _check_beacon(beacon: BeaconConfig) -> None:
+    quiet_hours("beacon.buzzer_quiet_hours", beacon.buzzer_quiet_hours)
     if beacon.reconnect_max_s < beacon.reconnect_min_s:
         raise ConfigError("beacon.reconnect_max_s: must not be less than beacon.reconnect_min_s")
     watchdog_s = beacon.watchdog_beats * beacon.heartbeat_s

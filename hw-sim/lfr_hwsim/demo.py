@@ -32,10 +32,13 @@ from lfr_edge.vision.pipeline import build_pipeline
 from lfr_hwsim.broker import COMMAND_CENTRE, Collector
 from lfr_hwsim.facelocate import default_locator
 from lfr_hwsim.faults import Fault, FaultInjector, FaultScriptError, parse_script
+from lfr_hwsim.officer import HandsetAppProcess, open_in_browser
 from lfr_hwsim.plan import PlanRequest, ScenePlan, build_plan
+from lfr_hwsim.timeline import plot_timeline
 from lfr_hwsim.van import SimulatedVan, Subject
 from lfr_tools.command_centre.enrol import PipelineEnroller
 
+OFFICER_APP = "officer-app"  # the handset `--handset app` pairs for the officer's screen
 MIN_USABLE_FACE_PX = 48  # a walker whose face never gets this wide cannot be expected to be recognised
 # Files that may change during a run: logs, sockets, the camera's fault-control file, the broker's
 # session store (sealed alerts queued for an offline handset: matches only) and the unit's lifecycle
@@ -57,6 +60,8 @@ class Observed:
     """What the demo saw from outside the unit: telemetry, alerts at the handset, beacon states."""
 
     telemetry: list[Telemetry] = field(default_factory=list)
+    telemetry_at: list[float] = field(default_factory=list)  # monotonic time each telemetry message arrived
+    started: float = 0.0  # monotonic time the unit said READY: the report's and the plot's time zero
     alerts: list[dict[str, Any]] = field(default_factory=list)
     beacon_states: list[tuple[float, str]] = field(default_factory=list)
     faults_announced: int = 0
@@ -106,7 +111,10 @@ def run_demo(
     seed: int = 7,
     fps: float = 25.0,
     faults: Sequence[Fault] | str = (),
+    handset: str = "listen",
 ) -> dict[str, Any]:
+    """`handset="app"` adds the officer's screen (`lfr-handset app`, a second paired handset) and keeps the
+    unit running after the scene until Ctrl-C, so that the alerts can be decided on it."""
     script = parse_script(faults) if isinstance(faults, str) else tuple(faults)
     out.mkdir(parents=True, exist_ok=True)
     with scratch_dir() as work:
@@ -117,7 +125,8 @@ def run_demo(
         )
         plan_file = work / "plan.json"
         plan.save(plan_file)
-        with SimulatedVan(work / "van", unit_id="van-demo") as van:
+        handsets = ("handset-1", OFFICER_APP) if handset == "app" else ("handset-1",)
+        with SimulatedVan(work / "van", unit_id="van-demo", handset_ids=handsets) as van:
             say(f"broker up on 127.0.0.1:{van.broker.port} (mutual TLS, ACLs); unit van-demo provisioned")
             pipeline = build_pipeline(Config())
             subjects = [
@@ -140,17 +149,19 @@ def run_demo(
             }
             config = van.write_config([camera], daemon={"telemetry_interval_s": 1.0})
             phone = van.handset()
+            screen = officers_screen(van) if handset == "app" else None
             observed = Observed()
             listener = TelemetryListener(van, observed)
             before = snapshot(work)
             daemon = van.start_daemon(config)
             daemon.wait_for("READY", timeout=120)
-            started = time.monotonic()
+            started = observed.started = time.monotonic()
             injector = FaultInjector(van, script, handset=phone).start() if script else None
             if script:
                 say("faults scheduled: " + ", ".join(str(f) for f in script))
             last_printed = [-10.0]
             say("unit READY; the street scene is running (Ctrl-C stops early)\n")
+            stopped_early = False
             try:
                 while (elapsed := time.monotonic() - started) < duration_s:
                     drain_alerts(phone, observed, started)
@@ -163,23 +174,50 @@ def run_demo(
                         announce_faults(injector, observed)
                     time.sleep(0.25)
             except KeyboardInterrupt:
+                stopped_early = True
                 say("\nstopped early")
+            if screen is not None:
+                linger(screen, stopped_early, phone, observed, started)
             if injector is not None:
                 injector.stop()
                 announce_faults(injector, observed)
             code = daemon.terminate(timeout=10)
             drain_alerts(phone, observed, started)
             listener.stop()
+            if screen is not None:
+                screen.stop()
             after = snapshot(work)
             written = [p for p, meta in after.items() if before.get(p) != meta and not p.endswith(PRIVATE_OK)]
             audit = deployment_report(van.paths.state / "audit.jsonl")
         report = make_report(plan, duration_s, observed, written, audit, code)
         report["faults"] = injector.report() if injector is not None else []
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    plot_timeline(observed, report, out / "timeline.png")
+    plot_timeline(report, out / "timeline.png")
     print_report(report, out)
     print(f"\nthe unit's deployment report (lfr-edge audit report):\n{audit.text()}")
     return report
+
+
+def officers_screen(van: SimulatedVan) -> HandsetAppProcess:
+    """`lfr-handset app` for the demo's second handset; its URL printed (and opened where there is a display)."""
+    screen = HandsetAppProcess(van, OFFICER_APP, "--clear-decided-after", "120")
+    say(f"\nthe officer's screen (lfr-handset app, handset {OFFICER_APP}): open this in a browser on this machine\n")
+    say(f"    {screen.url}\n")
+    open_in_browser(screen.url)
+    return screen
+
+
+def linger(screen: HandsetAppProcess, stopped_early: bool, phone: Any, observed: Observed, started: float) -> None:
+    """After the scene the unit keeps running, so that the officer can decide on the screen, until Ctrl-C."""
+    if stopped_early:
+        return
+    say(f"\nthe scene has ended; the unit keeps running: decide on {screen.url}\nCtrl-C ends the demo")
+    try:
+        while screen.proc.poll() is None:
+            drain_alerts(phone, observed, started)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        say("")
 
 
 class TelemetryListener:
@@ -198,7 +236,9 @@ class TelemetryListener:
                 message = self.collector.next(timeout=0.5)
             except queue.Empty:
                 continue
-            observed.telemetry.append(decode_telemetry(message.payload))
+            telemetry = decode_telemetry(message.payload)
+            observed.telemetry_at.append(time.monotonic())
+            observed.telemetry.append(telemetry)
 
     def stop(self) -> None:
         self._stop.set()
@@ -217,6 +257,7 @@ def drain_alerts(phone: Any, observed: Observed, started: float) -> None:
             {
                 "alert_id": alert.alert_id,
                 "subject_id": alert.subject_id,
+                "camera": alert.camera,
                 "score": alert.score,
                 "at_s": round(time.monotonic() - started, 2),
                 "latency_ms": round(item.age_ms, 1),
@@ -293,6 +334,11 @@ def make_report(
             "n": len(latencies),
         },
         "alerts": observed.alerts,
+        "timeline": [
+            {"t_s": round(at - observed.started, 2), "fps": t.fps, "dropped_frames": t.dropped_total}
+            for at, t in zip(observed.telemetry_at, observed.telemetry, strict=True)
+            if at >= observed.started
+        ],
         "beacon_states": observed.beacon_states,
         "non_match_files_written": len(written),
         "files_written": written,
@@ -301,31 +347,6 @@ def make_report(
         "daemon_exit_code": exit_code,
         "scene": {"seed": plan.seed, "watchlisted": list(plan.watchlisted), "fps": plan.fps},
     }
-
-
-def plot_timeline(observed: Observed, report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_fps, ax_lat) = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
-    if observed.telemetry:
-        t0 = observed.telemetry[0].uptime_s
-        ax_fps.plot([t.uptime_s - t0 for t in observed.telemetry], [t.fps for t in observed.telemetry])
-    for alert in observed.alerts:
-        ax_fps.axvline(alert["at_s"], color="red", alpha=0.6)
-    ax_fps.set_ylabel("frames / s")
-    ax_fps.set_title(
-        f"lfr-edge demo: {report['true_alerts']} true, {report['false_alerts']} false, {report['missed']} missed"
-        " (red: alerts)"
-    )
-    ax_lat.scatter([a["at_s"] for a in observed.alerts], [a["latency_ms"] for a in observed.alerts], color="red")
-    ax_lat.set_ylabel("frame → handset ms")
-    ax_lat.set_xlabel("seconds since READY")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def print_report(report: dict[str, Any], out: Path) -> None:
@@ -351,7 +372,8 @@ def print_report(report: dict[str, Any], out: Path) -> None:
             f"fault {f['action']:<6} at {f['at_s']:5.1f} s: {f['kind']}: {f['detail']}"
             for f in report.get("faults", [])
         ),
-        f"written: {out / 'report.json'}, {out / 'timeline.png'}",
+        f"written: {out / 'report.json'}; the timeline plot (fps, alerts by subject, roof light, dropped frames, "
+        f"with a caption): {out / 'timeline.png'}",
     ]
     print("\n".join(lines))
 
@@ -372,6 +394,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out", type=Path, default=Path("demo-results"))
     p.add_argument(
+        "--handset",
+        choices=("listen", "app"),
+        default="listen",
+        help="app: also serve the officer's screen (lfr-handset app) and keep the unit up after the scene until Ctrl-C",
+    )
+    p.add_argument(
         "--faults",
         type=_fault_script,
         default=(),
@@ -381,7 +409,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "watchlist-corrupt, watchlist-replay, watchlist-expire (e.g. '8:broker-restart=4, 20:camera-stall=3')",
     )
     p.set_defaults(
-        func=lambda a: 0 if run_demo(a.faces, a.duration, a.out, a.watchlisted, a.seed, faults=a.faults) else 1
+        func=lambda a: (
+            0 if run_demo(a.faces, a.duration, a.out, a.watchlisted, a.seed, faults=a.faults, handset=a.handset) else 1
+        )
     )
 
 

@@ -9,7 +9,8 @@ What the configuration promises (DESIGN.md, MQTT topics; docs/broker.md):
 - Least privilege (the ACL): a unit reads only its own watchlist and decisions and writes only its own
   status, ack, alerts, telemetry and audit; its pairing helper (`<unit>.pairing`) offers, reads requests and
   answers; a handset reads the alerts and status of the units it is enrolled for, writes their decisions, and
-  reads only its own pairing answer; the command centre writes watchlists and reads what units report; a
+  writes only its own pairing request (`pairing/request/<its CN>`, so the topic names the sender) and reads
+  only its own pairing answer; the command centre writes watchlists and reads what units report; a
   bridge (`bridge-<unit>`) carries one unit's topics between a van's broker and the command centre's.
 - Nothing acknowledged is lost to a restart: persistence on, saved every `autosave_interval` seconds (not
   mosquitto's 30 minutes), so sessions, queued alerts and retained watchlists survive a broker restart.
@@ -96,7 +97,7 @@ def acl_text(plan: AccessPlan) -> str:
             f"# Handset pairing for {unit} (docs/pairing.md): the unit's pairing helper offers and answers.",
             f"user {layout.pairing_identity(unit)}",
             f"topic write {units}/{unit}/pairing/offer",
-            f"topic read {units}/{unit}/pairing/request",
+            f"topic read {units}/{unit}/pairing/request/+",
             f"topic write {units}/{unit}/pairing/confirm/+",
         ]
     for centre in plan.command_centres:
@@ -112,7 +113,7 @@ def acl_text(plan: AccessPlan) -> str:
                 f"topic write {units}/{unit}/alerts/ack",
                 f"topic read {units}/{unit}/decisions/answer/{handset}",
                 f"topic read {units}/{unit}/pairing/offer",
-                f"topic write {units}/{unit}/pairing/request",
+                f"topic write {units}/{unit}/pairing/request/{handset}",  # its own: the topic names the sender
                 f"topic read {units}/{unit}/pairing/confirm/{handset}",
             ]
     for bridge, bridged in sorted(plan.bridges.items()):

@@ -32,6 +32,10 @@ def _path(directory: Path, handset_id: str) -> Path:
     return directory / f"{handset_id}.json"
 
 
+def is_paired(directory: Path, handset_id: str) -> bool:
+    return _path(directory, handset_id).exists()
+
+
 def register(directory: Path, handset: PairedHandset) -> Path:
     """Write handsets/<id>.json; pairing the same handset again replaces its keys."""
     path = _path(directory, handset.handset_id)

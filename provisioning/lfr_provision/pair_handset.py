@@ -1,7 +1,9 @@
 """`lfr-provision pair-handset`: show a one-time code and pair the officer's handset that types it in.
 
 Runs on the unit, next to the daemon (which need not stop): it reads the unit's config for the broker,
-the unit's TLS certificate, its keys and the handsets folder, then waits for the handset's request.
+the unit's TLS certificate, its keys and the handsets folder, then waits for the handset's request. Each
+pairing and each refused request is written to the pairing audit log beside the unit's audit log
+(`pairing-audit.jsonl`, hash-chained like it: `lfr-edge audit verify` checks it).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from lfr_contracts import crypto, layout
 from lfr_contracts.errors import ConfigError
 from lfr_contracts.pairing import PairingSession
 from lfr_edge import keyfiles
-from lfr_edge.config import load_config
+from lfr_edge.audit.log import AuditError, AuditLog
+from lfr_edge.config import Config, load_config
 from lfr_provision.identity import ProvisionError
 from lfr_provision.pair_mqtt import PairingOutcome, UnitPairing
 
@@ -55,21 +58,44 @@ def pair_handset(
             f"(CN={layout.pairing_identity(cfg.unit.id)}); `lfr-provision ca sign --csr "
             f"{mqtt.cert_file.with_name(layout.TLS_CSR)} ...` issues it with {mqtt.cert_file.name}"
         )
-    session = PairingSession(cfg.unit.id, sealing.public_key(), signer, ttl_s=timeout_s)
-    pairing = UnitPairing(
-        session,
-        mqtt.host,
-        mqtt.port,
-        (mqtt.ca_file, pairing_cert, mqtt.key_file),
-        cfg.alerts.handsets_dir,
-        prefix=mqtt.topic_prefix,
-        expected_handset=handset_id,
-        on_refusal=lambda reason: emit(f"  refused: {reason}"),
-    )
+    audit_path = cfg.unit.audit_log.with_name(layout.PAIRING_AUDIT_LOG)
     try:
-        pairing.open()
-    except ConnectionError as exc:
-        raise ProvisionError(f"{exc} (settings: [mqtt] in {config_path})") from exc
+        audit = AuditLog.open(audit_path, cfg.unit.id)
+    except (AuditError, OSError) as exc:
+        raise ProvisionError(
+            f"cannot open the pairing audit log {audit_path}: {exc} (its folder is unit.audit_log's, "
+            "made by `lfr-provision init`)"
+        ) from exc
+    with audit:
+        session = PairingSession(cfg.unit.id, sealing.public_key(), signer, ttl_s=timeout_s)
+        pairing = UnitPairing(
+            session,
+            mqtt.host,
+            mqtt.port,
+            (mqtt.ca_file, pairing_cert, mqtt.key_file),
+            cfg.alerts.handsets_dir,
+            audit=audit,
+            prefix=mqtt.topic_prefix,
+            expected_handset=handset_id,
+            on_refusal=lambda reason: emit(f"  refused: {reason}"),
+        )
+        try:
+            pairing.open()
+        except ConnectionError as exc:
+            raise ProvisionError(f"{exc} (settings: [mqtt] in {config_path})") from exc
+        return _serve(pairing, cfg, handset_id, audit_path, emit, cancel)
+
+
+def _serve(
+    pairing: UnitPairing,
+    cfg: Config,
+    handset_id: str | None,
+    audit_path: Path,
+    emit: Callable[[str], None],
+    cancel: threading.Event | None,
+) -> int:
+    """Show the code, serve the session until it ends, say how it ended (pair_handset's exit status)."""
+    session, mqtt, timeout_s = pairing.session, cfg.mqtt, pairing.session.ttl_s
     stop = cancel or threading.Event()
 
     def cancel_when_asked() -> None:
@@ -109,6 +135,7 @@ def pair_handset(
             "voided": "too many wrong codes: the code is void",
         }[outcome.result]
         emit(f"Not paired: {why}. Run `lfr-provision pair-handset` again for a new code.")
+        emit(f"  (the refused requests are in {audit_path})")
         return 1
     emit("Done:")
     emit(f"  - paired handset {outcome.handset.handset_id}: {outcome.registry_file}")
@@ -120,4 +147,5 @@ def pair_handset(
     )
     emit("  2. on the handset: lfr-handset listen ... (the unit key is found in its key folder)")
     emit("  3. lfr-provision handsets list  (to review), lfr-provision handsets unpair ID (to remove)")
+    emit(f"  (this pairing and every refused request are in {audit_path})")
     return 0

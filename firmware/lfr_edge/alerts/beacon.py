@@ -12,6 +12,7 @@ logged once, and the thread starts again after a backoff; one that keeps failing
 from __future__ import annotations
 
 import contextlib
+import datetime
 import enum
 import logging
 import math
@@ -28,7 +29,7 @@ from lfr_contracts.alerts import Alert
 from lfr_contracts.beacon import BadChecksum, DeviceState, Frame, Pattern, Reply
 from lfr_contracts.errors import ConfigError
 from lfr_edge.alerts.channel import UnitState
-from lfr_edge.config import BeaconConfig
+from lfr_edge.config import BeaconConfig, quiet_hours
 from lfr_edge.daemon.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class BeaconState:
     garbage_bytes: int
     reconnects: int
     port_errors: int
+    beeps: int  # BUZZER commands the beacon acknowledged
+    beeps_quiet: int  # beeps left silent because an alert came in quiet hours
 
 
 class _Result(enum.Enum):
@@ -76,19 +79,33 @@ _COUNTERS = (
     "garbage_bytes",
     "reconnects",
     "port_errors",
+    "beeps",
+    "beeps_quiet",
 )
+
+
+def local_time_now() -> datetime.time:
+    """The unit's local time of day, which quiet hours are written in."""
+    return datetime.datetime.now().time()
 
 
 class BeaconDriver:
     """Drives one roof beacon; every public method returns at once (except selftest and close)."""
 
     def __init__(
-        self, cfg: BeaconConfig, clock: Callable[[], float] = time.monotonic, supervisor: Supervisor | None = None
+        self,
+        cfg: BeaconConfig,
+        clock: Callable[[], float] = time.monotonic,
+        supervisor: Supervisor | None = None,
+        local_time: Callable[[], datetime.time] = local_time_now,
     ) -> None:
         if cfg.protocol != "lfr":
             raise ConfigError(f"beacon.protocol: {cfg.protocol!r} has no driver yet (only 'lfr')")
         self._cfg = cfg
         self._clock = clock
+        self._local_time = local_time
+        self._quiet = quiet_hours("beacon.buzzer_quiet_hours", cfg.buzzer_quiet_hours)
+        self._beeps_due: list[float] = []  # monotonic times the next beeps are due (under _cond)
         self._watchdog_ms = round(cfg.watchdog_beats * cfg.heartbeat_s * 1000)
         self._cond = threading.Condition()
         # Wanted state, set by the pipeline (under _cond).
@@ -131,11 +148,24 @@ class BeaconDriver:
         self._thread.start()
 
     def show_alert(self, camera: str) -> None:
-        """Show the alert pattern for alert_hold_s (restarted by every new alert), then the base pattern."""
+        """Show the alert pattern for alert_hold_s (restarted by every new alert), then the base pattern; sound
+        the buzzer's beeps (restarted too) unless it is quiet hours."""
+        beeps, period_s = self._cfg.buzzer_beeps, (self._cfg.buzzer_beep_ms + self._cfg.buzzer_gap_ms) / 1000
+        quiet = self._in_quiet_hours()
         with self._cond:
-            self._alert_until = self._clock() + self._cfg.alert_hold_s
+            now = self._clock()
+            self._alert_until = now + self._cfg.alert_hold_s
             self._alert_camera = camera
+            self._beeps_due = [] if quiet else [now + i * period_s for i in range(beeps)]
+            self._counts["beeps_quiet"] += beeps if quiet else 0
             self._changed()
+
+    def _in_quiet_hours(self) -> bool:
+        if self._quiet is None:
+            return False
+        (start, end), moment = self._quiet, self._local_time()
+        minute = moment.hour * 60 + moment.minute
+        return start <= minute < end if start < end else (minute >= start or minute < end)
 
     def show_fault(self, reason: str) -> None:
         """Show the fault pattern until clear_fault(); an alert still shows over it for its hold time."""
@@ -173,6 +203,7 @@ class BeaconDriver:
             if park:
                 self._base, self._fault_reason = Pattern.IDLE, None
                 self._alert_until, self._alert_camera = -math.inf, None
+            self._beeps_due = []
             self._changed()
         if self._thread.is_alive():
             worst = 3 * (1 + self._cfg.retries) * self._cfg.ack_timeout_s + 1.0
@@ -271,6 +302,7 @@ class BeaconDriver:
         with self._cond:
             self._connected = True
             self._acked = None  # the beacon may have lost power: replay the wanted state
+            self._beeps_due = []  # a beep late by a reconnect would no longer say "alert now"
             if self._ever_opened:
                 self._counts["reconnects"] += 1
             self._cond.notify_all()
@@ -315,6 +347,7 @@ class BeaconDriver:
             probe = self._probes_requested > self._probes_done
             seen = self._changes
             alert_until = self._alert_until
+            beep_at = self._beeps_due[0] if self._beeps_due else math.inf
         if probe:
             self._probe()
             return
@@ -333,6 +366,9 @@ class BeaconDriver:
                         self._cond.notify_all()
                 self._after(result)
                 return
+            if now >= beep_at:
+                self._beep()
+                return
             if now - self._last_tx >= self._cfg.heartbeat_s:
                 result, _ = self._transact(bp.heartbeat(self._next_seq(), self._watchdog_ms))
                 self._after(result)
@@ -340,6 +376,7 @@ class BeaconDriver:
         wake_at = max(self._last_tx + self._cfg.heartbeat_s, self._next_try_at)
         if alert_until > now:
             wake_at = min(wake_at, alert_until)
+        wake_at = min(wake_at, max(beep_at, self._next_try_at))
         with self._cond:
             self._cond.wait_for(lambda: self._changes != seen, max(0.0, wake_at - self._clock()))
 
@@ -347,6 +384,15 @@ class BeaconDriver:
         # A beacon that did not take a command is tried again at the next heartbeat, not hammered.
         if result is not _Result.ACKED:
             self._next_try_at = self._clock() + self._cfg.heartbeat_s
+
+    def _beep(self) -> None:
+        with self._cond:
+            if self._beeps_due:
+                self._beeps_due.pop(0)
+        result, _ = self._transact(bp.buzzer(self._next_seq(), self._cfg.buzzer_beep_ms))
+        if result is _Result.ACKED:
+            self._count("beeps")
+        self._after(result)
 
     def _probe(self) -> None:
         result, reply = self._transact(bp.query(self._next_seq()))

@@ -39,7 +39,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from lfr_contracts.status import UnitState, UnitStatus, WatchlistStatus, now_iso
+from lfr_contracts.status import BeaconState, UnitState, UnitStatus, WatchlistStatus, now_iso
 from lfr_contracts.topics import Topics
 from lfr_edge.config import MqttConfig
 from lfr_edge.daemon.supervise import Supervisor
@@ -242,6 +242,7 @@ class UnitMqttClient:
         self._started = False
         self._problem: str | None = None
         self._watchlist: WatchlistStatus | None = None
+        self._beacon: BeaconState | None = None
         self._model_id = model_id
         self._failed_attempts = 0
         self._problem_logged_at = 0.0
@@ -335,9 +336,18 @@ class UnitMqttClient:
         if self.connected.is_set():
             self._client.publish(self.topics.status, self._status("online"), qos=1, retain=True)
 
+    def set_beacon_status(self, beacon: BeaconState | None) -> None:
+        """Say how the roof beacon is in the retained status (the handset shows it), when that changes."""
+        if beacon == self._beacon:
+            return
+        self._beacon = beacon
+        if self.connected.is_set():
+            self._client.publish(self.topics.status, self._status("online"), qos=1, retain=True)
+
     def _status(self, state: UnitState) -> bytes:
-        watchlist = None if state == "offline" else self._watchlist  # the will is the broker's word, not ours
-        return UnitStatus(state, self.unit_id, now_iso(), self._seq, watchlist, self._model_id).encode()
+        online = state != "offline"  # the will is the broker's word, not ours
+        watchlist, beacon = (self._watchlist, self._beacon) if online else (None, None)
+        return UnitStatus(state, self.unit_id, now_iso(), self._seq, watchlist, self._model_id, beacon).encode()
 
     def subscription_stats(self) -> dict[str, SubscriptionStats]:
         """Per topic: delivered, dropped (full queue, oversize), handler errors; for telemetry."""

@@ -28,7 +28,13 @@ def new_alert_id() -> str:
 
 
 def build_alert(
-    alert_id: str, unit_id: str, wall_time: float, decision: MatchDecision, live: TrackFace, subject: SubjectRecord
+    alert_id: str,
+    unit_id: str,
+    wall_time: float,
+    decision: MatchDecision,
+    live: TrackFace,
+    subject: SubjectRecord,
+    context: bytes = b"",
 ) -> Alert:
     return Alert(
         alert_id=alert_id,
@@ -42,6 +48,7 @@ def build_alert(
         reference=subject.reference,
         live_jpeg=encode_jpeg(live.crop),
         watchlist_jpeg=subject.photo_jpeg,
+        context_jpeg=context,
     )
 
 
@@ -66,7 +73,7 @@ class Alerter:
         self._monotonic = monotonic
 
     def raise_alert(
-        self, decision: MatchDecision, live: TrackFace, frame_time: float, store: WatchlistStore
+        self, decision: MatchDecision, live: TrackFace, frame_time: float, store: WatchlistStore, context: bytes = b""
     ) -> Alert | None:
         """Deliver and audit one alert; None when the list was wiped before its subject could be read."""
         try:
@@ -77,7 +84,7 @@ class Alerter:
         alert_id = self._new_id()
         # The frame's capture time is on the monotonic clock; alerts carry wall-clock time.
         wall_time = self._wall_clock() - (self._monotonic() - frame_time)
-        alert = build_alert(alert_id, self._unit_id, wall_time, decision, live, subject)
+        alert = build_alert(alert_id, self._unit_id, wall_time, decision, live, subject, context)
         deliver_to_all(self._channels, alert)
         self._audit.append(
             AlertRaised(

@@ -30,6 +30,7 @@ from lfr_contracts.audit_events import ConfigReloaded, FacesSeen, FaultComponent
 from lfr_contracts.camera import FrameSource
 from lfr_contracts.errors import ConfigError
 from lfr_contracts.receipts import MAX_RECEIPT_BYTES
+from lfr_contracts.status import BeaconState
 from lfr_contracts.telemetry import BeaconLink, CameraState, Telemetry, encode_telemetry
 from lfr_edge import keyfiles
 from lfr_edge.alerts.channel import AlertChannel, UnitState, show_state_on_all
@@ -312,11 +313,19 @@ class Daemon:
             self.audit.retry()  # after a full disk: writing resumes, with its gap record, when space returns
             try:
                 self._audit_faces_seen()
+                self.mqtt.set_beacon_status(self._beacon_state())
                 if self.mqtt.connected.is_set():
                     self.mqtt.publish(self.mqtt.topics.telemetry, encode_telemetry(self.telemetry()), qos=0)
                     self._publish_audit_head()
             except Exception as exc:  # a bug here must not end telemetry: counted, and tried next interval
                 self.supervisor.caught("telemetry", exc)
+
+    def _beacon_state(self) -> BeaconState | None:
+        """The beacon as the handset shows it (in the retained status); None without one."""
+        if self.beacon is None:
+            return None
+        link = self.beacon.state()
+        return "disconnected" if not link.connected else "ok" if link.responsive else "not_answering"
 
     def _publish_audit_head(self) -> None:
         """The audit log's head (seq and hash of its last line), retained: someone who cuts lines off the

@@ -1,9 +1,10 @@
 """The per-frame work: faces → tracks → match decisions → alerts, and the counters telemetry reports.
 
 One worker thread runs the shared models for every camera (interpreters are not thread-safe); each
-camera has its own tracker. A frame's pixels are zeroed once processed, the frame's face crops and
-embeddings once the tracker has taken its copies, and an ended track's faces before they are dropped: what
-is not a match does not outlive its frame or track (tests/test_canary.py searches the process's memory).
+camera has its own tracker. A frame's pixels are zeroed once processed (after a match's context picture is
+cut from it), the frame's face crops and embeddings once the tracker has taken its copies, and an ended
+track's faces before they are dropped: what is not a match does not outlive its frame or track
+(tests/test_canary.py searches the process's memory).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from lfr_contracts.alerts import MAX_CONTEXT_PX
 from lfr_contracts.camera import Frame
 from lfr_edge.config import MatchConfig, TrackConfig
 from lfr_edge.daemon.alerting import Alerter
+from lfr_edge.vision.image import context_jpeg
 from lfr_edge.vision.match import Cooldowns, MatchDecision, evaluate
 from lfr_edge.vision.pipeline import Face, FacePipeline
 from lfr_edge.vision.track import Track, Tracker
@@ -107,8 +110,13 @@ class PipelineWorker:
 
     def process(self, frame: Frame) -> list[MatchDecision]:
         started = time.perf_counter()
+        try:
+            return self._process(frame, started)
+        finally:
+            frame.image.fill(0)  # the frame is done with (a match's context picture is taken): overwrite it
+
+    def _process(self, frame: Frame, started: float) -> list[MatchDecision]:
         result = self.pipeline.process(frame.image)
-        frame.image.fill(0)  # the frame is done with: overwrite it
         tracker = self.trackers[frame.camera]
         update = tracker.update(result.faces, frame.index, frame.timestamp)
         self.stats.record_tracks_started(sum(1 for t in update.active if t.frames_seen == 1))
@@ -130,20 +138,21 @@ class PipelineWorker:
                 if track.new_evidence or new_list:
                     for decision in evaluate(track, watchlist, self.match_cfg, self.cooldowns, now):
                         decisions.append(decision)
-                        self._deliver(decision, track, frame.timestamp, watchlist)
+                        self._deliver(decision, track, frame, watchlist)
         match_ms = (time.perf_counter() - t_match) * 1e3
         self._end(update.ended)
         frame_ms = (time.perf_counter() - started) * 1e3
         self.stats.record_frame(frame.camera, result.faces, {**result.stage_ms, "match": match_ms, "frame": frame_ms})
         return decisions
 
-    def _deliver(self, decision: MatchDecision, track: Track, frame_time: float, watchlist: WatchlistStore) -> None:
+    def _deliver(self, decision: MatchDecision, track: Track, frame: Frame, watchlist: WatchlistStore) -> None:
         live = track.best_face()
         if live is None:  # evaluate() needs embeddings, so a track with a decision has faces
             return
         self.stats.record_alert()
         try:
-            self.alerter.raise_alert(decision, live, frame_time, watchlist)
+            context = context_jpeg(frame.image, track.box, MAX_CONTEXT_PX)  # a match: the person in this frame
+            self.alerter.raise_alert(decision, live, frame.timestamp, watchlist, context)
         except Exception:  # a broken alert path must not stop the pipeline; each channel logs its own faults
             log.exception("alert delivery failed for track %d", decision.track_id)
 

@@ -7,14 +7,15 @@
                         [--skip-unusable] [--config UNIT_CONFIG]
     lfr-watchlist publish BUNDLE --broker HOST:PORT --ca CA --cert CERT --key KEY --unit ID [--wait-ack]
     lfr-watchlist close --deployment ID --unit ID --sign-key KEY --broker ... [--wait-ack]
+                        (with --wait-ack, the retained message is cleared once the unit answers closed)
     lfr-watchlist inspect BUNDLE [--verify-key KEY.pub]
 
 The subjects CSV has a header row with the columns subject_id, category, photos (file names in --photos,
-separated by ';') and reference. A unit key's id is given as `ID=PATH`, or is the file's name without
-its extension (`keys/van-07.pub` is unit `van-07`); a unit's own key file, unit-x25519.pub, names no unit,
-so give it as `van-07=unit-x25519.pub`. `--out` names the bundle file (extension .lfrwl); `{unit}` in it is
-replaced by the unit id, and it is required when there is more than one unit key
-(`--out out/{unit}.lfrwl`). Times are UTC ISO 8601 (`2026-05-01T08:00Z`) or epoch seconds.
+separated by ';') and reference; docs/watchlist.md describes each. A unit key's id is given as `ID=PATH`,
+or is the file's name without its extension (`keys/van-07.pub` is unit `van-07`); a unit's own key file,
+unit-x25519.pub, names no unit, so give it as `van-07=unit-x25519.pub`. `--out` names the bundle file
+(extension .lfrwl); `{unit}` in it is replaced by the unit id, and it is required when there is more than one
+unit key (`--out out/{unit}.lfrwl`). Times are UTC ISO 8601 (`2026-05-01T08:00Z`) or epoch seconds.
 
 The connection options (--broker, --ca, --cert, --key, --prefix, --timeout) may come before or after the
 command. Each certificate is one identity on the broker, which holds one connection per identity.
@@ -34,12 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from lfr_contracts import bundle, crypto, layout
 from lfr_contracts.status import StatusError, UnitStatus
 from lfr_contracts.topics import Topics
+from lfr_contracts.untrusted import JsonRefused, loads_json
 from lfr_edge import keyfiles
 from lfr_edge.cli_options import Shared, check_required, declare, parent
 from lfr_edge.comms.mqtt import tls_client
@@ -47,10 +50,22 @@ from lfr_tools.command_centre.enrol import Enroller
 from lfr_tools.progress import progress as show_progress
 
 MAX_INSPECT_BYTES = 1 << 31
+MAX_ACK_BYTES = 64 * 1024  # a unit's answer is a few hundred bytes
 
 
 class CliError(Exception):
     """A user error: the message says which argument or file is wrong."""
+
+
+SUBJECTS_COLUMNS = ("subject_id", "category", "photos", "reference")
+SUBJECTS_HELP = """Enrol every subject of --subjects with the unit's model; sign and seal one bundle per unit.
+
+The subjects CSV (UTF-8, header row) has the columns:
+  subject_id  required, unique in the file
+  category    why the subject is listed (may be empty); shown with each alert
+  photos      file names in --photos, separated by ';' (each with exactly one clear face)
+  reference   the command centre's free-text reference, e.g. a warrant number (may be empty)
+Each column, its limits and an example: docs/watchlist.md."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +80,7 @@ def read_subjects(path: Path) -> list[SubjectRow]:
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
-            needed = {"subject_id", "category", "photos", "reference"}
+            needed = set(SUBJECTS_COLUMNS)
             missing = needed - set(reader.fieldnames or [])
             if missing:
                 raise CliError(f"{path}: missing column(s) {', '.join(sorted(missing))} (need {sorted(needed)})")
@@ -264,13 +279,16 @@ def _false_alerts(value: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _send(args: argparse.Namespace, unit_id: str, payload: bytes, describe: str) -> int:
-    """Publish retained QoS 1 to the unit's watchlist topic, wait for PUBACK and optionally the unit's ack."""
+def _send(
+    args: argparse.Namespace, unit_id: str, payload: bytes, describe: str, *, clear_when_closed: bool = False
+) -> int:
+    """Publish retained QoS 1 to the unit's watchlist topic, wait for PUBACK and optionally the unit's ack.
+    With `clear_when_closed`, once the unit answers `closed` the retained message is cleared too."""
     topics = Topics.for_unit(args.prefix, unit_id)
     client = tls_client(f"command-centre-{secrets.token_hex(4)}", args.ca, args.cert, args.key)
-    acks: queue.Queue[dict[str, object]] = queue.Queue()
+    acks: queue.Queue[dict[str, object] | None] = queue.Queue()
     subscribed: queue.Queue[bool] = queue.Queue()
-    client.on_message = lambda c, u, m: acks.put(json.loads(m.payload))
+    client.on_message = lambda c, u, m: acks.put(read_ack(bytes(m.payload)))
     client.on_subscribe = lambda c, u, mid, codes, p: subscribed.put(True)
     try:
         client.connect(args.broker[0], args.broker[1], keepalive=30)
@@ -298,13 +316,38 @@ def _send(args: argparse.Namespace, unit_id: str, payload: bytes, describe: str)
                     file=sys.stderr,
                 )
                 return 1
+            if ack is None:
+                print(f"ignored a message on {topics.watchlist_ack} that is not a unit's answer", file=sys.stderr)
+                continue
             print(f"unit {unit_id} answered: {json.dumps(ack)}")
+            if clear_when_closed and ack.get("status") == "closed":
+                _clear_retained(client, topics.watchlist, args.timeout)
             return 0 if ack.get("status") in ("applied", "closed") else 1
     except (queue.Empty, RuntimeError, ValueError) as exc:
         raise CliError(f"the broker did not confirm the message: {exc}") from exc
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def read_ack(payload: bytes) -> dict[str, object] | None:
+    """The unit's answer on watchlist/ack (a JSON object), or None for anything else (never an exception on
+    the MQTT thread, which would leave the command waiting as if the unit were offline)."""
+    try:
+        data = loads_json(payload, max_bytes=MAX_ACK_BYTES)
+    except JsonRefused:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _clear_retained(client: paho.Client, topic: str, timeout_s: float) -> None:
+    """An empty retained message: the broker keeps nothing for the unit (it reads that as "nothing retained";
+    its lifecycle record remembers the close, so a bundle of the closed deployment is never applied again)."""
+    info = client.publish(topic, b"", qos=1, retain=True)
+    info.wait_for_publish(timeout_s)
+    if not info.is_published():
+        raise CliError(f"the broker did not confirm clearing {topic} within {timeout_s:g} s; the close stays retained")
+    print(f"cleared the retained message on {topic}: the broker keeps no watchlist for this unit")
 
 
 def check_before_publishing(
@@ -400,7 +443,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_close(args: argparse.Namespace) -> int:
     sign_key = keyfiles.load_ed25519_private(args.sign_key)
     data = bundle.build_close(args.deployment, args.unit, sign_key, time.time(), secrets.token_hex(8))
-    return _send(args, args.unit, data, f"close of deployment {args.deployment}")
+    done = _send(args, args.unit, data, f"close of deployment {args.deployment}", clear_when_closed=True)
+    if not args.wait_ack:
+        print(
+            "the close stays retained (it replaced the bundle) until the unit has it; with --wait-ack the retained "
+            "message is cleared once the unit answers closed"
+        )
+    return done
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -446,9 +495,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_keygen)
 
-    p = sub.add_parser("build", help="enrol subjects and write one signed, sealed bundle per unit")
+    p = sub.add_parser(
+        "build",
+        help="enrol subjects and write one signed, sealed bundle per unit",
+        description=SUBJECTS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--photos", type=Path, required=True)
-    p.add_argument("--subjects", type=Path, required=True)
+    p.add_argument("--subjects", type=Path, required=True, help="the subjects CSV (columns: docs/watchlist.md)")
     p.add_argument("--deployment", required=True)
     p.add_argument("--valid-from", type=_time, required=True)
     p.add_argument("--valid-until", type=_time, required=True)
@@ -479,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     after = [parent(CONNECTION_OPTIONS)]
     for name, helptext in (
         ("publish", "publish a bundle to a unit (retained)"),
-        ("close", "send a signed close"),
+        ("close", "send a signed close (with --wait-ack: then clear the retained message)"),
     ):
         p = sub.add_parser(name, help=helptext, parents=after)
         if name == "publish":

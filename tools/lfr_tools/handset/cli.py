@@ -1,7 +1,8 @@
 """`lfr-handset`: the reference handset client, for the simulator and for field tests.
 
 It holds the handset's two key pairs (X25519 to open alerts, Ed25519 to sign decisions), subscribes to a
-unit's alerts, prints each one (subject, score, age) and can save the two pictures; `decide` answers an
+unit's alerts, prints each one (subject, score, age) and can save the pictures; `app` shows them to the
+officer in this device's browser, with the unit's state and the decision buttons; `decide` answers an
 alert with a signed decision; `pair` pairs with a unit by the one-time code the technician reads out
 (docs/pairing.md) and keeps the unit's key in the key folder, where listen and decide find it.
 
@@ -16,206 +17,28 @@ from __future__ import annotations
 import argparse
 import logging
 import queue
-import secrets
 import sys
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from lfr_contracts import crypto
-from lfr_contracts.alerts import DECISIONS, Alert, Decision, DecisionKind, ProtocolError, decode_alert, encode_decision
-from lfr_contracts.receipts import AlertReceipt, DecisionAnswer, decode_answer, encode_receipt
-from lfr_contracts.topics import Topics
+from lfr_contracts.alerts import DECISIONS, DecisionKind
 from lfr_edge import keyfiles
-from lfr_edge.alerts.handset import handset_record
 from lfr_edge.cli_options import Shared, check_required, declare, parent
-from lfr_edge.comms.mqtt import tls_client
+from lfr_tools.handset import app as handset_app
+from lfr_tools.handset.client import (
+    SEALING_KEY,
+    HandsetClient,
+    HandsetKeys,
+    ReceivedAlert,
+    client_from_args,
+    refusal_message,
+    unit_key_file,
+)
+from lfr_tools.handset.unit_state import status_line
+
+__all__ = ["HandsetClient", "HandsetKeys", "ReceivedAlert", "main", "refusal_message", "unit_key_file"]
 
 log = logging.getLogger(__name__)
-
-SEALING_KEY = "handset-x25519.key"
-SIGNING_KEY = "handset-ed25519.key"
-
-
-def unit_key_file(directory: Path, unit_id: str) -> Path:
-    """Where pairing stores a unit's Ed25519 public key (alerts from that unit are checked with it)."""
-    return directory / f"unit-{unit_id}-ed25519.pub"
-
-
-@dataclass(frozen=True)
-class HandsetKeys:
-    handset_id: str
-    sealing: X25519PrivateKey
-    signing: Ed25519PrivateKey
-
-    @staticmethod
-    def generate(directory: Path, handset_id: str) -> HandsetKeys:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        keys = HandsetKeys(handset_id, X25519PrivateKey.generate(), Ed25519PrivateKey.generate())
-        keyfiles.save_private_key(directory / SEALING_KEY, keys.sealing)
-        keyfiles.save_private_key(directory / SIGNING_KEY, keys.signing)
-        (directory / "handset-id").write_text(handset_id + "\n")
-        (directory / f"{handset_id}.json").write_bytes(keys.record())
-        return keys
-
-    @staticmethod
-    def load(directory: Path) -> HandsetKeys:
-        try:
-            handset_id = (directory / "handset-id").read_text().strip()
-        except OSError as exc:
-            raise crypto.KeyFileError(f"{directory / 'handset-id'}: cannot read ({exc.strerror})") from exc
-        return HandsetKeys(
-            handset_id,
-            keyfiles.load_x25519_private(directory / SEALING_KEY),
-            keyfiles.load_ed25519_private(directory / SIGNING_KEY),
-        )
-
-    def record(self) -> bytes:
-        """The public record the unit keeps in its handsets directory."""
-        return handset_record(self.handset_id, self.sealing.public_key(), self.signing.public_key())
-
-
-@dataclass(frozen=True)
-class ReceivedAlert:
-    alert: Alert
-    received_at: float  # epoch seconds, when the message arrived (before it was verified and decrypted)
-    decoded_at: float | None = None  # epoch seconds, once verified and decrypted
-
-    @property
-    def age_ms(self) -> float:
-        return (self.received_at - self.alert.time) * 1e3
-
-    @property
-    def decoded_age_ms(self) -> float | None:
-        """Frame time to the alert decrypted at the handset (what the officer can first see)."""
-        return None if self.decoded_at is None else (self.decoded_at - self.alert.time) * 1e3
-
-
-ClientMode = Literal["listen", "decide", "once"]
-
-
-class HandsetClient:
-    """Connects as one handset (its own client certificate) and receives one unit's alerts.
-
-    `listen` (the default) holds the handset's persistent session (clean_session off, QoS 1 subscriptions
-    to the alerts and to the unit's answers to its decisions): the broker keeps the subscriptions while the
-    handset is offline and queues the alerts published meanwhile, which arrive when it reconnects. The
-    broker names the session after the certificate, so `decide` resumes that same session rather than
-    starting a clean one (which would erase it): it acknowledges only the unit's answers, never an alert,
-    so an alert the broker hands it stays queued for `listen`. `once` is a clean session of its own.
-    """
-
-    def __init__(
-        self,
-        keys: HandsetKeys,
-        unit_id: str,
-        unit_key: Ed25519PublicKey,
-        host: str,
-        port: int,
-        tls: tuple[Path, Path, Path],  # CA, certificate, key
-        prefix: str = "lfr/v1",
-        persistent: bool = True,
-        mode: ClientMode | None = None,
-    ) -> None:
-        self.keys = keys
-        self.unit_id = unit_id
-        self.unit_key = unit_key
-        self.topics = Topics.for_unit(prefix, unit_id)
-        self.alerts: queue.Queue[ReceivedAlert] = queue.Queue()
-        self.refused: queue.Queue[str] = queue.Queue()
-        self.answers: queue.Queue[DecisionAnswer] = queue.Queue()
-        self.seen: set[str] = set()
-        self.duplicates = 0
-        self.connected = threading.Event()
-        self.mode: ClientMode = mode or ("listen" if persistent else "once")
-        client_id = keys.handset_id if self.mode != "once" else f"{keys.handset_id}-{secrets.token_hex(3)}"
-        self._client = tls_client(client_id, *tls, clean_session=self.mode == "once")
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = lambda *a: self.connected.clear()
-        if self.mode == "decide":
-            self._client.manual_ack_set(True)  # an alert it is handed stays unacknowledged, queued for `listen`
-        self._client.on_message = self._on_message
-        self._client.on_subscribe = lambda *a: self.connected.set()  # ready once the broker has the subscription
-        self._client.reconnect_delay_set(1, 2)
-        self._host, self._port = host, port
-
-    def start(self, timeout: float = 10.0) -> None:
-        self._client.connect_async(self._host, self._port, keepalive=10)
-        self._client.loop_start()
-        if not self.connected.wait(timeout):
-            raise ConnectionError(f"handset {self.keys.handset_id}: no connection to {self._host}:{self._port}")
-
-    def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-    def decide(self, alert_id: str, decision: DecisionKind, timeout: float = 10.0) -> DecisionAnswer:
-        """Send a signed decision and wait for the unit's answer (accepted, or refused with the reason);
-        TimeoutError when none comes: the decision may not have been recorded."""
-        message = Decision(alert_id, self.unit_id, self.keys.handset_id, decision, time.time())
-        info = self._client.publish(self.topics.decisions, encode_decision(message, self.keys.signing), qos=1)
-        info.wait_for_publish(timeout)
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                answer = self.answers.get(timeout=left)
-            except queue.Empty:
-                break
-            if answer.alert_id == alert_id and answer.decision == decision:
-                return answer
-        raise TimeoutError(f"unit {self.unit_id} did not answer the decision on {alert_id} within {timeout:g} s")
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        if reason.is_failure:
-            return
-        answers = (self.topics.decision_answer_for(self.keys.handset_id), 1)
-        client.subscribe([answers] if self.mode == "decide" else [(self.topics.alerts, 1), answers])
-
-    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        if message.topic != self.topics.alerts:
-            self._on_answer(bytes(message.payload))
-            if self.mode == "decide":
-                client.ack(message.mid, message.qos)
-            return
-        if self.mode == "decide":
-            return  # left unacknowledged: the broker gives it to `listen` when it is back
-        received_at = time.time()
-        try:
-            alert = decode_alert(bytes(message.payload), self.unit_id, self.unit_key, self.keys.sealing)
-            decoded_at = time.time()
-        except ProtocolError as exc:
-            self.refused.put(str(exc))
-            log.warning("%s", refusal_message(exc, self.keys.handset_id, self.unit_id))
-            return
-        receipt = AlertReceipt(self.unit_id, self.keys.handset_id, alert.alert_id, time.time())
-        self._client.publish(self.topics.alert_receipts, encode_receipt(receipt, self.keys.signing), qos=1)
-        if alert.alert_id in self.seen:  # the unit re-sends until a receipt arrives: show each alert once
-            self.duplicates += 1
-            return
-        self.seen.add(alert.alert_id)
-        self.alerts.put(ReceivedAlert(alert, received_at, decoded_at))
-
-    def _on_answer(self, payload: bytes) -> None:
-        try:
-            self.answers.put(decode_answer(payload, self.unit_key))
-        except ProtocolError as exc:
-            log.warning("answer refused: %s", exc)
-
-
-def refusal_message(exc: ProtocolError, handset_id: str, unit_id: str) -> str:
-    """One line for a refused alert (its reason already says "alert refused"); for an alert sealed to other
-    keys, what to do about it."""
-    if isinstance(exc.__cause__, crypto.NotForThisKey):
-        return (
-            f"{exc}: handset {handset_id} is not paired with unit {unit_id} (or was unpaired, or re-keyed); "
-            "pair it: `lfr-provision pair-handset` on the unit, then `lfr-handset pair --code CODE ...`"
-        )
-    return str(exc)
 
 
 def _broker(value: str) -> tuple[str, int]:
@@ -249,15 +72,8 @@ def _unit_key_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> HandsetClient:
-    keys = HandsetKeys.load(args.keys)
-    unit_key_path = args.unit_key or unit_key_file(args.keys, args.unit)
-    if args.unit_key is None and not unit_key_path.exists():
-        raise crypto.KeyFileError(f"{unit_key_path}: no key for unit {args.unit}; pair first or give --unit-key")
-    unit_key = keyfiles.load_ed25519_public(unit_key_path)
-    host, port = args.broker
     # `listen` holds the handset's persistent session; `decide` resumes it without erasing or draining it.
-    mode: ClientMode = "listen" if args.command == "listen" else "decide"
-    return HandsetClient(keys, args.unit, unit_key, host, port, (args.ca, args.cert, args.key), args.prefix, mode=mode)
+    return client_from_args(args, "listen" if args.command == "listen" else "decide")
 
 
 def listen(args: argparse.Namespace) -> int:
@@ -271,6 +87,9 @@ def listen(args: argparse.Namespace) -> int:
                 item = client.alerts.get(timeout=1.0)
             except queue.Empty:
                 continue
+            finally:  # what the unit holds, as it changes: before the alert that came after it
+                while not client.statuses.empty():
+                    print(status_line(client.statuses.get_nowait()), flush=True)
             received += 1
             a = item.alert
             print(
@@ -311,6 +130,11 @@ def decide(args: argparse.Namespace) -> int:
     change = f" (revision {answer.revision}: it replaces your earlier decision)" if answer.revision else ""
     print(f"decision {args.decision} on alert {args.alert_id} accepted by unit {answer.unit}{change}")
     return 0
+
+
+def app(args: argparse.Namespace) -> int:
+    """The officer's screen (lfr_tools.handset.app) on the same session `listen` holds."""
+    return handset_app.run(args, lambda on_alert, on_status: client_from_args(args, "listen", on_alert, on_status))
 
 
 def keygen(args: argparse.Namespace) -> int:
@@ -375,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     _unit_key_arg(p)
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the unit's answer")
     p.set_defaults(func=decide)
+    p = sub.add_parser("app", help="the officer's screen: serve it to this device's browser", parents=after)
+    _unit_key_arg(p)
+    handset_app.add_arguments(p)
+    p.set_defaults(func=app)
     p = sub.add_parser("pair", help="pair with a unit using the code its technician shows", parents=after)
     p.add_argument("--code", required=True, help="the one-time code, e.g. 1234-5678")
     p.add_argument("--id", help="handset id for new keys (default: the certificate's CN)")

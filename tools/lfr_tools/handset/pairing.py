@@ -63,7 +63,7 @@ def pair_with_unit(
     if cn != handset_id:
         raise PairingError(
             f"handset id {handset_id!r} is not the CN of its certificate {tls[1]} ({cn!r}): the broker "
-            f"only lets {cn!r} read its own answer, so pair with the id {cn!r}"
+            f"only lets {cn!r} send its own request and read its own answer, so pair with the id {cn!r}"
         )
     topics = Topics.for_unit(prefix, unit_id)
     client_id = f"{handset_id}-pairing-{secrets.token_hex(3)}"
@@ -83,9 +83,15 @@ def pair_with_unit(
             )
         request = pairing.request(offer)
         nonce = json.loads(request)["handset_nonce"]
-        mqtt.publish(topics.pairing_request, request)
+        mqtt.publish(topics.pairing_request_for(handset_id), request)  # the broker lets only this CN write it
         while True:
-            answer = _next(mqtt, confirm_topic, deadline, f"unit {unit_id} did not answer the request")
+            answer = _next(
+                mqtt,
+                confirm_topic,
+                deadline,
+                f"unit {unit_id} did not answer the request (a broker whose ACL predates "
+                f"{topics.pairing_request_for(handset_id)} drops it: regenerate it with `lfr-provision broker config`)",
+            )
             data = _json(answer)
             if data.get("handset_nonce") != nonce:
                 continue  # an answer to an earlier attempt (or to someone replaying one)
