@@ -2,8 +2,9 @@
 
     lfr-watchlist keygen --out DIR
     lfr-watchlist build --photos DIR --subjects CSV --deployment ID --valid-from T --valid-until T
-                        --threshold X --sign-key KEY --unit-key [ID=]UNIT.pub [--unit-key ...]
-                        --out PATTERN [--version N] [--skip-unusable] [--config UNIT_CONFIG]
+                        (--false-alerts "1 in N" | --threshold X) --sign-key KEY
+                        --unit-key [ID=]UNIT.pub [--unit-key ...] --out PATTERN [--version N]
+                        [--skip-unusable] [--config UNIT_CONFIG]
     lfr-watchlist publish BUNDLE --broker HOST:PORT --ca CA --cert CERT --key KEY --unit ID [--wait-ack]
     lfr-watchlist close --deployment ID --unit ID --sign-key KEY --broker ... [--wait-ack]
                         (with --wait-ack, the retained message is cleared once the unit answers closed)
@@ -127,6 +128,8 @@ def enrol_subjects(
             if result.embedding is None:
                 problems.append(f"{row.subject_id}: {name}: {result.reason}")
                 continue
+            for note in result.notes:
+                bar.write(f"note: {row.subject_id}: {name}: {note}")
             embeddings.append(result.embedding)
             photo = photo or result.photo_jpeg
         if not embeddings:
@@ -198,16 +201,20 @@ def cmd_build(args: argparse.Namespace, enroller: Enroller | None = None) -> int
     units = [parse_unit_key(spec) for spec in args.unit_key]
     if len(units) > 1 and "{unit}" not in args.out:
         raise CliError("--out must contain {unit} when there is more than one --unit-key")
-    if not 0 < args.threshold <= 1:
+    if args.threshold is not None and not 0 < args.threshold <= 1:
         raise CliError(f"--threshold {args.threshold}: must be a cosine similarity in (0, 1]")
+    if args.threshold is None and args.false_alerts is None:
+        raise CliError('give --false-alerts "1 in N" (the threshold from the list\'s size) or --threshold')
     sign_key = keyfiles.load_ed25519_private(args.sign_key)
     rows = read_subjects(args.subjects)
+    from lfr_edge.config import load_config_or_defaults
+
+    cfg = load_config_or_defaults(getattr(args, "config", None))
     if enroller is None:
-        from lfr_edge.config import load_config_or_defaults
         from lfr_edge.vision.pipeline import build_pipeline
         from lfr_tools.command_centre.enrol import PipelineEnroller
 
-        enroller = PipelineEnroller(build_pipeline(load_config_or_defaults(getattr(args, "config", None))))
+        enroller = PipelineEnroller(build_pipeline(cfg))
     entries, problems = enrol_subjects(rows, args.photos, enroller, skip_unusable=args.skip_unusable)
     for line in problems:
         print(f"unusable: {line}", file=sys.stderr)
@@ -216,6 +223,7 @@ def cmd_build(args: argparse.Namespace, enroller: Enroller | None = None) -> int
         raise CliError(f"{len(failed)} subject(s) have no usable photo: {', '.join(failed)} (or --skip-unusable)")
     if not entries:
         raise CliError("no subject could be enrolled")
+    threshold = choose_threshold(args, cfg.models.dir, enroller.model_id, entries)
     version = args.version if args.version is not None else int(time.time())
     for unit_id, unit_key in units:
         data = bundle.build_bundle(
@@ -226,7 +234,7 @@ def cmd_build(args: argparse.Namespace, enroller: Enroller | None = None) -> int
             version=version,
             valid_from=args.valid_from,
             valid_until=args.valid_until,
-            threshold=args.threshold,
+            threshold=threshold,
             model_id=enroller.model_id,
             sign_key=sign_key,
             issued_at=time.time(),
@@ -236,6 +244,39 @@ def cmd_build(args: argparse.Namespace, enroller: Enroller | None = None) -> int
         out.write_bytes(data)
         print(f"{out}: unit {unit_id}, version {version}, {len(entries)} subjects, {len(data)} bytes")
     return 0
+
+
+def choose_threshold(
+    args: argparse.Namespace, models_dir: Path, model_id: str, entries: list[bundle.SubjectEntry]
+) -> float:
+    """--false-alerts for this many subjects (or --threshold), with what the calibration table says of it."""
+    from lfr_contracts.calibration import CALIBRATION_FILE
+    from lfr_tools.command_centre import threshold
+
+    try:
+        table = threshold.load_table(models_dir, model_id)
+        chosen = threshold.plan(
+            table,
+            subjects=len(entries),
+            comparisons=sum(len(e.embeddings) for e in entries),
+            false_alerts=args.false_alerts,
+            threshold=args.threshold,
+            where=str(models_dir / CALIBRATION_FILE),
+        )
+    except threshold.ThresholdError as exc:
+        raise CliError(str(exc)) from exc
+    for line in chosen.lines:
+        print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout)
+    return chosen.threshold
+
+
+def _false_alerts(value: str) -> float:
+    from lfr_contracts.calibration import CalibrationError, parse_rate
+
+    try:
+        return parse_rate(value)
+    except CalibrationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _send(
@@ -465,7 +506,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deployment", required=True)
     p.add_argument("--valid-from", type=_time, required=True)
     p.add_argument("--valid-until", type=_time, required=True)
-    p.add_argument("--threshold", type=float, required=True)
+    p.add_argument(
+        "--false-alerts",
+        type=_false_alerts,
+        default=None,
+        metavar='"1 in N"',
+        help="false alerts per passer-by on no list: sets the threshold for this list's size from the "
+        "embedder's calibration table (made by `make models`)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="a cosine threshold; overrides --false-alerts (with a warning when it implies a worse rate)",
+    )
     p.add_argument("--sign-key", type=Path, required=True)
     p.add_argument("--unit-key", action="append", required=True, metavar="[ID=]UNIT.pub")
     p.add_argument(
