@@ -23,12 +23,13 @@ from lfr_contracts.alerts import DecisionKind
 from lfr_contracts.audit_events import AlertRaised, OfficerDecision, Stopped, WatchlistApplied, WatchlistWiped
 from lfr_contracts.beacon import Pattern
 from lfr_contracts.telemetry import Telemetry, decode_telemetry
-from lfr_edge.audit.log import Head, verify
-from lfr_edge.audit.report import read_events
+from lfr_edge.audit.log import Head
 from lfr_edge.vision.pipeline import FacePipeline
 from lfr_hwsim.beacon import LampState
 from lfr_hwsim.broker import COMMAND_CENTRE
 from lfr_hwsim.van import SimulatedVan, Subject
+from lfr_tools.audit.report import read_events
+from lfr_tools.audit.verify import verify
 from lfr_tools.command_centre.enrol import PipelineEnroller
 from mqtt_fixtures import Collector
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from lfr_contracts.telemetry import Telemetry, decode_telemetry
-from lfr_edge.audit.report import DeploymentReport, deployment_report
 from lfr_edge.config import Config
 from lfr_edge.vision.pipeline import build_pipeline
 from lfr_hwsim.broker import COMMAND_CENTRE, Collector
@@ -34,6 +33,7 @@ from lfr_hwsim.facelocate import default_locator
 from lfr_hwsim.faults import Fault, FaultInjector, FaultScriptError, parse_script
 from lfr_hwsim.plan import PlanRequest, ScenePlan, build_plan
 from lfr_hwsim.van import SimulatedVan, Subject
+from lfr_tools.audit.report import DeploymentReport, deployment_report
 from lfr_tools.command_centre.enrol import PipelineEnroller
 
 MIN_USABLE_FACE_PX = 48  # a walker whose face never gets this wide cannot be expected to be recognised
@@ -178,7 +178,7 @@ def run_demo(
     (out / "report.json").write_text(json.dumps(report, indent=2))
     plot_timeline(observed, report, out / "timeline.png")
     print_report(report, out)
-    print(f"\nthe unit's deployment report (lfr-edge audit report):\n{audit.text()}")
+    print(f"\nthe unit's deployment report (lfr-audit report):\n{audit.text()}")
     return report
 
 

@@ -94,7 +94,7 @@ def enrol_subjects(
     progress: bool = True,
 ) -> tuple[list[bundle.SubjectEntry], list[str]]:
     """Enrol every photo; returns the entries and one line per unusable photo or skipped subject."""
-    from lfr_edge.vision.image import ImageError, read_image
+    from lfr_tools.photos.image import ImageError, read_image
 
     problems: list[str] = []
     entries: list[bundle.SubjectEntry] = []

@@ -12,8 +12,8 @@ import numpy.typing as npt
 
 from lfr_edge.vision.align import align_face
 from lfr_edge.vision.detect import largest
-from lfr_edge.vision.image import ImageError, read_image
 from lfr_edge.vision.pipeline import FacePipeline
+from lfr_tools.photos.image import ImageError, read_image
 from lfr_tools.progress import progress as show_progress
 
 
