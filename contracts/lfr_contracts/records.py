@@ -21,6 +21,8 @@ import typing
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from lfr_contracts.untrusted import excerpt
+
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -77,7 +79,9 @@ def decode(cls: type[R], data: object, where: str = "") -> R:
     types_by_name = _field_types(cls)
     unknown = sorted(set(data) - set(types_by_name))
     if unknown:
-        raise RecordError(f"{where or cls.__name__}: unknown field(s) {', '.join(map(repr, unknown))}")
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        named = ", ".join(excerpt(name) for name in unknown[:5]) + more
+        raise RecordError(f"{where or cls.__name__}: unknown field(s) {named}")
     values: dict[str, Any] = {}
     for field in dataclasses.fields(cls):
         name = f"{prefix}{field.name}"
@@ -103,7 +107,7 @@ def _decode_value(kind: Any, value: Any, name: str) -> Any:
     if origin is typing.Literal:
         if value in args and type(value) in (str, int, bool):
             return value
-        raise RecordError(f"{name}: {value!r} is not one of {', '.join(map(repr, args))}")
+        raise RecordError(f"{name}: {excerpt(value)} is not one of {', '.join(map(repr, args))}")
     if origin is tuple:
         if not isinstance(value, list):
             raise RecordError(f"{name}: expected a list, got {_describe(value)}")
@@ -111,7 +115,7 @@ def _decode_value(kind: Any, value: Any, name: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise RecordError(f"{name}: expected an object with string keys, got {_describe(value)}")
-        return {k: _decode_value(args[1], v, f"{name}.{k}") for k, v in value.items()}
+        return {k: _decode_value(args[1], v, f"{name}.{_key(k)}") for k, v in value.items()}
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         return _decode_enum(kind, value, name)
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
@@ -123,7 +127,7 @@ def _decode_enum(kind: type[enum.Enum], value: Any, name: str) -> enum.Enum:
     allowed = [m.value if isinstance(m, str) else m.name.lower() for m in kind]
     if isinstance(value, str) and value in allowed:
         return kind(value) if issubclass(kind, str) else kind[value.upper()]
-    raise RecordError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+    raise RecordError(f"{name}: {excerpt(value)} is not one of {', '.join(allowed)}")
 
 
 def _decode_scalar(kind: Any, value: Any, name: str) -> Any:
@@ -144,6 +148,11 @@ def _decode_scalar(kind: Any, value: Any, name: str) -> Any:
             return value
         raise RecordError(f"{name}: expected a string, got {_describe(value)}")
     raise RecordError(f"{name}: fields of type {kind!r} cannot be read from JSON")
+
+
+def _key(key: str) -> str:
+    """A map key in a field's path: as it is when short, else quoted in part (it comes from the sender)."""
+    return key if len(key) <= 40 and key.isprintable() else excerpt(key)
 
 
 def _describe(value: Any) -> str:

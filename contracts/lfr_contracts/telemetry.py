@@ -14,6 +14,7 @@ from enum import StrEnum
 from lfr_contracts import records
 from lfr_contracts.beacon import Pattern
 from lfr_contracts.status import WatchlistStatus
+from lfr_contracts.untrusted import JsonRefused, loads_json
 
 MAX_TELEMETRY_BYTES = 64 * 1024
 
@@ -92,12 +93,11 @@ def encode_telemetry(message: Telemetry) -> bytes:
 
 
 def decode_telemetry(payload: bytes) -> Telemetry:
-    if len(payload) > MAX_TELEMETRY_BYTES:
-        raise TelemetryError(f"telemetry of {len(payload)} bytes is over the {MAX_TELEMETRY_BYTES}-byte limit")
+    """A `Telemetry`, or TelemetryError naming the field: size, depth and numbers are bounded before parsing."""
     try:
-        body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TelemetryError(f"telemetry is not valid JSON: {exc}") from exc
+        body = loads_json(payload, max_bytes=MAX_TELEMETRY_BYTES)
+    except JsonRefused as exc:
+        raise TelemetryError(f"telemetry is not valid JSON: {exc}") from None
     try:
         return records.decode(Telemetry, body, "telemetry")
     except records.RecordError as exc:

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from lfr_contracts import bundle, crypto, layout
+from lfr_contracts.acks import AckError, WatchlistAck, decode_ack, encode_ack
 from lfr_contracts.status import StatusError, UnitStatus
 from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
@@ -227,9 +228,9 @@ def _send(args: argparse.Namespace, unit_id: str, payload: bytes, describe: str)
     """Publish retained QoS 1 to the unit's watchlist topic, wait for PUBACK and optionally the unit's ack."""
     topics = Topics.for_unit(args.prefix, unit_id)
     client = tls_client(f"command-centre-{secrets.token_hex(4)}", args.ca, args.cert, args.key)
-    acks: queue.Queue[dict[str, object]] = queue.Queue()
+    acks: queue.Queue[bytes] = queue.Queue()
     subscribed: queue.Queue[bool] = queue.Queue()
-    client.on_message = lambda c, u, m: acks.put(json.loads(m.payload))
+    client.on_message = lambda c, u, m: acks.put(bytes(m.payload))  # read here, never in paho's thread
     client.on_subscribe = lambda c, u, mid, codes, p: subscribed.put(True)
     try:
         client.connect(args.broker[0], args.broker[1], keepalive=30)
@@ -248,7 +249,7 @@ def _send(args: argparse.Namespace, unit_id: str, payload: bytes, describe: str)
         deadline = time.monotonic() + args.timeout
         while True:
             try:
-                ack = acks.get(timeout=max(0.0, deadline - time.monotonic()))
+                payload = acks.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 print(
                     f"no answer from unit {unit_id} within {args.timeout:g} s (offline, or not running): the "
@@ -257,13 +258,22 @@ def _send(args: argparse.Namespace, unit_id: str, payload: bytes, describe: str)
                     file=sys.stderr,
                 )
                 return 1
-            print(f"unit {unit_id} answered: {json.dumps(ack)}")
-            return 0 if ack.get("status") in ("applied", "closed") else 1
+            ack = read_ack(payload, unit_id)
+            print(f"unit {unit_id} answered: {encode_ack(ack).decode()}")
+            return 0 if ack.done else 1
     except (queue.Empty, RuntimeError, ValueError) as exc:
         raise CliError(f"the broker did not confirm the message: {exc}") from exc
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def read_ack(payload: bytes, unit_id: str) -> WatchlistAck:
+    """The unit's answer on its watchlist/ack topic; a CliError naming what is wrong with one that is not."""
+    try:
+        return decode_ack(payload)
+    except AckError as exc:
+        raise CliError(f"unit {unit_id} answered with a message that is not a watchlist ack: {exc}") from None
 
 
 def check_before_publishing(
