@@ -63,10 +63,15 @@ STATUS_FIELDS: dict[str, Any] = json.loads(STATUS)
 def real_acks(tmp_path: Path) -> list[bytes]:
     """Acks as the unit's watchlist sync publishes them: applied, refused (an older version; garbage)."""
     keys, sent = Keys(), list[bytes]()
+
+    def publish(topic: str, payload: bytes) -> bool:
+        sent.append(payload)
+        return True
+
     with AuditLog.open(tmp_path / "audit.jsonl", UNIT) as audit:
         sync = WatchlistSync(
             unit_id=UNIT, model_id=MODEL, command_centre_key=keys.centre.public_key(), unit_key=keys.unit,
-            max_bundle_bytes=1 << 20, ack_topic="ack", publish=lambda topic, payload: sent.append(payload) or True,
+            max_bundle_bytes=1 << 20, ack_topic="ack", publish=publish,
             audit=audit, record=LifecycleFile(tmp_path / "lifecycle.json", UNIT, Ed25519PrivateKey.generate()),
             clock=lambda: NOW,
         )  # fmt: skip
