@@ -352,8 +352,11 @@ class WatchlistSync:
             held = self._store
             if held is None or self._clock() < held.valid_until or not self._clock_trusted():
                 return False
-            self._wipe(WipeReason.EXPIRED)  # first: neither the record nor the audit log can hold it up
-            self._save(lifecycle.ended(self._state, held.deployment, "expired"))
+            # The state in RAM first (status() reads it unlocked: never "none" between the wipe and the record),
+            # then the wipe, before any I/O: neither the record nor the audit log can hold it up.
+            self._state = lifecycle.ended(self._state, held.deployment, "expired")
+            self._wipe(WipeReason.EXPIRED)
+            self._save(self._state)
         self._on_status(self.status())
         return True
 
