@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from lfr_edge.vision.pipeline import FacePipeline
 from lfr_hwsim.beacon import LampState
 from lfr_hwsim.broker import COMMAND_CENTRE
 from lfr_hwsim.van import SimulatedVan, Subject
+from lfr_provision.selftest import locked_and_resident
 from lfr_tools.audit.report import read_events
 from lfr_tools.audit.verify import verify
 from lfr_tools.command_centre.enrol import PipelineEnroller
@@ -176,6 +178,11 @@ def test_a_stranger_gives_no_alert_and_nothing_of_them_is_written(
         assert telemetry is not None and telemetry.faces_embedded > 0
         assert phone.alerts.empty()
         assert listening_sockets(daemon.proc.pid) == []  # DESIGN rule 4: the unit opens no listening socket
+        # Nothing of the stranger can be paged out: the unit locked all it holds, or said why it could not.
+        locked, resident = locked_and_resident(Path(f"/proc/{daemon.proc.pid}/status"))
+        refused = re.search(r"hardening: (not locking memory|mlockall refused)", daemon.log_path.read_text("latin-1"))
+        assert (resident > 0 and locked >= resident) or refused, (locked, resident)
+        print(f"daemon: VmRSS {resident >> 20} MiB, VmLck {locked >> 20} MiB")
         assert daemon.terminate(timeout=10) == 0
     finally:
         spy.close()
