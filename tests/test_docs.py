@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from doc_runner import DocShell, LongRunning, section, sh_blocks, table_commands
-from lfr_edge.comms.mqtt import QueuedClient, connect_tls
 from lfr_hwsim.broker import free_port, mosquitto_binary
 from lfr_provision import pki
 from lfr_tools.audit.verify import verify
+from lfr_tools.broker_client import QueuedClient, connect_tls
 
 REPO = Path(__file__).resolve().parents[1]
 README, BROKER_MD, BOARD_SETUP = REPO / "README.md", REPO / "docs" / "broker.md", REPO / "docs" / "board-setup.md"

@@ -32,8 +32,8 @@ from lfr_contracts.pairing import (
     loose_fields,
 )
 from lfr_contracts.topics import Topics
-from lfr_edge.comms.mqtt import WAIT_S, QueuedClient, connect_tls
 from lfr_provision import handsets
+from lfr_tools.broker_client import WAIT_S, QueuedClient, connect_tls
 
 Tls = tuple[Path, Path, Path]  # CA, client certificate, client key
 

@@ -213,7 +213,7 @@ def check_beacon(cfg: Config, opts: Options) -> Iterator[Check]:
 
 
 def check_broker(cfg: Config, opts: Options) -> Iterator[Check]:
-    from lfr_edge.comms.mqtt import connect_tls
+    from lfr_tools.broker_client import connect_tls
 
     m = cfg.mqtt
     start = time.perf_counter()
