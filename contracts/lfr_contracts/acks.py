@@ -9,12 +9,10 @@ centre (`lfr-watchlist publish|close --wait-ack`) reads it with `decode_ack`, wh
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Literal
 
 from lfr_contracts import records
-from lfr_contracts.untrusted import JsonRefused, loads_json
 
 AckStatus = Literal["applied", "waiting", "refused", "closed"]
 MAX_ACK_BYTES = 8192
@@ -43,15 +41,11 @@ class WatchlistAck:
 
 
 def encode_ack(ack: WatchlistAck) -> bytes:
-    return json.dumps(records.encode(ack), separators=(",", ":"), allow_nan=False).encode()
+    return records.to_json(ack)
 
 
 def decode_ack(payload: bytes) -> WatchlistAck:
     try:
-        body = loads_json(payload, max_bytes=MAX_ACK_BYTES)
-    except JsonRefused as exc:
-        raise AckError(f"watchlist ack: {exc}") from None
-    try:
-        return records.decode(WatchlistAck, body, "watchlist ack")
+        return records.from_json(WatchlistAck, payload, MAX_ACK_BYTES, "watchlist ack")
     except records.RecordError as exc:
         raise AckError(str(exc)) from None

@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import json
 import math
 import types
 import typing
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from lfr_contracts.untrusted import excerpt
+from lfr_contracts.untrusted import JsonRefused, excerpt, loads_json
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -69,6 +70,20 @@ def _encode_value(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _encode_value(v) for k, v in value.items()}
     return value
+
+
+def to_json(record: object) -> bytes:
+    """The record as compact UTF-8 JSON (what goes on the wire)."""
+    return json.dumps(encode(record), separators=(",", ":"), allow_nan=False).encode()
+
+
+def from_json(cls: type[R], payload: bytes, max_bytes: int, where: str) -> R:
+    """`decode` of JSON bytes from outside: size, depth and numbers are bounded before parsing."""
+    try:
+        data = loads_json(payload, max_bytes=max_bytes)
+    except JsonRefused as exc:
+        raise RecordError(f"{where}: not valid JSON: {exc}") from None
+    return decode(cls, data, where)
 
 
 def decode(cls: type[R], data: object, where: str = "") -> R:

@@ -7,14 +7,12 @@ which refuses a missing, unknown or mistyped field by name. No frame, crop or em
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from lfr_contracts import records
 from lfr_contracts.beacon import Pattern
 from lfr_contracts.status import WatchlistStatus
-from lfr_contracts.untrusted import JsonRefused, loads_json
 
 MAX_TELEMETRY_BYTES = 64 * 1024
 
@@ -89,16 +87,12 @@ class Telemetry:
 
 
 def encode_telemetry(message: Telemetry) -> bytes:
-    return json.dumps(records.encode(message), separators=(",", ":"), allow_nan=False).encode()
+    return records.to_json(message)
 
 
 def decode_telemetry(payload: bytes) -> Telemetry:
     """A `Telemetry`, or TelemetryError naming the field: size, depth and numbers are bounded before parsing."""
     try:
-        body = loads_json(payload, max_bytes=MAX_TELEMETRY_BYTES)
-    except JsonRefused as exc:
-        raise TelemetryError(f"telemetry is not valid JSON: {exc}") from None
-    try:
-        return records.decode(Telemetry, body, "telemetry")
+        return records.from_json(Telemetry, payload, MAX_TELEMETRY_BYTES, "telemetry")
     except records.RecordError as exc:
-        raise TelemetryError(str(exc)) from exc
+        raise TelemetryError(str(exc)) from None
