@@ -9,6 +9,7 @@ disk, an edit), and its lifecycle record must load or be refused with LifecycleE
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from pathlib import Path
@@ -86,6 +87,25 @@ def test_the_real_log_reads_back_whole() -> None:
         assert verify(path, UNIT).ok and deployment_report(path, UNIT).ok
         assert [e.name for e in read_events(path, UNIT)][-2:] == ["fault_cleared", "watchlist_wiped"]
     assert open_record(RECORD, UNIT, KEY.public_key()).held == HeldWatchlist("op-1", 3, 12, 1.8e9, 1.8e9 + 3600)
+
+
+def test_a_line_with_a_huge_number_is_a_broken_chain_not_a_crash() -> None:
+    """Found by a long run: a 400-digit seq was quoted whole in the verdict; 5,000 digits raised ValueError in
+    the reader and in the unit's own resume at start."""
+    lines = LOG.splitlines(keepends=True)
+    for digits in (400, 5000):
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "audit.jsonl"
+            path.write_bytes(b"".join(lines[:-1]) + lines[-1].replace(b'"seq":8', b'"seq":' + b"9" * digits))
+            report = verify(path)
+            assert not report.ok and report.bad_line == len(lines) and len(report.summary()) < 300
+            holds(AuditChainError, functools.partial(reopen, path))
+            with AuditLog.open(path, UNIT, on_damage="rotate") as log:
+                assert log.append(FacesSeen(camera="cam0", count=1)) is not None
+
+
+def reopen(path: Path) -> None:
+    AuditLog.open(path, UNIT).close()
 
 
 @fuzz(200)

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from lfr_contracts.audit_events import LINE_FIELDS, AuditEvent, AuditEventError, LogCreated, RecordsLost, check_event
 from lfr_contracts.telemetry import AuditHealth
+from lfr_contracts.untrusted import JsonRefused, loads_json
 
 log = logging.getLogger(__name__)
 
@@ -161,14 +162,14 @@ def _check_tail(path: Path, data: bytes, start: int) -> Head | None:
 
 def parse_line(line: bytes) -> dict[str, Any] | None:
     """A line's record when it is well formed (seq, time, event, prev), else None; the reader uses it too."""
-    try:
-        record = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    try:  # bounded: a line may have been edited by anyone (deep nesting, a 5,000-digit number)
+        record = loads_json(line, max_bytes=MAX_LINE_BYTES)
+    except JsonRefused:
         return None
     if not isinstance(record, dict):
         return None
     seq, prev = record.get("seq"), record.get("prev")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**63:
         return None
     if not isinstance(prev, str) or not _HEX64.match(prev):
         return None

@@ -36,8 +36,8 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from lfr_contracts import bundle, crypto, layout
-from lfr_contracts.acks import AckError, WatchlistAck, decode_ack, encode_ack
+from lfr_contracts import bundle, crypto, layout, records
+from lfr_contracts.acks import AckError, WatchlistAck, decode_ack
 from lfr_contracts.status import StatusError, UnitStatus
 from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
@@ -259,7 +259,7 @@ def _send(args: argparse.Namespace, unit_id: str, payload: bytes, describe: str)
                 )
                 return 1
             ack = read_ack(payload, unit_id)
-            print(f"unit {unit_id} answered: {encode_ack(ack).decode()}")
+            print(f"unit {unit_id} answered: {json.dumps(records.encode(ack))}")
             return 0 if ack.done else 1
     except (queue.Empty, RuntimeError, ValueError) as exc:
         raise CliError(f"the broker did not confirm the message: {exc}") from exc
