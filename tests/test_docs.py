@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from doc_runner import DocShell, LongRunning, section, sh_blocks, table_commands
-from lfr_edge.audit.log import verify
-from lfr_edge.comms.mqtt import QueuedClient, connect_tls
 from lfr_hwsim.broker import free_port, mosquitto_binary
 from lfr_hwsim.plan import load_plan
 from lfr_provision import pki
+from lfr_tools.audit.verify import verify
+from lfr_tools.broker_client import QueuedClient, connect_tls
 from trial_helpers import write_trial_watchlist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +144,7 @@ def test_a_van_rehearsed_on_a_desk_from_nothing_to_an_alert(tmp_path: Path, face
         REPO,
         values,
         LONG_RUNNING,
-        before={"lfr-edge --root": the_world},
+        before={'lfr-provision --root "$ROOT" selftest': the_world},
         replace={SERVICE_START: BENCH_RUN},
         logs=tmp_path / "logs",
     )
@@ -157,7 +157,7 @@ def test_a_van_rehearsed_on_a_desk_from_nothing_to_an_alert(tmp_path: Path, face
         for command in table_commands(README, DEPLOYMENT):
             shell.run(command, "README.md deployment table")
         shell.run_blocks([listing])
-        selftest = shell.output_of("lfr-edge --root")
+        selftest = shell.output_of('lfr-provision --root "$ROOT" selftest')
         assert re.search(r"^GO: ", selftest, re.M), selftest
         assert "ALERT" in shell.output_of("lfr-handset listen") and f"subject S-{WANTED}" in shell.output_of(
             "lfr-handset listen"

@@ -12,9 +12,9 @@ import numpy.typing as npt
 import pytest
 
 from lfr_edge.vision.align import align_face
-from lfr_edge.vision.image import read_image
 from lfr_edge.vision.pipeline import FacePipeline
 from lfr_tools.command_centre.enrol import PipelineEnroller
+from lfr_tools.photos.image import read_image
 from lfr_tools.photos.photo_mode import PhotoFaceFinder
 
 pytestmark = [pytest.mark.faces, pytest.mark.slow]

@@ -73,7 +73,7 @@ class TrialAlert:
 
 def frames_from_dir(folder: Path, fps: float) -> Iterator[Frame]:
     """Every image of the folder, in name order."""
-    from lfr_edge.vision.image import read_image
+    from lfr_tools.photos.image import read_image
 
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
     if not paths:

@@ -39,10 +39,10 @@ import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from lfr_contracts import bundle, crypto, layout
+from lfr_contracts import bundle, crypto, layout, records
+from lfr_contracts.acks import AckError, WatchlistAck, decode_ack
 from lfr_contracts.status import StatusError, UnitStatus
 from lfr_contracts.topics import Topics
-from lfr_contracts.untrusted import JsonRefused, loads_json
 from lfr_edge import keyfiles
 from lfr_edge.cli_options import Shared, check_required, declare, parent
 from lfr_edge.comms.mqtt import tls_client
@@ -110,7 +110,7 @@ def enrol_subjects(
     progress: bool = True,
 ) -> tuple[list[bundle.SubjectEntry], list[str]]:
     """Enrol every photo; returns the entries and one line per unusable photo or skipped subject."""
-    from lfr_edge.vision.image import ImageError, read_image
+    from lfr_tools.photos.image import ImageError, read_image
 
     problems: list[str] = []
     entries: list[bundle.SubjectEntry] = []
@@ -286,9 +286,9 @@ def _send(
     With `clear_when_closed`, once the unit answers `closed` the retained message is cleared too."""
     topics = Topics.for_unit(args.prefix, unit_id)
     client = tls_client(f"command-centre-{secrets.token_hex(4)}", args.ca, args.cert, args.key)
-    acks: queue.Queue[dict[str, object] | None] = queue.Queue()
+    acks: queue.Queue[bytes] = queue.Queue()
     subscribed: queue.Queue[bool] = queue.Queue()
-    client.on_message = lambda c, u, m: acks.put(read_ack(bytes(m.payload)))
+    client.on_message = lambda c, u, m: acks.put(bytes(m.payload))  # read here, never in paho's thread
     client.on_subscribe = lambda c, u, mid, codes, p: subscribed.put(True)
     try:
         client.connect(args.broker[0], args.broker[1], keepalive=30)
@@ -307,7 +307,7 @@ def _send(
         deadline = time.monotonic() + args.timeout
         while True:
             try:
-                ack = acks.get(timeout=max(0.0, deadline - time.monotonic()))
+                payload = acks.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 print(
                     f"no answer from unit {unit_id} within {args.timeout:g} s (offline, or not running): the "
@@ -316,28 +316,20 @@ def _send(
                     file=sys.stderr,
                 )
                 return 1
-            if ack is None:
-                print(f"ignored a message on {topics.watchlist_ack} that is not a unit's answer", file=sys.stderr)
+            try:
+                ack = read_ack(payload, unit_id)
+            except CliError as exc:  # only the unit may write there (the ACL): say so and wait on
+                print(f"ignored: {exc}", file=sys.stderr)
                 continue
-            print(f"unit {unit_id} answered: {json.dumps(ack)}")
-            if clear_when_closed and ack.get("status") == "closed":
+            print(f"unit {unit_id} answered: {json.dumps(records.encode(ack))}")
+            if clear_when_closed and ack.status == "closed":
                 _clear_retained(client, topics.watchlist, args.timeout)
-            return 0 if ack.get("status") in ("applied", "closed") else 1
+            return 0 if ack.done else 1
     except (queue.Empty, RuntimeError, ValueError) as exc:
         raise CliError(f"the broker did not confirm the message: {exc}") from exc
     finally:
         client.disconnect()
         client.loop_stop()
-
-
-def read_ack(payload: bytes) -> dict[str, object] | None:
-    """The unit's answer on watchlist/ack (a JSON object), or None for anything else (never an exception on
-    the MQTT thread, which would leave the command waiting as if the unit were offline)."""
-    try:
-        data = loads_json(payload, max_bytes=MAX_ACK_BYTES)
-    except JsonRefused:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _clear_retained(client: paho.Client, topic: str, timeout_s: float) -> None:
@@ -348,6 +340,14 @@ def _clear_retained(client: paho.Client, topic: str, timeout_s: float) -> None:
     if not info.is_published():
         raise CliError(f"the broker did not confirm clearing {topic} within {timeout_s:g} s; the close stays retained")
     print(f"cleared the retained message on {topic}: the broker keeps no watchlist for this unit")
+
+
+def read_ack(payload: bytes, unit_id: str) -> WatchlistAck:
+    """The unit's answer on its watchlist/ack topic; a CliError naming what is wrong with one that is not."""
+    try:
+        return decode_ack(payload)
+    except AckError as exc:
+        raise CliError(f"unit {unit_id} answered with a message that is not a watchlist ack: {exc}") from None
 
 
 def check_before_publishing(

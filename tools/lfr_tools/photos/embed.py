@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from lfr_edge.vision.image import ImageError, read_image
 from lfr_edge.vision.pipeline import FacePipeline
+from lfr_tools.photos.image import ImageError, read_image
 from lfr_tools.photos.photo_mode import PhotoFaceFinder
 from lfr_tools.progress import progress as show_progress
 
