@@ -8,6 +8,9 @@ never into git. A normal build installs only artifacts whose sha256 is the one t
 `--record` writes the hashes (and the measured default variants) after a deliberate recipe change.
 When every artifact in the cache already matches the manifest, nothing is rebuilt and one line says so.
 
+Each embedder's calibration table (score -> false-accept rate on the corpus: models/calibrate.py) goes
+beside the artifacts, in `calibration.json`; a cache without a current one gets it without a rebuild.
+
 Builds into one cache take turns: each holds `<cache>/.build.lock` (flock) from start to end, so a
 second build (`make demo` during `make test`) waits, then finds the artifacts the first one installed and
 reuses them. Each build measures in a staging folder of its own, `<cache>/.staging-<pid>-<random>`.
@@ -180,6 +183,10 @@ def build(faces: Path, cache: Path, record: bool) -> None:
     stale = [] if record else stale_artifacts(manifest, cache)
     report_md = cache / REPORT_MD
     if not record and not stale and report_md.is_file():
+        import calibrate  # the unit's pipeline, LiteRT: only when there is something to check
+
+        if not calibrate.is_current(manifest, cache):
+            calibrate_into(manifest, cache, faces)
         print(f"models up to date in {cache} (every artifact matches {MANIFEST.name}; report: {report_md})")
         return
     if not faces.is_dir():
@@ -202,8 +209,22 @@ def build(faces: Path, cache: Path, record: bool) -> None:
     else:
         install(built, manifest, cache, record=False)
         warn_on_default_drift(manifest, defaults)
+    calibrate_into(load_manifest(MANIFEST), cache, faces)
     print(report_md.read_text(encoding="utf-8"))
     print(f"models build done in {time.perf_counter() - start:.0f} s; artifacts in {cache}")
+
+
+def calibrate_into(manifest: Manifest, cache: Path, faces: Path) -> None:
+    """The embedders' calibration tables (installed artifacts only), and their section of the report."""
+    import calibrate
+
+    if not faces.is_dir():
+        raise BuildError(f"the face corpus {faces} is missing: the calibration tables are measured on it")
+    tables = calibrate.write(manifest, MANIFEST, cache, faces)
+    report_md = cache / REPORT_MD
+    text = report_md.read_text(encoding="utf-8") if report_md.is_file() else ""
+    text = text.split(calibrate.SECTION, 1)[0].rstrip("\n")
+    report_md.write_text(f"{text}\n\n{calibrate.markdown(tables)}", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -251,7 +251,7 @@ run "$PREFIX/.venv/bin/lfr-provision" init --unit-id "$UNIT_ID" --root / --board
 step "6. Self-test (the go/no-go), then the service"
 echo "   Before this step: the unit's TLS certificates (unit.crt, pairing.crt) and the CA must be in /etc/lfr-edge/tls and the"
 echo "   command centre key in /etc/lfr-edge/keys (lfr-provision init printed where)."
-run "$PREFIX/.venv/bin/lfr-edge" selftest --config /etc/lfr-edge/config.toml
+run "$PREFIX/.venv/bin/lfr-provision" selftest --config /etc/lfr-edge/config.toml
 run systemctl daemon-reload
 run systemctl enable --now lfr-edge.service
 run systemctl --no-pager status lfr-edge.service

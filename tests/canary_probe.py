@@ -38,9 +38,9 @@ from lfr_edge.daemon.alerting import Alerter
 from lfr_edge.daemon.worker import PipelineWorker
 from lfr_edge.inference.base import TensorSpec
 from lfr_edge.vision.embed import Embedder
-from lfr_edge.vision.image import read_image
 from lfr_edge.vision.pipeline import FacePipeline, FrameFaces, build_pipeline
 from lfr_edge.watchlist.store import WatchlistStore
+from lfr_tools.photos.image import read_image
 
 MASK = 0xA5
 WINDOW = 256  # bytes of each crop-like canary searched for (several windows each: partial copies count too)

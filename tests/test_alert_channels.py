@@ -19,16 +19,17 @@ from lfr_contracts.audit_events import AlertRaised, AuditEvent, LogCreated, deco
 from lfr_contracts.bundle import AppliedHistory, SubjectEntry, open_bundle
 from lfr_contracts.camera import Frame
 from lfr_edge.alerts.channel import UnitState
-from lfr_edge.audit.log import AuditLog, read_verified
+from lfr_edge.audit.log import AuditLog
 from lfr_edge.config import MatchConfig, TrackConfig
 from lfr_edge.daemon.alerting import Alerter
 from lfr_edge.daemon.worker import PipelineWorker
-from lfr_edge.vision.image import read_image
 from lfr_edge.vision.match import Cooldowns, MatchDecision, evaluate
 from lfr_edge.vision.pipeline import FacePipeline
 from lfr_edge.vision.track import Track, TrackFace
 from lfr_edge.watchlist.store import WatchlistStore
+from lfr_tools.audit.verify import read_verified
 from lfr_tools.command_centre.enrol import PipelineEnroller
+from lfr_tools.photos.image import read_image
 from watchlist_helpers import MODEL, NOW, Keys, make_bundle, subjects, unit_vectors
 
 

@@ -48,21 +48,14 @@ from lfr_contracts.audit_events import (
 )
 from lfr_contracts.topics import Topics
 from lfr_edge.alerts.handset import HandsetChannel, parse_handset
-from lfr_edge.audit import cli
 from lfr_edge.audit.faults import FaultMonitor, Problem, current_problems
-from lfr_edge.audit.log import (
-    AuditChainError,
-    AuditError,
-    AuditLog,
-    BiometricFieldError,
-    Head,
-    genesis_hash,
-    verify,
-)
-from lfr_edge.audit.report import deployment_report, read_events
+from lfr_edge.audit.log import AuditChainError, AuditError, AuditLog, BiometricFieldError, Head, genesis_hash
 from lfr_edge.config import AlertsConfig
 from lfr_edge.watchlist.lifecycle import LifecycleFile
 from lfr_edge.watchlist.sync import WatchlistSync
+from lfr_tools.audit import cli
+from lfr_tools.audit.report import deployment_report, read_events
+from lfr_tools.audit.verify import verify
 from lfr_tools.handset.cli import HandsetKeys
 from watchlist_helpers import MODEL, NOW, Keys, make_bundle
 

@@ -30,12 +30,13 @@ from lfr_contracts.audit_events import (
     WatchlistRefused,
     WatchlistRefusedRepeats,
 )
-from lfr_edge.audit.log import AuditLog, verify
-from lfr_edge.audit.report import deployment_report, read_events
+from lfr_edge.audit.log import AuditLog
 from lfr_edge.daemon.supervise import Supervisor
 from lfr_edge.watchlist.lifecycle import LifecycleFile
 from lfr_edge.watchlist.store import WatchlistUnavailable
 from lfr_edge.watchlist.sync import WatchlistSync
+from lfr_tools.audit.report import deployment_report, read_events
+from lfr_tools.audit.verify import verify
 from watchlist_helpers import DIM, MODEL, Keys, make_bundle
 
 UNIT = "unit-a"
@@ -94,7 +95,7 @@ def test_on_a_full_disk_each_record_is_whole_or_absent_and_the_gap_is_recorded_w
             again.append(Started(version="0.1.0", cameras=("cam0",)))
         assert verify(path).ok and not list(state.glob("*.damaged-*"))
         cli = subprocess.run(
-            [sys.executable, "-m", "lfr_edge.cli", "audit", "verify", str(path)],
+            [sys.executable, "-m", "lfr_tools.audit.cli", "verify", str(path)],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         assert cli.returncode == 0, cli.stderr
@@ -181,7 +182,8 @@ FILE_SIZE_LIMIT = r"""
 import json, resource, signal, sys
 from pathlib import Path
 from lfr_contracts.audit_events import FacesSeen, Started
-from lfr_edge.audit.log import AuditLog, verify
+from lfr_edge.audit.log import AuditLog
+from lfr_tools.audit.verify import verify
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails (EFBIG) instead of killing
 path = Path(sys.argv[1])

@@ -33,7 +33,7 @@ def test_pi5_with_hailo_installs_the_packages_and_provisions_in_order() -> None:
         "lfr-provision install --root /",
         "systemd-sysusers",
         "lfr-provision init --unit-id van-07 --root / --board pi5 --broker 10.8.0.1:8883",
-        "lfr-edge selftest --config /etc/lfr-edge/config.toml",
+        "lfr-provision selftest --config /etc/lfr-edge/config.toml",
         "systemctl enable --now lfr-edge.service",
     ]
     positions = [next(i for i, c in enumerate(cmds) if step in c) for step in order]
@@ -184,7 +184,7 @@ def test_an_image_without_its_cmdline_is_refused_naming_the_file(tmp_path: Path)
 
 def test_on_the_board_swap_goes_off_now_before_the_self_test() -> None:
     cmds = commands(dry_run("--board", "pi5", "--unit-id", "van-07").stdout)
-    order = ["apt-get install", "swapoff -a", "mask /etc/systemd/system/swap.target", "lfr-edge selftest"]
+    order = ["apt-get install", "swapoff -a", "mask /etc/systemd/system/swap.target", "lfr-provision selftest"]
     positions = [next(i for i, c in enumerate(cmds) if step in c) for step in order]
     assert positions == sorted(positions)
     assert "edit /boot/firmware/cmdline.txt: kernel parameters cgroup_enable=memory cgroup_memory=1" in cmds

@@ -26,7 +26,7 @@ def test_lfr_edge_takes_config_and_root_before_or_after_the_command() -> None:
     for argv in (["--config", "c.toml", "-v", "run"], ["run", "--config", "c.toml", "-v"]):
         args = edge_parser().parse_args(argv)
         assert (args.command, args.config, args.verbose) == ("run", Path("c.toml"), True)
-    for argv in (["--root", "bench", "selftest"], ["selftest", "--root", "bench"]):
+    for argv in (["--root", "bench", "run"], ["run", "--root", "bench"]):
         assert edge_parser().parse_args(argv).root == Path("bench")
     args = edge_parser().parse_args(["--config", "a.toml", "run"])  # not reset by the command's parser
     assert args.config == Path("a.toml")
@@ -46,9 +46,10 @@ def test_a_config_that_leaves_the_root_is_refused(tmp_path: Path, capsys: pytest
     init_unit(InitOptions(unit_id="van-07", root=root))
     config = root / "etc/lfr-edge/config.toml"
     config.write_text(config.read_text().replace(str(root / "var/lib/lfr-edge/audit.jsonl"), "/var/lib/lfr-edge/x"))
-    assert edge_main(["selftest", "--root", str(root)]) == 2
-    err = capsys.readouterr().err
-    assert "unit.audit_log = /var/lib/lfr-edge/x is outside --root" in err
+    for main, argv in ((edge_main, ["run", "--root", str(root)]), (provision_main, ["selftest", "--root", str(root)])):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "unit.audit_log = /var/lib/lfr-edge/x is outside --root" in err, argv
 
 
 def test_lfr_provision_takes_root_before_or_after_any_command(

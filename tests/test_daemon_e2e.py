@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -23,14 +24,16 @@ from lfr_contracts.alerts import MAX_CONTEXT_PX, DecisionKind
 from lfr_contracts.audit_events import AlertRaised, OfficerDecision, Stopped, WatchlistApplied, WatchlistWiped
 from lfr_contracts.beacon import Pattern
 from lfr_contracts.telemetry import Telemetry, decode_telemetry
-from lfr_edge.audit.log import Head, verify
-from lfr_edge.audit.report import read_events
-from lfr_edge.vision.image import decode_image
+from lfr_edge.audit.log import Head
 from lfr_edge.vision.pipeline import FacePipeline
 from lfr_hwsim.beacon import LampState
 from lfr_hwsim.broker import COMMAND_CENTRE
 from lfr_hwsim.van import SimulatedVan, Subject
+from lfr_provision.selftest import locked_and_resident
+from lfr_tools.audit.report import read_events
+from lfr_tools.audit.verify import verify
 from lfr_tools.command_centre.enrol import PipelineEnroller
+from lfr_tools.photos.image import decode_image
 from mqtt_fixtures import Collector
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
@@ -178,6 +181,11 @@ def test_a_stranger_gives_no_alert_and_nothing_of_them_is_written(
         assert telemetry is not None and telemetry.faces_embedded > 0
         assert phone.alerts.empty()
         assert listening_sockets(daemon.proc.pid) == []  # DESIGN rule 4: the unit opens no listening socket
+        # Nothing of the stranger can be paged out: the unit locked all it holds, or said why it could not.
+        locked, resident = locked_and_resident(Path(f"/proc/{daemon.proc.pid}/status"))
+        refused = re.search(r"hardening: (not locking memory|mlockall refused)", daemon.log_path.read_text("latin-1"))
+        assert (resident > 0 and locked >= resident) or refused, (locked, resident)
+        print(f"daemon: VmRSS {resident >> 20} MiB, VmLck {locked >> 20} MiB")
         assert daemon.terminate(timeout=10) == 0
     finally:
         spy.close()

@@ -4,7 +4,7 @@ Found: the expiry and telemetry threads died on the first failed audit write whi
 so a list whose window had ended stayed held until shutdown; a short write left half a line, and after
 space returned `audit verify` said the chain was broken. Here the disk fills while a short-lived list is
 held: the list expires on time, the unit keeps running and says in telemetry that its log cannot be
-written, and once space returns the log has a gap record and `lfr-edge audit verify` passes.
+written, and once space returns the log has a gap record and `lfr-audit verify` passes.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def watchlist_state(van: SimulatedVan) -> str | None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lfr_edge.cli", *args], capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "lfr_tools.audit.cli", *args], capture_output=True, text=True, check=False
+    )
 
 
 def test_on_a_full_disk_the_list_expires_on_time_the_unit_runs_on_and_the_chain_verifies_with_the_gap(
@@ -107,10 +109,10 @@ def test_on_a_full_disk_the_list_expires_on_time_the_unit_runs_on_and_the_chain_
         finally:
             spy.close()
 
-        verified = run_cli("audit", "verify", str(audit_log))  # as the README runs it
+        verified = run_cli("verify", str(audit_log))  # as the README runs it
         assert verified.returncode == 0, verified.stderr
         assert "chain intact" in verified.stdout and "1 gap(s) recorded" in verified.stdout
-        report = run_cli("audit", "report", str(audit_log))
+        report = run_cli("report", str(audit_log))
         assert report.returncode == 0, report.stdout
         assert "gaps:               1 (" in report.stdout and "watchlist_wiped 1" in report.stdout
         assert "lost in the gap" in report.stdout  # the held list's end is named, not "still held"

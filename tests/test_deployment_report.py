@@ -1,9 +1,9 @@
-"""A whole deployment on the simulator, and its report: `lfr-edge audit report` must say what happened.
+"""A whole deployment on the simulator, and its report: `lfr-audit report` must say what happened.
 
 A real broker, the real `lfr-edge run` over a simulated street with two watchlisted walkers, the real
 handset deciding each alert it receives, two real faults (the camera stalls through its control file,
 the beacon's pty is unplugged and plugged back), then the real `lfr-watchlist close`. The unit's own
-audit log is then read with the real `lfr-edge audit verify` and `lfr-edge audit report`, and every
+audit log is then read with the real `lfr-audit verify` and `lfr-audit report`, and every
 figure is checked against what the test did and saw: nothing in the log is written by the test.
 """
 
@@ -28,13 +28,13 @@ from lfr_contracts.audit_events import AuditEvent, FaultCleared, OfficerDecision
 from lfr_contracts.telemetry import Telemetry, decode_telemetry
 from lfr_edge import keyfiles
 from lfr_edge.audit.log import AuditError
-from lfr_edge.audit.report import read_events
 from lfr_edge.vision.pipeline import FacePipeline
 from lfr_hwsim.broker import COMMAND_CENTRE, Collector
 from lfr_hwsim.camera import write_control
 from lfr_hwsim.facelocate import default_locator
 from lfr_hwsim.plan import PlanRequest, ScenePlan, build_plan
 from lfr_hwsim.van import SimulatedVan, Subject
+from lfr_tools.audit.report import read_events
 from lfr_tools.command_centre.enrol import PipelineEnroller
 from lfr_tools.handset.cli import ReceivedAlert
 
@@ -176,12 +176,12 @@ def test_the_deployment_report_says_what_happened_on_a_real_simulated_deployment
                 watch.close()
         beacon_port = str(van.beacon.link)
 
-    verified = command("lfr-edge", "audit", "verify", str(audit_log))
+    verified = command("lfr-audit", "verify", str(audit_log))
     assert verified.returncode == 0 and "chain intact" in verified.stdout, verified.stdout + verified.stderr
-    text = command("lfr-edge", "audit", "report", str(audit_log))
-    print(f"\nlfr-edge audit report {audit_log.name}:\n{text.stdout}")
+    text = command("lfr-audit", "report", str(audit_log))
+    print(f"\nlfr-audit report {audit_log.name}:\n{text.stdout}")
     assert text.returncode == 0, text.stdout + text.stderr
-    as_json = command("lfr-edge", "audit", "report", str(audit_log), "--json")
+    as_json = command("lfr-audit", "report", str(audit_log), "--json")
     assert as_json.returncode == 0, as_json.stderr
     report: dict[str, Any] = json.loads(as_json.stdout)
 

@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 
 from doc_runner import DocShell, LongRunning, section, sh_blocks, table_commands
-from lfr_edge.audit.log import verify
-from lfr_edge.comms.mqtt import QueuedClient, connect_tls
 from lfr_hwsim.broker import free_port, mosquitto_binary
+from lfr_hwsim.plan import load_plan
 from lfr_provision import pki
+from lfr_tools.audit.verify import verify
+from lfr_tools.broker_client import QueuedClient, connect_tls
+from trial_helpers import write_trial_watchlist
 
 REPO = Path(__file__).resolve().parents[1]
 README, BROKER_MD, BOARD_SETUP = REPO / "README.md", REPO / "docs" / "broker.md", REPO / "docs" / "board-setup.md"
@@ -142,7 +144,7 @@ def test_a_van_rehearsed_on_a_desk_from_nothing_to_an_alert(tmp_path: Path, face
         REPO,
         values,
         LONG_RUNNING,
-        before={"lfr-edge --root": the_world},
+        before={'lfr-provision --root "$ROOT" selftest': the_world},
         replace={SERVICE_START: BENCH_RUN},
         logs=tmp_path / "logs",
     )
@@ -155,7 +157,7 @@ def test_a_van_rehearsed_on_a_desk_from_nothing_to_an_alert(tmp_path: Path, face
         for command in table_commands(README, DEPLOYMENT):
             shell.run(command, "README.md deployment table")
         shell.run_blocks([listing])
-        selftest = shell.output_of("lfr-edge --root")
+        selftest = shell.output_of('lfr-provision --root "$ROOT" selftest')
         assert re.search(r"^GO: ", selftest, re.M), selftest
         assert "ALERT" in shell.output_of("lfr-handset listen") and f"subject S-{WANTED}" in shell.output_of(
             "lfr-handset listen"
@@ -176,6 +178,29 @@ def test_a_van_rehearsed_on_a_desk_from_nothing_to_an_alert(tmp_path: Path, face
     assert verify(pairing_log).ok
     assert [json.loads(line)["event"] for line in pairing_log.read_text().splitlines()][1:] == ["handset_paired"]
     assert git_status() == before, "the documented commands wrote outside the bench folder"
+
+
+@pytest.mark.slow
+@pytest.mark.faces
+def test_a_trial_as_the_readme_writes_it(tmp_path: Path, faces: Path) -> None:
+    """README's "Trials before a deployment": simulated footage, a test watchlist, `lfr-evaluate`; the
+    watchlisted person who walks past is the one alert."""
+    trial = tmp_path / "trial"
+    listed: set[str] = set()
+
+    def volunteers(shell: DocShell) -> None:
+        """What the page takes as given: the test watchlist (the plan's watchlisted person, and decoys)."""
+        walking, _ = write_trial_watchlist(load_plan(trial / "plan.json"), trial / "watchlist")
+        listed.update(walking)
+
+    (tmp_path / "logs").mkdir()
+    values = {"TRIAL": str(trial), "FACES": str(faces)}
+    with DocShell(REPO, values, before={"lfr-evaluate": volunteers}, logs=tmp_path / "logs") as shell:
+        shell.run_blocks(section(sh_blocks(README), "Trials before a deployment"))
+        printed = shell.output_of("lfr-evaluate")
+    result = json.loads((trial / "result.json").read_text())
+    assert listed and {a["subject"] for a in result["alerts"]} == listed, (result, listed)
+    assert f"alerts: {len(listed)}" in printed
 
 
 def git_status() -> str:

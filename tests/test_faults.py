@@ -36,7 +36,6 @@ from lfr_contracts.audit_events import (
 )
 from lfr_contracts.beacon import Pattern
 from lfr_contracts.telemetry import CameraState, Telemetry, decode_telemetry
-from lfr_edge.audit.report import read_events
 from lfr_edge.vision.pipeline import FacePipeline
 from lfr_hwsim.beacon import LampState
 from lfr_hwsim.broker import COMMAND_CENTRE, Collector
@@ -45,6 +44,7 @@ from lfr_hwsim.facelocate import default_locator
 from lfr_hwsim.faults import FaultEvent, FaultInjector, FaultScriptError, corrupt, parse_script
 from lfr_hwsim.plan import PlanRequest, ScenePlan, Walker, build_plan
 from lfr_hwsim.van import SimulatedVan, Subject
+from lfr_tools.audit.report import read_events
 from lfr_tools.command_centre.enrol import PipelineEnroller
 from lfr_tools.handset.cli import ReceivedAlert
 

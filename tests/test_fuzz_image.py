@@ -19,7 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzz_helpers import bounded, fuzz, holds, mutated
-from lfr_edge.vision.image import MAX_PIXELS, ImageError, declared_size, decode_image, encode_jpeg, read_image
+from lfr_edge.vision.image import encode_jpeg
+from lfr_tools.photos.image import MAX_PIXELS, ImageError, declared_size, decode_image, read_image
 
 RNG = np.random.default_rng(7)
 PICTURE = (RNG.random((48, 64, 3)) * 255).astype(np.uint8)

@@ -15,9 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz_helpers import bounded, dumps, fuzz, holds, hostile_json_text, json_values, mutated
+from fuzz_helpers import dumps, fuzz, holds, hostile_json_text, json_values, mutated
 from lfr_contracts.status import StatusError, UnitStatus, WatchlistStatus
-from lfr_tools.command_centre.cli import read_ack
 from lfr_tools.handset.unit_state import read_status, status_line
 
 UNIT = "van-07"
@@ -99,19 +98,3 @@ def test_a_status_with_any_field_value_is_shown_or_ignored(path: tuple[str, ...]
 @given(st.one_of(hostile_json_text(), st.builds(dumps, json_values), st.binary(max_size=5000)))
 def test_arbitrary_statuses_are_ignored(payload: bytes) -> None:
     holds(StatusError, lambda: shown(payload))
-
-
-CLOSED_ACK = json.dumps({"status": "closed", "deployment": "op-1", "nonce": "dc47564e959fd2c4"}).encode()
-
-
-@fuzz(200)
-@given(st.one_of(mutated(CLOSED_ACK), hostile_json_text(), st.builds(dumps, json_values), st.binary(max_size=5000)))
-def test_any_answer_is_read_or_ignored(payload: bytes) -> None:
-    with bounded():
-        ack = read_ack(payload)
-    assert ack is None or isinstance(ack, dict)
-
-
-def test_the_real_answer_is_read() -> None:
-    assert read_ack(CLOSED_ACK) == {"status": "closed", "deployment": "op-1", "nonce": "dc47564e959fd2c4"}
-    assert read_ack(b"[") is None and read_ack(b'"closed"') is None

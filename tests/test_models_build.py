@@ -118,7 +118,7 @@ COSINE_BOUNDS = {"int8-weights": 0.995, "int8-static": 0.90, "int8-static-float-
 def test_int8_and_float_embeddings_of_the_same_real_faces_agree(faces: Path) -> None:
     from lfr_edge.inference.litert import load_model
     from lfr_edge.vision.embed import Embedder
-    from lfr_edge.vision.image import read_image
+    from lfr_tools.photos.image import read_image
 
     cache = models_cache()
     paths = sorted((faces / "aligned").glob("*/*.png"))[::4]  # 120 faces, every identity

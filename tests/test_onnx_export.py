@@ -174,8 +174,8 @@ def test_onnx_exports_agree_with_litert_float_on_real_faces(faces: Path, onnx_di
 def test_a_unit_on_onnx_runtime_finds_the_same_faces_as_litert(faces: Path, onnx_dir: Path) -> None:
     from lfr_edge.inference.litert_cpu import LiteRTCpuBackend
     from lfr_edge.inference.onnx_tensorrt import OnnxTensorRTBackend
-    from lfr_edge.vision.image import read_image
     from lfr_edge.vision.pipeline import ModelFiles, pipeline_from_files, resolve_model_files
+    from lfr_tools.photos.image import read_image
 
     cfg = Config()
     jetson = dataclasses.replace(

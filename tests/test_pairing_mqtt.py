@@ -23,14 +23,15 @@ from lfr_contracts.pairing import MAX_ATTEMPTS, HandsetPairing, PairingError, Pa
 from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
 from lfr_edge.alerts.handset import HandsetChannel, load_handsets
-from lfr_edge.audit.log import AuditLog, verify
-from lfr_edge.audit.report import read_events
+from lfr_edge.audit.log import AuditLog
 from lfr_edge.cli import main as edge_main
 from lfr_edge.comms.mqtt import UnitMqttClient
 from lfr_edge.config import AlertsConfig
 from lfr_hwsim.broker import MosquittoBroker
 from lfr_provision.pair_handset import pair_handset
 from lfr_provision.pair_mqtt import SHOWN_REFUSALS, PairingOutcome, UnitPairing
+from lfr_tools.audit.report import read_events
+from lfr_tools.audit.verify import verify
 from lfr_tools.handset.cli import HandsetClient, HandsetKeys, unit_key_file
 from lfr_tools.handset.cli import main as handset_main
 from lfr_tools.handset.pairing import pair_with_unit

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from lfr_edge.vision.detect import largest
-from lfr_edge.vision.image import ImageError, decode_image, read_image
 from lfr_edge.vision.pipeline import FacePipeline
 from lfr_tools.metrics import pair_scores, tar_at_far
+from lfr_tools.photos.image import ImageError, decode_image, read_image
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""`lfr-edge selftest` on a unit provisioned into a temporary root, against real parts: the built models
+"""`lfr-provision selftest` on a unit provisioned into a temporary root, against real parts: the built models
 on LiteRT, a replay camera on generated images, a simulated beacon on a pty and a TLS mosquitto."""
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lfr_contracts.layout import UnitLayout
-from lfr_edge import cli
 from lfr_edge.camera.opencv import import_cv2
 from lfr_edge.config import ModelsConfig
-from lfr_edge.daemon.memory_lock import locked_and_resident
-from lfr_edge.daemon.selftest import (
+from lfr_edge.models import load_manifest
+from lfr_hwsim.beacon import SimulatedBeacon
+from lfr_hwsim.broker import MosquittoBroker
+from lfr_provision import cli
+from lfr_provision.init import InitOptions, init_unit
+from lfr_provision.selftest import (
     Check,
     Options,
     check_clock,
@@ -30,12 +33,9 @@ from lfr_edge.daemon.selftest import (
     check_memory_lock,
     check_swap,
     format_table,
+    locked_and_resident,
     run_checks,
 )
-from lfr_edge.models import load_manifest
-from lfr_hwsim.beacon import SimulatedBeacon
-from lfr_hwsim.broker import MosquittoBroker
-from lfr_provision.init import InitOptions, init_unit
 from lfr_tools.handset.cli import HandsetKeys
 
 UNIT = "unit-a"
@@ -183,7 +183,7 @@ def test_a_model_whose_hash_differs_fails_and_is_not_run(unit: Unit, tmp_path: P
     assert str(victim) in detail(rows, "model blazeface-full")
     assert found["latency blazeface-full"] == "SKIP"
     assert found["model mobilefacenet"] == "PASS"
-    assert cli.main(["--config", str(unit.config), "selftest", "--frames", "2", "--runs", "1"]) == 1
+    assert cli.main(["selftest", "--frames", "2", "--runs", "1", "--config", str(unit.config)]) == 1
 
 
 @pytest.mark.broker
@@ -268,8 +268,8 @@ def test_the_watchlist_row_reads_the_units_lifecycle_record_and_fails_an_edited_
     from lfr_contracts import layout
     from lfr_edge import keyfiles
     from lfr_edge.config import Config, UnitConfig
-    from lfr_edge.daemon.selftest import check_watchlist
     from lfr_edge.watchlist import lifecycle
+    from lfr_provision.selftest import check_watchlist
 
     keys, state = tmp_path / "keys", tmp_path / "state"
     keys.mkdir()

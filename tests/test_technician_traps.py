@@ -23,11 +23,11 @@ from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
 from lfr_edge.audit.log import AuditLog
 from lfr_edge.camera.replay import ReplaySource
-from lfr_edge.cli import main as edge_main
 from lfr_edge.daemon.frames import CaptureThread, FrameQueue
-from lfr_edge.daemon.selftest import Verdict
 from lfr_hwsim.broker import MosquittoBroker
 from lfr_provision.cli import main as provision_main
+from lfr_provision.selftest import Verdict
+from lfr_tools.audit.cli import main as audit_main
 from lfr_tools.command_centre.cli import SUBJECTS_COLUMNS, CliError, read_subjects
 from lfr_tools.command_centre.cli import main as watchlist_main
 from lfr_tools.handset.cli import HandsetClient, HandsetKeys
@@ -101,13 +101,13 @@ def test_verifying_another_units_log_says_whose_log_it_is(tmp_path: Path, capsys
     log = AuditLog.open(path, "van-08")
     log.append(Started(version="test", cameras=("cam0",)))
     log.close()
-    assert edge_main(["audit", "verify", str(path), "--unit-id", "van-07"]) != 0
+    assert audit_main(["verify", str(path), "--unit-id", "van-07"]) != 0
     err = capsys.readouterr().err
     assert "this log belongs to unit van-08, not to van-07" in err and "altered" not in err
     # an edited first line is still reported as altered, not as someone else's log
     lines = path.read_text().splitlines()
     path.write_text("\n".join([lines[0].replace('"van-08"', '"van-07"'), *lines[1:]]) + "\n")
-    assert edge_main(["audit", "verify", str(path), "--unit-id", "van-07"]) != 0
+    assert audit_main(["verify", str(path), "--unit-id", "van-07"]) != 0
     assert "altered" in capsys.readouterr().err
 
 

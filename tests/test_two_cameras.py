@@ -21,12 +21,12 @@ import pytest
 from lfr_contracts.audit_events import AlertRaised, FacesSeen
 from lfr_contracts.beacon import Command, Pattern
 from lfr_contracts.telemetry import CameraState, decode_telemetry
-from lfr_edge.audit.report import read_events
 from lfr_edge.vision.pipeline import FacePipeline
 from lfr_hwsim.broker import COMMAND_CENTRE
 from lfr_hwsim.facelocate import default_locator
 from lfr_hwsim.plan import PlanRequest, ScenePlan, Walker, build_plan
 from lfr_hwsim.van import SimulatedVan, Subject
+from lfr_tools.audit.report import read_events
 from lfr_tools.command_centre.enrol import PipelineEnroller
 from mqtt_fixtures import Collector
 

@@ -19,12 +19,12 @@ from lfr_contracts import bundle
 from lfr_contracts.audit_events import AuditEvent
 from lfr_edge import keyfiles
 from lfr_edge.comms.mqtt import UnitMqttClient
-from lfr_edge.vision.image import read_image
 from lfr_edge.watchlist.lifecycle import LifecycleFile
 from lfr_edge.watchlist.sync import WatchlistSync
 from lfr_hwsim.broker import MosquittoBroker
 from lfr_tools.command_centre.cli import main as watchlist_main
 from lfr_tools.command_centre.enrol import Enrolment, PipelineEnroller
+from lfr_tools.photos.image import read_image
 from mqtt_fixtures import Collector, unit_mqtt_config
 from watchlist_helpers import MODEL, subjects
 

@@ -18,8 +18,8 @@ from lfr_bench import identification as idm
 from lfr_bench.common import BenchContext, PartResult, format_table, pyplot
 from lfr_bench.variants import BenchVariant, build
 from lfr_edge.config import Config
-from lfr_edge.vision.image import read_image
 from lfr_tools.photos.embed import embed_photos
+from lfr_tools.photos.image import read_image
 
 FARS = (1e-1, 1e-2, 1e-3, 1e-4)
 FPIRS = (0.1, 0.01, 0.001)

@@ -106,8 +106,9 @@ def synthetic_entries(n: int, faces_dir: Path, seed: int, dim: int = 192) -> lis
 
     from lfr_bench.watchlists import unit_vectors
     from lfr_contracts.bundle import SubjectEntry
-    from lfr_edge.vision.image import encode_jpeg, read_image
+    from lfr_edge.vision.image import encode_jpeg
     from lfr_tools.command_centre.enrol import REFERENCE_MAX_SIDE
+    from lfr_tools.photos.image import read_image
 
     photos = sorted((faces_dir / "wild").glob("*/*.jpg"))[:50]
     crops = []

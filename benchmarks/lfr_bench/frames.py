@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from lfr_edge.vision.detect import largest
-from lfr_edge.vision.image import ImageError, read_image
 from lfr_edge.vision.pipeline import FacePipeline
+from lfr_tools.photos.image import ImageError, read_image
 
 Image = npt.NDArray[np.uint8]
 Box = tuple[int, int, int, int]

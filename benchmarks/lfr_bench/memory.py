@@ -9,11 +9,16 @@ subject) but otherwise real: signed and sealed with `build_bundle` for the unit'
 id, published retained by the command centre and applied by the daemon's watchlist sync. Figures come
 from /proc/<pid>/status: VmRSS (resident now) and VmHWM (the peak since start, which includes the
 moment the bundle was verified, decrypted and parsed).
+
+Then the worst case the unit file's MemoryMax must hold: while the 10,000-subject list is held, a replacement
+as large as `watchlist.max_bundle_bytes` allows is applied on top of it (`daemon_rss_peak_replace_at_limit_mb`).
 """
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +40,8 @@ SUMMARY_KEYS = (
     "daemon_rss_steady_mb_10k",
     "daemon_rss_peak_apply_mb_10k",
     "daemon_rss_mb_no_watchlist",
+    "daemon_rss_peak_replace_at_limit_mb",
+    "bundle_limit_mb",
 )
 SUBJECTS = 10_000
 TARGET_MB = 300.0
@@ -51,6 +58,7 @@ class WatchlistRun:
     applied_at: float
     bundle_bytes: int
     window: list[Sample]
+    at_limit: dict[str, float]  # the replacement as large as the config allows: its size and the peak after it
 
 
 def settings(ctx: BenchContext) -> tuple[float, float]:
@@ -64,10 +72,16 @@ def bench_bundle(ctx: BenchContext, van: Any) -> bytes:
 
 
 def watchlist_run(
-    van: Any, watch: TelemetryWatch, pid: int, bundle: bytes, settle_s: float, window_s: float
+    van: Any,
+    watch: TelemetryWatch,
+    pid: int,
+    bundle: bytes,
+    settle_s: float,
+    window_s: float,
+    entries_for: Callable[[int], list[Any]] | None = None,
 ) -> WatchlistRun:
     """With the daemon READY: settle, publish the bundle as the command centre, wait for the unit's
-    ack, settle again, then a steady window."""
+    ack, settle again, then a steady window; with `entries_for`, then a replacement at the size limit."""
     trace: list[dict[str, Any]] = []
     started = time.monotonic()
     before, _ = sample(watch, pid, started, trace, settle_s, "no watchlist")
@@ -77,7 +91,36 @@ def watchlist_run(
     applied_at = time.monotonic() - started
     sample(watch, pid, started, trace, settle_s, "settling")
     steady, window = sample(watch, pid, started, trace, window_s, "steady")
-    return WatchlistRun(before, steady, trace, round(applied_at, 2), len(bundle), window)
+    if entries_for is None:
+        return WatchlistRun(before, steady, trace, round(applied_at, 2), len(bundle), window, {})
+    at_limit = replace_at_limit(van, pid, bundle, entries_for)
+    sample(watch, pid, started, trace, settle_s, "after the replacement at the limit")
+    return WatchlistRun(before, steady, trace, round(applied_at, 2), len(bundle), window, at_limit)
+
+
+def replace_at_limit(van: Any, pid: int, first: bytes, entries_for: Callable[[int], list[Any]]) -> dict[str, float]:
+    """Apply, on top of the held list, a bundle just under the config's `watchlist.max_bundle_bytes` (the
+    subjects it holds are scaled from the first bundle's bytes per subject); the unit's peak after it."""
+    from lfr_edge.config import WatchlistConfig
+
+    limit = WatchlistConfig().max_bundle_bytes
+    count = int(limit * 0.98 / (len(first) / SUBJECTS))
+    while True:
+        bundle = sealed_bundle(van, entries_for(count), 0.5, unit_model_id(), version=int(time.time()) + 1)
+        if len(bundle) <= limit:
+            break
+        count = int(count * 0.98)
+    ack = van.publish_watchlist(bundle, wait_ack_s=180.0)
+    if ack is None or ack.get("status") != "applied" or ack.get("subjects") != count:
+        raise RuntimeError(f"the unit did not apply the {count}-subject watchlist at the limit: {ack}")
+    after = memory_mb(pid)
+    return {
+        "limit_mb": limit / 2**20,
+        "bundle_mb": len(bundle) / 2**20,
+        "subjects": count,
+        "hwm_mb": after["VmHWM"],
+        "rss_mb": after["VmRSS"],
+    }
 
 
 def run(ctx: BenchContext, pipeline: PartResult | None = None) -> PartResult:
@@ -101,7 +144,8 @@ def run(ctx: BenchContext, pipeline: PartResult | None = None) -> PartResult:
         daemon = start_ready(van, config)
         watch.pid = daemon.proc.pid
         try:
-            held = watchlist_run(van, watch, daemon.proc.pid, bundle, settle_s, window_s)
+            entries_for = functools.partial(synthetic_entries, faces_dir=ctx.faces_dir, seed=ctx.seed)
+            held = watchlist_run(van, watch, daemon.proc.pid, bundle, settle_s, window_s, entries_for)
         finally:
             daemon.terminate(timeout=10)
             watch.stop()
@@ -115,6 +159,7 @@ def as_data(held: WatchlistRun, settle_s: float, window_s: float) -> dict[str, A
         "trace": held.trace,
         "applied_at_s": held.applied_at,
         "bundle_bytes": held.bundle_bytes,
+        "at_limit": held.at_limit,
         "settle_s": settle_s,
         "window_s": window_s,
     }
@@ -154,6 +199,15 @@ def result(ctx: BenchContext, scene: dict[str, Any], held: dict[str, Any], where
         ["before the watchlist (steady)", before["rss_mb"], before["rss_peak_window_mb"], before["hwm_mb"]],
         [f"{SUBJECTS:,} subjects (steady)", steady["rss_mb"], steady["rss_peak_window_mb"], steady["hwm_mb"]],
     ]
+    limit = held["at_limit"]
+    rows.append(
+        [
+            f"{limit['subjects']:,} subjects ({limit['bundle_mb']:.1f} MiB) applied on top of it",
+            limit["rss_mb"],
+            "",
+            limit["hwm_mb"],
+        ]
+    )
     table = format_table(["daemon", "VmRSS MB (last)", "VmRSS MB (window peak)", "VmHWM MB (peak since start)"], rows)
     notes = [
         f"Headline `daemon_rss_mb_10k` = the peak VmRSS over the steady window ({steady['rss_peak_window_mb']:g} "
@@ -162,6 +216,9 @@ def result(ctx: BenchContext, scene: dict[str, Any], held: dict[str, Any], where
         f"{bundle_bytes / 1e6:.1f} MB bundle was received, verified, decrypted and re-sealed in RAM.",
         f"The watchlist adds {steady['rss_mb'] - before['rss_mb']:.1f} MB resident at steady state "
         f"({SUBJECTS:,} subjects, one 192-d embedding and one ~4.6 KB reference JPEG each).",
+        f"The worst case for the unit file's MemoryMax: while the {SUBJECTS:,}-subject list was held, a replacement "
+        f"of {limit['bundle_mb']:.1f} MiB (the largest under `watchlist.max_bundle_bytes` = {limit['limit_mb']:g} "
+        f"MiB) was applied on top of it; the peak since start is then {limit['hwm_mb']:g} MB.",
         f"Camera: a replay of {scene['photos']} `wild/` photos at 25 fps, looping; {settle_s:g} s to settle "
         f"after READY and after the watchlist was applied, then {window_s:g} s of steady state; {where}.",
     ]
@@ -178,6 +235,8 @@ def result(ctx: BenchContext, scene: dict[str, Any], held: dict[str, Any], where
             "daemon_rss_steady_mb_10k": steady["rss_mb"],
             "daemon_rss_peak_apply_mb_10k": steady["hwm_mb"],
             "daemon_rss_mb_no_watchlist": before["rss_mb"],
+            "daemon_rss_peak_replace_at_limit_mb": limit["hwm_mb"],
+            "bundle_limit_mb": limit["limit_mb"],
         },
         notes=notes,
     )

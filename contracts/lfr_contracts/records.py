@@ -15,11 +15,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import json
 import math
 import types
 import typing
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from lfr_contracts.untrusted import JsonRefused, excerpt, loads_json
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -69,6 +72,20 @@ def _encode_value(value: Any) -> Any:
     return value
 
 
+def to_json(record: object) -> bytes:
+    """The record as compact UTF-8 JSON (what goes on the wire)."""
+    return json.dumps(encode(record), separators=(",", ":"), allow_nan=False).encode()
+
+
+def from_json(cls: type[R], payload: bytes, max_bytes: int, where: str) -> R:
+    """`decode` of JSON bytes from outside: size, depth and numbers are bounded before parsing."""
+    try:
+        data = loads_json(payload, max_bytes=max_bytes)
+    except JsonRefused as exc:
+        raise RecordError(f"{where}: not valid JSON: {exc}") from None
+    return decode(cls, data, where)
+
+
 def decode(cls: type[R], data: object, where: str = "") -> R:
     """A `cls` from a JSON object; RecordError naming the field when it does not fit."""
     prefix = f"{where}." if where else ""
@@ -77,7 +94,9 @@ def decode(cls: type[R], data: object, where: str = "") -> R:
     types_by_name = _field_types(cls)
     unknown = sorted(set(data) - set(types_by_name))
     if unknown:
-        raise RecordError(f"{where or cls.__name__}: unknown field(s) {', '.join(map(repr, unknown))}")
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        named = ", ".join(excerpt(name) for name in unknown[:5]) + more
+        raise RecordError(f"{where or cls.__name__}: unknown field(s) {named}")
     values: dict[str, Any] = {}
     for field in dataclasses.fields(cls):
         name = f"{prefix}{field.name}"
@@ -103,7 +122,7 @@ def _decode_value(kind: Any, value: Any, name: str) -> Any:
     if origin is typing.Literal:
         if value in args and type(value) in (str, int, bool):
             return value
-        raise RecordError(f"{name}: {value!r} is not one of {', '.join(map(repr, args))}")
+        raise RecordError(f"{name}: {excerpt(value)} is not one of {', '.join(map(repr, args))}")
     if origin is tuple:
         if not isinstance(value, list):
             raise RecordError(f"{name}: expected a list, got {_describe(value)}")
@@ -111,7 +130,7 @@ def _decode_value(kind: Any, value: Any, name: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise RecordError(f"{name}: expected an object with string keys, got {_describe(value)}")
-        return {k: _decode_value(args[1], v, f"{name}.{k}") for k, v in value.items()}
+        return {k: _decode_value(args[1], v, f"{name}.{_key(k)}") for k, v in value.items()}
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         return _decode_enum(kind, value, name)
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
@@ -123,7 +142,7 @@ def _decode_enum(kind: type[enum.Enum], value: Any, name: str) -> enum.Enum:
     allowed = [m.value if isinstance(m, str) else m.name.lower() for m in kind]
     if isinstance(value, str) and value in allowed:
         return kind(value) if issubclass(kind, str) else kind[value.upper()]
-    raise RecordError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+    raise RecordError(f"{name}: {excerpt(value)} is not one of {', '.join(allowed)}")
 
 
 def _decode_scalar(kind: Any, value: Any, name: str) -> Any:
@@ -144,6 +163,11 @@ def _decode_scalar(kind: Any, value: Any, name: str) -> Any:
             return value
         raise RecordError(f"{name}: expected a string, got {_describe(value)}")
     raise RecordError(f"{name}: fields of type {kind!r} cannot be read from JSON")
+
+
+def _key(key: str) -> str:
+    """A map key in a field's path: as it is when short, else quoted in part (it comes from the sender)."""
+    return key if len(key) <= 40 and key.isprintable() else excerpt(key)
 
 
 def _describe(value: Any) -> str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from lfr_contracts.bundle import check_epoch
+from lfr_contracts.untrusted import JsonRefused, excerpt, loads_json
 
 WatchlistState = Literal["active", "none", "expired", "closed", "refused", "waiting"]
 STATES: tuple[str, ...] = get_args(WatchlistState)
@@ -55,10 +56,11 @@ class WatchlistStatus:
     @classmethod
     def from_json(cls, data: Any) -> WatchlistStatus:
         if not isinstance(data, dict) or data.get("state") not in STATES:
-            raise StatusError(f"not a watchlist status: {str(data)[:80]!r}")
-        unknown = set(data) - set(cls.__dataclass_fields__)
+            state = excerpt(data.get("state")) if isinstance(data, dict) else f"a {type(data).__name__}"
+            raise StatusError(f"not a watchlist status: state {state}")
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
-            raise StatusError(f"unknown watchlist status fields {sorted(unknown)}")
+            raise StatusError(f"unknown watchlist status field(s) {', '.join(excerpt(k) for k in unknown[:5])}")
         for name in ("deployment", "reason", "detail"):
             if not isinstance(data.get(name, ""), str) or len(data.get(name, "")) > MAX_TEXT:
                 raise StatusError(f"watchlist status {name} is not a short string")
@@ -105,14 +107,14 @@ class UnitStatus:
 
     @classmethod
     def decode(cls, payload: bytes) -> UnitStatus:
-        if len(payload) > MAX_STATUS_BYTES:
-            raise StatusError(f"a status message of {len(payload)} bytes is larger than a unit writes")
+        """A `UnitStatus`, or StatusError: size, depth and numbers are bounded before parsing."""
         try:
-            data = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise StatusError(f"not a status message: {exc}") from exc
+            data = loads_json(payload, max_bytes=MAX_STATUS_BYTES)
+        except JsonRefused as exc:
+            raise StatusError(f"not a status message: {exc}") from None
         if not isinstance(data, dict) or data.get("state") not in ("online", "offline", "stopped"):
-            raise StatusError(f"not a status message: {str(data)[:80]!r}")
+            state = excerpt(data.get("state")) if isinstance(data, dict) else f"a {type(data).__name__}"
+            raise StatusError(f"not a status message: state {state}")
         unit, when, seq = data.get("unit"), data.get("time"), data.get("seq")
         if not isinstance(unit, str) or not isinstance(when, str) or isinstance(seq, bool) or not isinstance(seq, int):
             raise StatusError("a status message needs unit, time and seq")

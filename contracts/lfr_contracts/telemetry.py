@@ -7,7 +7,6 @@ which refuses a missing, unknown or mistyped field by name. No frame, crop or em
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -88,17 +87,12 @@ class Telemetry:
 
 
 def encode_telemetry(message: Telemetry) -> bytes:
-    return json.dumps(records.encode(message), separators=(",", ":"), allow_nan=False).encode()
+    return records.to_json(message)
 
 
 def decode_telemetry(payload: bytes) -> Telemetry:
-    if len(payload) > MAX_TELEMETRY_BYTES:
-        raise TelemetryError(f"telemetry of {len(payload)} bytes is over the {MAX_TELEMETRY_BYTES}-byte limit")
+    """A `Telemetry`, or TelemetryError naming the field: size, depth and numbers are bounded before parsing."""
     try:
-        body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TelemetryError(f"telemetry is not valid JSON: {exc}") from exc
-    try:
-        return records.decode(Telemetry, body, "telemetry")
+        return records.from_json(Telemetry, payload, MAX_TELEMETRY_BYTES, "telemetry")
     except records.RecordError as exc:
-        raise TelemetryError(str(exc)) from exc
+        raise TelemetryError(str(exc)) from None

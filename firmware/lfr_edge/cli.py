@@ -1,4 +1,4 @@
-"""`lfr-edge`: the unit's command line (run the daemon, self-test, audit).
+"""`lfr-edge`: the unit's command line (run the daemon).
 
 Global options (`--config`, `--root`, `-v`) are accepted before or after the command, so the unit file's
 `lfr-edge run --config FILE` and `lfr-edge --config FILE run` mean the same. `--root FOLDER` runs a unit
@@ -19,11 +19,9 @@ from lfr_contracts.crypto import CryptoError
 from lfr_contracts.errors import ConfigError
 from lfr_contracts.layout import DEFAULT_CONFIG, UnitLayout
 from lfr_edge import __version__
-from lfr_edge.audit.cli import add_audit_parser
 from lfr_edge.audit.log import AuditError
 from lfr_edge.cli_options import Shared, declare, parent
 from lfr_edge.config import Config, load_config, load_config_or_defaults
-from lfr_edge.daemon import selftest
 from lfr_edge.inference.base import BackendUnavailable
 from lfr_edge.models import ModelError
 from lfr_edge.watchlist.lifecycle import LifecycleError
@@ -40,7 +38,6 @@ GLOBAL_OPTIONS = (
     ),
     Shared(("-v", "--verbose"), {"action": "store_true", "default": False, "help": "debug logging"}),
 )
-ROOTED_COMMANDS = ("run", "selftest")
 
 
 def global_options(after_command: bool) -> argparse.ArgumentParser:
@@ -91,8 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     after = [global_options(after_command=True)]
     run = sub.add_parser("run", help="run the unit daemon (under systemd: Type=notify)", parents=after)
     run.set_defaults(func=_run)
-    add_audit_parser(sub, parents=after)
-    selftest.add_parser(sub, parents=after)
     return parser
 
 
@@ -103,10 +98,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> None:
-    """Settle --config from --root and check, for the commands that use the unit's files, that the config
-    stays inside the root. A config that does not load is left for the command to report."""
+    """Settle --config from --root and check that the config stays inside the root. A config that does not
+    load is left for the command to report."""
     args.config = resolve_config(args)
-    if args.root is None or args.command not in ROOTED_COMMANDS or args.config is None:
+    if args.root is None or args.config is None:
         return
     try:
         cfg = load_config(args.config)

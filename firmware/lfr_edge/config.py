@@ -131,7 +131,9 @@ class WatchlistConfig:
     command_centre_key: Path = setting(
         Path("/etc/lfr-edge/keys/command-centre.pub"), "the command centre's Ed25519 public key (pinned)"
     )
-    max_bundle_bytes: int = setting(256 * 1024 * 1024, "largest bundle accepted, bytes", ge=1024, le=1 << 30)
+    # 64 MiB: about 12,000 subjects; the broker's default message limit, and a replacement this size applied on
+    # top of a held one fits under the unit file's MemoryHigh (tests/test_memory_budget.py measures it).
+    max_bundle_bytes: int = setting(64 * 1024 * 1024, "largest bundle accepted, bytes", ge=1024, le=1 << 30)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from lfr_contracts.telemetry import Telemetry, decode_telemetry
-from lfr_edge.audit.report import DeploymentReport, deployment_report
 from lfr_edge.config import Config
 from lfr_edge.vision.pipeline import build_pipeline
 from lfr_hwsim.broker import COMMAND_CENTRE, Collector
@@ -36,6 +35,7 @@ from lfr_hwsim.officer import HandsetAppProcess, open_in_browser
 from lfr_hwsim.plan import PlanRequest, ScenePlan, build_plan
 from lfr_hwsim.timeline import plot_timeline
 from lfr_hwsim.van import SimulatedVan, Subject
+from lfr_tools.audit.report import DeploymentReport, deployment_report
 from lfr_tools.command_centre.enrol import PipelineEnroller
 
 OFFICER_APP = "officer-app"  # the handset `--handset app` pairs for the officer's screen
@@ -194,7 +194,7 @@ def run_demo(
     (out / "report.json").write_text(json.dumps(report, indent=2))
     plot_timeline(report, out / "timeline.png")
     print_report(report, out)
-    print(f"\nthe unit's deployment report (lfr-edge audit report):\n{audit.text()}")
+    print(f"\nthe unit's deployment report (lfr-audit report):\n{audit.text()}")
     return report
 
 

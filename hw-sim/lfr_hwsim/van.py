@@ -8,7 +8,6 @@ broker's CA), handsets with their own keys and certificates, the beacon on a pse
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
@@ -25,7 +24,8 @@ from typing import Any
 import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from lfr_contracts import bundle, layout
+from lfr_contracts import bundle, layout, records
+from lfr_contracts.acks import decode_ack
 from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
 from lfr_hwsim.beacon import SimulatedBeacon
@@ -303,8 +303,7 @@ class SimulatedVan:
                 except queue.Empty:
                     break
                 if not message.retain:  # an ack retained from before this publication is not its answer
-                    answer: dict[str, Any] = json.loads(message.payload)
-                    return answer
+                    return records.encode(decode_ack(message.payload))  # checked as the command centre reads it
             raise TimeoutError(f"unit {self.unit_id} did not acknowledge the watchlist in {wait_ack_s} s")
         finally:
             collector.close()

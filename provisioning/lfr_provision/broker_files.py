@@ -79,8 +79,8 @@ def check_broker(
 ) -> int:
     """`lfr-provision broker check`: connect with a certificate (0 when the broker accepts it); with `expect`,
     also wait for a message on that topic (a retained one arrives at once) and print it."""
-    from lfr_edge.comms.mqtt import QueuedClient, connect_tls
     from lfr_provision.pki import certificate_cn
+    from lfr_tools.broker_client import QueuedClient, connect_tls
 
     try:
         identity = certificate_cn(tls[1])

@@ -4,6 +4,7 @@
     lfr-provision install [--with DROP_IN] [--enable]          the service unit, udev rule, tmpfiles, sysusers
     lfr-provision pair-handset [--handset-id ID]               show a one-time code, pair the handset that sends it
     lfr-provision handsets list | unpair ID                    the paired handsets
+    lfr-provision selftest [--config FILE]                     the go/no-go before handover (service stopped)
     lfr-provision ca create | import | issue | sign ...         the CA behind the broker's mutual TLS (pki.py)
     lfr-provision broker config --dir DIR ...                  mosquitto.conf and ACL (broker_config.py)
     lfr-provision broker check --broker HOST:PORT ...          does the broker accept this certificate?
@@ -23,7 +24,7 @@ from pathlib import Path
 from lfr_contracts.layout import UnitLayout
 from lfr_contracts.pairing import CODE_TTL_S
 from lfr_edge.cli_options import Shared, declare, parent
-from lfr_provision import handsets, pki
+from lfr_provision import handsets, pki, selftest
 from lfr_provision.broker_config import AUTOSAVE_S, MAX_MESSAGE_BYTES, BrokerConfigError, BrokerOptions, access_plan
 from lfr_provision.identity import ProvisionError
 from lfr_provision.init import InitOptions, Report, init_unit, parse_broker
@@ -84,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     unpair = handset_commands.add_parser("unpair", help="forget a handset (it gets no more alerts)", parents=after)
     unpair.add_argument("handset_id")
 
+    selftest.add_parser(commands, parents=after)
     _ca_parser(commands)
     _broker_parser(commands)
     return parser
@@ -239,6 +241,8 @@ def _dispatch(args: argparse.Namespace) -> Report | int:
     if args.command == "pair-handset":
         config = args.config or UnitLayout(args.root.absolute()).config
         return pair_handset(config, handset_id=args.handset_id, timeout_s=args.timeout)
+    if args.command == "selftest":
+        return selftest.selftest_command(args)
     if args.command == "ca":
         return _ca(args)
     if args.command == "broker":

@@ -2,7 +2,7 @@
 
 The root is the unit's file system: `/` on the van, a folder for a rehearsal on a desk (bench mode). Every
 path the config names is inside that root, so a bench unit touches nothing outside its folder and
-`lfr-edge --root FOLDER selftest` / `run` use exactly what init made.
+`lfr-provision --root FOLDER selftest` and `lfr-edge --root FOLDER run` use exactly what init made.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def config_text(opts: InitOptions, host: str, port: int) -> str:
     source, uri = _camera(opts)
     models = paths.inside("/opt/lfr-edge/models")
     return f"""# lfr-edge configuration for unit {opts.unit_id}, written by `lfr-provision init`.
-# Every key is checked at start; `lfr-edge --root {opts.root} selftest` checks the rest.
+# Every key is checked at start; `lfr-provision --root {opts.root} selftest` checks the rest.
 
 [unit]
 id = {_q(opts.unit_id)}
@@ -310,7 +310,7 @@ def init_unit(opts: InitOptions) -> Report:
 
     _set_owners(paths, private_files, report)
     report.next_steps.append(f"lfr-provision install --root {opts.root} (if not done yet)")
-    report.next_steps.append(f"lfr-edge --root {opts.root} selftest")
+    report.next_steps.append(f"lfr-provision --root {opts.root} selftest")
     return report
 
 

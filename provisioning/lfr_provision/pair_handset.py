@@ -3,7 +3,7 @@
 Runs on the unit, next to the daemon (which need not stop): it reads the unit's config for the broker,
 the unit's TLS certificate, its keys and the handsets folder, then waits for the handset's request. Each
 pairing and each refused request is written to the pairing audit log beside the unit's audit log
-(`pairing-audit.jsonl`, hash-chained like it: `lfr-edge audit verify` checks it).
+(`pairing-audit.jsonl`, hash-chained like it: `lfr-audit verify` checks it).
 """
 
 from __future__ import annotations

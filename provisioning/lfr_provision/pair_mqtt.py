@@ -38,8 +38,8 @@ from lfr_contracts.pairing import (
 )
 from lfr_contracts.topics import Topics
 from lfr_contracts.untrusted import is_identifier
-from lfr_edge.comms.mqtt import WAIT_S, QueuedClient, connect_tls
 from lfr_provision import handsets
+from lfr_tools.broker_client import WAIT_S, QueuedClient, connect_tls
 
 Tls = tuple[Path, Path, Path]  # CA, client certificate, client key
 

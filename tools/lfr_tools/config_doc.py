@@ -34,7 +34,7 @@ INTRO = f"""# Configuration reference
 `{CHECK}` (run by tests/test_config.py) fails when this file is stale. -->
 
 A unit reads one TOML file, `/etc/lfr-edge/config.toml` (`lfr-provision init` writes it; `lfr-edge run
---config FILE` and `lfr-edge selftest --config FILE` read another). It is checked once, at start and at each
+--config FILE` and `lfr-provision selftest --config FILE` read another). It is checked once, at start and at each
 reload: an unknown key, a value of the wrong type or one outside its range stops the daemon with exit status 2
 and a message naming the key. Every key is optional and has the default below.
 

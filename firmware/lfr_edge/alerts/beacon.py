@@ -186,7 +186,7 @@ class BeaconDriver:
             return self._snapshot()
 
     def selftest(self, timeout_s: float = 2.0) -> bool:
-        """Ask the beacon for its state; True if it answered within timeout_s (for `lfr-edge selftest`)."""
+        """Ask the beacon for its state; True if it answered within timeout_s (for `lfr-provision selftest`)."""
         with self._cond:
             self._probes_requested += 1
             target = self._probes_requested

@@ -5,7 +5,7 @@ crops, embeddings, the watchlist), as it is touched, so thread stacks and arenas
 It needs `LimitMEMLOCK=infinity` in the unit (or CAP_IPC_LOCK): with a finite limit, a later allocation over
 it would fail, so the unit does not lock at all then and says why. Swap is the other half: with no swap
 device nothing can be written out even where locking is refused (Raspberry Pi OS ships a swap file; the
-board set-up removes it and the self-test fails while one is on).
+board set-up removes it and `lfr-provision selftest` fails while one is on).
 """
 
 from __future__ import annotations
@@ -42,26 +42,3 @@ def lock_all_memory() -> str | None:
     if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:
         return f"mlockall refused: {os.strerror(ctypes.get_errno())}"
     return None
-
-
-def unlock_all_memory() -> None:
-    """Undo `lock_all_memory` (the self-test measures locking, then leaves its process as it was)."""
-    name = ctypes.util.find_library("c")
-    if name is not None:
-        ctypes.CDLL(name, use_errno=True).munlockall()
-
-
-def locked_and_resident(status: Path = Path("/proc/self/status")) -> tuple[int, int]:
-    """(VmLck, VmRSS) of a process, in bytes."""
-    values = {}
-    for line in status.read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmLck", "VmRSS"):
-            values[key] = int(rest.split()[0]) * 1024
-    return values.get("VmLck", 0), values.get("VmRSS", 0)
-
-
-def swap_devices(swaps: Path = Path("/proc/swaps")) -> list[tuple[str, int]]:
-    """Active swap devices and files: (name, size in bytes)."""
-    rows = swaps.read_text().splitlines()[1:]
-    return [(fields[0], int(fields[2]) * 1024) for fields in (row.split() for row in rows) if len(fields) >= 3]

@@ -330,7 +330,7 @@ class Daemon:
 
     def _publish_audit_head(self) -> None:
         """The audit log's head (seq and hash of its last line), retained: someone who cuts lines off the
-        end of the file cannot make it match (`lfr-edge audit verify --expect-head SEQ:HASH`)."""
+        end of the file cannot make it match (`lfr-audit verify --expect-head SEQ:HASH`)."""
         head = self.audit.head
         if head is not None and head != self._published_head:
             body = {"unit": self.cfg.unit.id, "seq": head.seq, "hash": head.hash, "time": time.time()}

@@ -23,7 +23,6 @@ wipe is written (the audit log counts what it cannot write), and the timer runs 
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from lfr_contracts import bundle
+from lfr_contracts.acks import MAX_DETAIL, WatchlistAck, encode_ack
 from lfr_contracts.audit_events import (
     AuditSink,
     WatchlistApplied,
@@ -230,14 +230,11 @@ class WatchlistSync:
                 replaced=old.version if old is not None else None,
             )
         )
-        self._ack(
-            {"status": "applied", "version": header.version, "deployment": header.deployment,
-             "digest": header.body_sha256, "subjects": header.subjects}
-        )  # fmt: skip
+        self._ack(WatchlistAck("applied", header.version, header.deployment, header.body_sha256, header.subjects))
 
     def _wait(self, payload: bytes, valid_from: float, reason: str) -> None:
         self._waiting = _Waiting(payload, _claimed_version(payload), valid_from, reason)
-        self._ack({"status": "waiting", "reason": reason, "version": self._waiting.version})
+        self._ack(WatchlistAck("waiting", self._waiting.version, reason=reason))
 
     def _is_held(self, payload: bytes) -> bool:
         """The verified bundle (a Replay is raised after the signature check) is the one held now."""
@@ -272,7 +269,7 @@ class WatchlistSync:
             repeats.count += 1
             repeats.since = repeats.since or bundle.iso(now)
             repeats.until, repeats.detail, repeats.version = bundle.iso(now), str(exc)[:500], version
-        self._ack({"status": "refused", "reason": exc.reason, "detail": str(exc), "version": version})
+        self._ack(WatchlistAck("refused", version, reason=exc.reason, detail=str(exc)[:MAX_DETAIL]))
 
     def flush_refusals(self, force: bool = False) -> None:
         """Write the refusals counted in intervals that have ended (all of them with `force`): one line each."""
@@ -317,10 +314,10 @@ class WatchlistSync:
             self._wipe(WipeReason.CLOSED)
         if not already:
             self._audit.append(WatchlistClose(deployment=close.deployment, nonce=close.nonce))
-        self._ack({"status": "closed", "deployment": close.deployment, "nonce": close.nonce})
+        self._ack(WatchlistAck("closed", deployment=close.deployment, nonce=close.nonce))
 
-    def _ack(self, body: dict[str, object]) -> None:
-        if not self._publish(self._ack_topic, json.dumps(body).encode()):
+    def _ack(self, ack: WatchlistAck) -> None:
+        if not self._publish(self._ack_topic, encode_ack(ack)):
             log.warning("watchlist: could not queue the ack on %s", self._ack_topic)
 
     def _save(self, state: LifecycleState) -> None:
@@ -355,8 +352,11 @@ class WatchlistSync:
             held = self._store
             if held is None or self._clock() < held.valid_until or not self._clock_trusted():
                 return False
-            self._wipe(WipeReason.EXPIRED)  # first: neither the record nor the audit log can hold it up
-            self._save(lifecycle.ended(self._state, held.deployment, "expired"))
+            # The state in RAM first (status() reads it unlocked: never "none" between the wipe and the record),
+            # then the wipe, before any I/O: neither the record nor the audit log can hold it up.
+            self._state = lifecycle.ended(self._state, held.deployment, "expired")
+            self._wipe(WipeReason.EXPIRED)
+            self._save(self._state)
         self._on_status(self.status())
         return True
 

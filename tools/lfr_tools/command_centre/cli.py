@@ -2,8 +2,9 @@
 
     lfr-watchlist keygen --out DIR
     lfr-watchlist build --photos DIR --subjects CSV --deployment ID --valid-from T --valid-until T
-                        --threshold X --sign-key KEY --unit-key [ID=]UNIT.pub [--unit-key ...]
-                        --out PATTERN [--version N] [--skip-unusable] [--config UNIT_CONFIG]
+                        (--false-alerts "1 in N" | --threshold X) --sign-key KEY
+                        --unit-key [ID=]UNIT.pub [--unit-key ...] --out PATTERN [--version N]
+                        [--skip-unusable] [--config UNIT_CONFIG]
     lfr-watchlist publish BUNDLE --broker HOST:PORT --ca CA --cert CERT --key KEY --unit ID [--wait-ack]
     lfr-watchlist close --deployment ID --unit ID --sign-key KEY --broker ... [--wait-ack]
                         (with --wait-ack, the retained message is cleared once the unit answers closed)
@@ -38,10 +39,10 @@ import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from lfr_contracts import bundle, crypto, layout
+from lfr_contracts import bundle, crypto, layout, records
+from lfr_contracts.acks import AckError, WatchlistAck, decode_ack
 from lfr_contracts.status import StatusError, UnitStatus
 from lfr_contracts.topics import Topics
-from lfr_contracts.untrusted import JsonRefused, loads_json
 from lfr_edge import keyfiles
 from lfr_edge.cli_options import Shared, check_required, declare, parent
 from lfr_edge.comms.mqtt import tls_client
@@ -109,7 +110,7 @@ def enrol_subjects(
     progress: bool = True,
 ) -> tuple[list[bundle.SubjectEntry], list[str]]:
     """Enrol every photo; returns the entries and one line per unusable photo or skipped subject."""
-    from lfr_edge.vision.image import ImageError, read_image
+    from lfr_tools.photos.image import ImageError, read_image
 
     problems: list[str] = []
     entries: list[bundle.SubjectEntry] = []
@@ -127,6 +128,8 @@ def enrol_subjects(
             if result.embedding is None:
                 problems.append(f"{row.subject_id}: {name}: {result.reason}")
                 continue
+            for note in result.notes:
+                bar.write(f"note: {row.subject_id}: {name}: {note}")
             embeddings.append(result.embedding)
             photo = photo or result.photo_jpeg
         if not embeddings:
@@ -198,16 +201,20 @@ def cmd_build(args: argparse.Namespace, enroller: Enroller | None = None) -> int
     units = [parse_unit_key(spec) for spec in args.unit_key]
     if len(units) > 1 and "{unit}" not in args.out:
         raise CliError("--out must contain {unit} when there is more than one --unit-key")
-    if not 0 < args.threshold <= 1:
+    if args.threshold is not None and not 0 < args.threshold <= 1:
         raise CliError(f"--threshold {args.threshold}: must be a cosine similarity in (0, 1]")
+    if args.threshold is None and args.false_alerts is None:
+        raise CliError('give --false-alerts "1 in N" (the threshold from the list\'s size) or --threshold')
     sign_key = keyfiles.load_ed25519_private(args.sign_key)
     rows = read_subjects(args.subjects)
+    from lfr_edge.config import load_config_or_defaults
+
+    cfg = load_config_or_defaults(getattr(args, "config", None))
     if enroller is None:
-        from lfr_edge.config import load_config_or_defaults
         from lfr_edge.vision.pipeline import build_pipeline
         from lfr_tools.command_centre.enrol import PipelineEnroller
 
-        enroller = PipelineEnroller(build_pipeline(load_config_or_defaults(getattr(args, "config", None))))
+        enroller = PipelineEnroller(build_pipeline(cfg))
     entries, problems = enrol_subjects(rows, args.photos, enroller, skip_unusable=args.skip_unusable)
     for line in problems:
         print(f"unusable: {line}", file=sys.stderr)
@@ -216,6 +223,7 @@ def cmd_build(args: argparse.Namespace, enroller: Enroller | None = None) -> int
         raise CliError(f"{len(failed)} subject(s) have no usable photo: {', '.join(failed)} (or --skip-unusable)")
     if not entries:
         raise CliError("no subject could be enrolled")
+    threshold = choose_threshold(args, cfg.models.dir, enroller.model_id, entries)
     version = args.version if args.version is not None else int(time.time())
     for unit_id, unit_key in units:
         data = bundle.build_bundle(
@@ -226,7 +234,7 @@ def cmd_build(args: argparse.Namespace, enroller: Enroller | None = None) -> int
             version=version,
             valid_from=args.valid_from,
             valid_until=args.valid_until,
-            threshold=args.threshold,
+            threshold=threshold,
             model_id=enroller.model_id,
             sign_key=sign_key,
             issued_at=time.time(),
@@ -238,6 +246,39 @@ def cmd_build(args: argparse.Namespace, enroller: Enroller | None = None) -> int
     return 0
 
 
+def choose_threshold(
+    args: argparse.Namespace, models_dir: Path, model_id: str, entries: list[bundle.SubjectEntry]
+) -> float:
+    """--false-alerts for this many subjects (or --threshold), with what the calibration table says of it."""
+    from lfr_contracts.calibration import CALIBRATION_FILE
+    from lfr_tools.command_centre import threshold
+
+    try:
+        table = threshold.load_table(models_dir, model_id)
+        chosen = threshold.plan(
+            table,
+            subjects=len(entries),
+            comparisons=sum(len(e.embeddings) for e in entries),
+            false_alerts=args.false_alerts,
+            threshold=args.threshold,
+            where=str(models_dir / CALIBRATION_FILE),
+        )
+    except threshold.ThresholdError as exc:
+        raise CliError(str(exc)) from exc
+    for line in chosen.lines:
+        print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout)
+    return chosen.threshold
+
+
+def _false_alerts(value: str) -> float:
+    from lfr_contracts.calibration import CalibrationError, parse_rate
+
+    try:
+        return parse_rate(value)
+    except CalibrationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _send(
     args: argparse.Namespace, unit_id: str, payload: bytes, describe: str, *, clear_when_closed: bool = False
 ) -> int:
@@ -245,9 +286,9 @@ def _send(
     With `clear_when_closed`, once the unit answers `closed` the retained message is cleared too."""
     topics = Topics.for_unit(args.prefix, unit_id)
     client = tls_client(f"command-centre-{secrets.token_hex(4)}", args.ca, args.cert, args.key)
-    acks: queue.Queue[dict[str, object] | None] = queue.Queue()
+    acks: queue.Queue[bytes] = queue.Queue()
     subscribed: queue.Queue[bool] = queue.Queue()
-    client.on_message = lambda c, u, m: acks.put(read_ack(bytes(m.payload)))
+    client.on_message = lambda c, u, m: acks.put(bytes(m.payload))  # read here, never in paho's thread
     client.on_subscribe = lambda c, u, mid, codes, p: subscribed.put(True)
     try:
         client.connect(args.broker[0], args.broker[1], keepalive=30)
@@ -266,7 +307,7 @@ def _send(
         deadline = time.monotonic() + args.timeout
         while True:
             try:
-                ack = acks.get(timeout=max(0.0, deadline - time.monotonic()))
+                payload = acks.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 print(
                     f"no answer from unit {unit_id} within {args.timeout:g} s (offline, or not running): the "
@@ -275,28 +316,20 @@ def _send(
                     file=sys.stderr,
                 )
                 return 1
-            if ack is None:
-                print(f"ignored a message on {topics.watchlist_ack} that is not a unit's answer", file=sys.stderr)
+            try:
+                ack = read_ack(payload, unit_id)
+            except CliError as exc:  # only the unit may write there (the ACL): say so and wait on
+                print(f"ignored: {exc}", file=sys.stderr)
                 continue
-            print(f"unit {unit_id} answered: {json.dumps(ack)}")
-            if clear_when_closed and ack.get("status") == "closed":
+            print(f"unit {unit_id} answered: {json.dumps(records.encode(ack))}")
+            if clear_when_closed and ack.status == "closed":
                 _clear_retained(client, topics.watchlist, args.timeout)
-            return 0 if ack.get("status") in ("applied", "closed") else 1
+            return 0 if ack.done else 1
     except (queue.Empty, RuntimeError, ValueError) as exc:
         raise CliError(f"the broker did not confirm the message: {exc}") from exc
     finally:
         client.disconnect()
         client.loop_stop()
-
-
-def read_ack(payload: bytes) -> dict[str, object] | None:
-    """The unit's answer on watchlist/ack (a JSON object), or None for anything else (never an exception on
-    the MQTT thread, which would leave the command waiting as if the unit were offline)."""
-    try:
-        data = loads_json(payload, max_bytes=MAX_ACK_BYTES)
-    except JsonRefused:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _clear_retained(client: paho.Client, topic: str, timeout_s: float) -> None:
@@ -307,6 +340,14 @@ def _clear_retained(client: paho.Client, topic: str, timeout_s: float) -> None:
     if not info.is_published():
         raise CliError(f"the broker did not confirm clearing {topic} within {timeout_s:g} s; the close stays retained")
     print(f"cleared the retained message on {topic}: the broker keeps no watchlist for this unit")
+
+
+def read_ack(payload: bytes, unit_id: str) -> WatchlistAck:
+    """The unit's answer on its watchlist/ack topic; a CliError naming what is wrong with one that is not."""
+    try:
+        return decode_ack(payload)
+    except AckError as exc:
+        raise CliError(f"unit {unit_id} answered with a message that is not a watchlist ack: {exc}") from None
 
 
 def check_before_publishing(
@@ -465,7 +506,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deployment", required=True)
     p.add_argument("--valid-from", type=_time, required=True)
     p.add_argument("--valid-until", type=_time, required=True)
-    p.add_argument("--threshold", type=float, required=True)
+    p.add_argument(
+        "--false-alerts",
+        type=_false_alerts,
+        default=None,
+        metavar='"1 in N"',
+        help="false alerts per passer-by on no list: sets the threshold for this list's size from the "
+        "embedder's calibration table (made by `make models`)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="a cosine threshold; overrides --false-alerts (with a warning when it implies a worse rate)",
+    )
     p.add_argument("--sign-key", type=Path, required=True)
     p.add_argument("--unit-key", action="append", required=True, metavar="[ID=]UNIT.pub")
     p.add_argument(

@@ -1,8 +1,9 @@
 """Enrolment: one photo in, one embedding and a small reference crop out, or the reason it is unusable.
 
-The command centre must enrol with the unit's own embedding model (same detector, alignment, quality gate
-and embedder as the unit), so `PipelineEnroller` wraps `lfr_edge.vision.pipeline.FacePipeline`; the
-bundle carries the pipeline's model id and a unit with another model refuses it.
+The command centre must enrol with the unit's own embedding model (same alignment, quality gate and
+embedder as the unit), so `PipelineEnroller` wraps `lfr_edge.vision.pipeline.FacePipeline`; the bundle
+carries the pipeline's model id and a unit with another model refuses it. Faces are found in photo mode
+(`lfr_tools.photos.photo_mode`): the subject, not a bystander; a small face enlarged and flagged.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import numpy.typing as npt
 
 from lfr_edge.vision.image import encode_jpeg
 from lfr_edge.vision.pipeline import FacePipeline
+from lfr_tools.photos.photo_mode import PhotoFaceFinder
 
 REFERENCE_MAX_SIDE = 128  # about 4 KB as JPEG: 10,000 subjects stay well under 100 MB
-# Other faces at least this fraction of the main face's width make the photo ambiguous.
-SEVERAL_FACES_RATIO = 0.5
 _REASONS = {
     "too_small": "too small",
     "blurred": "too blurred",
@@ -33,6 +33,7 @@ class Enrolment:
     embedding: npt.NDArray[np.float32] | None  # L2-normalised, None when unusable
     photo_jpeg: bytes
     reason: str  # "" when usable
+    notes: tuple[str, ...] = ()  # usable, but a person should know (a small face, enlarged)
 
 
 class Enroller(Protocol):
@@ -57,20 +58,22 @@ def reference_crop(image: npt.NDArray[np.uint8], box: tuple[float, float, float,
 
 
 class PipelineEnroller:
-    """Enrols with the unit's vision pipeline; refuses photos without exactly one clear face."""
+    """Enrols the photo's subject with the unit's embedder; refuses a photo without a clear subject, saying why."""
 
-    def __init__(self, pipeline: FacePipeline) -> None:
+    def __init__(self, pipeline: FacePipeline, finder: PhotoFaceFinder | None = None) -> None:
         self.pipeline = pipeline
+        self.finder = finder or PhotoFaceFinder.for_pipeline(pipeline)
         self.model_id = pipeline.model_id
 
     def enrol(self, image_rgb: npt.NDArray[np.uint8]) -> Enrolment:
-        faces = self.pipeline.process(image_rgb).faces
-        if not faces:
-            return Enrolment(None, b"", "no face")
-        main = max(faces, key=lambda f: f.detection.width)
-        others = [f for f in faces if f is not main and f.detection.width >= SEVERAL_FACES_RATIO * main.detection.width]
-        if others:
-            return Enrolment(None, b"", f"several faces ({len(others) + 1} of similar size)")
-        if not main.quality.ok or main.embedding is None:
-            return Enrolment(None, b"", _REASONS.get(main.quality.reason, main.quality.reason or "not embedded"))
-        return Enrolment(main.embedding.astype(np.float32), reference_crop(image_rgb, main.detection.box), "")
+        found = self.finder.subject(image_rgb)
+        face = found.face
+        if face is None:
+            return Enrolment(None, b"", found.reason)
+        try:
+            if not face.quality.ok:
+                return Enrolment(None, b"", _REASONS.get(face.quality.reason, face.quality.reason))
+            embedding = self.pipeline.embed_aligned(face.aligned[None])[0].astype(np.float32)
+        finally:
+            face.aligned.fill(0)
+        return Enrolment(embedding, reference_crop(image_rgb, face.detection.box), "", found.notes)

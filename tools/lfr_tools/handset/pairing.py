@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from lfr_contracts.pairing import HandsetPairing, PairedUnit, PairingError, loose_fields
 from lfr_contracts.topics import Topics
-from lfr_edge.comms.mqtt import WAIT_S, QueuedClient, connect_tls
+from lfr_tools.broker_client import WAIT_S, QueuedClient, connect_tls
 
 Tls = tuple[Path, Path, Path]  # CA, client certificate, client key
 CLOSED_REASONS = {

@@ -1,4 +1,4 @@
-"""`lfr-photos embed`: embed the largest face of every photo in a list (enrolment, benchmarks, tests)."""
+"""`lfr-photos embed`: embed the subject of every photo in a list (benchmarks, tests), found in photo mode."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from lfr_edge.vision.align import align_face
-from lfr_edge.vision.detect import largest
-from lfr_edge.vision.image import ImageError, read_image
 from lfr_edge.vision.pipeline import FacePipeline
+from lfr_tools.photos.image import ImageError, read_image
+from lfr_tools.photos.photo_mode import PhotoFaceFinder
 from lfr_tools.progress import progress as show_progress
 
 
@@ -27,13 +26,14 @@ class EmbeddedPhotos:
 
 
 def embed_photos(pipeline: FacePipeline, paths: list[str], progress: bool = True) -> EmbeddedPhotos:
-    """For each photo, the largest detected face, aligned and embedded (the quality gate is not applied:
-    this is the offline tool; enrolment applies its own checks)."""
+    """For each photo, its subject (photo mode: the whole photo, the largest face weighted by its closeness to
+    the centre), aligned and embedded; the quality gate is not applied (enrolment applies its own checks)."""
     n, dim = len(paths), pipeline.embedder.dim
     found = np.zeros(n, dtype=bool)
     boxes = np.zeros((n, 4), dtype=np.float32)
     scores = np.zeros(n, dtype=np.float32)
     emb = np.zeros((n, dim), dtype=np.float32)
+    finder = PhotoFaceFinder.for_pipeline(pipeline)
     bar = show_progress(n, "embedding", "photo", enabled=progress and n >= 20)
     for i, path in enumerate(paths):
         bar.update(1)
@@ -42,13 +42,15 @@ def embed_photos(pipeline: FacePipeline, paths: list[str], progress: bool = True
         except ImageError as exc:
             bar.write(f"unreadable: {exc}")
             continue
-        face = largest(pipeline.detect(image))
+        face = finder.subject(image, refuse_ambiguous=False).face
+        image.fill(0)
         if face is None:
             continue
         found[i] = True
-        boxes[i] = face.box
-        scores[i] = face.score
-        emb[i] = pipeline.embed_aligned(align_face(image, face.keypoints)[None])[0]
+        boxes[i] = face.detection.box
+        scores[i] = face.detection.score
+        emb[i] = pipeline.embed_aligned(face.aligned[None])[0]
+        face.aligned.fill(0)
     bar.close()
     return EmbeddedPhotos(paths, found, boxes, scores, emb)
 
@@ -56,7 +58,7 @@ def embed_photos(pipeline: FacePipeline, paths: list[str], progress: bool = True
 def add_parser(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
 ) -> None:
-    p = sub.add_parser("embed", help="embed the largest face of each photo listed in a file", parents=parents)
+    p = sub.add_parser("embed", help="embed the subject of each photo listed in a file (photo mode)", parents=parents)
     p.add_argument("--list", required=True, type=Path, help="text file, one image path per line")
     p.add_argument("--npz", required=True, type=Path, help="output .npz (paths, found, boxes, scores, emb)")
     p.add_argument("--variant", default=None, help="embedder variant (float, int8-static, ...; default: manifest's)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lfr_edge.vision.image import ImageError, read_image
+from lfr_tools.photos.image import ImageError, read_image
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png"}
 

@@ -35,7 +35,8 @@ from lfr_contracts.audit_events import (
     WipeReason,
     decode_event,
 )
-from lfr_edge.audit.log import AuditError, Line, VerifyReport, read_verified
+from lfr_edge.audit.log import AuditError
+from lfr_tools.audit.verify import Line, VerifyReport, read_verified
 
 
 @dataclass

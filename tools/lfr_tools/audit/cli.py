@@ -1,4 +1,8 @@
-"""`lfr-edge audit verify FILE` and `lfr-edge audit report FILE [--json]` (also `python -m lfr_edge.audit.cli`)."""
+"""`lfr-audit verify FILE` and `lfr-audit report FILE [--json]`: anyone's reading of a unit's audit log.
+
+The unit writes the log (lfr_edge.audit.log); checking its chain and publishing a deployment's figures happen
+afterwards, on the unit or wherever the log is copied, so they live outside the van package.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lfr_edge.audit.log import Head, verify
-from lfr_edge.audit.report import deployment_report
+from lfr_edge.audit.log import AuditError, Head
+from lfr_tools.audit.report import deployment_report
+from lfr_tools.audit.verify import verify
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -39,19 +44,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def add_audit_parser(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-    parents: list[argparse.ArgumentParser] | None = None,
-) -> argparse.ArgumentParser:
-    """Add `audit verify FILE` and `audit report FILE` to a CLI; each sets args.func(args) -> exit code."""
-    parents = parents or []
-    audit = subparsers.add_parser(
-        "audit", help="check the audit log's hash chain, summarise a deployment", parents=parents
-    )
-    commands = audit.add_subparsers(dest="audit_command", required=True)
-    check = commands.add_parser(
-        "verify", help="verify the hash chain; exit 1 naming the first bad line", parents=parents
-    )
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lfr-audit", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    check = commands.add_parser("verify", help="verify the hash chain; exit 1 naming the first bad line")
     check.add_argument("file", help="the audit log (e.g. /var/lib/lfr-edge/audit.jsonl)")
     check.add_argument("--unit-id", help="the unit the log must belong to (checks the genesis)")
     check.add_argument("--expect-head", type=_parse_head, help="SEQ:HASH the unit published; catches a cut tail")
@@ -60,21 +56,21 @@ def add_audit_parser(
         "report",
         help="deployment figures: watchlists, faces seen, alerts, decisions, faults; exit 1 if any line "
         "does not verify or decode",
-        parents=parents,
     )
     summary.add_argument("file", help="the audit log")
     summary.add_argument("--unit-id", help="the unit the log must belong to")
     summary.add_argument("--json", action="store_true", help="print JSON instead of a table")
     summary.set_defaults(func=_cmd_report)
-    return audit
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m lfr_edge.audit.cli verify|report FILE` (the same as `lfr-edge audit ...`)."""
-    parser = argparse.ArgumentParser(prog="lfr-edge")
-    add_audit_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["audit", *(sys.argv[1:] if argv is None else argv)])
-    result: int = args.func(args)
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except AuditError as exc:
+        print(f"lfr-audit {args.command}: {exc}", file=sys.stderr)
+        return 2
     return result
 
 

@@ -1,4 +1,4 @@
-"""`lfr-edge selftest`: the technician's go/no-go before handing a van over.
+"""`lfr-provision selftest`: the technician's go/no-go before handing a van over.
 
 Each check exercises the real thing the daemon will use (the config file, the model files against the
 manifest, the inference backend with a measured latency per model, each camera, the beacon, the broker
@@ -6,12 +6,15 @@ with the unit's certificate, the keys, the clock, memory and disk) and returns o
 WARN, FAIL, SKIP) and a one-line detail that names the file, device or setting concerned. The table is
 printed; any FAIL makes the exit status 1. Nothing is published and nothing of a frame is kept.
 
-Run it with the service stopped: the daemon holds the beacon's serial port (and often the camera).
+Run it with the service stopped: the daemon holds the beacon's serial port (and often the camera). It is a
+technician's tool run on the unit, not part of the daemon: it uses the van package's own parts as libraries.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import os
 import secrets
 import shutil
@@ -30,11 +33,13 @@ import numpy as np
 
 from lfr_contracts import crypto, layout
 from lfr_contracts.errors import ConfigError
-from lfr_contracts.layout import DEFAULT_CONFIG
+from lfr_contracts.layout import UnitLayout
 from lfr_edge import keyfiles
+from lfr_edge.cli import check_inside_root
 from lfr_edge.config import Config, load_config
-from lfr_edge.daemon.memory_lock import lock_all_memory, locked_and_resident, swap_devices, unlock_all_memory
+from lfr_edge.daemon.memory_lock import lock_all_memory
 from lfr_edge.inference.base import Backend
+from lfr_provision.identity import ProvisionError
 
 Verdict = Literal["PASS", "WARN", "FAIL", "SKIP"]
 MIN_YEAR = 2025
@@ -208,7 +213,7 @@ def check_beacon(cfg: Config, opts: Options) -> Iterator[Check]:
 
 
 def check_broker(cfg: Config, opts: Options) -> Iterator[Check]:
-    from lfr_edge.comms.mqtt import connect_tls
+    from lfr_tools.broker_client import connect_tls
 
     m = cfg.mqtt
     start = time.perf_counter()
@@ -344,6 +349,12 @@ def check_memory(opts: Options, meminfo: Path = Path("/proc/meminfo")) -> Check:
     return Check("memory", "FAIL" if available < opts.min_memory_mb * 2**20 else "PASS", detail)
 
 
+def swap_devices(swaps: Path = Path("/proc/swaps")) -> list[tuple[str, int]]:
+    """Active swap devices and files: (name, size in bytes)."""
+    rows = swaps.read_text().splitlines()[1:]
+    return [(fields[0], int(fields[2]) * 1024) for fields in (row.split() for row in rows) if len(fields) >= 3]
+
+
 def check_swap(swaps: Path = Path("/proc/swaps")) -> Check:
     devices = swap_devices(swaps)
     if devices:
@@ -355,6 +366,23 @@ def check_swap(swaps: Path = Path("/proc/swaps")) -> Check:
             "(it turns swap off for good) or `sudo swapoff -a` and disable dphys-swapfile / zram",
         )
     return Check("swap", "PASS", "no swap device or file")
+
+
+def unlock_all_memory() -> None:
+    """Undo `lock_all_memory`: the self-test measures locking, then leaves its process as it was."""
+    name = ctypes.util.find_library("c")
+    if name is not None:
+        ctypes.CDLL(name, use_errno=True).munlockall()
+
+
+def locked_and_resident(status: Path = Path("/proc/self/status")) -> tuple[int, int]:
+    """(VmLck, VmRSS) of a process, in bytes."""
+    values = {}
+    for line in status.read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmLck", "VmRSS"):
+            values[key] = int(rest.split()[0]) * 1024
+    return values.get("VmLck", 0), values.get("VmRSS", 0)
 
 
 def check_memory_lock() -> Check:
@@ -431,8 +459,19 @@ def format_table(rows: list[Check]) -> str:
     return "\n".join(lines)
 
 
-def _cmd_selftest(args: argparse.Namespace) -> int:
-    path: Path = getattr(args, "config", None) or DEFAULT_CONFIG
+def selftest_command(args: argparse.Namespace) -> int:
+    """Print the table; 1 on any FAIL. A config naming a file outside --root is refused (ProvisionError)."""
+    root = Path(args.root).absolute()
+    path: Path = args.config or UnitLayout(root).config
+    try:
+        cfg: Config | None = load_config(path)
+    except ConfigError:
+        cfg = None  # a config that does not load is the first row's FAIL
+    if cfg is not None:
+        try:
+            check_inside_root(cfg, root, path)
+        except ConfigError as exc:
+            raise ProvisionError(str(exc)) from exc
     opts = Options(
         timeout_s=args.timeout,
         frames=args.frames,
@@ -449,15 +488,14 @@ def add_parser(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     parents: list[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
-    """Add `selftest` to a CLI; sets args.func(args) -> exit code (1 on any FAIL). `parents` carry the
-    global options (`--config`)."""
+    """Add `selftest` to lfr-provision; `parents` carry its global options (`--root`)."""
     p = subparsers.add_parser(
-        "selftest", help="check config, models, backend, camera, beacon, broker...", parents=parents
+        "selftest", help="the go/no-go: config, models, backend, camera, beacon, broker, swap...", parents=parents
     )
+    p.add_argument("--config", type=Path, help="the unit's config file (default ROOT/etc/lfr-edge/config.toml)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per camera, beacon and broker")
     p.add_argument("--frames", type=int, default=10, help="frames to grab per camera")
     p.add_argument("--runs", type=int, default=10, help="timed invokes per model")
     p.add_argument("--min-memory-mb", type=int, default=256, help="MemAvailable floor")
     p.add_argument("--min-disk-mb", type=int, default=200, help="free space floor for the audit log")
-    p.set_defaults(func=_cmd_selftest)
     return p
