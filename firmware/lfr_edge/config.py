@@ -51,7 +51,12 @@ class ModelsConfig:
 
     dir: Path = setting(Path("~/.cache/lfr-edge/models"), "the built model files (`make models`)")
     manifest: Path = setting(REPO_ROOT / "models" / "manifest.toml", "the manifest naming every model file's sha256")
-    detector: Literal["short", "full", "both"] = setting("both", "which BlazeFace models detect faces")
+    detector: Literal["short", "full", "both", "yunet"] = setting(
+        "both", 'which models detect faces: BlazeFace short/full range or both, or "yunet" (onnx-cpu backend)'
+    )
+    embedder: Literal["mobilefacenet", "sface"] = setting(
+        "mobilefacenet", 'the embedding model ("sface" runs on an ONNX Runtime backend); watchlists name it'
+    )
     embedder_variant: str = setting(
         "default", 'the embedder variant; "default" is the one the models build chose', text=Text.NONEMPTY
     )
@@ -61,10 +66,10 @@ class ModelsConfig:
 class InferenceConfig:
     """Which accelerator runs the models."""
 
-    backend: Literal["litert-cpu", "litert-edgetpu", "litert-gpu", "hailo", "onnx-tensorrt"] = setting(
+    backend: Literal["litert-cpu", "litert-edgetpu", "litert-gpu", "hailo", "onnx-tensorrt", "onnx-cpu"] = setting(
         "litert-cpu", "the inference backend"
     )
-    threads: int = setting(2, "CPU threads for LiteRT", ge=1, le=64)
+    threads: int = setting(2, "CPU threads for LiteRT and ONNX Runtime", ge=1, le=64)
     device: str = setting("", 'delegate-specific device selector, e.g. "usb" or ":0" for the EdgeTPU')
     gpu_delegate_library: str = setting(
         "libtensorflowlite_gpu_delegate.so",
@@ -90,6 +95,9 @@ class DetectConfig:
     # (40-90 px at 720p: 153/217 found with 2 rows vs 53/217 without, on the simulator's street scenes).
     tile_rows: int = setting(2, "rows of short-range tiles for small faces (0: none)", ge=0, le=8)
     max_faces: int = setting(50, "most faces kept per frame", ge=1, le=1000)
+    yunet_width: int = setting(
+        640, "yunet: width the frame is scaled to (rounded up to a multiple of 32)", ge=128, le=3840
+    )
 
 
 @dataclass(frozen=True)
