@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lfr_edge.config import Config
+from lfr_edge.config import parse_config
 from lfr_edge.inference.litert import LiteRTModel, import_interpreter
 from lfr_edge.vision.pipeline import resolve_model_files
 
@@ -41,8 +41,9 @@ def probe(faces: Path, *options: str) -> dict[str, Any]:
     return found
 
 
+LITERT = {"inference": {"backend": "litert-cpu"}, "models": {"detector": "both", "embedder": "mobilefacenet"}}
 UNITS = {
-    "litert-cpu": (),
+    "litert-cpu": ("--backend", "litert-cpu", "--detector", "both", "--embedder", "mobilefacenet"),
     "onnx-cpu": ("--backend", "onnx-cpu", "--detector", "yunet", "--embedder", "sface"),
 }
 # crop, grey crop and model input: five windows each (MobileFaceNet's input holds the crop and its mirror: ten);
@@ -70,7 +71,7 @@ def test_a_copy_left_behind_is_found(faces: Path, unit: str) -> None:
 
 
 def test_the_litert_interpreter_keeps_no_copy_of_its_input_or_output_after_a_run() -> None:
-    files = resolve_model_files(Config())
+    files = resolve_model_files(parse_config(LITERT))
     interpreter_class, _, _ = import_interpreter()
     interpreter = interpreter_class(model_path=str(files.embedder), num_threads=1)
     model = LiteRTModel(interpreter)

@@ -87,8 +87,13 @@ def test_the_unit_runs_yunet_and_sface_on_onnx_cpu_and_names_sface_in_its_model_
     assert isinstance(create_backend(cfg.inference).load(files.embedder), OrtCpuModel)
 
 
-@pytest.mark.parametrize(("models", "named"), [({"embedder": "sface"}, "sface"), ({"detector": "yunet"}, "yunet")])
+REFUSED = [({"embedder": "sface"}, "sface"), ({"detector": "yunet", "embedder": "mobilefacenet"}, "yunet")]
+
+
+@pytest.mark.parametrize(("models", "named"), REFUSED)
 def test_an_onnx_only_model_on_litert_is_refused_with_the_backend_to_set(models: dict[str, str], named: str) -> None:
-    cfg = dataclasses.replace(onnx_cpu(**models), inference=Config().inference)  # litert-cpu
+    cfg = dataclasses.replace(
+        onnx_cpu(**models), inference=parse_config({"inference": {"backend": "litert-cpu"}}).inference
+    )
     with pytest.raises(ModelError, match=f'{named} exists only as ONNX: set inference.backend = "onnx-cpu"'):
         resolve_model_files(cfg)

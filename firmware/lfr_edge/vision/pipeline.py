@@ -143,7 +143,8 @@ def resolve_model_files(cfg: Config, variant: str | None = None) -> ModelFiles:
         if manifest.model(name).onnx_only and cfg.inference.backend not in BACKEND_VARIANTS:
             raise ModelError(
                 f'{name} exists only as ONNX: set inference.backend = "onnx-cpu" (or "onnx-tensorrt" on a '
-                f"Jetson) to run it; {cfg.inference.backend!r} cannot"
+                f"Jetson) to run it; {cfg.inference.backend!r} cannot: with it set models.detector = "
+                '"both" and models.embedder = "mobilefacenet"'
             )
     if cfg.models.detector == YUNET:
         yunet, _ = manifest.artifact(YUNET, detector_variant, models_dir)
