@@ -44,7 +44,12 @@ def candidates(cfg: Config, threads: int) -> list[Candidate]:
         return dataclasses.replace(
             cfg,
             inference=dataclasses.replace(cfg.inference, backend=backend, threads=threads),  # type: ignore[arg-type]
-            models=dataclasses.replace(cfg.models, detector=detector),  # type: ignore[arg-type]
+            # the embedder plays no part here; each backend gets one it runs
+            models=dataclasses.replace(
+                cfg.models,
+                detector=detector,  # type: ignore[arg-type]
+                embedder="sface" if backend == "onnx-cpu" else "mobilefacenet",
+            ),
             detect=dataclasses.replace(cfg.detect, **detect),
         )
 
