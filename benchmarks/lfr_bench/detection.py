@@ -57,7 +57,7 @@ def candidates(cfg: Config, threads: int) -> list[Candidate]:
         Candidate("blazeface full + 2 rows of tiles", unit("litert-cpu", "both", tile_rows=2)),
         Candidate("blazeface full only", unit("litert-cpu", "both", tile_rows=0)),
     ]
-    for width in (480, 640):
+    for width in (480, 512, 640):
         for threshold in (0.6, 0.7):
             out.append(
                 Candidate(
