@@ -112,6 +112,7 @@ def build_all(manifest: Manifest, cache: Path, faces: Path) -> dict[str, dict[st
 
 def measure(built: dict[str, dict[str, bytes]], manifest: Manifest, cache: Path, faces: Path) -> Report:
     """Write the artifacts to a staging folder, verify they load, and measure them on the corpus."""
+    import onnx_report
     import report  # numpy, LiteRT and the corpus: only when there is something to measure
 
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}-{os.getpid()}-", dir=cache))
@@ -121,6 +122,10 @@ def measure(built: dict[str, dict[str, bytes]], manifest: Manifest, cache: Path,
             for v, path in vs.items():
                 path.write_bytes(built[m][v])
         result = report.evaluate(files, faces)
+        onnx_only = [m for m in manifest.models.values() if m.onnx_only]
+        published = {m.name: extract_model(m, manifest.sources[m.source], cache) for m in onnx_only}
+        result.figures.update(onnx_report.evaluate({m.name: files[m.name] for m in onnx_only}, published, faces))
+        report.check_close_to_float(result)  # the ONNX-only models against their published files
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     unit_defaults = {m.name: m.default_variant for m in manifest.models.values()}

@@ -91,9 +91,9 @@ def _download(source: Source, downloads: Path) -> None:
 
 
 def extract_model(model: ModelEntry, source: Source, cache: Path) -> bytes:
-    """The verified source .tflite of `model`: from `<cache>/sources`, else out of its archive."""
+    """The verified source file (.tflite, .onnx) of `model`: from `<cache>/sources`, else out of its archive."""
     sources = cache / "sources"
-    kept = sources / f"{model.name}.source.tflite"
+    kept = sources / f"{model.name}.source{Path(model.path).suffix}"
     if kept.is_file():
         data = kept.read_bytes()
         check_hash(kept, sha256_bytes(data), model.sha256)

@@ -41,6 +41,7 @@ def render_manifest(manifest: Manifest, artifact_hashes: dict[tuple[str, str], s
             f"inputs = {_s(m.inputs)}",
             f"outputs = {_s(m.outputs)}",
             f"default_variant = {_s(defaults.get(m.name, m.default_variant))}",
+            *([f"licence = {_s(m.licence)}"] if m.licence else []),
             "",
         ]
         for v in m.variants:

@@ -400,10 +400,11 @@ def markdown(report: Report, unit_defaults: dict[str, str]) -> str:
         lines.append(f"- {model}: {reason}{differs}")
     lines += [
         "",
-        'ONNX exports (for `inference.backend = "onnx-tensorrt"`, never a CPU default), run on ONNX Runtime\'s '
-        "CPU provider against the float .tflite on LiteRT, over every wild photo (letterboxed) or aligned "
-        f"face and its mirror; bounds: raw outputs within {ONNX_MAX_REL_DIFF:g} of their scale, embedding "
-        f"cosine >= 1 - {1 - ONNX_MIN_COSINE:.0e}.",
+        "ONNX files, for the ONNX Runtime backends (`onnx-cpu`, `onnx-tensorrt`), run on ONNX Runtime's CPU "
+        "provider: the exports against the float .tflite on LiteRT, over every wild photo (letterboxed) or "
+        "aligned face and its mirror; the models published only as ONNX (YuNet, SFace) against their published "
+        "files on onnx's reference evaluator, over a few real photos or faces. Bounds: raw outputs within "
+        f"{ONNX_MAX_REL_DIFF:g} of their scale, embedding cosine >= 1 - {1 - ONNX_MIN_COSINE:.0e}.",
         "",
         "| model | variant | size MB | ms ORT CPU (1 thread) | ms LiteRT float (1 thread) | max abs diff "
         "| max diff / scale | cos to float mean/min |",
@@ -414,8 +415,9 @@ def markdown(report: Report, unit_defaults: dict[str, str]) -> str:
             if f.runtime != ORT_CPU:
                 continue
             ref = variants.get("float")
+            mark = " (unit default)" if unit_defaults.get(model) == variant else ""
             lines.append(
-                f"| {model} | {variant} | {f.size_bytes / 1e6:.2f} | {f.latency_ms:.2f} "
+                f"| {model} | {variant}{mark} | {f.size_bytes / 1e6:.2f} | {f.latency_ms:.2f} "
                 f"| {'' if ref is None else f'{ref.latency_ms:.2f}'} | {_sci(f.max_abs_diff)} "
                 f"| {_sci(f.max_rel_diff)} | {_cos_near_one(f.cosine_mean, f.cosine_min)} |"
             )

@@ -17,6 +17,7 @@ from typing import Any
 import corpus
 import graph_fixes
 import onnx_export
+import onnx_fixes
 import quantise
 from fetch import BuildError
 
@@ -123,10 +124,26 @@ RECIPES: dict[str, dict[str, Recipe]] = {
         ),
         "onnx": _onnx("mobilefacenet"),
     },
+    # Published only as int8 block-quantised ONNX: the fix ONNX Runtime needs (models/onnx_fixes.py).
+    "yunet": {
+        "onnx": Recipe(
+            "DequantizeLinear folded to float32 weights, input made symbolic",
+            lambda f, c: onnx_fixes.fixed_model(f, "yunet", symbolic_input=True),
+        ),
+    },
+    "sface": {
+        "onnx": Recipe(
+            "DequantizeLinear folded to float32 weights, stale graph inputs dropped",
+            lambda f, c: onnx_fixes.fixed_model(f, "sface", symbolic_input=False),
+        ),
+    },
 }
+ONNX_SOURCES = ("yunet", "sface")  # their source is the ONNX file itself: no .tflite graph fixes
 
 
 def float_model(name: str, source: bytes) -> bytes:
+    if name in ONNX_SOURCES:
+        return source
     return graph_fixes.float_model(source, spelled_prelu=name == "mobilefacenet")
 
 

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from lfr_contracts import bundle
 from lfr_contracts.bundle import SubjectEntry
 from lfr_contracts.camera import Frame
-from lfr_edge.config import Config, MatchConfig, TrackConfig
+from lfr_edge.config import Config, MatchConfig, TrackConfig, parse_config
 from lfr_edge.daemon.alerting import Alerter
 from lfr_edge.daemon.worker import PipelineWorker
 from lfr_edge.inference.base import TensorSpec
@@ -157,10 +157,10 @@ class NoChannels:
 
 
 def run_passer_by(
-    photo: Path, canaries: list[Canary], subjects: int = 20, leave_a_copy: bool = False
+    photo: Path, canaries: list[Canary], subjects: int = 20, leave_a_copy: bool = False, cfg: Config | None = None
 ) -> tuple[dict[str, int], SpyPipeline]:
     """The passer-by walks through for a few frames, then leaves: the track ends unmatched."""
-    real = build_pipeline(Config())
+    real = build_pipeline(cfg or Config())
     pipeline = SpyPipeline(real, canaries, leave_a_copy)
     store = watchlist(real.model_id, real.embedder.dim, subjects)
     track_cfg = TrackConfig()
@@ -289,9 +289,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("photo", type=Path)
     parser.add_argument("--subjects", type=int, default=20, help="subjects on the held watchlist")
     parser.add_argument("--leave-a-copy", action="store_true", help="keep one embedding (the probe must find it)")
+    parser.add_argument("--backend", default=None, help="inference.backend (default: the unit's default)")
+    parser.add_argument("--detector", default=None, help="models.detector")
+    parser.add_argument("--embedder", default=None, help="models.embedder")
     args = parser.parse_args(argv)
+    models = {k: v for k, v in (("detector", args.detector), ("embedder", args.embedder)) if v}
+    cfg = parse_config({"inference": {"backend": args.backend} if args.backend else {}, "models": models})
     canaries: list[Canary] = []
-    outcome, pipeline = run_passer_by(args.photo, canaries, args.subjects, args.leave_a_copy)
+    outcome, pipeline = run_passer_by(args.photo, canaries, args.subjects, args.leave_a_copy, cfg)
     gc.collect()
     canaries = unique(canaries)
     kinds = sorted({c.name for c in canaries})

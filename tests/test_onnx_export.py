@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from lfr_edge.config import Config
+from lfr_edge.config import Config, parse_config
 from lfr_edge.models import ModelError, load_manifest, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,7 +132,7 @@ def test_build_fails_when_the_onnx_export_disagrees_with_float() -> None:
 def test_onnx_backend_runs_the_onnx_variants_and_refuses_a_tflite_one() -> None:
     from lfr_edge.vision.pipeline import model_variants
 
-    cpu = Config()
+    cpu = parse_config({"inference": {"backend": "litert-cpu"}})
     jetson = dataclasses.replace(cpu, inference=dataclasses.replace(cpu.inference, backend="onnx-tensorrt"))
     assert model_variants(cpu) == ("default", "default")
     assert model_variants(cpu, "float") == ("default", "float")
@@ -180,7 +180,7 @@ def test_a_unit_on_onnx_runtime_finds_the_same_faces_as_litert(faces: Path, onnx
     cfg = Config()
     jetson = dataclasses.replace(
         cfg,
-        models=dataclasses.replace(cfg.models, dir=onnx_dir),
+        models=dataclasses.replace(cfg.models, dir=onnx_dir, detector="both", embedder="mobilefacenet"),
         inference=dataclasses.replace(cfg.inference, backend="onnx-tensorrt"),
     )
     files = resolve_model_files(jetson)  # the ONNX files, verified against the manifest

@@ -58,7 +58,7 @@ def test_embed_command_writes_the_npz_and_reports_unreadable_files(faces: Path, 
     assert "not-a-photo.jpg" in result.stderr and "missing.jpg" in result.stderr
     data = np.load(out)
     assert list(data["found"]) == [True, False, False, True]
-    assert data["emb"].shape == (4, 192) and not data["emb"][1].any()
+    assert data["emb"].shape == (4, 128) and not data["emb"][1].any()  # SFace, the default embedder: 128-d
     np.testing.assert_allclose(np.linalg.norm(data["emb"][[0, 3]], axis=1), 1.0, rtol=1e-5)
     assert float(data["emb"][0] @ data["emb"][3]) > 0.4  # two photos of the same person
     assert (data["boxes"][0, 2:] > data["boxes"][0, :2]).all()

@@ -65,7 +65,7 @@ audit_log = "{self.root.state / "audit.jsonl"}"
 dir = "{models or self.models}"
 
 [inference]
-backend = "litert-cpu"
+backend = "onnx-cpu"
 threads = 1
 
 [[cameras]]
@@ -157,8 +157,8 @@ def test_a_healthy_unit_passes_and_names_backend_and_latency_per_model(
         assert found[name] == "PASS", format_table(rows)
     assert found["memory lock"] == "PASS" and "VmLck" in detail(rows, "memory lock"), format_table(rows)
     print(detail(rows, "swap"), "|", detail(rows, "memory lock"))
-    assert "litert-cpu" in detail(rows, "backend") and "XNNPACK" in detail(rows, "backend")
-    for model in ("blazeface-full", "blazeface-short", "mobilefacenet"):
+    assert "onnx-cpu (onnxruntime" in detail(rows, "backend")
+    for model in ("yunet", "sface"):  # the default models
         assert found[f"model {model}"] == "PASS"
         assert "median" in detail(rows, f"latency {model}")
     assert "320x240, 5 frames" in detail(rows, "camera cam0")
@@ -169,9 +169,9 @@ def test_a_healthy_unit_passes_and_names_backend_and_latency_per_model(
 def test_a_model_whose_hash_differs_fails_and_is_not_run(unit: Unit, tmp_path: Path) -> None:
     corrupt = tmp_path / "models"
     corrupt.mkdir()
-    for path in unit.models.glob("*.tflite"):
+    for path in unit.models.glob("*.onnx"):
         shutil.copy(path, corrupt / path.name)
-    configured = load_manifest(ModelsConfig().manifest).model("blazeface-full").variant("default")
+    configured = load_manifest(ModelsConfig().manifest).model("yunet").variant("default")
     victim = corrupt / configured.file
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -179,10 +179,10 @@ def test_a_model_whose_hash_differs_fails_and_is_not_run(unit: Unit, tmp_path: P
     unit.write_config(models=corrupt)
     rows = run_checks(unit.config, FAST)
     found = verdicts(rows)
-    assert found["model blazeface-full"] == "FAIL"
-    assert str(victim) in detail(rows, "model blazeface-full")
-    assert found["latency blazeface-full"] == "SKIP"
-    assert found["model mobilefacenet"] == "PASS"
+    assert found["model yunet"] == "FAIL"
+    assert str(victim) in detail(rows, "model yunet")
+    assert found["latency yunet"] == "SKIP"
+    assert found["model sface"] == "PASS"
     assert cli.main(["selftest", "--frames", "2", "--runs", "1", "--config", str(unit.config)]) == 1
 
 

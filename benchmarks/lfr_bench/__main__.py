@@ -10,14 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from lfr_bench import accuracy, latency, memory, peer, perception, pipeline, scale
+from lfr_bench import accuracy, detection, embedders, latency, memory, peer, perception, pipeline, scale
 from lfr_bench.common import BenchContext, PartResult, machine_info, not_measured
 from lfr_bench.frames import FrameSet, make_sprites, wild_photos
 from lfr_bench.report import write_results
 from lfr_bench.variants import VariantsUnavailable, bench_variants, build
 from lfr_edge.config import REPO_ROOT, load_config_or_defaults
 
-PARTS = ("perception", "accuracy", "peer", "scale", "pipeline", "latency", "memory")
+PARTS = ("perception", "detection", "accuracy", "embedders", "peer", "scale", "pipeline", "latency", "memory")
 T = TypeVar("T")
 
 
@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, PartResult] = {}
     steps: dict[str, Callable[[], PartResult]] = {
         "perception": lambda: perception.run(ctx, cfg, variants, prepared(frameset, "the frame set")),
+        "detection": lambda: detection.run(ctx, cfg),
         "accuracy": lambda: accuracy.run(ctx, cfg, variants, prepared(photos, "the photo set")),
+        "embedders": lambda: embedders.run(ctx, cfg, prepared(photos, "the photo set")),
         "peer": lambda: peer.run(
             ctx,
             prepared(frameset, "the frame set"),
@@ -92,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     needs_vision = {
         "perception": perception.SUMMARY_KEYS,
+        "detection": detection.SUMMARY_KEYS,
         "accuracy": accuracy.SUMMARY_KEYS,
+        "embedders": embedders.SUMMARY_KEYS,
         "peer": peer.SUMMARY_KEYS,
     }
     on_daemon = {"pipeline": pipeline.SUMMARY_KEYS, "latency": latency.SUMMARY_KEYS, "memory": memory.SUMMARY_KEYS}

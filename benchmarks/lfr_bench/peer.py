@@ -85,6 +85,23 @@ def _wait(proc: subprocess.Popen[str], timeout: float) -> None:
         raise PeerUnavailable(f"the peer worker failed: {' / '.join(err.strip().splitlines()[-3:])}")
 
 
+def photo_embeddings(
+    python: Path, base: Path, wild: list[str], aligned: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The peer's embeddings of the largest face of each wild photo (and whether it found one) and of each
+    aligned crop, by two worker processes writing into `base`/p0 and p1 (not timed)."""
+    jobs = [{"upsample": UPSAMPLE, "frame_repeats": 0, "wild": wild[k::2], "aligned": aligned[k::2]} for k in range(2)]
+    halves = [_job(python, base / f"p{k}", job) for k, job in enumerate(jobs)]
+    for proc in halves:
+        _wait(proc, 3600)
+    parts = [np.load(base / f"p{k}" / "embeddings.npz") for k in range(2)]
+    return (
+        _interleave([p["wild"] for p in parts], len(wild)),
+        _interleave([p["wild_found"] for p in parts], len(wild)),
+        _interleave([p["aligned"] for p in parts], len(aligned)),
+    )
+
+
 def run(
     ctx: BenchContext, frameset: FrameSet, photos: PhotoSet, ours: PartResult, perception: PartResult
 ) -> PartResult:
@@ -108,27 +125,14 @@ def run(
                 {"upsample": UPSAMPLE, "frame_repeats": repeats, "wild": [], "aligned": []},
             )
             _wait(timing, 1800)
-            halves = [
-                _job(
-                    python,
-                    base / f"p{k}",
-                    {"upsample": UPSAMPLE, "frame_repeats": 0, "wild": wild[k::2], "aligned": aligned[k::2]},
-                )
-                for k in range(2)
-            ]
-            for proc in halves:
-                _wait(proc, 3600)
+            wild_emb, wild_found, al_emb = photo_embeddings(python, base, wild, aligned)
             result = json.loads((base / "t" / "result.json").read_text())
-            parts = [np.load(base / f"p{k}" / "embeddings.npz") for k in range(2)]
-            wild_emb = _interleave([p["wild"] for p in parts], len(wild))
-            wild_found = _interleave([p["wild_found"] for p in parts], len(wild))
-            al_emb = _interleave([p["aligned"] for p in parts], len(aligned))
             photo_ms = [json.loads((base / f"p{k}" / "result.json").read_text()) for k in range(2)]
     except (PeerUnavailable, OSError, ValueError, KeyError) as exc:
         return not_measured("peer", f"the peer could not run: {exc}", SUMMARY_KEYS)
     scores = evaluate(
-        ScoredSet(-_distances(wild_emb), wild_found, photos.wild_labels),
-        ScoredSet(-_distances(al_emb), np.ones(len(aligned), dtype=bool), photos.aligned_labels),
+        ScoredSet(-distances(wild_emb), wild_found, photos.wild_labels),
+        ScoredSet(-distances(al_emb), np.ones(len(aligned), dtype=bool), photos.aligned_labels),
         ctx.seed,
     )
     frame_rows: dict[str, dict[str, Any]] = {}
@@ -214,6 +218,6 @@ def _interleave(halves: list[np.ndarray], n: int) -> np.ndarray:
     return out
 
 
-def _distances(emb: np.ndarray) -> np.ndarray:
+def distances(emb: np.ndarray) -> np.ndarray:
     sq = (emb**2).sum(1)
     return np.asarray(np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * emb @ emb.T, 0.0)))

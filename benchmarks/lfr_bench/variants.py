@@ -15,7 +15,7 @@ from lfr_edge.config import Config, DetectConfig, QualityConfig
 from lfr_edge.inference import create_backend
 from lfr_edge.models import Manifest, ModelError, load_manifest
 from lfr_edge.vision.detect import FULL_RANGE, SHORT_RANGE
-from lfr_edge.vision.pipeline import EMBEDDER_MODEL, FacePipeline, ModelFiles, pipeline_from_files
+from lfr_edge.vision.pipeline import EMBEDDER_MODEL, FacePipeline, ModelFiles, pipeline_from_files, resolve_model_files
 
 SOURCE_FILES = {
     "full_range": "face_detection_full_range.tflite",
@@ -26,10 +26,11 @@ SOURCE_FILES = {
 
 @dataclass(frozen=True)
 class BenchVariant:
-    name: str  # the embedder variant's name in the manifest
+    name: str  # the embedder variant's name in the manifest, or "unit default"
     files: ModelFiles
     is_default: bool  # the unit's default variant (what the daemon runs)
     sizes_bytes: dict[str, int]
+    backend: str = "litert-cpu"  # what runs it
 
 
 class VariantsUnavailable(RuntimeError):
@@ -42,7 +43,10 @@ def _detector_variant(manifest: Manifest, model: str, name: str) -> str:
 
 
 def manifest_variants(cfg: Config) -> list[BenchVariant]:
-    """Every embedder variant the manifest lists, its files verified against their sha256."""
+    """Every MobileFaceNet variant the manifest lists on LiteRT (BlazeFace detecting), and the unit's configured
+    models when they are others (YuNet, SFace on ONNX Runtime), their files verified against their sha256."""
+    litert = cfg.inference.backend == "litert-cpu" and cfg.models.embedder == EMBEDDER_MODEL
+    litert = litert and cfg.models.detector != "yunet"
     try:
         manifest = load_manifest(cfg.models.manifest)
         entry = manifest.model(EMBEDDER_MODEL)
@@ -64,7 +68,13 @@ def manifest_variants(cfg: Config) -> list[BenchVariant]:
         except ModelError as exc:
             raise VariantsUnavailable(str(exc)) from exc
         files = ModelFiles(full, short, emb, f"{EMBEDDER_MODEL}/{v.name}/{v.sha256[:12]}")
-        out.append(BenchVariant(v.name, files, v.name == entry.default_variant, _sizes(files)))
+        out.append(BenchVariant(v.name, files, litert and v.name == entry.default_variant, _sizes(files)))
+    if not litert:
+        try:
+            unit = resolve_model_files(cfg)
+        except ModelError as exc:
+            raise VariantsUnavailable(str(exc)) from exc
+        out.insert(0, BenchVariant("unit default", unit, True, _sizes(unit), cfg.inference.backend))
     if not out:
         raise VariantsUnavailable(f"{cfg.models.manifest}: no {EMBEDDER_MODEL} variant built (run `make models`)")
     return out
@@ -80,7 +90,8 @@ def source_variant(folder: Path) -> BenchVariant:
 
 
 def _sizes(files: ModelFiles) -> dict[str, int]:
-    named = {"full_range": files.full_range, "short_range": files.short_range, "embedder": files.embedder}
+    named = {"full_range": files.full_range, "short_range": files.short_range, "yunet": files.yunet}
+    named["embedder"] = files.embedder
     return {k: p.stat().st_size for k, p in named.items() if p is not None}
 
 
@@ -89,8 +100,8 @@ def bench_variants(cfg: Config, models_from: Path | None) -> list[BenchVariant]:
 
 
 def build(variant: BenchVariant, cfg: Config, threads: int) -> FacePipeline:
-    """The unit's pipeline (same stages, same config) for `variant` on `threads` LiteRT threads."""
-    backend = create_backend(dataclasses.replace(cfg.inference, threads=threads))
+    """The unit's pipeline (same stages, same config) for `variant` on `threads` threads of its backend."""
+    backend = create_backend(dataclasses.replace(cfg.inference, backend=variant.backend, threads=threads))  # type: ignore[arg-type]
     detect: DetectConfig = cfg.detect
     quality: QualityConfig = cfg.quality
     return pipeline_from_files(variant.files, backend, detect, quality, cfg.embed.flip_average)

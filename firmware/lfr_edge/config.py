@@ -51,7 +51,15 @@ class ModelsConfig:
 
     dir: Path = setting(Path("~/.cache/lfr-edge/models"), "the built model files (`make models`)")
     manifest: Path = setting(REPO_ROOT / "models" / "manifest.toml", "the manifest naming every model file's sha256")
-    detector: Literal["short", "full", "both"] = setting("both", "which BlazeFace models detect faces")
+    # YuNet at 512 wide finds 98.7% of faces >= 50 px and all >= 80 px in 5.2 ms a 720p frame, BlazeFace full
+    # + tiles 96.0% in 23 ms; SFace finds 89% of listed people at FPIR 1e-2 against MobileFaceNet's 83%
+    # (`python -m lfr_bench --parts detection,embedders`; both run on ONNX Runtime, hence the backend)
+    detector: Literal["short", "full", "both", "yunet"] = setting(
+        "yunet", 'which models detect faces: BlazeFace short/full range or both, or "yunet" (onnx-cpu backend)'
+    )
+    embedder: Literal["mobilefacenet", "sface"] = setting(
+        "sface", 'the embedding model ("sface" runs on an ONNX Runtime backend); watchlists name it'
+    )
     embedder_variant: str = setting(
         "default", 'the embedder variant; "default" is the one the models build chose', text=Text.NONEMPTY
     )
@@ -61,10 +69,10 @@ class ModelsConfig:
 class InferenceConfig:
     """Which accelerator runs the models."""
 
-    backend: Literal["litert-cpu", "litert-edgetpu", "litert-gpu", "hailo", "onnx-tensorrt"] = setting(
-        "litert-cpu", "the inference backend"
+    backend: Literal["litert-cpu", "litert-edgetpu", "litert-gpu", "hailo", "onnx-tensorrt", "onnx-cpu"] = setting(
+        "onnx-cpu", "the inference backend"
     )
-    threads: int = setting(2, "CPU threads for LiteRT", ge=1, le=64)
+    threads: int = setting(2, "CPU threads for LiteRT and ONNX Runtime", ge=1, le=64)
     device: str = setting("", 'delegate-specific device selector, e.g. "usb" or ":0" for the EdgeTPU')
     gpu_delegate_library: str = setting(
         "libtensorflowlite_gpu_delegate.so",
@@ -90,6 +98,10 @@ class DetectConfig:
     # (40-90 px at 720p: 153/217 found with 2 rows vs 53/217 without, on the simulator's street scenes).
     tile_rows: int = setting(2, "rows of short-range tiles for small faces (0: none)", ge=0, le=8)
     max_faces: int = setting(50, "most faces kept per frame", ge=1, le=1000)
+    # 480 misses faces of 80-120 px, 640 costs 50% more for faces under 50 px (bench part detection)
+    yunet_width: int = setting(
+        512, "yunet: width the frame is scaled to (rounded up to a multiple of 32)", ge=128, le=3840
+    )
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,12 @@ class ModelEntry:
     outputs: str
     variants: tuple[Variant, ...]
     default_variant: str
+    licence: str = ""  # of the model (and what is known of its training data)
+
+    @property
+    def onnx_only(self) -> bool:
+        """Published only as ONNX (YuNet, SFace): runs on the ONNX Runtime backends, never on LiteRT."""
+        return bool(self.variants) and all(v.is_onnx for v in self.variants)
 
     def variant(self, name: str) -> Variant:
         wanted = self.default_variant if name == "default" else name
@@ -184,12 +190,13 @@ def _model(table: dict[str, Any], sources: dict[str, Source]) -> ModelEntry:
         outputs=_text(table, "outputs", where),
         variants=variants,
         default_variant=_name(table, "default_variant", where, "float"),
+        licence=_text(table, "licence", where, ""),
     )
     if entry.source not in sources:
         raise _Bad(f"model {entry.name!r} names unknown source {entry.source!r}")
     if variants and entry.default_variant not in names:
         raise _Bad(f"{where}default_variant {entry.default_variant!r} is not one of its variants ({', '.join(names)})")
-    if any(v.is_onnx and v.name == entry.default_variant for v in variants):
+    if not entry.onnx_only and any(v.is_onnx and v.name == entry.default_variant for v in variants):
         raise _Bad(
             f"model {entry.name!r}: default_variant {entry.default_variant!r} is an ONNX "
             "file, which the CPU unit (LiteRT) cannot run; the default must be a .tflite variant"

@@ -44,7 +44,7 @@ _BOARD_CAMERA = {
     "generic": ("opencv", "/dev/video0"),
     "bench": ("replay", BENCH_CAMERA),  # a desk: the recording (images or a video) in this folder of the root
 }
-_BOARD_BACKEND = {"pi5": "litert-cpu", "jetson": "onnx-tensorrt", "generic": "litert-cpu", "bench": "litert-cpu"}
+_BOARD_BACKEND = {"pi5": "onnx-cpu", "jetson": "onnx-tensorrt", "generic": "onnx-cpu", "bench": "onnx-cpu"}
 # Sources that need no hardware (a recording, the simulator's street): a desk rehearsal runs them until
 # it is stopped, at a rate a laptop keeps up with.
 DESK_SOURCES = ("replay", "simulator")
@@ -160,8 +160,9 @@ dir = {_q(models)}
 manifest = {_q(models / "manifest.toml")}
 
 [inference]
-# litert-cpu everywhere; "hailo" with a Raspberry Pi AI Kit / AI HAT+, "litert-edgetpu" with a Coral,
-# "onnx-tensorrt" on a Jetson.
+# onnx-cpu everywhere (YuNet and SFace, the default models, exist only as ONNX); "onnx-tensorrt" on a
+# Jetson; "hailo" (AI Kit / AI HAT+) or "litert-edgetpu" (Coral) run BlazeFace and MobileFaceNet: with them
+# set [models] detector = "both" and embedder = "mobilefacenet".
 backend = {_q(_BOARD_BACKEND[opts.board])}
 threads = 4
 engine_cache_dir = {_q(paths.state / "engines")}

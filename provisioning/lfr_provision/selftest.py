@@ -79,7 +79,7 @@ def _mib(n_bytes: float) -> str:
 def check_models(cfg: Config, models: _Models) -> Iterator[Check]:
     from lfr_edge.models import ModelError, load_manifest
     from lfr_edge.vision.detect import FULL_RANGE, SHORT_RANGE
-    from lfr_edge.vision.pipeline import EMBEDDER_MODEL, model_variants
+    from lfr_edge.vision.pipeline import YUNET, model_variants
 
     try:
         manifest = load_manifest(cfg.models.manifest)
@@ -87,7 +87,9 @@ def check_models(cfg: Config, models: _Models) -> Iterator[Check]:
     except ModelError as exc:
         yield Check("models", "FAIL", str(exc))
         return
-    wanted = [(EMBEDDER_MODEL, embedder_variant)]
+    wanted: list[tuple[str, str]] = [(cfg.models.embedder, embedder_variant)]
+    if cfg.models.detector == YUNET:
+        wanted.insert(0, (YUNET, detector_variant))
     if cfg.models.detector in ("full", "both"):
         wanted.insert(0, (FULL_RANGE.name, detector_variant))
     if cfg.models.detector in ("short", "both"):
@@ -132,7 +134,9 @@ def check_backend(cfg: Config, models: _Models, opts: Options) -> Iterator[Check
 def _time_model(backend: Backend, path: Path, runs: int, rng: np.random.Generator) -> list[float]:
     """Milliseconds per invoke on random input of the model's own shapes, after one warm-up run."""
     model = backend.load(path)
-    inputs = [rng.uniform(-1, 1, spec.shape).astype(np.float32) for spec in model.inputs]
+    # a dynamic dimension (-1: YuNet's height and width) gets 384, a multiple of its 32-pixel stride
+    shapes = [tuple(d if d > 0 else 384 for d in spec.shape) for spec in model.inputs]
+    inputs = [rng.uniform(-1, 1, shape).astype(np.float32) for shape in shapes]
     model.run(*inputs)  # warm-up: delegates compile and engines build on the first invoke
     times = []
     for _ in range(runs):

@@ -14,6 +14,7 @@ BACKENDS: dict[str, str] = {
     "litert-gpu": "litert_gpu",
     "hailo": "hailo",
     "onnx-tensorrt": "onnx_tensorrt",
+    "onnx-cpu": "onnx_cpu",
 }
 
 

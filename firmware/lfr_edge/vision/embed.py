@@ -1,8 +1,9 @@
-"""Embedding with MobileFaceNet: 112x112 aligned RGB faces in, L2-normalised 192-d vectors out.
+"""Embedding: 112x112 aligned RGB faces in, L2-normalised vectors out (MobileFaceNet 192-d, SFace 128-d).
 
-The model's batch is fixed at two. With flip-averaging (on by default) each invoke holds a face and its
-mirror and the two embeddings are averaged: free here, and more accurate. Without it, two faces share
-an invoke (an odd one out is padded with a copy).
+The model's input shape says which contract it has. SFace: [1, 3, 112, 112] RGB 0-255 (the graph
+normalises), one pass per face (its mirror adds little). MobileFaceNet: its batch is fixed at two. With
+flip-averaging (on by default) each invoke holds a face and its mirror and the two embeddings are
+averaged: free here, and more accurate. Without it, two faces share an invoke (an odd one out is padded).
 
 A passer-by's face must not outlive its frame in some buffer nobody zeroes: the model's input is built in
 place in one buffer that is zeroed after every call, the model's outputs are zeroed once averaged, and the
@@ -37,12 +38,14 @@ def _norm(v: FloatArray) -> np.float32:
 class Embedder:
     def __init__(self, model: LoadedModel, flip_average: bool = True) -> None:
         shape = tuple(model.inputs[0].shape)
-        if shape[1:] != (112, 112, 3) or shape[0] != 2:
-            raise ValueError(f"embedding model input is {shape}, expected (2, 112, 112, 3)")
+        self.planar = shape[1:] == (3, 112, 112) and shape[0] in (1, -1)  # SFace's contract
+        if not self.planar and (shape[1:] != (112, 112, 3) or shape[0] != 2):
+            raise ValueError(f"embedding model input is {shape}, expected (2, 112, 112, 3) or (1, 3, 112, 112)")
         self.model = model
-        self.flip_average = flip_average
+        self.flip_average = flip_average and not self.planar
         self.dim = int(model.outputs[0].shape[-1])
-        self._pair = np.zeros((2, 112, 112, 3), np.float32)  # the model's input, zeroed after every call
+        # the model's input, zeroed after every call
+        self._pair = np.zeros((1, 3, 112, 112) if self.planar else (2, 112, 112, 3), np.float32)
         self._dirty = False  # the runtime's workspace holds a face's activations (see scrub)
 
     def embed(self, faces: npt.NDArray[np.uint8]) -> FloatArray:
@@ -53,7 +56,12 @@ class Embedder:
         out = np.zeros((n, self.dim), dtype=np.float32)
         self._dirty = self._dirty or n > 0
         try:
-            if self.flip_average:
+            if self.planar:
+                for i in range(n):
+                    for channel in range(3):
+                        self._pair[0, channel] = faces[i, :, :, channel]
+                    self._copy_into(out[i : i + 1])
+            elif self.flip_average:
                 for i in range(n):
                     self._load(0, faces[i])
                     self._pair[1] = self._pair[0, :, ::-1]

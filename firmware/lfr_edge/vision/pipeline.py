@@ -24,14 +24,17 @@ from lfr_edge.vision.align import ALIGNED_SIZE, align_face
 from lfr_edge.vision.detect import FULL_RANGE, SHORT_RANGE, BlazeFace, Detection, FaceDetector
 from lfr_edge.vision.embed import Embedder
 from lfr_edge.vision.quality import QualityVerdict, assess
+from lfr_edge.vision.yunet import YuNet
 
 Image = npt.NDArray[np.uint8]
-EMBEDDER_MODEL = "mobilefacenet"
+EMBEDDER_MODEL = "mobilefacenet"  # the default of models.embedder
+YUNET = "yunet"
 # Backends that cannot run .tflite files, and the variant of every model they run instead (the models
-# build exports it). The embedder's model id then names that variant, and a watchlist is enrolled for one
-# model id: a Jetson unit's watchlists must be enrolled with the Jetson's own model id
-# (mobilefacenet/onnx/...), or the unit refuses them.
-BACKEND_VARIANTS = {"onnx-tensorrt": "onnx"}
+# build exports it, or the model is published only as ONNX: YuNet, SFace). The embedder's model id then
+# names that variant, and a watchlist is enrolled for one model id: a Jetson unit's watchlists must be
+# enrolled with the Jetson's own model id (mobilefacenet/onnx/... or sface/onnx/...), or the unit refuses them.
+BACKEND_VARIANTS = {"onnx-tensorrt": "onnx", "onnx-cpu": "onnx"}
+Detector = FaceDetector | YuNet
 
 
 @dataclass(frozen=True)
@@ -56,10 +59,11 @@ class ModelFiles:
     short_range: Path | None
     embedder: Path
     model_id: str  # e.g. "mobilefacenet/int8-static/3f2a9c01d4e5": a bundle for another id is refused
+    yunet: Path | None = None  # models.detector = "yunet": the one detector
 
 
 class FacePipeline:
-    def __init__(self, detector: FaceDetector, embedder: Embedder, quality: QualityConfig, model_id: str) -> None:
+    def __init__(self, detector: Detector, embedder: Embedder, quality: QualityConfig, model_id: str) -> None:
         self.detector = detector
         self.embedder = embedder
         self.quality = quality
@@ -133,14 +137,23 @@ def resolve_model_files(cfg: Config, variant: str | None = None) -> ModelFiles:
     """Find the configured models' artifacts and verify each against the manifest's sha256."""
     manifest = load_manifest(cfg.models.manifest)
     models_dir = cfg.models.dir.expanduser()
-    full = short = None
+    full = short = yunet = None
     detector_variant, embedder_variant = model_variants(cfg, variant)
+    for name in (cfg.models.embedder, *([YUNET] if cfg.models.detector == YUNET else [])):
+        if manifest.model(name).onnx_only and cfg.inference.backend not in BACKEND_VARIANTS:
+            raise ModelError(
+                f'{name} exists only as ONNX: set inference.backend = "onnx-cpu" (or "onnx-tensorrt" on a '
+                f"Jetson) to run it; {cfg.inference.backend!r} cannot: with it set models.detector = "
+                '"both" and models.embedder = "mobilefacenet"'
+            )
+    if cfg.models.detector == YUNET:
+        yunet, _ = manifest.artifact(YUNET, detector_variant, models_dir)
     if cfg.models.detector in ("full", "both"):
         full, _ = manifest.artifact(FULL_RANGE.name, detector_variant, models_dir)
     if cfg.models.detector in ("short", "both"):
         short, _ = manifest.artifact(SHORT_RANGE.name, detector_variant, models_dir)
-    embedder_path, v = manifest.artifact(EMBEDDER_MODEL, embedder_variant, models_dir)
-    return ModelFiles(full, short, embedder_path, f"{EMBEDDER_MODEL}/{v.name}/{v.sha256[:12]}")
+    embedder_path, v = manifest.artifact(cfg.models.embedder, embedder_variant, models_dir)
+    return ModelFiles(full, short, embedder_path, f"{cfg.models.embedder}/{v.name}/{v.sha256[:12]}", yunet)
 
 
 def pipeline_from_files(
@@ -150,9 +163,13 @@ def pipeline_from_files(
     quality: QualityConfig,
     flip_average: bool = True,
 ) -> FacePipeline:
-    full = BlazeFace(backend.load(files.full_range), FULL_RANGE) if files.full_range else None
-    short = BlazeFace(backend.load(files.short_range), SHORT_RANGE) if files.short_range else None
-    detector = FaceDetector.from_config(full, short, detect)
+    detector: Detector
+    if files.yunet is not None:
+        detector = YuNet(backend.load(files.yunet), detect)
+    else:
+        full = BlazeFace(backend.load(files.full_range), FULL_RANGE) if files.full_range else None
+        short = BlazeFace(backend.load(files.short_range), SHORT_RANGE) if files.short_range else None
+        detector = FaceDetector.from_config(full, short, detect)
     embedder = Embedder(backend.load(files.embedder), flip_average)
     return FacePipeline(detector, embedder, quality, files.model_id)
 

@@ -1,0 +1,193 @@
+"""Detection on the simulator's walking street (1280x720, ground truth per frame): recall by true face width and
+ms per frame, for each detector the unit can be configured with, built by the unit's own code.
+
+Candidates: BlazeFace full range on the frame plus short-range tiles (`tile_rows` 2, the unit's default before
+YuNet; 0 = the full-range pass alone), on LiteRT; YuNet in one pass at reduced width, on ONNX Runtime. The
+detectors take turns on every frame (round-robin), so a busy machine slows them alike. A true face counts when
+at least 90% of it is visible and it lies inside the frame; it is found when a detection overlaps it with
+IoU > 0.3. Floors (issue 15): at least 95% of faces 50 px wide or more, 99% of faces 80 px or more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lfr_bench.common import BenchContext, PartResult, format_table, ms_stats
+from lfr_bench.frames import Box, recall
+from lfr_edge.config import Config
+from lfr_edge.inference import create_backend
+from lfr_edge.vision.pipeline import pipeline_from_files, resolve_model_files
+
+BINS = ((0, 50), (50, 80), (80, 120), (120, 100_000))
+FLOORS = {50: 0.95, 80: 0.99}
+MIN_VISIBLE = 0.9
+SUMMARY_KEYS = ("detect_ms_720p_default", "recall_50px_default", "recall_80px_default")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    cfg: Config
+
+
+def candidates(cfg: Config, threads: int) -> list[Candidate]:
+    """Every detector worth comparing, each a complete unit config (backend, models, [detect])."""
+
+    def unit(backend: str, detector: str, **detect: Any) -> Config:
+        return dataclasses.replace(
+            cfg,
+            inference=dataclasses.replace(cfg.inference, backend=backend, threads=threads),  # type: ignore[arg-type]
+            # the embedder plays no part here; each backend gets one it runs
+            models=dataclasses.replace(
+                cfg.models,
+                detector=detector,  # type: ignore[arg-type]
+                embedder="sface" if backend == "onnx-cpu" else "mobilefacenet",
+            ),
+            detect=dataclasses.replace(cfg.detect, **detect),
+        )
+
+    out = [
+        Candidate("blazeface full + 2 rows of tiles", unit("litert-cpu", "both", tile_rows=2)),
+        Candidate("blazeface full only", unit("litert-cpu", "both", tile_rows=0)),
+    ]
+    for width in (480, 512, 640):
+        for threshold in (0.6, 0.7):
+            out.append(
+                Candidate(
+                    f"yunet {width} wide, score >= {threshold}",
+                    unit("onnx-cpu", "yunet", yunet_width=width, score_threshold=threshold),
+                )
+            )
+    return out
+
+
+def street(ctx: BenchContext, frames: int) -> tuple[list[Any], list[Any]]:
+    """`frames` frames spread over a seeded 1280x720 walking scene, and their ground truth."""
+    from lfr_bench.daemon_harness import street_plan
+    from lfr_hwsim.plan import load_plan
+    from lfr_hwsim.scene import SceneRenderer
+
+    with tempfile.TemporaryDirectory() as work:
+        path, _ = street_plan(ctx, Path(work), crowd=6.0, duration_s=40.0)
+        plan = load_plan(path)
+    renderer = SceneRenderer(plan, ctx.faces_dir / "wild")
+    images, truths = [], []
+    for index in np.linspace(25, renderer.frames - 1, frames).round().astype(int):
+        image, truth = renderer.render(int(index))
+        images.append(image)
+        truths.append(truth)
+    return images, truths
+
+
+def _int_box(box: tuple[float, float, float, float]) -> Box:
+    return (int(box[0]), int(box[1]), int(box[2]), int(box[3]))
+
+
+def countable(truth: Any, width: int, height: int) -> list[Box]:
+    return [
+        _int_box(f.box)
+        for f in truth.faces
+        if f.visible >= MIN_VISIBLE and f.box[0] >= 0 and f.box[1] >= 0 and f.box[2] <= width and f.box[3] <= height
+    ]
+
+
+@dataclass
+class Tally:
+    """One detector's ms samples, found/total faces per width bin, detections matching no drawn face."""
+
+    ms: list[float] = dataclasses.field(default_factory=list)
+    found: list[int] = dataclasses.field(default_factory=lambda: [0] * len(BINS))
+    total: list[int] = dataclasses.field(default_factory=lambda: [0] * len(BINS))
+    unmatched: int = 0
+
+
+def measure(detectors: dict[str, Any], images: list[Any], truths: list[Any], reps: int) -> dict[str, Tally]:
+    """Every detector on every frame in turn; recall on the first pass, time on every pass."""
+    stats = {n: Tally() for n in detectors}
+    for rep in range(reps):
+        for image, truth in zip(images, truths, strict=True):
+            h, w = image.shape[:2]
+            faces = countable(truth, w, h)
+            every_face = [f.box for f in truth.faces]
+            for name, detect in detectors.items():
+                frame = image.copy()
+                t0 = time.perf_counter()
+                boxes = [d.box for d in detect(frame)]
+                stats[name].ms.append((time.perf_counter() - t0) * 1e3)
+                if rep > 0:
+                    continue  # recall once; later repetitions only time
+                for k, (lo, hi) in enumerate(BINS):
+                    in_bin = [b for b in faces if lo <= b[2] - b[0] < hi]
+                    stats[name].total[k] += len(in_bin)
+                    stats[name].found[k] += recall(boxes, in_bin)
+                stats[name].unmatched += len(boxes) - recall(every_face, [_int_box(b) for b in boxes])
+    return stats
+
+
+def run(ctx: BenchContext, cfg: Config) -> PartResult:
+    n_frames, reps = (30, 2) if ctx.quick else (80, 3)
+    images, truths = street(ctx, n_frames)
+    rows_data: list[dict[str, Any]] = []
+    table_rows = []
+    for threads in sorted({1, ctx.all_threads}):
+        detectors = {}
+        for c in candidates(cfg, threads):
+            files = resolve_model_files(c.cfg)
+            backend = create_backend(c.cfg.inference)
+            detectors[c.name] = pipeline_from_files(files, backend, c.cfg.detect, c.cfg.quality).detect
+        for name, s in measure(detectors, images, truths, reps).items():
+            at = {lo: _rate(s, lo) for lo in (50, 80)}
+            timing = ms_stats(s.ms)
+            found_50 = sum(f for f, (lo, _) in zip(s.found, BINS, strict=True) if lo >= 50) / n_frames
+            row = {
+                "detector": name, "threads": threads, "frames": n_frames, "timing": timing,
+                "found_by_width": {f"{b[0]}-{b[1]}": [s.found[k], s.total[k]] for k, b in enumerate(BINS)},
+                "recall_50px": at[50], "recall_80px": at[80], "unmatched_per_frame": s.unmatched / n_frames,
+                "meets_floors": at[50] >= FLOORS[50] and at[80] >= FLOORS[80],
+                "faces_50px_found_per_ms": found_50 / timing["median_ms"],
+            }  # fmt: skip
+            rows_data.append(row)
+            table_rows.append([
+                name, threads, *[f"{f}/{t}" for f, t in zip(s.found, s.total, strict=True)],
+                f"{100 * at[50]:.1f}%", f"{100 * at[80]:.1f}%", "yes" if row["meets_floors"] else "no",
+                f"{timing['median_ms']:.1f}/{timing['p99_ms']:.1f}", f"{row['faces_50px_found_per_ms']:.2f}",
+                f"{row['unmatched_per_frame']:.2f}",
+            ])  # fmt: skip
+    table = format_table(
+        ["detector", "thr", *[f"{lo}-{hi if hi < 100_000 else ''} px" for lo, hi in BINS], ">=50 px", ">=80 px",
+         "floors", "ms med/p99", "faces>=50/ms", "unmatched/frame"],
+        table_rows,
+    )  # fmt: skip
+    default = _default_name(cfg)
+    head = next((r for r in rows_data if r["detector"] == default and r["threads"] == ctx.all_threads), None)
+    summary = {
+        "detect_ms_720p_default": head["timing"]["median_ms"] if head else None,
+        "recall_50px_default": head["recall_50px"] if head else None,
+        "recall_80px_default": head["recall_80px"] if head else None,
+    }
+    notes = [
+        f"{n_frames} frames of a seeded 1280x720 walking street (crowd 6), {reps} timed passes each, round-robin",
+        f"a true face counts when >= {MIN_VISIBLE:.0%} visible and inside the frame; found: IoU > 0.3",
+        "unmatched: detections overlapping no drawn face (photos can hold second, unlabelled faces)",
+        f"the unit's configured detector: {default}",
+    ]
+    return PartResult("detection", True, data={"rows": rows_data}, table=table, summary=summary, notes=notes)
+
+
+def _rate(s: Tally, floor: int) -> float:
+    found = sum(f for f, (lo, _) in zip(s.found, BINS, strict=True) if lo >= floor)
+    total = sum(t for t, (lo, _) in zip(s.total, BINS, strict=True) if lo >= floor)
+    return found / total if total else float("nan")
+
+
+def _default_name(cfg: Config) -> str:
+    if cfg.models.detector == "yunet":
+        return f"yunet {cfg.detect.yunet_width} wide, score >= {cfg.detect.score_threshold}"
+    return "blazeface full + 2 rows of tiles" if cfg.detect.tile_rows == 2 else "blazeface full only"
