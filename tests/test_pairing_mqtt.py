@@ -24,12 +24,12 @@ from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
 from lfr_edge.alerts.handset import HandsetChannel, load_handsets
 from lfr_edge.audit.log import AuditLog
-from lfr_edge.cli import main as edge_main
 from lfr_edge.comms.mqtt import UnitMqttClient
 from lfr_edge.config import AlertsConfig
 from lfr_hwsim.broker import MosquittoBroker
 from lfr_provision.pair_handset import pair_handset
 from lfr_provision.pair_mqtt import SHOWN_REFUSALS, PairingOutcome, UnitPairing
+from lfr_tools.audit.cli import main as audit_main
 from lfr_tools.audit.report import read_events
 from lfr_tools.audit.verify import verify
 from lfr_tools.handset.cli import HandsetClient, HandsetKeys, unit_key_file
@@ -157,7 +157,7 @@ def test_right_code_pairs_and_the_handset_opens_the_units_next_alert(broker: Mos
     assert any("no restart" in line or "nothing to restart" in line for line in told)
     pairing_log = tmp_path / "unit" / layout.PAIRING_AUDIT_LOG  # beside the unit's audit log
     assert verify(pairing_log, unit_id=UNIT).ok
-    assert edge_main(["audit", "verify", str(pairing_log)]) == 0  # as docs/pairing.md says to check it
+    assert audit_main(["verify", str(pairing_log)]) == 0  # as docs/pairing.md says to check it
     paired = [e for e in read_events(pairing_log, UNIT) if isinstance(e, HandsetPaired)]
     assert [(e.handset_id, e.replaced) for e in paired] == [(HANDSET, False)]
     assert any(str(pairing_log) in line for line in told)

@@ -28,6 +28,16 @@ RUN_BY = {
     "make demo": "run: test_demo_timeline.py::test_make_demo_writes_a_report_and_a_timeline_a_non_engineer_can_read",
     "make test": "not a test: .ci/run runs it (the CI check)",
     "make models": "not a test: `make test` runs it first (its prerequisite), so .ci/run does",
+    'mkdir -p "$TRIAL"': "run: test_docs.py::test_a_trial_as_the_readme_writes_it",
+    (
+        'lfr-hwsim scene plan --faces "$FACES/wild" --seed 5 --duration 12 --fps 10 --watchlisted 1 --out '
+        '"$TRIAL/plan.json"'
+    ): ("run: test_docs.py::test_a_trial_as_the_readme_writes_it"),
+    'lfr-hwsim scene render --plan "$TRIAL/plan.json" --frames "$TRIAL/frames"': (
+        "run: test_docs.py::test_a_trial_as_the_readme_writes_it"
+    ),
+    'lfr-evaluate --frames "$TRIAL/frames" --watchlist "$TRIAL/watchlist" --fps 10 --false-alerts "1 in 6000" --json '
+    '"$TRIAL/result.json"': "run: test_docs.py::test_a_trial_as_the_readme_writes_it",
     "make system-deps": "not a test: `make test` runs it first (its prerequisite), so .ci/run does",
     "make demo HANDSET=app": (
         "make -n: test_readme_commands.py::test_the_make_targets_run_the_commands_the_readme_names (the recipe "
