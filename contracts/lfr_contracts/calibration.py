@@ -180,13 +180,13 @@ def alert_band(score: float, threshold: float, rate: ScoreRate | None) -> str:
         passers = per_passer_by(rate.false_accept_rate, rate.comparisons)
         return (
             f"about {one_in(rate.false_accept_rate)} people on no list score this high against a watchlist photo; "
-            f"{size}, {_share(passers)} passers-by against one of them"
+            f"{size}, {_share(passers)} passers-by"
         )
     bound = RULE_OF_THREE / rate.impostor_pairs
     return (
-        f"none of the {rate.impostor_pairs:,} pairs of different people in the calibration scored this high "
-        f"(rarer than {one_in(bound)} against a watchlist photo, 95% bound); {size}, "
-        f"rarer than {one_in(per_passer_by(bound, rate.comparisons))} passers-by against one of them"
+        f"no two different people of {rate.impostor_pairs:,} calibration pairs scored this high: rarer than "
+        f"{one_in(bound)} per watchlist photo (95% bound); {size}, "
+        f"rarer than {one_in(per_passer_by(bound, rate.comparisons))} passers-by"
     )
 
 
