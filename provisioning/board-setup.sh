@@ -20,7 +20,7 @@ usage() {
   cat <<USAGE
 usage: $0 --board pi5|jetson --unit-id ID [--accelerator none|hailo|coral-pcie|coral-usb|jetson]
           [--broker HOST:PORT] [--models DIR] [--src DIR] [--root DIR] [--dry-run]
-  --models DIR   built models (manifest.toml and .tflite/.hef/.onnx files) to copy to $PREFIX/models
+  --models DIR   built models (manifest.toml, .tflite/.hef/.onnx files, calibration.json) to copy to $PREFIX/models
   --root DIR     an image mounted at DIR: only its files are changed (boot configuration, swap, memory
                  controller); nothing is installed, started or stopped
 USAGE

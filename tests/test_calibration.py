@@ -12,7 +12,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from lfr_contracts import bundle, calibration
-from lfr_contracts.calibration import CalibrationError, CalibrationTable, parse_rate, per_passer_by
+from lfr_contracts.calibration import (
+    CalibrationError,
+    CalibrationTable,
+    ScoreRate,
+    alert_band,
+    one_in,
+    parse_rate,
+    per_passer_by,
+)
 from lfr_edge import keyfiles
 from lfr_edge.config import Config
 from lfr_edge.vision.pipeline import resolve_model_files
@@ -93,6 +101,51 @@ def test_rates_are_read_as_people_say_them() -> None:
         with pytest.raises(CalibrationError, match=r"1 in N|between"):
             parse_rate(bad)
     assert per_passer_by(1e-6, 1000) == pytest.approx(1000 * 1e-6, rel=1e-3)
+
+
+# The handset's band: an alert's score in words, from the rate the unit's table gave it --------------------
+
+
+def test_the_band_says_how_often_people_on_no_list_score_this_high() -> None:
+    score = TABLE.threshold_for(1e-4).threshold
+    far = TABLE.far(score)
+    assert 0 < far <= 1e-4
+    assert alert_band(score, 0.25, TABLE.rate(score, 1_200, 2_400)) == (
+        f"about {one_in(far)} people on no list score this high against a watchlist photo; with 1,200 subjects "
+        f"(2,400 photos), {one_in(per_passer_by(far, 2_400))} passers-by"
+    )
+    one = alert_band(score, 0.25, TABLE.rate(score, 1, 1))
+    assert one.endswith(f"with 1 subject, {one_in(far)} passers-by")
+    weak = alert_band(0.0, 0.0, TABLE.rate(0.0, 1_200, 1_200))  # nearly everyone scores that high against one
+    assert weak.endswith("with 1,200 subjects, 100% of passers-by")
+
+
+def test_a_score_no_impostor_pair_reached_gets_the_bound_the_corpus_gives() -> None:
+    band = alert_band(0.99, 0.5, TABLE.rate(0.99, 10, 10))
+    bound = 3 / TABLE.impostor_pairs
+    assert band.startswith(f"no two different people of {TABLE.impostor_pairs:,} calibration pairs scored this high")
+    assert f"rarer than {one_in(bound)} per watchlist photo (95% bound)" in band
+    assert f"with 10 subjects, rarer than {one_in(per_passer_by(bound, 10))} passers-by" in band
+
+
+def test_a_higher_score_never_reads_as_more_common() -> None:
+    scores = np.arange(-0.2, 1.0, 0.01)
+    rates = [TABLE.rate(float(s), 100, 150) for s in scores]
+    fars = [r.false_accept_rate for r in rates]
+    assert fars == sorted(fars, reverse=True) and fars[0] > 0.5 and fars[-1] == 0
+
+
+def test_without_a_rate_the_band_says_not_calibrated_and_only_the_margin() -> None:
+    assert alert_band(0.52, 0.5, None) == "not calibrated: just above the threshold, check carefully"
+    assert alert_band(0.6, 0.5, None) == "not calibrated: clearly above the threshold"
+    assert alert_band(0.9, 0.5, None) == "not calibrated: far above the threshold"
+
+
+def test_a_rate_out_of_its_range_is_refused() -> None:
+    TABLE.rate(0.3, 1, 1).check()
+    for bad in (ScoreRate(0.5, 0, 1, 1), ScoreRate(1e-9, 100, 1, 1), ScoreRate(0.1, 100, 2, 1)):
+        with pytest.raises(CalibrationError):
+            bad.check()
 
 
 # lfr-watchlist build --false-alerts ---------------------------------------------------------------------

@@ -20,11 +20,14 @@ from pathlib import Path
 
 import pytest
 
+from lfr_contracts import calibration
 from lfr_contracts.alerts import MAX_CONTEXT_PX, DecisionKind
 from lfr_contracts.audit_events import AlertRaised, OfficerDecision, Stopped, WatchlistApplied, WatchlistWiped
 from lfr_contracts.beacon import Pattern
+from lfr_contracts.calibration import CALIBRATION_FILE, alert_band
 from lfr_contracts.telemetry import Telemetry, decode_telemetry
 from lfr_edge.audit.log import Head
+from lfr_edge.config import ModelsConfig
 from lfr_edge.vision.pipeline import FacePipeline
 from lfr_hwsim.beacon import LampState
 from lfr_hwsim.broker import COMMAND_CENTRE
@@ -39,6 +42,7 @@ from mqtt_fixtures import Collector
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 WANTED, STRANGER = "7205", "7204"  # identities of ../shared/faces/wild
+MODELS = ModelsConfig().dir.expanduser()  # the built models the unit runs by default, calibration.json beside them
 
 
 def photos(faces: Path, identity: str) -> list[Path]:
@@ -116,6 +120,9 @@ def test_watchlisted_person_gives_one_alert_to_the_handset_and_the_beacon(
         got = phone.alerts.get(timeout=60)
         assert got.alert.subject_id == "S-7205" and got.alert.category == "wanted"
         assert got.alert.score >= 0.5 and got.alert.live_jpeg[:2] == b"\xff\xd8"
+        # The real calibration table's reading of the score, for this list of 1 subject and its 2 photos.
+        table = calibration.decode((MODELS / CALIBRATION_FILE).read_bytes())[pipeline.model_id]
+        assert got.alert.rate == table.rate(got.alert.score, 1, 2)
         context = decode_image(got.alert.context_jpeg, "context picture")  # head and shoulders, for a match only
         assert max(context.shape[:2]) <= MAX_CONTEXT_PX and context.shape[1] > 112
         assert van.beacon is not None and van.beacon.wait_for(Pattern.ALERT, timeout_s=10)
@@ -275,6 +282,32 @@ def test_sighup_applies_safe_changes_refuses_bad_ones_and_names_what_needs_a_res
     assert log.count("config reloaded") == 2
     assert "change only on restart: cameras" in log
     assert "reload refused, keeping the running config" in log and "bogus" in log
+
+
+def test_a_unit_without_its_calibration_table_says_so_once_and_its_alerts_carry_no_rate(
+    van: SimulatedVan, faces: Path, pipeline: FacePipeline, tmp_path: Path
+) -> None:
+    """Not a silent fallback: one warning at start naming the file and the fix; the unit scans and alerts, and
+    the handset's band says "not calibrated"."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for path in MODELS.iterdir():
+        if path.is_file() and path.name != CALIBRATION_FILE:
+            (models / path.name).symlink_to(path)
+    wanted = photos(faces, WANTED)
+    bundle = van.build_watchlist([Subject("S-7205", "wanted", tuple(wanted[:2]))], PipelineEnroller(pipeline), 0.5)
+    van.publish_watchlist(bundle, wait_ack_s=None)
+    frames = replay_folder(tmp_path, "frames", wanted[2:])
+    phone = van.handset()
+    daemon = van.start_daemon(van.write_config([camera(frames)], models={"dir": str(models)}))
+    daemon.wait_for("READY", timeout=60)
+    got = phone.alerts.get(timeout=60)
+    assert daemon.terminate(timeout=10) == 0
+    assert got.alert.subject_id == "S-7205" and got.alert.rate is None
+    assert alert_band(got.alert.score, got.alert.threshold, got.alert.rate).startswith("not calibrated: ")
+    warnings = [line for line in daemon.log_path.read_text().splitlines() if "calibration:" in line]
+    assert len(warnings) == 1, warnings
+    assert f"{models / CALIBRATION_FILE} is missing" in warnings[0] and "`make models`" in warnings[0]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

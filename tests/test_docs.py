@@ -159,11 +159,14 @@ def test_a_van_rehearsed_on_a_desk_from_nothing_to_an_alert(tmp_path: Path, face
         shell.run_blocks([listing])
         selftest = shell.output_of('lfr-provision --root "$ROOT" selftest')
         assert re.search(r"^GO: ", selftest, re.M), selftest
+        assert re.search(r"^calibration\s+PASS ", selftest, re.M), selftest  # the embedder's table is in place
         assert "ALERT" in shell.output_of("lfr-handset listen") and f"subject S-{WANTED}" in shell.output_of(
             "lfr-handset listen"
         )
         # the handset says what the unit holds; the close clears the broker's retained copy
         listened = shell.output_of("lfr-handset listen")
+        # what the score means, from the unit's calibration table (carried inside the alert)
+        assert re.search(r"^ +(about 1 in [0-9,]+ people on no list|no two different people)", listened, re.M), listened
         assert re.search(r"^UNIT van-07 online since \S+: watchlist active: ", listened, re.M), listened
         assert "cleared the retained message" in shell.output_of("lfr-watchlist close")
         assert "1 handset(s) paired" in shell.output_of("lfr-provision handsets list")

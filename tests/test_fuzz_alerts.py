@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from lfr_contracts.alerts import (
     parse_decision,
 )
 from lfr_contracts.audit_events import DecisionRefused
+from lfr_contracts.calibration import ScoreRate, alert_band
 from lfr_contracts.receipts import (
     AlertReceipt,
     DecisionAnswer,
@@ -64,6 +66,7 @@ ALERT = Alert(
     b"live",
     b"list",
     b"\xff\xd8c",
+    ScoreRate(3 / 696_404, 696_404, 1_200, 2_400),  # 3 impostor pairs of 696,404 scored this high
 )
 REAL_ALERT = encode_alert(ALERT, UNIT_KEY, [HANDSET_SEAL.public_key()])
 REAL_DECISION = encode_decision(
@@ -98,6 +101,7 @@ def alert_body() -> dict[str, Any]:
     body["live_jpeg"] = base64.b64encode(ALERT.live_jpeg).decode()
     body["watchlist_jpeg"] = base64.b64encode(ALERT.watchlist_jpeg).decode()
     body["context_jpeg"] = base64.b64encode(ALERT.context_jpeg).decode()
+    body["rate"] = asdict(ALERT.rate) if ALERT.rate else None
     return body
 
 
@@ -176,6 +180,71 @@ def test_any_context_picture_opens_within_its_bound_or_is_refused(picture: bytes
         opened = at_handset(payload).context_jpeg
         assert opened == picture  # b"": no context picture
         assert not opened or (len(opened) <= MAX_CONTEXT_BYTES and opened[:2] == b"\xff\xd8")
+
+
+# The calibrated rate (the unit's calibration table at the alert's score, for the handset's band) -----------
+
+RATE_FIELDS = sorted(asdict(ALERT.rate)) if ALERT.rate else []
+
+
+def test_the_rate_travels_sealed_and_a_unit_without_a_table_sends_none() -> None:
+    assert at_handset(REAL_ALERT).rate == ALERT.rate
+    without = {k: v for k, v in alert_body().items() if k != "rate"}
+    for body in (without, {**without, "rate": None}):
+        opened = at_handset(alert_with_body(dumps(body)))
+        assert opened.rate is None and alert_band(opened.score, opened.threshold, None).startswith("not calibrated")
+
+
+@pytest.mark.parametrize(
+    "rate, reason",
+    [
+        ({"false_accept_rate": 1.5}, "'false_accept_rate' must be a number from 0 to 1"),
+        ({"false_accept_rate": -1e-9}, "'false_accept_rate' must be a number from 0 to 1"),
+        ({"impostor_pairs": 0}, "impostor_pairs 0 is not between 1"),
+        ({"false_accept_rate": 1e-300}, "below what 696,404 pairs can show"),
+        ({"subjects": 0}, "need 1 <= subjects <= comparisons"),
+        ({"subjects": 3, "comparisons": 2}, "need 1 <= subjects <= comparisons"),
+        ({"comparisons": 10**9}, "need 1 <= subjects <= comparisons"),
+        ({"subjects": True}, "'rate.subjects' must be a whole number"),
+        ({"subjects": 2.0}, "'rate.subjects' must be a whole number"),
+        ({"band": "strong"}, "must be null or an object of"),
+    ],
+)
+def test_a_rate_out_of_its_range_is_refused_naming_the_field(rate: dict[str, Any], reason: str) -> None:
+    body = {**alert_body(), "rate": {**alert_body()["rate"], **rate}}
+    with pytest.raises(ProtocolError, match=reason):
+        at_handset(alert_with_body(dumps(body)))
+
+
+def test_the_unit_cannot_send_a_rate_out_of_its_range() -> None:
+    assert ALERT.rate is not None
+    for bad in (ScoreRate(math.nan, 10, 1, 1), ScoreRate(0.1, 10, 5, 4), ScoreRate(2.0, 10, 1, 1)):
+        with pytest.raises(ProtocolError, match="field 'rate'"):
+            encode_alert(Alert(**{**vars(ALERT), "rate": bad}), UNIT_KEY, [HANDSET_SEAL.public_key()])
+
+
+@fuzz(200)
+@given(
+    st.sampled_from(RATE_FIELDS),
+    st.one_of(json_values, st.floats(-2, 2), st.floats(0, 1e-5), st.integers(-(10**16), 10**16)),
+)
+def test_a_rate_with_any_field_value_opens_within_its_bounds_or_is_refused(field: str, value: Any) -> None:
+    body = {**alert_body(), "rate": {**alert_body()["rate"], field: value}}
+    payload = alert_with_body(dumps(body))
+    if holds(ProtocolError, lambda: at_handset(payload)):
+        opened = at_handset(payload)
+        rate = opened.rate
+        assert rate is not None and 0.0 <= rate.false_accept_rate <= 1.0
+        assert 1 <= rate.subjects <= rate.comparisons and rate.impostor_pairs >= 1
+        band = alert_band(opened.score, opened.threshold, rate)
+        assert "1 in" in band and "nan" not in band and "inf" not in band
+
+
+@fuzz(100)
+@given(st.one_of(json_values, st.dictionaries(st.sampled_from([*RATE_FIELDS, "x"]), json_values, max_size=6)))
+def test_any_rate_object_opens_or_is_refused(value: Any) -> None:
+    payload = alert_with_body(dumps({**alert_body(), "rate": value}))
+    holds(ProtocolError, lambda: at_handset(payload))
 
 
 STATUS = UnitStatus("online", "unit-a", "2027-01-01T00:00:00.000Z", 3, None, "m", "ok").encode()

@@ -21,18 +21,21 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lfr_contracts import calibration
 from lfr_contracts.alerts import Alert
+from lfr_contracts.calibration import CALIBRATION_FILE, CalibrationTable, alert_band
+from lfr_edge.config import Config
 from lfr_edge.vision.pipeline import FacePipeline
 from lfr_hwsim.officer import PHONE, PIXELATE_FACES, TABLET, HandsetAppProcess, chromium, resize, wait_until
 from lfr_hwsim.van import DaemonProcess, SimulatedVan, Subject
 from lfr_tools.command_centre.enrol import PipelineEnroller
-from lfr_tools.handset.app import Screen, score_band
+from lfr_tools.handset.app import Screen, alert_card
 from lfr_tools.handset.client import ReceivedAlert
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
@@ -116,18 +119,30 @@ def test_a_wrong_token_gets_nothing(deployment: Deployment) -> None:
     assert "script-src 'self'" in headers["Content-Security-Policy"]
 
 
-def test_an_alert_appears_as_a_card_with_its_pictures(deployment: Deployment) -> None:
+def real_table(config: Config, model_id: str) -> CalibrationTable:
+    """The table the models build wrote for the unit's embedder (calibration.json beside the models)."""
+    return calibration.decode((config.models.dir.expanduser() / CALIBRATION_FILE).read_bytes())[model_id]
+
+
+def test_an_alert_appears_as_a_card_with_its_pictures(
+    deployment: Deployment, unit_config: Config, pipeline: FacePipeline
+) -> None:
     browser = deployment.browser
     wait_until(browser, CARD, timeout_s=120)
     card = browser.execute_script(
         f"""const c = {CARD};
         return {{subject: c.querySelector('.subject').textContent, category: c.querySelector('.category').textContent,
                 reference: c.querySelector('.reference').textContent, score: c.querySelector('.score').textContent,
+                band: c.querySelector('.band').textContent, exact: Number(c.dataset.score),
                 camera: c.querySelector('.camera').textContent, ago: c.querySelector('.ago').textContent,
                 banner: document.getElementById('unit').textContent}};"""
     )
     assert (card["subject"], card["category"]) == ("S-7205", "wanted")
-    assert "ref 1/23" in card["reference"] and "threshold" in card["score"] and "(0.50)" in card["score"]
+    assert "ref 1/23" in card["reference"] and "(threshold 0.50)" in card["score"]
+    # The band is the real calibration table's reading of this alert's score, for a list of 1 subject (2 photos).
+    rate = real_table(unit_config, pipeline.model_id).rate(card["exact"], 1, 2)
+    assert card["band"] == alert_band(card["exact"], 0.5, rate), card["band"]
+    assert "with 1 subject (2 photos)" in card["band"] and "not calibrated" not in card["band"]
     assert "Camera cam0" in card["camera"] and "s ago" in card["ago"]
     assert "Unit ONLINE" in card["banner"] and "Watchlist active: sim-deployment, 1 subject," in card["banner"]
     # All three pictures decoded: live face, the person in the street (the context picture) and the watchlist photo.
@@ -243,10 +258,16 @@ def test_decided_alerts_leave_the_screen_after_the_configured_time_and_everythin
     assert '"alerts":[]' in late.get_nowait().decode() and late.get_nowait() is None  # type: ignore[union-attr]
 
 
-def test_the_score_is_told_in_words_beside_the_threshold() -> None:
-    assert score_band(0.52, 0.5).startswith("just above the threshold")
-    assert score_band(0.6, 0.5) == "clearly above the threshold"
-    assert score_band(0.9, 0.5) == "far above the threshold"
+def test_the_card_band_comes_from_the_alerts_rate_or_says_not_calibrated(
+    unit_config: Config, pipeline: FacePipeline
+) -> None:
+    uncalibrated = alert_card(received("a1"))
+    assert uncalibrated["band"] == "not calibrated: clearly above the threshold" and not uncalibrated["calibrated"]
+    rate = real_table(unit_config, pipeline.model_id).rate(0.62, 1_200, 2_400)
+    item = received("a2")
+    card = alert_card(replace(item, alert=replace(item.alert, rate=rate)))
+    assert card["calibrated"] and card["band"] == alert_band(0.62, 0.5, rate)
+    assert card["band"].startswith("about 1 in ") and "with 1,200 subjects (2,400 photos)" in card["band"]
 
 
 # What a newcomer runs: `make demo HANDSET=app` ---------------------------------------------------------

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,10 +17,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from lfr_contracts import calibration
+from lfr_contracts.calibration import CALIBRATION_FILE
 from lfr_contracts.layout import UnitLayout
 from lfr_edge.camera.opencv import import_cv2
-from lfr_edge.config import ModelsConfig
+from lfr_edge.config import ModelsConfig, load_config
 from lfr_edge.models import load_manifest
+from lfr_edge.vision.pipeline import resolve_model_files
 from lfr_hwsim.beacon import SimulatedBeacon
 from lfr_hwsim.broker import MosquittoBroker
 from lfr_provision import cli
@@ -28,6 +31,7 @@ from lfr_provision.init import InitOptions, init_unit
 from lfr_provision.selftest import (
     Check,
     Options,
+    check_calibration,
     check_clock,
     check_memory,
     check_memory_lock,
@@ -158,6 +162,8 @@ def test_a_healthy_unit_passes_and_names_backend_and_latency_per_model(
     assert found["memory lock"] == "PASS" and "VmLck" in detail(rows, "memory lock"), format_table(rows)
     print(detail(rows, "swap"), "|", detail(rows, "memory lock"))
     assert "onnx-cpu (onnxruntime" in detail(rows, "backend")
+    model_id = resolve_model_files(load_config(unit.config)).model_id
+    assert found["calibration"] == "PASS" and detail(rows, "calibration").startswith(f"{model_id}: ")
     for model in ("yunet", "sface"):  # the default models
         assert found[f"model {model}"] == "PASS"
         assert "median" in detail(rows, f"latency {model}")
@@ -184,6 +190,28 @@ def test_a_model_whose_hash_differs_fails_and_is_not_run(unit: Unit, tmp_path: P
     assert found["latency yunet"] == "SKIP"
     assert found["model sface"] == "PASS"
     assert cli.main(["selftest", "--frames", "2", "--runs", "1", "--config", str(unit.config)]) == 1
+
+
+@pytest.mark.broker
+def test_a_unit_without_its_calibration_table_warns_with_the_fix(unit: Unit, tmp_path: Path) -> None:
+    """No table: still GO (the unit scans, its alerts carry no rate), but a WARN row says so and how to fix it."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for path in unit.models.glob("*.tflite"):
+        (models / path.name).symlink_to(path)
+    unit.write_config(models=models)
+    rows = run_checks(unit.config, FAST)
+    assert verdicts(rows)["calibration"] == "WARN", format_table(rows)
+    assert f"{models / CALIBRATION_FILE} is missing" in detail(rows, "calibration")
+    assert "not calibrated" in detail(rows, "calibration") and "`make models`" in detail(rows, "calibration")
+    assert "NO-GO" not in format_table(rows)
+    # A table for another model only (another embedder's build): the same WARN, naming the unit's model id.
+    other = calibration.decode((unit.models / CALIBRATION_FILE).read_bytes())
+    some = next(iter(other.values()))
+    (models / CALIBRATION_FILE).write_bytes(calibration.encode([replace(some, model_id="another/model/000")]))
+    cfg = load_config(unit.config)
+    row = check_calibration(cfg)
+    assert row.verdict == "WARN" and f"has no table for {resolve_model_files(cfg).model_id}" in row.detail
 
 
 @pytest.mark.broker

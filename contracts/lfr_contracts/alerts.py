@@ -7,7 +7,9 @@ UTF-8 JSON of `Alert`, with the pictures base64-encoded JPEGs: the live face, th
 match only, the context picture (head and shoulders around the face in the frame of the match, at most
 `MAX_CONTEXT_PX` pixels a side and `MAX_CONTEXT_BYTES`; an empty string when the unit has none). The
 signature covers the envelope, so a handset knows the alert came from its unit; only paired handsets can
-open it.
+open it. `rate` (optional; absent or null from a unit without a calibration table, or from before it existed)
+is what the unit's calibration table says of the score: the false-accept rate per comparison at it and the
+list's size, for the handset's band (lfr_contracts.calibration.alert_band).
 
 Decision (handset → unit, on its own `.../decisions/from/<handset>`, QoS 1): UTF-8 JSON
     {"v": 1, "alert_id", "unit", "handset", "decision", "time", "sig"}
@@ -27,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from lfr_contracts import crypto
+from lfr_contracts.calibration import CalibrationError, ScoreRate
 from lfr_contracts.untrusted import IDENTIFIER_RULE, JsonRefused, excerpt, is_identifier, loads_json
 
 ALERT_MAGIC = b"LFRA"
@@ -39,6 +42,7 @@ MAX_EPOCH = 253_402_300_799.0  # the end of year 9999: alert and decision times 
 _SIG_BYTES = 64
 _MAX_TEXT = 256
 _MAX_REFERENCE = 2048
+_RATE_FIELDS = frozenset({"false_accept_rate", "impostor_pairs", "subjects", "comparisons"})
 _DECISION_FIELDS = frozenset({"v", "alert_id", "unit", "handset", "decision", "time"})
 
 
@@ -71,6 +75,7 @@ class Alert:
     live_jpeg: bytes
     watchlist_jpeg: bytes
     context_jpeg: bytes = b""  # head and shoulders in the frame of the match; empty when the unit has none
+    rate: ScoreRate | None = None  # the calibration table's reading of the score; None: the unit has no table
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,8 @@ def _aad(unit: str) -> bytes:
 def encode_alert(alert: Alert, unit_key: Ed25519PrivateKey, handset_keys: list[X25519PublicKey]) -> bytes:
     if len(alert.context_jpeg) > MAX_CONTEXT_BYTES:
         raise ProtocolError(f"context picture of {len(alert.context_jpeg)} bytes is over {MAX_CONTEXT_BYTES}")
+    if alert.rate is not None:
+        _check_rate(alert.rate)
     body = asdict(alert)
     body["live_jpeg"] = base64.b64encode(alert.live_jpeg).decode()
     body["watchlist_jpeg"] = base64.b64encode(alert.watchlist_jpeg).decode()
@@ -130,6 +137,7 @@ def decode_alert(payload: bytes, unit: str, unit_key: Ed25519PublicKey, handset_
             live_jpeg=_picture(body, "live_jpeg"),
             watchlist_jpeg=_picture(body, "watchlist_jpeg"),
             context_jpeg=_context(body),
+            rate=_rate(body),
         )
     except JsonRefused as exc:
         raise ProtocolError(f"alert body is not valid JSON: {exc}") from None
@@ -230,3 +238,26 @@ def _context(body: dict[str, Any]) -> bytes:
     if not picture.startswith(b"\xff\xd8"):
         raise ProtocolError("field 'context_jpeg' is not a JPEG")
     return picture
+
+
+def _rate(body: dict[str, Any]) -> ScoreRate | None:
+    """The calibrated rate: absent or null (a unit without a table, or from before it), else all four fields."""
+    raw = body.get("rate")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != _RATE_FIELDS:
+        raise ProtocolError(f"field 'rate' must be null or an object of {', '.join(sorted(_RATE_FIELDS))}")
+    counts = {k: raw[k] for k in ("impostor_pairs", "subjects", "comparisons")}
+    for key, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProtocolError(f"field 'rate.{key}' must be a whole number, not {excerpt(value)}")
+    rate = ScoreRate(_num(raw, "false_accept_rate", 0.0, 1.0), **counts)
+    _check_rate(rate)
+    return rate
+
+
+def _check_rate(rate: ScoreRate) -> None:
+    try:
+        rate.check()
+    except CalibrationError as exc:
+        raise ProtocolError(f"field 'rate': {exc}") from None

@@ -7,7 +7,8 @@ above each score of a fine grid. From it:
 - the false-accept rate per comparison at a threshold (FAR), and the share of genuine pairs accepted;
 - the threshold for a watchlist: a passer-by on no list is compared with every subject, so the chance of
   a false alert per passer-by is about N x FAR (exactly 1 - (1 - FAR)^N) for N subjects;
-- a plain-language band for a score, for the officer's handset.
+- a plain-language band for a score, for the officer's handset: the unit carries `ScoreRate` (its table's
+  FAR at the alert's score and the list's size) inside each alert, and `alert_band` says it in words.
 
 A corpus of P impostor pairs cannot show a FAR below 1/P: `threshold_for` says so (`supported`) and gives
 the statistical bound instead of a figure the data cannot back. Pure encode/decode, no I/O; the file is
@@ -39,6 +40,7 @@ MODEL_ID = re.compile(r"[A-Za-z0-9._/+-]{1,128}")
 # (the "rule of three"); a figure below 1/P cannot be read from the table at all.
 RULE_OF_THREE = 3.0
 RATE = re.compile(r"\s*1\s+in\s+([0-9][0-9,_]*)\s*")
+MAX_COMPARISONS = 10**8  # watchlist photos a passer-by is compared with: far above any list a unit holds
 
 
 class CalibrationError(ValueError):
@@ -135,6 +137,72 @@ class CalibrationTable:
                 f"({self.impostor_pairs:,} pairs) scored this high"
             )
         return f"{words} (about 1 in {1 / far:,.0f} pairs of different people score this high)"
+
+    def rate(self, score: float, subjects: int, comparisons: int) -> ScoreRate:
+        """What an alert at `score` on a list of this size carries for the handset's band."""
+        return ScoreRate(self.far(score), self.impostor_pairs, subjects, comparisons)
+
+
+@dataclass(frozen=True)
+class ScoreRate:
+    """One alert's score as the unit's calibration table reads it, with the list's size (inside the alert)."""
+
+    false_accept_rate: float  # per comparison at the alert's score; 0: no impostor pair of the corpus scored so high
+    impostor_pairs: int  # of the corpus: its resolution, and the 95% bound when the rate is 0
+    subjects: int  # on the watchlist the score was found in
+    comparisons: int  # watchlist photos each passer-by is compared with (a subject may have several)
+
+    def check(self) -> None:
+        """CalibrationError naming the field that is out of its range."""
+        if not 0.0 <= self.false_accept_rate <= 1.0 or math.isnan(self.false_accept_rate):
+            raise CalibrationError(f"false_accept_rate {excerpt(self.false_accept_rate)} is not a rate in [0, 1]")
+        if not 1 <= self.impostor_pairs <= MAX_PAIRS:
+            raise CalibrationError(f"impostor_pairs {excerpt(self.impostor_pairs)} is not between 1 and {MAX_PAIRS}")
+        if 0 < self.false_accept_rate < 1 / self.impostor_pairs:
+            raise CalibrationError(
+                f"false_accept_rate {self.false_accept_rate:.3g} is below what {self.impostor_pairs:,} pairs can show"
+            )
+        if not 1 <= self.subjects <= self.comparisons <= MAX_COMPARISONS:
+            raise CalibrationError(
+                f"subjects {excerpt(self.subjects)} and comparisons {excerpt(self.comparisons)}: "
+                f"need 1 <= subjects <= comparisons <= {MAX_COMPARISONS}"
+            )
+
+
+def alert_band(score: float, threshold: float, rate: ScoreRate | None) -> str:
+    """An alert's score in plain words for the officer: how often people on no list score this high, from the
+    unit's calibration table; without one (`rate` None), only how far above the threshold, and says so."""
+    if rate is None:
+        return f"not calibrated: {_margin_words(score - threshold)}"
+    photos = "" if rate.comparisons == rate.subjects else f" ({rate.comparisons:,} photos)"
+    size = f"with {rate.subjects:,} subject{'s' if rate.subjects != 1 else ''}{photos}"
+    if rate.false_accept_rate > 0:
+        passers = per_passer_by(rate.false_accept_rate, rate.comparisons)
+        return (
+            f"about {one_in(rate.false_accept_rate)} people on no list score this high against a watchlist photo; "
+            f"{size}, {_share(passers)} passers-by"
+        )
+    bound = RULE_OF_THREE / rate.impostor_pairs
+    return (
+        f"no two different people of {rate.impostor_pairs:,} calibration pairs scored this high: rarer than "
+        f"{one_in(bound)} per watchlist photo (95% bound); {size}, "
+        f"rarer than {one_in(per_passer_by(bound, rate.comparisons))} passers-by"
+    )
+
+
+def _share(rate: float) -> str:
+    """A share of passers-by: "1 in 33", or a percentage once it is one in two or more."""
+    return one_in(rate) if rate < 0.5 else f"{rate:.0%} of"
+
+
+def _margin_words(margin: float) -> str:
+    if margin < 0:
+        return "below the threshold"
+    if margin < 0.05:
+        return "just above the threshold, check carefully"
+    if margin < 0.15:
+        return "clearly above the threshold"
+    return "far above the threshold"
 
 
 def _just_above(score: float) -> float:

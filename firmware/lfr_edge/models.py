@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lfr_contracts import calibration
+from lfr_contracts.calibration import CalibrationTable
 from lfr_contracts.errors import ConfigError
 from lfr_contracts.settings import control_character
 from lfr_contracts.untrusted import excerpt
@@ -109,6 +111,28 @@ def verify_file(path: Path, expected_sha256: str, hint: str = "") -> None:
             f"model file {path} has sha256 {actual}, but the manifest says {expected_sha256}: "
             f"refusing to load it (rebuild with `make models`){suffix}"
         )
+
+
+def load_calibration(models_dir: Path, model_id: str) -> tuple[CalibrationTable | None, str]:
+    """The embedder's calibration table beside the models, or (None, why and the fix). Not fatal: without
+    it the unit still scans, and its alerts carry no false-accept rate (the handset says "not calibrated")."""
+    path = models_dir.expanduser() / calibration.CALIBRATION_FILE
+    try:
+        with path.open("rb") as fh:
+            table = calibration.decode(fh.read(calibration.MAX_BYTES + 1)).get(model_id)
+        why = "" if table is not None else f"{path} has no table for {model_id}"
+    except FileNotFoundError:
+        table, why = None, f"{path} is missing"
+    except OSError as exc:
+        table, why = None, f"cannot read {path}: {exc.strerror}"
+    except calibration.CalibrationError as exc:
+        table, why = None, f"{path}: {exc}"
+    if table is None:
+        why += (
+            ": alerts carry no false-accept rate and the handset shows them as not calibrated; "
+            "measure it with `make models` (models/build.py)"
+        )
+    return table, why
 
 
 MAX_MANIFEST_BYTES = 1 << 20

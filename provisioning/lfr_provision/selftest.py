@@ -105,6 +105,24 @@ def check_models(cfg: Config, models: _Models) -> Iterator[Check]:
         yield Check(f"model {name}", "PASS", f"{v.name}: sha256 {v.sha256[:12]}… matches the manifest ({path})")
 
 
+def check_calibration(cfg: Config, verified: bool = True) -> Check:
+    """The embedder's calibration table, which puts a measured false-alert rate on every alert: WARN without."""
+    from lfr_edge.models import load_calibration
+    from lfr_edge.vision.pipeline import resolve_model_files
+
+    if not verified:
+        return Check("calibration", "SKIP", "not read: a model file did not verify")
+    model_id = resolve_model_files(cfg).model_id
+    table, missing = load_calibration(cfg.models.dir, model_id)
+    if table is None:
+        return Check("calibration", "WARN", missing)
+    return Check(
+        "calibration",
+        "PASS",
+        f"{model_id}: {table.impostor_pairs:,} impostor pairs ({table.corpus}); alerts carry their false-accept rate",
+    )
+
+
 def check_backend(cfg: Config, models: _Models, opts: Options) -> Iterator[Check]:
     from lfr_edge.inference import BackendUnavailable, create_backend
 
@@ -439,6 +457,7 @@ def run_checks(config_path: Path, opts: Options = Options()) -> list[Check]:
     ]
     models = _Models({}, [])
     rows += _guarded("models", lambda: check_models(cfg, models))
+    rows += _guarded("calibration", lambda: check_calibration(cfg, not models.failed))
     rows += _guarded("backend", lambda: check_backend(cfg, models, opts))
     rows += _guarded("cameras", lambda: check_cameras(cfg, opts))
     rows += _guarded("beacon", lambda: check_beacon(cfg, opts))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from lfr_contracts.alerts import Alert
 from lfr_contracts.audit_events import AlertRaised, AuditSink
+from lfr_contracts.calibration import CalibrationTable, ScoreRate
 from lfr_edge.alerts.channel import AlertChannel, deliver_to_all
 from lfr_edge.vision.image import encode_jpeg
 from lfr_edge.vision.match import MatchDecision
@@ -35,6 +36,7 @@ def build_alert(
     live: TrackFace,
     subject: SubjectRecord,
     context: bytes = b"",
+    rate: ScoreRate | None = None,
 ) -> Alert:
     return Alert(
         alert_id=alert_id,
@@ -49,6 +51,7 @@ def build_alert(
         live_jpeg=encode_jpeg(live.crop),
         watchlist_jpeg=subject.photo_jpeg,
         context_jpeg=context,
+        rate=rate,
     )
 
 
@@ -64,6 +67,7 @@ class Alerter:
         new_id: Callable[[], str] = new_alert_id,
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        calibration: CalibrationTable | None = None,
     ) -> None:
         self._unit_id = unit_id
         self._channels = tuple(channels)
@@ -71,6 +75,7 @@ class Alerter:
         self._new_id = new_id
         self._wall_clock = wall_clock
         self._monotonic = monotonic
+        self._calibration = calibration  # the embedder's table: each alert carries its rate at the score
 
     def raise_alert(
         self, decision: MatchDecision, live: TrackFace, frame_time: float, store: WatchlistStore, context: bytes = b""
@@ -84,7 +89,9 @@ class Alerter:
         alert_id = self._new_id()
         # The frame's capture time is on the monotonic clock; alerts carry wall-clock time.
         wall_time = self._wall_clock() - (self._monotonic() - frame_time)
-        alert = build_alert(alert_id, self._unit_id, wall_time, decision, live, subject, context)
+        table, score = self._calibration, round(decision.score, 4)
+        rate = None if table is None else table.rate(score, store.size, store.comparisons)
+        alert = build_alert(alert_id, self._unit_id, wall_time, decision, live, subject, context, rate)
         deliver_to_all(self._channels, alert)
         self._audit.append(
             AlertRaised(

@@ -47,6 +47,7 @@ from lfr_edge.daemon.memory_lock import lock_all_memory
 from lfr_edge.daemon.notify import Notifier, Watchdog
 from lfr_edge.daemon.supervise import Supervisor
 from lfr_edge.daemon.worker import PipelineWorker
+from lfr_edge.models import load_calibration
 from lfr_edge.vision.pipeline import build_pipeline
 from lfr_edge.watchlist.lifecycle import LifecycleFile
 from lfr_edge.watchlist.store import harden_process
@@ -106,6 +107,9 @@ class Daemon:
         self.pipeline = build_pipeline(cfg)
         self.health = replace(self.health, models=True)
         log.info("models verified and loaded: %s (%s)", self.pipeline.model_id, cfg.inference.backend)
+        self.calibration, missing = load_calibration(cfg.models.dir, self.pipeline.model_id)
+        if missing:
+            log.warning("calibration: %s", missing)
 
         self.mqtt = UnitMqttClient(cfg.unit.id, cfg.mqtt, model_id=self.pipeline.model_id, supervisor=self.supervisor)
         self.wall_clock = WallClock(cfg.daemon.clock_sync_wait_s)
@@ -172,7 +176,7 @@ class Daemon:
             cfg.track,
             cfg.match,
             lambda: self.sync.store,
-            Alerter(cfg.unit.id, self.channels, self.audit),
+            Alerter(cfg.unit.id, self.channels, self.audit, calibration=self.calibration),
         )
 
     def _paired_handsets(self) -> dict[str, Any]:

@@ -185,6 +185,11 @@ class WatchlistStore:
         """Number of subjects."""
         return len(self._starts)
 
+    @property
+    def comparisons(self) -> int:
+        """Embedding rows: each passer-by is compared with every one (a subject may have several photos)."""
+        return len(self._row_subject)
+
     def is_usable(self, now: float) -> bool:
         return not self._wiped and self.header.valid_from <= now < self.header.valid_until
 

@@ -32,6 +32,7 @@ from importlib import resources
 from typing import Any
 
 from lfr_contracts.alerts import DECISIONS, DecisionKind
+from lfr_contracts.calibration import alert_band
 from lfr_contracts.status import UnitStatus
 from lfr_tools.handset.client import HandsetClient, OnAlert, OnStatus, ReceivedAlert
 
@@ -52,18 +53,6 @@ SUBSCRIBER_QUEUE = 500  # events waiting for one page; a page that falls this fa
 KEEPALIVE_S = 10.0
 
 
-def score_band(score: float, threshold: float) -> str:
-    """The score in words beside the threshold: how far above it the unit found the face."""
-    margin = score - threshold
-    if margin < 0:
-        return "below the threshold"
-    if margin < 0.05:
-        return "just above the threshold: check carefully"
-    if margin < 0.15:
-        return "clearly above the threshold"
-    return "far above the threshold"
-
-
 def alert_card(item: ReceivedAlert) -> dict[str, Any]:
     """What the page shows of one alert (pictures as base64 JPEG)."""
     a = item.alert
@@ -74,7 +63,8 @@ def alert_card(item: ReceivedAlert) -> dict[str, Any]:
         "reference": a.reference,
         "score": a.score,
         "threshold": a.threshold,
-        "band": score_band(a.score, a.threshold),
+        "band": alert_band(a.score, a.threshold, a.rate),  # from the unit's calibration table, when it has one
+        "calibrated": a.rate is not None,
         "camera": a.camera,
         "time": a.time,
         "received_at": item.received_at,

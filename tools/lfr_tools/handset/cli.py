@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lfr_contracts import crypto
 from lfr_contracts.alerts import DECISIONS, DecisionKind
+from lfr_contracts.calibration import alert_band
 from lfr_edge import keyfiles
 from lfr_edge.cli_options import Shared, check_required, declare, parent
 from lfr_tools.handset import app as handset_app
@@ -97,6 +98,7 @@ def listen(args: argparse.Namespace) -> int:
                 f"(threshold {a.threshold:.2f})  camera {a.camera}  {item.age_ms:.0f} ms ago",
                 flush=True,
             )
+            print(f"      {alert_band(a.score, a.threshold, a.rate)}")
             if a.reference:
                 print(f"      reference: {a.reference}")
             if args.save:

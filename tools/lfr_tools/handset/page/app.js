@@ -55,8 +55,12 @@ function render(data) {
   picture(node.querySelector(".live"), data.live);
   picture(node.querySelector(".context"), data.context);
   picture(node.querySelector(".watchlist"), data.watchlist);
+  node.dataset.score = data.score;
   node.querySelector(".score").textContent =
-    `Match ${data.score.toFixed(2)}: ${data.band} (${data.threshold.toFixed(2)})`;
+    `Match ${data.score.toFixed(2)} (threshold ${data.threshold.toFixed(2)})`;
+  const band = node.querySelector(".band");
+  band.textContent = data.band;
+  band.classList.toggle("uncalibrated", !data.calibrated);
   node.querySelector(".camera").textContent = `Camera ${data.camera}, seen at ${clock(data.time)}`;
   node.querySelectorAll(".buttons button").forEach((button) => {
     button.addEventListener("click", () => decide(data.id, button.dataset.decision));
