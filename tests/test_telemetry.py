@@ -7,10 +7,14 @@ test_deployment_report.py; here a message is encoded once and then damaged field
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from fuzz_helpers import dumps, fuzz, holds, hostile_json_text, json_values, mutated
 from lfr_contracts.beacon import Pattern
 from lfr_contracts.status import WatchlistStatus
 from lfr_contracts.telemetry import (
@@ -88,3 +92,18 @@ def test_garbage_and_oversized_messages_are_refused() -> None:
         decode_telemetry(b"[1, 2]")
     with pytest.raises(TelemetryError, match="over the"):
         decode_telemetry(b" " * (MAX_TELEMETRY_BYTES + 1))
+
+
+@fuzz(300)
+@given(
+    payload=st.one_of(mutated(encode_telemetry(message())), hostile_json_text()),
+    skipped=st.dictionaries(st.text(max_size=8), json_values, max_size=3),
+    fps=st.dictionaries(st.text(max_size=8), json_values, max_size=3),
+)
+def test_fuzzed_telemetry_decodes_or_is_refused_by_name(payload: bytes, skipped: Any, fps: Any) -> None:
+    """Whatever arrives (damaged bytes, hostile JSON, any per-camera counters): a message or TelemetryError."""
+    holds(TelemetryError, lambda: decode_telemetry(payload))
+    fields = body() | {"frames_skipped": skipped, "camera_fps": fps}
+    counts = all(type(v) is int for v in skipped.values())
+    rates = all((type(v) is float and math.isfinite(v)) or (type(v) is int and abs(v) < 2**1000) for v in fps.values())
+    assert holds(TelemetryError, lambda: decode_telemetry(dumps(fields))) == (counts and rates)

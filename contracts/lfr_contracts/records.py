@@ -77,7 +77,10 @@ def decode(cls: type[R], data: object, where: str = "") -> R:
     types_by_name = _field_types(cls)
     unknown = sorted(set(data) - set(types_by_name))
     if unknown:
-        raise RecordError(f"{where or cls.__name__}: unknown field(s) {', '.join(map(repr, unknown))}")
+        names = ", ".join(
+            repr(k if len(k) <= 40 else k[:40] + "...") for k in unknown[:5]
+        )  # a sender's text, cut short
+        raise RecordError(f"{where or cls.__name__}: unknown field(s) {names}")
     values: dict[str, Any] = {}
     for field in dataclasses.fields(cls):
         name = f"{prefix}{field.name}"
@@ -136,7 +139,7 @@ def _decode_scalar(kind: Any, value: Any, name: str) -> Any:
             return value
         raise RecordError(f"{name}: expected an integer, got {_describe(value)}")
     if kind is float:
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        if isinstance(value, int | float) and not isinstance(value, bool) and _finite(value):
             return float(value)
         raise RecordError(f"{name}: expected a finite number, got {_describe(value)}")
     if kind is str:
@@ -149,3 +152,11 @@ def _decode_scalar(kind: Any, value: Any, name: str) -> Any:
 def _describe(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _finite(value: float) -> bool:
+    """A finite number that fits a float: an integer too large for one (JSON allows it) is refused, not raised."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False

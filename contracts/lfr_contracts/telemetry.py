@@ -96,7 +96,7 @@ def decode_telemetry(payload: bytes) -> Telemetry:
         raise TelemetryError(f"telemetry of {len(payload)} bytes is over the {MAX_TELEMETRY_BYTES}-byte limit")
     try:
         body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, an over-long integer, deep nesting
         raise TelemetryError(f"telemetry is not valid JSON: {exc}") from exc
     try:
         return records.decode(Telemetry, body, "telemetry")
