@@ -10,14 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from lfr_bench import accuracy, latency, memory, peer, perception, pipeline, scale
+from lfr_bench import accuracy, crowd, latency, memory, peer, perception, pipeline, scale
 from lfr_bench.common import BenchContext, PartResult, machine_info, not_measured
 from lfr_bench.frames import FrameSet, make_sprites, wild_photos
 from lfr_bench.report import write_results
 from lfr_bench.variants import VariantsUnavailable, bench_variants, build
 from lfr_edge.config import REPO_ROOT, load_config_or_defaults
 
-PARTS = ("perception", "accuracy", "peer", "scale", "pipeline", "latency", "memory")
+PARTS = ("perception", "crowd", "accuracy", "peer", "scale", "pipeline", "latency", "memory")
 T = TypeVar("T")
 
 
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             results.get("accuracy") or not_measured("accuracy", "not run"),
             results.get("perception") or not_measured("perception", "not run"),
         ),
+        "crowd": lambda: crowd.run(ctx, cfg),
         "scale": lambda: scale.run(ctx),
         "pipeline": lambda: pipeline.run(ctx),
         "latency": lambda: latency.run(ctx),
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     needs_vision = {
         "perception": perception.SUMMARY_KEYS,
+        "crowd": crowd.SUMMARY_KEYS,
         "accuracy": accuracy.SUMMARY_KEYS,
         "peer": peer.SUMMARY_KEYS,
     }

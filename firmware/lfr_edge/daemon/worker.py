@@ -150,13 +150,8 @@ class PipelineWorker:
         t_end = time.perf_counter()
         for _, update in seen:
             self._end(update.ended)
-        self.stats.record_stages(
-            {
-                "embed": (t_match - t_embed) * 1e3,
-                "match": (t_end - t_match) * 1e3,
-                "frame": (time.perf_counter() - started) * 1e3,
-            }
-        )
+        spans = {"embed": t_match - t_embed, "match": t_end - t_match, "frame": time.perf_counter() - started}
+        self.stats.record_stages({stage: seconds * 1e3 for stage, seconds in spans.items()})
         return decisions
 
     def _take_shots(self, seen: list[Seen]) -> int:
@@ -179,10 +174,9 @@ class PipelineWorker:
 
     def _match(self, active: list[tuple[Frame, Track]]) -> list[MatchDecision]:
         decisions: list[MatchDecision] = []
-        watchlist = self.watchlist()
+        watchlist, now = self.watchlist(), self.clock()
         if watchlist is None:
             return decisions
-        now = self.clock()
         # A list that arrives (or changes) while someone is in view is news for every track, not only
         # for those that just got a better shot: a person standing still is compared with it too.
         held = getattr(watchlist, "store", watchlist)
