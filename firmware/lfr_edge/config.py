@@ -109,7 +109,7 @@ class EmbedConfig:
     flip_average: bool = setting(True, "average the embeddings of the face and its mirror image")
     # A track is embedded on arrival and then only for a clearly better shot, so the budget is spent on
     # people arriving, not people in view: new tracks first, then the largest quality gains.
-    max_per_frame: int = setting(4, "most faces embedded per frame, shared by all cameras", ge=1, le=1000)
+    max_per_frame: int = setting(2, "most faces embedded per frame, shared by all cameras", ge=1, le=1000)
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ class TrackConfig:
         0.5, "keypoint distance from where a track expects them that continues it, face widths", gt=0.0, le=10.0
     )
     shot_gain: float = setting(
-        0.15, "quality gain over a track's best shot that earns another embedding", ge=0.0, le=10.0
+        0.3, "quality gain over a track's best shot that earns another embedding", ge=0.0, le=10.0
     )
     max_missed_frames: int = setting(10, "frames without the face before a track ends", ge=0, le=1000)
     best_k: int = setting(5, "best shots a track keeps for matching (at least match.min_frames)", ge=1, le=100)

@@ -50,6 +50,10 @@ class NewestFrames:
             self._slots.clear()
             return frames
 
+    def skipped_counts(self) -> dict[str, int]:
+        with self._cond:
+            return dict(self.skipped)
+
     def close(self) -> None:
         with self._cond:
             self._closed = True

@@ -272,7 +272,7 @@ class Daemon:
         broker = "" if self.mqtt.connected.is_set() else f"{self._broker_state()}; "
         return (
             f"{broker}{stats.fps():.1f} fps, {stats.faces_seen} faces, watchlist {self.sync.status().summary()}, "
-            f"{stats.alerts} alerts, skipped {sum(self.frames.skipped.values())}"
+            f"{stats.alerts} alerts, skipped {sum(self.frames.skipped_counts().values())}"
         )
 
     def telemetry(self) -> Telemetry:
@@ -292,7 +292,7 @@ class Daemon:
             tracks_ended_unmatched=stats.tracks_ended_unmatched,
             alerts=stats.alerts,
             stage_ms=stats.stage_medians(),
-            frames_skipped=dict(self.frames.skipped),
+            frames_skipped=self.frames.skipped_counts(),
             camera_fps=stats.camera_fps(),
             cpu_temp_c=cpu_temperature(),
             watchlist=self.sync.status(),

@@ -81,7 +81,9 @@ class PipelineStats:
 
     def camera_fps(self) -> dict[str, float]:
         """Frames processed per second, per camera: below the camera's rate when the unit falls behind."""
-        return {camera: round(_rate(times), 2) for camera, times in self.camera_times.items()}
+        return {
+            camera: round(_rate(times), 2) for camera, times in list(self.camera_times.items())
+        }  # telemetry's thread
 
     def stage_medians(self) -> dict[str, float]:
         return {stage: round(statistics.median(v), 2) for stage, v in self.stage_ms.items() if v}
