@@ -1,4 +1,4 @@
-"""detect → quality gate → align → embed, on one frame held in memory.
+"""detect → quality → (the caller picks which faces are worth it) → embed, on one frame held in memory.
 
 A `FacePipeline` is built once from the config (models verified against the manifest, loaded on the
 configured backend) and then called per frame. It keeps no per-frame state: what it returns is all there
