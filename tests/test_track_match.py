@@ -264,9 +264,14 @@ class ScriptedPipeline(FacePipeline):
         pass
 
 
+class NoAudit:
+    def append(self, event: object) -> None:
+        raise AssertionError("no watchlist is held: nothing may be alerted or audited")
+
+
 def crowd_worker(budget: int) -> tuple[PipelineWorker, ScriptedPipeline]:
     pipeline = ScriptedPipeline()
-    alerter = Alerter("unit-a", [], None)  # type: ignore[arg-type]  # no watchlist: nothing is alerted
+    alerter = Alerter("unit-a", [], NoAudit())
     worker = PipelineWorker(
         pipeline,
         ["cam0"],
