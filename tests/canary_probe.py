@@ -38,7 +38,7 @@ from lfr_edge.daemon.alerting import Alerter
 from lfr_edge.daemon.worker import PipelineWorker
 from lfr_edge.inference.base import TensorSpec
 from lfr_edge.vision.embed import Embedder
-from lfr_edge.vision.pipeline import FacePipeline, FrameFaces, build_pipeline
+from lfr_edge.vision.pipeline import Face, FacePipeline, build_pipeline
 from lfr_edge.watchlist.store import WatchlistStore
 from lfr_tools.photos.image import read_image
 
@@ -114,18 +114,22 @@ class SpyPipeline(FacePipeline):
         self._leave_a_copy = leave_a_copy
         self.left: list[npt.NDArray[np.float32]] = []  # the copy a careless stage would leave (--leave-a-copy)
 
-    def process(self, image: npt.NDArray[np.uint8], embed: bool = True) -> FrameFaces:
-        result = super().process(image, embed)
-        for face in result.faces:
+    def observe(self, image: npt.NDArray[np.uint8]) -> tuple[list[Face], dict[str, float]]:
+        faces, stage_ms = super().observe(image)
+        for face in faces:
             self._canaries.append(Canary("face crop", masked(face.aligned), windows_of(face.aligned.nbytes)))
             grey = cv2.cvtColor(face.aligned, cv2.COLOR_RGB2GRAY)
             self._canaries.append(Canary("grey face crop", masked(grey), windows_of(grey.nbytes, 128)))
             grey.fill(0)
-            if face.embedding is not None:
-                self._canaries.append(Canary("embedding", masked(face.embedding), ((0, face.embedding.nbytes),)))
-                if self._leave_a_copy:
-                    self.left.append(face.embedding.copy())
-        return result
+        return faces, stage_ms
+
+    def embed_crops(self, crops: list[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
+        rows = super().embed_crops(crops)
+        for row in rows:
+            self._canaries.append(Canary("embedding", masked(row), ((0, row.nbytes),)))
+            if self._leave_a_copy:
+                self.left.append(row.copy())
+        return rows
 
 
 def watchlist(model_id: str, dim: int, subjects: int) -> WatchlistStore:
@@ -171,10 +175,10 @@ def run_passer_by(
     empty = np.zeros_like(picture)
     index = 0
     for _ in range(3):
-        worker.process(Frame("cam0", index, time.monotonic(), picture.copy()))
+        worker.process([Frame("cam0", index, time.monotonic(), picture.copy())])
         index += 1
     for _ in range(track_cfg.max_missed_frames + 2):
-        worker.process(Frame("cam0", index, time.monotonic(), empty.copy()))
+        worker.process([Frame("cam0", index, time.monotonic(), empty.copy())])
         index += 1
     picture.fill(0)
     stats = worker.stats

@@ -147,7 +147,7 @@ def test_the_worker_hands_a_watchlisted_face_to_every_channel_and_keeps_going(
         pipeline, ["cam0"], TrackConfig(), MatchConfig(), lambda: store, Alerter("unit-a", [Broken(), recording], audit)
     )
     frames = [read_image(p) for p in photos[2:5] for _ in range(3)]  # each photo held for three frames
-    decisions = [worker.process(Frame("cam0", i, time.monotonic(), image)) for i, image in enumerate(frames)]
+    decisions = [worker.process([Frame("cam0", i, time.monotonic(), image)]) for i, image in enumerate(frames)]
     audit.close()
     assert worker.stats.frames == len(frames)
     assert sum(len(d) for d in decisions) == worker.stats.alerts == 1

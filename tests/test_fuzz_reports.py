@@ -46,7 +46,7 @@ TELEMETRY = encode_telemetry(
     Telemetry(
         unit="van-01", time=1_800_000_000.5, uptime_s=12.5, fps=24.9, frames=300, faces_seen=40, faces_embedded=12,
         faces_rejected={"small": 3}, tracks_started=5, tracks_ended_unmatched=4, alerts=1,
-        stage_ms={"detect": 11.2, "embed": 4.1}, dropped_frames=2, queue_depth=1, cpu_temp_c=51.5,
+        stage_ms={"detect": 11.2, "embed": 4.1}, frames_skipped={"cam0": 2}, camera_fps={"cam0": 24.9}, cpu_temp_c=51.5,
         watchlist=WatchlistStatus("active", "op-1", 7, 120, 1_800_003_600.0), cameras={"cam0": CameraState.STALLED},
         camera_dropped={"cam0": 1}, beacon=BeaconLink(True, False, Pattern.ALERT), alerts_outbox={"sent": 1},
         threads=ThreadHealth({"watchlist-expiry": 2}, ("beacon",)), audit=AuditHealth(False, 3, 1_800_000_000.0),

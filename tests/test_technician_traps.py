@@ -23,7 +23,7 @@ from lfr_contracts.topics import Topics
 from lfr_edge import keyfiles
 from lfr_edge.audit.log import AuditLog
 from lfr_edge.camera.replay import ReplaySource
-from lfr_edge.daemon.frames import CaptureThread, FrameQueue
+from lfr_edge.daemon.frames import CaptureThread, NewestFrames
 from lfr_hwsim.broker import MosquittoBroker
 from lfr_provision.cli import main as provision_main
 from lfr_provision.selftest import Verdict
@@ -168,13 +168,13 @@ def test_a_replay_at_the_end_of_its_file_ends_the_stream_and_says_so(
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((48, 64, 3), 40 * i, np.uint8))
     source = ReplaySource(CameraConfig(name="cam-r", source="replay", uri=str(tmp_path), fps=100.0))
-    frames, stop = FrameQueue(8), threading.Event()
+    frames, stop = NewestFrames(), threading.Event()
     capture = CaptureThread(source, frames, stop)
     with caplog.at_level(logging.WARNING, logger="lfr_edge.daemon.frames"):
         capture.start()
         capture.join(10)
     assert not capture.is_alive() and capture.state == "ended"
-    assert frames.depth() == 3
+    assert [f.index for f in frames.take(timeout=0)] == [2] and frames.skipped["cam-r"] == 2  # the newest kept
     [line] = [r.getMessage() for r in caplog.records if "end of stream" in r.getMessage()]
     assert "end of the recording after 3 frame(s)" in line and "options.loop = false" in line
     looping = ReplaySource(CameraConfig(name="cam-l", source="replay", uri=str(tmp_path), fps=100.0,

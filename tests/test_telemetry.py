@@ -7,10 +7,14 @@ test_deployment_report.py; here a message is encoded once and then damaged field
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from fuzz_helpers import dumps, fuzz, holds, hostile_json_text, json_values, mutated
 from lfr_contracts.beacon import Pattern
 from lfr_contracts.status import WatchlistStatus
 from lfr_contracts.telemetry import (
@@ -30,7 +34,7 @@ def message() -> Telemetry:
     return Telemetry(
         unit="van-01", time=1_800_000_000.5, uptime_s=12.5, fps=24.9, frames=300, faces_seen=40, faces_embedded=12,
         faces_rejected={"small": 3}, tracks_started=5, tracks_ended_unmatched=4, alerts=1,
-        stage_ms={"detect": 11.2}, dropped_frames=2, queue_depth=1, cpu_temp_c=None,
+        stage_ms={"detect": 11.2}, frames_skipped={"cam0": 2}, camera_fps={"cam0": 12.5}, cpu_temp_c=None,
         watchlist=WatchlistStatus("active", "op-1", 7, 120, 1_800_003_600.0), cameras={"cam0": CameraState.STALLED},
         camera_dropped={"cam0": 1}, beacon=BeaconLink(True, False, Pattern.ALERT), alerts_outbox={"sent": 1},
         threads=ThreadHealth({"watchlist-expiry": 2}, ("beacon",)), audit=AuditHealth(False, 3, 1_800_000_000.0),
@@ -88,3 +92,18 @@ def test_garbage_and_oversized_messages_are_refused() -> None:
         decode_telemetry(b"[1, 2]")
     with pytest.raises(TelemetryError, match="over the"):
         decode_telemetry(b" " * (MAX_TELEMETRY_BYTES + 1))
+
+
+@fuzz(300)
+@given(
+    payload=st.one_of(mutated(encode_telemetry(message())), hostile_json_text()),
+    skipped=st.dictionaries(st.text(max_size=8), json_values, max_size=3),
+    fps=st.dictionaries(st.text(max_size=8), json_values, max_size=3),
+)
+def test_fuzzed_telemetry_decodes_or_is_refused_by_name(payload: bytes, skipped: Any, fps: Any) -> None:
+    """Whatever arrives (damaged bytes, hostile JSON, any per-camera counters): a message or TelemetryError."""
+    holds(TelemetryError, lambda: decode_telemetry(payload))
+    fields = body() | {"frames_skipped": skipped, "camera_fps": fps}
+    counts = all(type(v) is int for v in skipped.values())
+    rates = all((type(v) is float and math.isfinite(v)) or (type(v) is int and abs(v) < 2**1000) for v in fps.values())
+    assert holds(TelemetryError, lambda: decode_telemetry(dumps(fields))) == (counts and rates)

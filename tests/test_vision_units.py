@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
 from lfr_edge.config import QualityConfig
@@ -117,3 +118,18 @@ def test_yaw_is_zero_for_a_frontal_face_and_signed_when_turned() -> None:
     assert abs(estimate_yaw_deg(kps)) < 1.0
     kps[2, 0] += 8
     assert estimate_yaw_deg(kps) > 10
+
+
+def test_the_quality_score_ranks_bigger_sharper_frontal_and_surer_faces_higher() -> None:
+    """The figure a track's best shots are chosen by (before any embedding): each factor counts."""
+    rng = np.random.default_rng(1)
+    sharp = rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)
+    soft = np.asarray(cv2.GaussianBlur(sharp, (0, 0), 2.5), dtype=np.uint8)
+    cfg = QualityConfig(min_eye_distance_px=0, min_score=0, min_sharpness=0, max_yaw_deg=90)
+    base = assess(Detection((0, 0, 100, 100), 0.9, _keypoints_for(1.0, (0, 0))), sharp, cfg).score
+    assert assess(Detection((0, 0, 200, 200), 0.9, _keypoints_for(2.0, (0, 0))), sharp, cfg).score > base
+    assert assess(Detection((0, 0, 100, 100), 0.9, _keypoints_for(1.0, (0, 0))), soft, cfg).score < base
+    assert assess(Detection((0, 0, 100, 100), 0.6, _keypoints_for(1.0, (0, 0))), sharp, cfg).score < base
+    turned = _keypoints_for(1.0, (0, 0))
+    turned[2, 0] += 15
+    assert assess(Detection((0, 0, 100, 100), 0.9, turned), sharp, cfg).score < base

@@ -10,14 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from lfr_bench import accuracy, detection, embedders, latency, memory, peer, perception, pipeline, scale
+from lfr_bench import accuracy, crowd, detection, embedders, latency, memory, peer, perception, pipeline, scale
 from lfr_bench.common import BenchContext, PartResult, machine_info, not_measured
 from lfr_bench.frames import FrameSet, make_sprites, wild_photos
 from lfr_bench.report import write_results
 from lfr_bench.variants import VariantsUnavailable, bench_variants, build
 from lfr_edge.config import REPO_ROOT, load_config_or_defaults
 
-PARTS = ("perception", "detection", "accuracy", "embedders", "peer", "scale", "pipeline", "latency", "memory")
+PARTS = (
+    "perception", "detection", "crowd", "accuracy", "embedders", "peer", "scale", "pipeline", "latency", "memory"
+)  # fmt: skip
 T = TypeVar("T")
 
 
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             results.get("accuracy") or not_measured("accuracy", "not run"),
             results.get("perception") or not_measured("perception", "not run"),
         ),
+        "crowd": lambda: crowd.run(ctx, cfg),
         "scale": lambda: scale.run(ctx),
         "pipeline": lambda: pipeline.run(ctx),
         "latency": lambda: latency.run(ctx),
@@ -95,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     needs_vision = {
         "perception": perception.SUMMARY_KEYS,
         "detection": detection.SUMMARY_KEYS,
+        "crowd": crowd.SUMMARY_KEYS,
         "accuracy": accuracy.SUMMARY_KEYS,
         "embedders": embedders.SUMMARY_KEYS,
         "peer": peer.SUMMARY_KEYS,

@@ -195,8 +195,8 @@ class Rates:
     faces_per_s: float
     cpu_percent: float  # 100 = one core busy
     frames: int
-    dropped: int  # frames the pipeline had no time for (queue drops + camera-side skips)
-    queue_depth_max: int
+    dropped: int  # frames the pipeline had no time for (skipped for a newer one + camera-side skips)
+    embeddings_per_s: float
     stage_ms: dict[str, float]
     rss_mb: float
     hwm_mb: float
@@ -214,7 +214,7 @@ def rates(window: list[Sample], pid: int) -> Rates:
         cpu_percent=round(100.0 * (window[-1].cpu_s - window[0].cpu_s) / cpu_wall, 1),
         frames=b.frames - a.frames,
         dropped=b.dropped_total - a.dropped_total,
-        queue_depth_max=max(s.telemetry.queue_depth for s in window),
+        embeddings_per_s=round((b.faces_embedded - a.faces_embedded) / seconds, 2),
         stage_ms=b.stage_ms,
         rss_mb=memory.get("VmRSS", float("nan")),
         hwm_mb=memory.get("VmHWM", float("nan")),

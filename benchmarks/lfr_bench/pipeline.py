@@ -6,8 +6,8 @@ holding the same 10,000-subject watchlist (the memory part reads its figures fro
 1. `realtime = true` at 25 fps, the camera's real rate: READY without a watchlist, then the command
    centre publishes it; the fps the daemon keeps, its CPU share, the frames it had no time for.
 2. `realtime = false`: the simulated camera renders frames as fast as its capture thread can, so the
-   pipeline is never idle. The capture thread outruns the pipeline, so the drop-oldest frame queue drops
-   frames: that is expected here and reported as such, not as a fault.
+   pipeline is never idle. The capture thread outruns the pipeline, so frames are skipped for newer ones
+   (one slot per camera): that is expected here and reported as such, not as a fault.
 CPU use is the daemon process's user+system time from /proc over the same window as the telemetry;
 it includes the simulated camera's own rendering (a real camera's capture costs far less), which the
 table states next to it.
@@ -126,7 +126,7 @@ def result(
             round(r.faces_per_s / r.fps, 2) if r.fps else float("nan"),
             r.cpu_percent,
             r.dropped,
-            r.queue_depth_max,
+            r.embeddings_per_s,
             r.stage_ms.get("frame", float("nan")),
         ]
         for label, r in (("as fast as it goes (realtime=false)", fast), ("camera rate 25 fps (realtime)", paced))
@@ -141,7 +141,7 @@ def result(
             "faces/frame",
             "CPU % (100 = 1 core)",
             "dropped",
-            "queue max",
+            "embeddings/s",
             "frame ms",
         ],
         rows,
@@ -152,7 +152,7 @@ def result(
         f"{scene['walkers']} walkers), with a {memory.SUBJECTS:,}-subject watchlist held; the daemon's own "
         "telemetry over a steady window after a warm-up; CPU from /proc/<pid>/stat over the same window.",
         f"Dropped frames at full speed ({fast.dropped}) are expected: the simulated camera's capture thread "
-        "renders frames faster than the pipeline takes them, and the queue drops the oldest.",
+        "renders frames faster than the pipeline takes them, and each camera keeps only its newest frame.",
         f"The simulated camera renders inside the daemon's process: {render_ms:g} ms per frame (median, "
         "measured apart), part of the CPU figures above; a real camera's capture costs far less.",
         f"At the camera's 25 fps the daemon {'keeps up' if keeps_up else 'does NOT keep up'}: {paced.fps:g} fps, "

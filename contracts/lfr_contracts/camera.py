@@ -32,7 +32,6 @@ class CameraConfig:
     width: int = setting(1280, "frame width asked of the camera, pixels", ge=16, le=16384)
     height: int = setting(720, "frame height asked of the camera, pixels", ge=16, le=16384)
     fps: float = setting(25.0, "frame rate asked of the camera", gt=0.0, le=1000.0)
-    queue_size: int = setting(4, "frames held between capture and detection", ge=1, le=64)
     options: dict[str, Any] = setting(
         help="the source's own options (below); checked by the source", default_factory=dict
     )

@@ -155,7 +155,7 @@ def _decode_scalar(kind: Any, value: Any, name: str) -> Any:
             return value
         raise RecordError(f"{name}: expected an integer, got {_describe(value)}")
     if kind is float:
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        if isinstance(value, int | float) and not isinstance(value, bool) and _finite(value):
             return float(value)
         raise RecordError(f"{name}: expected a finite number, got {_describe(value)}")
     if kind is str:
@@ -173,3 +173,11 @@ def _key(key: str) -> str:
 def _describe(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _finite(value: float) -> bool:
+    """A finite number that fits a float: an integer too large for one (JSON allows it) is refused, not raised."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False

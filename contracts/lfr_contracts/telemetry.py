@@ -68,8 +68,8 @@ class Telemetry:
     tracks_ended_unmatched: int
     alerts: int
     stage_ms: dict[str, float]  # median per pipeline stage
-    dropped_frames: int  # by the unit's frame queue
-    queue_depth: int
+    frames_skipped: dict[str, int]  # per camera: frames a newer one replaced before the pipeline took them
+    camera_fps: dict[str, float]  # per camera: frames processed per second (below the camera's when behind)
     cpu_temp_c: float | None
     watchlist: WatchlistStatus  # which list the unit holds, or why none
     cameras: dict[str, CameraState]
@@ -82,8 +82,8 @@ class Telemetry:
 
     @property
     def dropped_total(self) -> int:
-        """Frames the pipeline had no time for: the unit's queue and every camera source together."""
-        return self.dropped_frames + sum(self.camera_dropped.values())
+        """Frames the pipeline had no time for: skipped for a newer one, or lost by a camera source."""
+        return sum(self.frames_skipped.values()) + sum(self.camera_dropped.values())
 
 
 def encode_telemetry(message: Telemetry) -> bytes:

@@ -119,6 +119,9 @@ class EmbedConfig:
     """Face embedding."""
 
     flip_average: bool = setting(True, "average the embeddings of the face and its mirror image")
+    # A track is embedded on arrival and then only for a clearly better shot, so the budget is spent on
+    # people arriving, not people in view: new tracks first, then the largest quality gains.
+    max_per_frame: int = setting(2, "most faces embedded per frame, shared by all cameras", ge=1, le=1000)
 
 
 @dataclass(frozen=True)
@@ -153,16 +156,21 @@ class TrackConfig:
     """Following each person through one camera's view."""
 
     iou_min: float = setting(0.2, "box overlap that continues a track", ge=0.0, le=1.0)
-    embedding_min: float = setting(0.35, "embedding similarity that continues a track nearby", ge=-1.0, le=1.0)
+    max_jump: float = setting(
+        0.5, "keypoint distance from where a track expects them that continues it, face widths", gt=0.0, le=10.0
+    )
+    shot_gain: float = setting(
+        0.3, "quality gain over a track's best shot that earns another embedding", ge=0.0, le=10.0
+    )
     max_missed_frames: int = setting(10, "frames without the face before a track ends", ge=0, le=1000)
-    best_k: int = setting(5, "best faces a track keeps for matching (at least match.min_frames)", ge=1, le=100)
+    best_k: int = setting(5, "best shots a track keeps for matching (at least match.min_frames)", ge=1, le=100)
 
 
 @dataclass(frozen=True)
 class MatchConfig:
     """When a track matches a watchlist subject."""
 
-    min_frames: int = setting(2, "best faces that must support a match", ge=1, le=100)
+    min_frames: int = setting(2, "best shots, each from its own frame, that must support a match", ge=1, le=100)
     margin: float = setting(0.03, "lead of the best subject over the runner-up", ge=0.0, le=1.0)
     cooldown_s: float = setting(60.0, "seconds before the same subject alerts again", ge=0.0, le=86400.0)
     top_k: int = setting(3, "subjects compared per face", ge=1, le=100)

@@ -323,7 +323,7 @@ def make_report(
         "missed": len(windows) - true_alerts,
         "frames": last.frames if last else 0,
         "fps": round(statistics.median([t.fps for t in observed.telemetry[1:]] or [0.0]), 2),
-        "dropped_frames": last.dropped_frames if last else 0,
+        "dropped_frames": last.dropped_total if last else 0,
         "faces_seen": last.faces_seen if last else 0,
         "faces_rejected_by_quality": last.faces_rejected if last else {},
         "tracks_discarded_unmatched": last.tracks_ended_unmatched if last else 0,

@@ -156,7 +156,13 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
         entry.embeddings.fill(0)
     discard = Discard()
     worker = PipelineWorker(
-        pipeline, [CAMERA], cfg.track, cfg.match, lambda: store, Alerter(CAMERA, [discard], discard)
+        pipeline,
+        [CAMERA],
+        cfg.track,
+        cfg.match,
+        lambda: store,
+        Alerter(CAMERA, [discard], discard),
+        embed_cfg=cfg.embed,
     )
     frames = frames_from_video(args.video, args.fps) if args.video else frames_from_dir(args.frames, args.fps)
     alerts: list[TrialAlert] = []
@@ -164,7 +170,7 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for frame in frames:
             started = time.perf_counter()
-            decisions = worker.process(frame)
+            decisions = worker.process([frame])
             frame_ms.append((time.perf_counter() - started) * 1e3)
             alerts += [
                 TrialAlert(d.subject_id, round(d.score, 4), frame.index, round(frame.timestamp, 3)) for d in decisions

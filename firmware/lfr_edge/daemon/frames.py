@@ -1,7 +1,8 @@
-"""Capture threads and the bounded frame queue between them and the pipeline.
+"""Capture threads and the one-slot mailbox per camera between them and the pipeline.
 
-When the pipeline falls behind, the oldest frames are dropped and counted: a live camera's newest frame is
-worth more than an old one, and nothing is ever buffered without bound.
+Each camera keeps only its newest frame: a frame the worker has not taken when the next one arrives is
+overwritten and counted as skipped. The worker always takes the newest, so when it falls behind it
+processes fewer frames per second, never older ones, and telemetry says how many were skipped per camera.
 
 A capture thread handles a camera's own errors (CameraError: reopen with backoff). Anything else (a bug in a
 camera source) is the supervisor's (lfr_edge.daemon.supervise): counted, logged once, the camera closed
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter
 
 from lfr_contracts.camera import CameraError, EndOfStream, Frame, FrameSource
 from lfr_edge.daemon.supervise import Supervisor, describe
@@ -21,52 +22,54 @@ from lfr_edge.daemon.supervise import Supervisor, describe
 log = logging.getLogger(__name__)
 
 
-class FrameQueue:
-    """A bounded, drop-oldest queue of frames from all cameras."""
+class NewestFrames:
+    """One slot per camera holding its newest frame; an older frame still there is overwritten."""
 
-    def __init__(self, capacity: int) -> None:
-        self._frames: deque[Frame] = deque()
-        self._capacity = capacity
+    def __init__(self) -> None:
+        self._slots: dict[str, Frame] = {}
         self._cond = threading.Condition()
-        self.dropped = 0
+        self.skipped: Counter[str] = Counter()  # per camera: frames replaced by a newer one before being taken
         self._closed = False
 
     def put(self, frame: Frame) -> None:
         with self._cond:
-            if len(self._frames) >= self._capacity:
-                old = self._frames.popleft()
-                old.image.fill(0)  # a dropped frame is overwritten, not left for the collector
-                self.dropped += 1
-            self._frames.append(frame)
+            old = self._slots.get(frame.camera)
+            if old is not None:
+                old.image.fill(0)  # a skipped frame is overwritten, not left for the collector
+                self.skipped[frame.camera] += 1
+            self._slots[frame.camera] = frame
             self._cond.notify()
 
-    def get(self, timeout: float) -> Frame | None:
-        """The oldest queued frame, or None after `timeout` seconds or once closed and empty."""
+    def take(self, timeout: float) -> list[Frame]:
+        """The newest frame of every camera that has one (oldest capture first); [] after `timeout` seconds
+        or once closed."""
         with self._cond:
-            if not self._frames and not self._closed:
+            if not self._slots and not self._closed:
                 self._cond.wait(timeout)
-            return self._frames.popleft() if self._frames else None
+            frames = sorted(self._slots.values(), key=lambda f: f.timestamp)
+            self._slots.clear()
+            return frames
 
-    def depth(self) -> int:
+    def skipped_counts(self) -> dict[str, int]:
         with self._cond:
-            return len(self._frames)
+            return dict(self.skipped)
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            for frame in self._frames:
+            for frame in self._slots.values():
                 frame.image.fill(0)
-            self._frames.clear()
+            self._slots.clear()
             self._cond.notify_all()
 
 
 class CaptureThread(threading.Thread):
-    """Reads one camera into the shared queue; reopens the camera with capped backoff when it fails."""
+    """Reads one camera into its mailbox slot; reopens the camera with capped backoff when it fails."""
 
     def __init__(
         self,
         source: FrameSource,
-        queue: FrameQueue,
+        mailbox: NewestFrames,
         stop: threading.Event,
         max_backoff_s: float = 5.0,
         stall_after_s: float = 2.0,
@@ -75,7 +78,7 @@ class CaptureThread(threading.Thread):
         super().__init__(name=f"capture-{source.name}", daemon=True)
         self._supervisor = supervisor or Supervisor()
         self.source = source
-        self.queue = queue
+        self.mailbox = mailbox
         self.stop_event = stop
         self.max_backoff_s = max_backoff_s
         self.state = "starting"  # starting, streaming, reconnecting, ended, stopped
@@ -125,7 +128,7 @@ class CaptureThread(threading.Thread):
             self.state, backoff = "streaming", 0.2
             self._frame_arrived()
             self.first_frame.set()
-            self.queue.put(frame)
+            self.mailbox.put(frame)
 
     def check_stall(self, now: float) -> bool:
         """From the main loop: a streaming camera that delivered nothing for stall_after_s is logged once."""

@@ -42,7 +42,7 @@ from lfr_edge.comms.mqtt import Overflow, UnitMqttClient
 from lfr_edge.config import Config, load_config, require_cameras
 from lfr_edge.daemon.alerting import Alerter
 from lfr_edge.daemon.clock import WallClock
-from lfr_edge.daemon.frames import CaptureThread, FrameQueue
+from lfr_edge.daemon.frames import CaptureThread, NewestFrames
 from lfr_edge.daemon.memory_lock import lock_all_memory
 from lfr_edge.daemon.notify import Notifier, Watchdog
 from lfr_edge.daemon.supervise import Supervisor
@@ -162,11 +162,11 @@ class Daemon:
             self.beacon = BeaconDriver(cfg.beacon, supervisor=self.supervisor)
             self.channels.append(BeaconChannel(self.beacon))
 
-        self.queue = FrameQueue(sum(c.queue_size for c in cfg.cameras))
+        self.frames = NewestFrames()
         self.sources: list[FrameSource] = [create_source(c) for c in cfg.cameras]
         self.captures = [
             CaptureThread(
-                s, self.queue, self.stop_event, stall_after_s=max(2.0, 5.0 / c.fps), supervisor=self.supervisor
+                s, self.frames, self.stop_event, stall_after_s=max(2.0, 5.0 / c.fps), supervisor=self.supervisor
             )
             for s, c in zip(self.sources, cfg.cameras, strict=True)
         ]
@@ -177,6 +177,7 @@ class Daemon:
             cfg.match,
             lambda: self.sync.store,
             Alerter(cfg.unit.id, self.channels, self.audit, calibration=self.calibration),
+            embed_cfg=cfg.embed,
         )
 
     def _paired_handsets(self) -> dict[str, Any]:
@@ -217,12 +218,12 @@ class Daemon:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
-            frame = self.queue.get(timeout=0.5)
+            frames = self.frames.take(timeout=0.5)
             for capture in self.captures:
                 capture.check_stall(time.monotonic())
             self._show_unit_state()
-            if frame is not None:
-                self.worker.process(frame)
+            if frames:
+                self.worker.process(frames)
                 if self.watchdog is not None:
                     self.watchdog.progress()
             if not ready:
@@ -277,7 +278,7 @@ class Daemon:
         broker = "" if self.mqtt.connected.is_set() else f"{self._broker_state()}; "
         return (
             f"{broker}{stats.fps():.1f} fps, {stats.faces_seen} faces, watchlist {self.sync.status().summary()}, "
-            f"{stats.alerts} alerts, dropped {self.queue.dropped}"
+            f"{stats.alerts} alerts, skipped {sum(self.frames.skipped_counts().values())}"
         )
 
     def telemetry(self) -> Telemetry:
@@ -297,8 +298,8 @@ class Daemon:
             tracks_ended_unmatched=stats.tracks_ended_unmatched,
             alerts=stats.alerts,
             stage_ms=stats.stage_medians(),
-            dropped_frames=self.queue.dropped,
-            queue_depth=self.queue.depth(),
+            frames_skipped=self.frames.skipped_counts(),
+            camera_fps=stats.camera_fps(),
             cpu_temp_c=cpu_temperature(),
             watchlist=self.sync.status(),
             cameras={c.source.name: CameraState.STALLED if c.stalled else CameraState(c.state) for c in self.captures},
@@ -369,7 +370,7 @@ class Daemon:
             for section in vars(new)
             if section not in live and getattr(new, section) != getattr(self.cfg, section)
         ]
-        self.worker.apply(new.track, new.match)
+        self.worker.apply(new.track, new.match, new.embed)
         self.pipeline.apply(new.quality)
         self.handsets.apply(new.alerts)
         if self.watchdog is not None:
@@ -391,7 +392,7 @@ class Daemon:
             self.watchdog.stop()
         for capture in self.captures:
             capture.join(max(0.1, min(1.0, deadline - time.monotonic())))
-        self.queue.close()
+        self.frames.close()
         self.worker.end_all_tracks()
         self.sync.shutdown()
         if self.beacon is not None:

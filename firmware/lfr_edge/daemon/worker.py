@@ -1,10 +1,14 @@
-"""The per-frame work: faces → tracks → match decisions → alerts, and the counters telemetry reports.
+"""The per-frame work: faces → tracks → best shots embedded → match decisions → alerts, and the counters.
 
 One worker thread runs the shared models for every camera (interpreters are not thread-safe); each
-camera has its own tracker. A frame's pixels are zeroed once processed (after a match's context picture is
-cut from it), the frame's face crops and embeddings once the tracker has taken its copies, and an ended
-track's faces before they are dropped: what is not a match does not outlive its frame or track
-(tests/test_canary.py searches the process's memory).
+camera has its own tracker. Each cycle takes the newest frame of every camera (lfr_edge.daemon.frames),
+finds and scores the faces, follows them by motion, and only then embeds: a track's face is embedded when
+it is new or clearly better than the track's best shot, at most `embed.max_per_frame` per cycle for all
+cameras together (new tracks first, then the largest gains), so a frame costs what people arriving cost,
+not what people in view cost. A frame's pixels are zeroed at the end of its cycle (after a match's context
+picture is cut from it), every face's crop then too (tracks keep copies of their shots), and an ended
+track's shots before they are dropped: what is not a match does not outlive its cycle or track
+(tests/test_canary.py searches memory).
 """
 
 from __future__ import annotations
@@ -13,22 +17,23 @@ import logging
 import statistics
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from lfr_contracts.alerts import MAX_CONTEXT_PX
 from lfr_contracts.camera import Frame
-from lfr_edge.config import MatchConfig, TrackConfig
+from lfr_edge.config import EmbedConfig, MatchConfig, TrackConfig
 from lfr_edge.daemon.alerting import Alerter
 from lfr_edge.vision.image import context_jpeg
 from lfr_edge.vision.match import Cooldowns, MatchDecision, evaluate
 from lfr_edge.vision.pipeline import Face, FacePipeline
-from lfr_edge.vision.track import Track, Tracker
+from lfr_edge.vision.track import Track, Tracker, TrackUpdate
 from lfr_edge.watchlist.store import WatchlistStore
 
 log = logging.getLogger(__name__)
 
 HeldWatchlist = Callable[[], WatchlistStore | None]
+Seen = tuple[Frame, TrackUpdate]
 
 
 @dataclass
@@ -46,18 +51,22 @@ class PipelineStats:
     alerts: int = 0
     stage_ms: dict[str, deque[float]] = field(default_factory=dict)
     frame_times: deque[float] = field(default_factory=lambda: deque(maxlen=100))
+    camera_times: dict[str, deque[float]] = field(default_factory=dict)
     last_frame_at: float = 0.0
 
     def record_frame(self, camera: str, faces: list[Face], stage_ms: dict[str, float]) -> None:
         self.frames += 1
         self.faces_seen += len(faces)
         self.faces_by_camera[camera] += len(faces)
-        self.faces_embedded += sum(1 for f in faces if f.embedding is not None)
-        self.rejected.update(f.quality.reason for f in faces if f.embedding is None)
-        for stage, ms in stage_ms.items():
-            self.stage_ms.setdefault(stage, deque(maxlen=200)).append(ms)
+        self.rejected.update(f.quality.reason for f in faces if not f.quality.ok)
+        self.record_stages(stage_ms)
         self.last_frame_at = time.monotonic()
         self.frame_times.append(self.last_frame_at)
+        self.camera_times.setdefault(camera, deque(maxlen=50)).append(self.last_frame_at)
+
+    def record_stages(self, stage_ms: dict[str, float]) -> None:
+        for stage, ms in stage_ms.items():
+            self.stage_ms.setdefault(stage, deque(maxlen=200)).append(ms)
 
     def record_tracks_started(self, count: int) -> None:
         self.tracks_started += count
@@ -71,13 +80,23 @@ class PipelineStats:
         self.alerts += 1
 
     def fps(self) -> float:
-        if len(self.frame_times) < 2:
-            return 0.0
-        span = self.frame_times[-1] - self.frame_times[0]
-        return (len(self.frame_times) - 1) / span if span > 0 else 0.0
+        return _rate(self.frame_times)
+
+    def camera_fps(self) -> dict[str, float]:
+        """Frames processed per second, per camera: below the camera's rate when the unit falls behind."""
+        return {
+            camera: round(_rate(times), 2) for camera, times in list(self.camera_times.items())
+        }  # telemetry's thread
 
     def stage_medians(self) -> dict[str, float]:
         return {stage: round(statistics.median(v), 2) for stage, v in self.stage_ms.items() if v}
+
+
+def _rate(times: deque[float]) -> float:
+    if len(times) < 2:
+        return 0.0
+    span = times[-1] - times[0]
+    return (len(times) - 1) / span if span > 0 else 0.0
 
 
 class PipelineWorker:
@@ -90,10 +109,13 @@ class PipelineWorker:
         watchlist: HeldWatchlist,
         alerter: Alerter,
         clock: Callable[[], float] = time.time,
+        embed_cfg: EmbedConfig | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.trackers = {name: Tracker(name, track_cfg) for name in cameras}
+        self.track_cfg = track_cfg
         self.match_cfg = match_cfg
+        self.embed_cfg = embed_cfg or EmbedConfig()
         self.watchlist = watchlist
         self.alerter = alerter
         self.clock = clock
@@ -101,48 +123,74 @@ class PipelineWorker:
         self.stats = PipelineStats()
         self._matched_against: tuple[int, object] | None = None  # the list the tracks were last compared with
 
-    def apply(self, track_cfg: TrackConfig, match_cfg: MatchConfig) -> None:
-        """Reloaded [track] and [match] sections, from the next frame on; cooldowns keep their history."""
+    def apply(self, track_cfg: TrackConfig, match_cfg: MatchConfig, embed_cfg: EmbedConfig) -> None:
+        """Reloaded [track], [match] and [embed] sections, from the next frame on; cooldowns keep their history."""
         for tracker in self.trackers.values():
             tracker.apply(track_cfg)
-        self.match_cfg = match_cfg
+        self.track_cfg, self.match_cfg, self.embed_cfg = track_cfg, match_cfg, embed_cfg
         self.cooldowns.apply(match_cfg)
 
-    def process(self, frame: Frame) -> list[MatchDecision]:
+    def process(self, frames: Sequence[Frame]) -> list[MatchDecision]:
+        """One cycle: the newest frame of each camera that has one; they share the embedding budget."""
         started = time.perf_counter()
+        seen: list[Seen] = []
         try:
-            return self._process(frame, started)
+            for frame in frames:
+                faces, stage_ms = self.pipeline.observe(frame.image)
+                update = self.trackers[frame.camera].update(faces, frame.index, frame.timestamp)
+                seen.append((frame, update))
+                self.stats.record_tracks_started(sum(1 for t in update.active if t.frames_seen == 1))
+                self.stats.record_frame(frame.camera, faces, stage_ms)
+            t_embed = time.perf_counter()
+            self.stats.faces_embedded += self._take_shots(seen)
+            t_match = time.perf_counter()
+            decisions = self._match([(frame, track) for frame, update in seen for track in update.active])
+            t_end = time.perf_counter()
         finally:
-            frame.image.fill(0)  # the frame is done with (a match's context picture is taken): overwrite it
+            for frame in frames:  # done with (a match's context picture is taken): overwrite it
+                frame.image.fill(0)
+            for _, update in seen:  # tracks hold their own copies of their best shots
+                for _, face in update.seen:
+                    face.aligned.fill(0)
+        for _, update in seen:
+            self._end(update.ended)
+        spans = {"embed": t_match - t_embed, "match": t_end - t_match, "frame": time.perf_counter() - started}
+        self.stats.record_stages({stage: seconds * 1e3 for stage, seconds in spans.items()})
+        return decisions
 
-    def _process(self, frame: Frame, started: float) -> list[MatchDecision]:
-        result = self.pipeline.process(frame.image)
-        tracker = self.trackers[frame.camera]
-        update = tracker.update(result.faces, frame.index, frame.timestamp)
-        self.stats.record_tracks_started(sum(1 for t in update.active if t.frames_seen == 1))
-        for face in result.faces:  # tracks hold their own copies of their best faces
-            face.aligned.fill(0)
-            if face.embedding is not None:
-                face.embedding.fill(0)
-        t_match = time.perf_counter()
+    def _take_shots(self, seen: list[Seen]) -> int:
+        """Embed the faces worth it, within the budget: new tracks first, then the largest quality gains."""
+        wanted = []
+        for frame, update in seen:
+            for track, face in update.seen:
+                priority = track.shot_priority(face, frame.index, self.match_cfg.min_frames, self.track_cfg.shot_gain)
+                if priority is not None:
+                    wanted.append((priority, track, face, frame))
+        wanted.sort(key=lambda w: w[0])
+        chosen = wanted[: self.embed_cfg.max_per_frame]
+        rows = self.pipeline.embed_crops([face.aligned for _, _, face, _ in chosen])
+        try:
+            for (_, track, face, frame), row in zip(chosen, rows, strict=True):
+                track.add_shot(face, row, frame.index, frame.timestamp, self.track_cfg.best_k)
+        finally:
+            rows.fill(0)  # the tracks took copies
+        return len(chosen)
+
+    def _match(self, active: list[tuple[Frame, Track]]) -> list[MatchDecision]:
         decisions: list[MatchDecision] = []
-        watchlist = self.watchlist()
-        now = self.clock()
-        if watchlist is not None:
-            # A list that arrives (or changes) while someone is in view is news for every track, not only
-            # for those that just got a better face: a person standing still is compared with it too.
-            held = getattr(watchlist, "store", watchlist)
-            key = (id(held), getattr(held, "version", None))
-            new_list, self._matched_against = key != self._matched_against, key
-            for track in update.active:
-                if track.new_evidence or new_list:
-                    for decision in evaluate(track, watchlist, self.match_cfg, self.cooldowns, now):
-                        decisions.append(decision)
-                        self._deliver(decision, track, frame, watchlist)
-        match_ms = (time.perf_counter() - t_match) * 1e3
-        self._end(update.ended)
-        frame_ms = (time.perf_counter() - started) * 1e3
-        self.stats.record_frame(frame.camera, result.faces, {**result.stage_ms, "match": match_ms, "frame": frame_ms})
+        watchlist, now = self.watchlist(), self.clock()
+        if watchlist is None:
+            return decisions
+        # A list that arrives (or changes) while someone is in view is news for every track, not only
+        # for those that just got a better shot: a person standing still is compared with it too.
+        held = getattr(watchlist, "store", watchlist)
+        key = (id(held), getattr(held, "version", None))
+        new_list, self._matched_against = key != self._matched_against, key
+        for frame, track in active:
+            if track.new_evidence or new_list:
+                for decision in evaluate(track, watchlist, self.match_cfg, self.cooldowns, now):
+                    decisions.append(decision)
+                    self._deliver(decision, track, frame, watchlist)
         return decisions
 
     def _deliver(self, decision: MatchDecision, track: Track, frame: Frame, watchlist: WatchlistStore) -> None:

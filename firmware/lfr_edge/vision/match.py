@@ -1,10 +1,11 @@
 """Matching a track against the watchlist, and the decision to prompt an officer.
 
-The track's best embeddings (by quality) are searched 1:N against the held watchlist (one matrix
-product). A probe supports a subject when that subject is its best match, the score clears the
-watchlist's threshold, and it beats the second-best subject by `margin`. A subject is alerted when at
-least `min_frames` of the track's best faces support it: once per track, and not again for the same
-subject within `cooldown_s` (several cameras, or a person turning back).
+The track's best shots (the faces it embedded, each from its own frame, kept by quality) are searched
+1:N against the held watchlist (one matrix product). A shot supports a subject when that subject is its
+best match, the score clears the watchlist's threshold, and it beats the second-best subject by `margin`.
+A subject is alerted when at least `min_frames` of the track's best shots support it (a track takes
+that many shots from different frames before any other: lfr_edge.vision.track): once per track, and
+not again for the same subject within `cooldown_s` (several cameras, or a person turning back).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""detect → quality gate → align → embed, on one frame held in memory.
+"""detect → quality → (the caller picks which faces are worth it) → embed, on one frame held in memory.
 
 A `FacePipeline` is built once from the config (models verified against the manifest, loaded on the
 configured backend) and then called per frame. It keeps no per-frame state: what it returns is all there
@@ -76,35 +76,43 @@ class FacePipeline:
     def detect(self, image: Image) -> list[Detection]:
         return self.detector.detect(image)
 
-    def process(self, image: Image, embed: bool = True) -> FrameFaces:
-        """All faces in the frame, each with its quality verdict; embeddings for those that pass."""
+    def observe(self, image: Image) -> tuple[list[Face], dict[str, float]]:
+        """All faces in the frame with their quality verdicts, none embedded yet (the caller picks which are
+        worth it); the crops of faces the gate refused are overwritten at once."""
         t0 = time.perf_counter()
         detections = self.detector.detect(image)
         t1 = time.perf_counter()
         aligned = [align_face(image, d.keypoints) for d in detections]
         t2 = time.perf_counter()
         verdicts = [assess(d, a, self.quality) for d, a in zip(detections, aligned, strict=True)]
+        for crop, verdict in zip(aligned, verdicts, strict=True):
+            if not verdict.ok:
+                crop.fill(0)
         t3 = time.perf_counter()
-        passing = [i for i, v in enumerate(verdicts) if v.ok]
-        embeddings: dict[int, npt.NDArray[np.float32]] = {}
-        if embed and passing:
-            batch = np.stack([aligned[i] for i in passing])
-            try:
-                for i, row in zip(passing, self.embedder.embed(batch), strict=True):
-                    embeddings[i] = row  # views of one array: the caller overwrites them through the faces
-            finally:
-                batch.fill(0)
-        t4 = time.perf_counter()
-        faces = [
-            Face(d, v, a, embeddings.get(i))
-            for i, (d, v, a) in enumerate(zip(detections, verdicts, aligned, strict=True))
-        ]
-        stage_ms = {
-            "detect": (t1 - t0) * 1e3,
-            "align": (t2 - t1) * 1e3,
-            "quality": (t3 - t2) * 1e3,
-            "embed": (t4 - t3) * 1e3,
-        }
+        faces = [Face(d, v, a, None) for d, v, a in zip(detections, verdicts, aligned, strict=True)]
+        return faces, {"detect": (t1 - t0) * 1e3, "align": (t2 - t1) * 1e3, "quality": (t3 - t2) * 1e3}
+
+    def embed_crops(self, crops: list[Image]) -> npt.NDArray[np.float32]:
+        """One embedding row per aligned crop; the batch handed to the model is zeroed, the rows are the only
+        copies (the caller overwrites them)."""
+        if not crops:
+            return np.zeros((0, self.embedder.dim), dtype=np.float32)
+        batch = np.stack(crops)
+        try:
+            return self.embedder.embed(batch)
+        finally:
+            batch.fill(0)
+
+    def process(self, image: Image, embed: bool = True) -> FrameFaces:
+        """All faces in the frame, each with its quality verdict; embeddings for all that pass (photos,
+        enrolment, tools: the live unit embeds only a track's best shots, lfr_edge.daemon.worker)."""
+        faces, stage_ms = self.observe(image)
+        t0 = time.perf_counter()
+        passing = [i for i, f in enumerate(faces) if f.quality.ok] if embed else []
+        rows = self.embed_crops([faces[i].aligned for i in passing])
+        for i, row in zip(passing, rows, strict=True):  # views of one array: the caller overwrites them
+            faces[i] = Face(faces[i].detection, faces[i].quality, faces[i].aligned, row)
+        stage_ms["embed"] = (time.perf_counter() - t0) * 1e3
         return FrameFaces(faces, stage_ms)
 
     def forget(self) -> None:

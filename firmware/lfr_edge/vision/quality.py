@@ -1,4 +1,5 @@
-"""Quality gate before embedding: refuse faces too small, too unsure, too blurred or turned too far.
+"""Quality before embedding: refuse faces too small, too unsure, too blurred or turned too far, and score
+the rest so a track embeds only its best shots (lfr_edge.daemon.worker).
 
 Every threshold comes from the config; every rejection has a reason so the daemon can count them.
 """
@@ -25,12 +26,13 @@ class QualityVerdict:
     eye_distance_px: float
     sharpness: float
     yaw_deg: float
+    detector_score: float = 1.0
 
     @property
     def score(self) -> float:
-        """A single figure to rank a track's faces by: larger, sharper and more frontal is better."""
+        """A single figure to rank a track's faces by: larger, sharper, more frontal and surer is better."""
         frontal = max(0.0, math.cos(math.radians(self.yaw_deg)))
-        return self.eye_distance_px * frontal * min(1.0, self.sharpness / 100.0 + 0.5)
+        return self.eye_distance_px * frontal * min(1.0, self.sharpness / 100.0 + 0.5) * self.detector_score
 
 
 def estimate_yaw_deg(keypoints: npt.NDArray[np.float32]) -> float:
@@ -68,4 +70,4 @@ def assess(detection: Detection, aligned: npt.NDArray[np.uint8], cfg: QualityCon
         reason = "turned_away"
     elif sharp < cfg.min_sharpness:
         reason = "blurred"
-    return QualityVerdict(not reason, reason, eye, sharp, yaw)
+    return QualityVerdict(not reason, reason, eye, sharp, yaw, detection.score)
