@@ -75,7 +75,8 @@ def test_in_group_photos_the_subject_is_chosen_not_a_bystander(
         checked += 1
         chosen_right += truth == 0  # detect() ranks the subject first
         largest_right += truth == largest
-    # Measured: 22 of 23 (the miss: a subject far off-centre beside a larger face), largest face 15 of 23.
+    # Measured with YuNet (the default): 59 of 60 (the miss, wild/7244/4.jpg: a subject far off-centre beside a
+    # larger face), largest face 46 of 60; the short-range BlazeFace's photo mode 23 of 24, largest 15 of 24.
     assert checked >= 15, checked
     assert chosen_right >= 0.9 * checked, f"photo mode chose the subject in {chosen_right} of {checked}"
     assert chosen_right > largest_right, (chosen_right, largest_right)
