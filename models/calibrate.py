@@ -14,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import typing
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,9 +25,9 @@ import numpy.typing as npt
 import corpus
 from lfr_contracts import calibration
 from lfr_contracts.calibration import CalibrationTable
-from lfr_edge.config import Config, load_config_or_defaults
+from lfr_edge.config import Config, ModelsConfig, load_config_or_defaults
 from lfr_edge.models import Manifest
-from lfr_edge.vision.pipeline import BACKEND_VARIANTS, EMBEDDER_MODEL, FacePipeline, build_pipeline
+from lfr_edge.vision.pipeline import BACKEND_VARIANTS, FacePipeline, build_pipeline
 from lfr_tools.metrics import pair_scores
 from lfr_tools.photos.photo_mode import PhotoFaceFinder
 
@@ -33,24 +35,36 @@ SECTION = "## Calibration"
 GRID = np.round(np.arange(-1.0, 1.0 + 1e-9, 0.005), 4)
 
 
+def embedder_models() -> tuple[Any, ...]:
+    """Every embedder a unit can be configured to run: models.embedder's choices (its Literal's values)."""
+    return typing.get_args(typing.get_type_hints(ModelsConfig)["embedder"])
+
+
 def unit_configs(manifest: Manifest, manifest_path: Path, cache: Path) -> list[Config]:
-    """A unit config per embedder variant a CPU unit can run (the ONNX export's table is its float source's:
-    the build checks the two agree to a cosine of 1 - 1e-6)."""
+    """A unit config per embedder variant a unit can run, the unit's defaults first (its photo mode finds the
+    corpus's faces for every table). LiteRT runs the .tflite variants, onnx-cpu an ONNX-only embedder (SFace);
+    an ONNX export of a .tflite model gets its float source's table (the build checks the two agree to a
+    cosine of 1 - 1e-6)."""
     base = load_config_or_defaults(None)
-    onnx = set(BACKEND_VARIANTS.values())
-    return [
-        dataclasses.replace(
-            base, models=dataclasses.replace(base.models, dir=cache, manifest=manifest_path, embedder_variant=v.name)
-        )
-        for v in manifest.model(EMBEDDER_MODEL).variants
-        if v.name not in onnx
-    ]
+    models = dataclasses.replace(base.models, dir=cache, manifest=manifest_path)
+    onnx_cpu = dataclasses.replace(base.inference, backend="onnx-cpu")
+    litert = dataclasses.replace(base.inference, backend="litert-cpu")
+    configs = [dataclasses.replace(base, models=models)]
+    for name in embedder_models():
+        if manifest.model(name).onnx_only:
+            on_onnx = dataclasses.replace(models, detector="yunet", embedder=name)
+            configs.append(dataclasses.replace(base, models=on_onnx, inference=onnx_cpu))
+            continue
+        for v in manifest.model(name).variants:
+            if v.name not in BACKEND_VARIANTS.values():
+                on_litert = dataclasses.replace(models, detector="both", embedder=name, embedder_variant=v.name)
+                configs.append(dataclasses.replace(base, models=on_litert, inference=litert))
+    return configs
 
 
 def model_ids(manifest: Manifest) -> set[str]:
-    """The model ids watchlists can carry, as the unit's pipeline names them."""
-    model = manifest.model(EMBEDDER_MODEL)
-    return {f"{EMBEDDER_MODEL}/{v.name}/{v.sha256[:12]}" for v in model.variants}
+    """The model ids watchlists can carry, as the unit's pipeline names them (every variant of every embedder)."""
+    return {f"{name}/{v.name}/{v.sha256[:12]}" for name in embedder_models() for v in manifest.model(name).variants}
 
 
 def corpus_faces(pipeline: FacePipeline, faces: Path) -> tuple[npt.NDArray[np.uint8], list[str], str]:
@@ -100,6 +114,8 @@ def measure(configs: Iterable[Config], faces: Path, onnx_twins: dict[str, str]) 
     described = ""
     for cfg in configs:
         pipeline = build_pipeline(cfg)
+        if pipeline.model_id in {t.model_id for t in tables}:
+            continue  # the defaults' embedder, measured first
         if crops is None:
             crops, labels, described = corpus_faces(pipeline, faces)
         embeddings = pipeline.embed_aligned(crops)
@@ -115,10 +131,12 @@ def measure(configs: Iterable[Config], faces: Path, onnx_twins: dict[str, str]) 
 
 
 def onnx_twins(manifest: Manifest) -> dict[str, str]:
-    """The ONNX export's model id -> its float source's."""
-    model = manifest.model(EMBEDDER_MODEL)
-    names = {v.name: f"{EMBEDDER_MODEL}/{v.name}/{v.sha256[:12]}" for v in model.variants}
-    return {names[o]: names["float"] for o in BACKEND_VARIANTS.values() if o in names and "float" in names}
+    """The ONNX export's model id -> its float source's, for each embedder built from a .tflite source."""
+    twins: dict[str, str] = {}
+    for name in embedder_models():
+        names = {v.name: f"{name}/{v.name}/{v.sha256[:12]}" for v in manifest.model(name).variants}
+        twins |= {names[o]: names["float"] for o in BACKEND_VARIANTS.values() if o in names and "float" in names}
+    return twins
 
 
 def is_current(manifest: Manifest, cache: Path) -> bool:

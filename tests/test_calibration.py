@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -248,3 +249,21 @@ def test_the_models_build_wrote_a_table_for_the_units_embedder(unit_config: Conf
     t3, t4 = table.threshold_for(1e-3), table.threshold_for(1e-4)
     assert 0.3 < t3.threshold < t4.threshold < 0.8
     assert t3.genuine_accept_rate > t4.genuine_accept_rate > 0.5
+
+
+def test_the_build_calibrates_again_when_any_embedder_model_id_lacks_a_table(tmp_path: Path) -> None:
+    """Every model id a unit can run (each MobileFaceNet variant and SFace, as the pipeline names them) needs a
+    table: a cache missing one is not current, and `models/build.py` measures them again."""
+    from lfr_edge.models import load_manifest
+
+    manifest = load_manifest(REPO / "models" / "manifest.toml")
+    ids = calibrate.model_ids(manifest)
+    default_id = resolve_model_files(Config()).model_id  # the default unit's, as its pipeline names it
+    assert default_id in ids and default_id.startswith("sface/onnx/")
+    assert {i.split("/")[0] for i in ids} == {"mobilefacenet", "sface"}
+    tables = [dataclasses.replace(TABLE, model_id=i) for i in sorted(ids)]
+    (tmp_path / calibration.CALIBRATION_FILE).write_bytes(calibration.encode(tables))
+    assert calibrate.is_current(manifest, tmp_path)
+    without_sface = [t for t in tables if not t.model_id.startswith("sface/")]
+    (tmp_path / calibration.CALIBRATION_FILE).write_bytes(calibration.encode(without_sface))
+    assert not calibrate.is_current(manifest, tmp_path)

@@ -4,8 +4,10 @@ A van's frame path (full range on the letterboxed frame plus short-range tiles, 
 small faces in a wide view; on photos it loses faces (1% of a public benchmark of press photos) and its
 "largest face" sometimes takes a bystander. A photo is framed around its subject, so:
 
-- the short-range BlazeFace sees the whole photo first, at a photo threshold (0.5); only when that finds no
-  face, or only a small or off-centre one, does a second scale (two rows of overlapping tiles) look again;
+- the unit's own detector sees the whole photo first, at a photo threshold (0.5): YuNet (the default) at the
+  photo's own scale and small, or the short-range BlazeFace; only when that finds no face, or only a small or
+  off-centre one, does a second scale look again (YuNet: the photo enlarged twice; BlazeFace: two rows of
+  overlapping tiles);
 - the subject is the largest face weighted by its closeness to the centre (and by the detector's score), so a
   large bystander at the edge loses to the centred subject; two faces this cannot tell apart are refused,
   with that reason;
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -26,9 +29,10 @@ import numpy.typing as npt
 
 from lfr_edge.config import QualityConfig
 from lfr_edge.vision.align import align_face
-from lfr_edge.vision.detect import BlazeFace, Detection, FaceDetector
+from lfr_edge.vision.detect import BlazeFace, Detection, FaceDetector, weighted_nms
 from lfr_edge.vision.pipeline import FacePipeline
 from lfr_edge.vision.quality import QualityVerdict, assess
+from lfr_edge.vision.yunet import YuNet
 
 Image = npt.NDArray[np.uint8]
 
@@ -78,24 +82,111 @@ def rank_faces(detections: list[Detection], width: int, height: int) -> list[Det
     return sorted(detections, key=lambda d: -subject_weight(d, width, height))
 
 
-class PhotoFaceFinder:
-    """The short-range BlazeFace over a whole photo at one or two scales, and the subject's face."""
+class FaceSource(Protocol):
+    """One way of finding faces in an image: a detector at one scale."""
 
-    def __init__(self, short_range: BlazeFace, quality: QualityConfig, threshold: float = PHOTO_THRESHOLD) -> None:
-        self.whole = FaceDetector(None, short_range, threshold, tile_rows=0)
-        self.tiled = FaceDetector(None, short_range, threshold, tile_rows=2)  # the whole photo plus 2 rows of tiles
+    def detect(self, image: Image) -> list[Detection]: ...
+
+
+class AtScale:
+    """A detector run on the photo resized so its long side is `long_side` pixels (at most `most` times its own),
+    its detections mapped back to the photo's pixels. The resized copy is zeroed after use."""
+
+    def __init__(self, detector: FaceSource, long_side: int, most: float = 1.0) -> None:
+        self.detector = detector
+        self.long_side = long_side
+        self.most = most
+
+    def detect(self, image: Image) -> list[Detection]:
+        height, width = image.shape[:2]
+        factor = min(self.long_side / max(height, width), self.most)
+        if abs(factor - 1.0) < 0.02:
+            return self.detector.detect(image)
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        method = cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC
+        resized = np.asarray(cv2.resize(image, size, interpolation=method), dtype=np.uint8)
+        try:
+            found = self.detector.detect(resized)
+        finally:
+            resized.fill(0)
+        back = np.float32(1.0 / factor)
+        return [
+            Detection(
+                (d.box[0] / factor, d.box[1] / factor, d.box[2] / factor, d.box[3] / factor),
+                d.score,
+                (d.keypoints * back).astype(np.float32),
+            )
+            for d in found
+        ]
+
+
+class Merged:
+    """Several looks at one photo, a face seen by more than one counted once (weighted NMS)."""
+
+    def __init__(self, sources: tuple[FaceSource, ...], nms_iou: float = 0.3, max_faces: int = 50) -> None:
+        self.sources = sources
+        self.nms_iou = nms_iou
+        self.max_faces = max_faces
+
+    def detect(self, image: Image) -> list[Detection]:
+        found = [d for source in self.sources for d in source.detect(image)]
+        if len(found) < 2:
+            return found
+        boxes = np.array([d.box for d in found], np.float32)
+        points = np.stack([d.keypoints for d in found]).astype(np.float32)
+        scores = np.array([d.score for d in found], np.float32)
+        merged = weighted_nms(boxes, points, scores, self.nms_iou, self.max_faces)
+        return [Detection((float(b[0]), float(b[1]), float(b[2]), float(b[3])), s, k) for b, k, s in merged]
+
+
+# YuNet: the whole photo at its own scale (at most YUNET_LONG_SIDE on its long side) and small (YUNET_SMALL_SIDE:
+# YuNet misses a face filling most of an 800 px photo, scoring it 0.33, and finds it at 0.94 at 320 px); when
+# that finds none or only a small or off-centre face, the photo enlarged YUNET_CLOSER times as well (at most
+# YUNET_CLOSER_LONG_SIDE).
+YUNET_LONG_SIDE = 1280
+YUNET_SMALL_SIDE = 320
+YUNET_CLOSER = 2.0
+YUNET_CLOSER_LONG_SIDE = 2560
+
+
+class PhotoFaceFinder:
+    """The unit's detector over a whole photo at one or two scales, and the subject's face."""
+
+    def __init__(
+        self, whole: FaceSource, closer: FaceSource, quality: QualityConfig, threshold: float = PHOTO_THRESHOLD
+    ) -> None:
+        self.whole = whole  # the whole photo at its own scale
+        self.closer = closer  # a second look for small or off-centre faces
         # A face the photo threshold found is not refused again for its detector score.
         self.quality = replace(quality, min_score=min(quality.min_score, threshold))
 
     @classmethod
+    def short_range(
+        cls, model: BlazeFace, quality: QualityConfig, threshold: float = PHOTO_THRESHOLD
+    ) -> PhotoFaceFinder:
+        """The short-range BlazeFace on the whole photo, then the whole photo plus two rows of tiles."""
+        whole = FaceDetector(None, model, threshold, tile_rows=0)
+        return cls(whole, FaceDetector(None, model, threshold, tile_rows=2), quality, threshold)
+
+    @classmethod
+    def yunet(cls, model: YuNet, quality: QualityConfig, threshold: float = PHOTO_THRESHOLD) -> PhotoFaceFinder:
+        """YuNet on the whole photo at its own scale and small, then enlarged YUNET_CLOSER times as well."""
+        unscaled = YuNet(model.model, replace(model.cfg, score_threshold=threshold, yunet_width=3840))
+        whole = Merged((AtScale(unscaled, YUNET_LONG_SIDE), AtScale(unscaled, YUNET_SMALL_SIDE)), model.cfg.nms_iou)
+        closer = Merged((whole, AtScale(unscaled, YUNET_CLOSER_LONG_SIDE, YUNET_CLOSER)), model.cfg.nms_iou)
+        return cls(whole, closer, quality, threshold)
+
+    @classmethod
     def for_pipeline(cls, pipeline: FacePipeline, threshold: float = PHOTO_THRESHOLD) -> PhotoFaceFinder:
-        """Photo mode on the short-range model the unit's pipeline already loaded."""
-        short = getattr(pipeline.detector, "short_range", None)  # a detector of another family may not have one
-        if not isinstance(short, BlazeFace):
-            raise ValueError(
-                'photo mode needs the short-range BlazeFace: set models.detector = "both" or "short" in the config'
-            )
-        return cls(short, pipeline.quality, threshold)
+        """Photo mode on the detector the unit's pipeline already loaded: YuNet, or the short-range BlazeFace."""
+        detector = pipeline.detector
+        if isinstance(detector, YuNet):
+            return cls.yunet(detector, pipeline.quality, threshold)
+        if isinstance(detector.short_range, BlazeFace):
+            return cls.short_range(detector.short_range, pipeline.quality, threshold)
+        raise ValueError(
+            'photo mode needs YuNet or the short-range BlazeFace: set models.detector = "yunet", "both" or "short"'
+        )
 
     def detect(self, image: Image) -> list[Detection]:
         """Every face, most likely subject first: the whole photo, then tiles when that found none, or only a small
@@ -107,7 +198,7 @@ class PhotoFaceFinder:
             or found[0].width < SECOND_SCALE_BELOW * min(width, height)
             or centre_weight(found[0], width, height) < SECOND_SCALE_OFF_CENTRE
         ):
-            found = rank_faces(self.tiled.detect(image), width, height)
+            found = rank_faces(self.closer.detect(image), width, height)
         return found
 
     def subject(self, image: Image, *, refuse_ambiguous: bool = True) -> PhotoSubject:
