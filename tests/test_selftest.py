@@ -197,7 +197,7 @@ def test_a_unit_without_its_calibration_table_warns_with_the_fix(unit: Unit, tmp
     """No table: still GO (the unit scans, its alerts carry no rate), but a WARN row says so and how to fix it."""
     models = tmp_path / "models"
     models.mkdir()
-    for path in unit.models.glob("*.tflite"):
+    for path in [*unit.models.glob("*.tflite"), *unit.models.glob("*.onnx")]:
         (models / path.name).symlink_to(path)
     unit.write_config(models=models)
     rows = run_checks(unit.config, FAST)
