@@ -33,7 +33,7 @@ from lfr_hwsim.broker import COMMAND_CENTRE, Collector
 from lfr_hwsim.camera import write_control
 from lfr_hwsim.facelocate import default_locator
 from lfr_hwsim.plan import PlanRequest, ScenePlan, build_plan
-from lfr_hwsim.van import SimulatedVan, Subject
+from lfr_hwsim.van import STREET_FALSE_ALERTS, SimulatedVan, Subject
 from lfr_tools.audit.report import read_events
 from lfr_tools.command_centre.enrol import PipelineEnroller
 from lfr_tools.handset.cli import ReceivedAlert
@@ -99,7 +99,7 @@ def test_the_deployment_report_says_what_happened_on_a_real_simulated_deployment
     with SimulatedVan(tmp_path / "van", unit_id="van-01") as van:
         assert van.beacon is not None
         subjects = [Subject(i, "wanted", tuple(plan.enrolment_photos(i)[:3])) for i in plan.watchlisted]
-        published = van.build_watchlist(subjects, PipelineEnroller(pipeline), threshold=0.5)
+        published = van.build_watchlist(subjects, PipelineEnroller(pipeline), threshold=STREET_FALSE_ALERTS)
         van.publish_watchlist(published, wait_ack_s=None)  # retained: applied when the unit connects
         header = bundle.read_envelope(published, len(published)).header
         camera = {

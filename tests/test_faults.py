@@ -43,7 +43,7 @@ from lfr_hwsim.demo import usable_watchlisted
 from lfr_hwsim.facelocate import default_locator
 from lfr_hwsim.faults import FaultEvent, FaultInjector, FaultScriptError, corrupt, parse_script
 from lfr_hwsim.plan import PlanRequest, ScenePlan, Walker, build_plan
-from lfr_hwsim.van import SimulatedVan, Subject
+from lfr_hwsim.van import STREET_FALSE_ALERTS, SimulatedVan, Subject
 from lfr_tools.audit.report import read_events
 from lfr_tools.command_centre.enrol import PipelineEnroller
 from lfr_tools.handset.cli import ReceivedAlert
@@ -237,7 +237,7 @@ def run_van(
         run.broker_address = f"{van.broker.host}:{van.broker.port}"
         run.beacon_port = str(van.beacon.link) if van.beacon is not None else ""
         subjects = [Subject(i, "wanted", tuple(plan.enrolment_photos(i)[:3])) for i in plan.watchlisted]
-        bundle = van.build_watchlist(subjects, PipelineEnroller(pipeline), threshold=0.5)
+        bundle = van.build_watchlist(subjects, PipelineEnroller(pipeline), threshold=STREET_FALSE_ALERTS)
         if earlier_version:
             bundle = van.reissue_watchlist()
         van.publish_watchlist(bundle, wait_ack_s=None)

@@ -80,8 +80,8 @@ def test_unit_has_the_contract_settings() -> None:
         "LimitCORE=0",
         "MemorySwapMax=0",
         "LimitMEMLOCK=infinity",
-        "MemoryHigh=640M",
-        "MemoryMax=768M",
+        "MemoryHigh=1088M",
+        "MemoryMax=1408M",
         "SystemCallFilter=@system-service",
         "ExecStart=/opt/lfr-edge/.venv/bin/lfr-edge run --config /etc/lfr-edge/config.toml",
     ):
@@ -241,7 +241,8 @@ def test_the_installed_units_commands_bring_a_provisioned_unit_to_ready_reload_a
     models.mkdir(parents=True)
     (bench / "opt/lfr-edge/.venv").symlink_to(Path(sys.executable).parents[1])
     cache = Path(os.environ.get("LFR_MODELS", "~/.cache/lfr-edge/models")).expanduser()
-    for model in [*cache.glob("*.tflite"), SYSTEMD.parent / "models" / "manifest.toml"]:
+    built = [*cache.glob("*.tflite"), *cache.glob("*.onnx"), cache / "calibration.json"]
+    for model in [*built, SYSTEMD.parent / "models" / "manifest.toml"]:
         shutil.copy(model, models / model.name)
 
     unit = service_settings(bench / "etc/systemd/system/lfr-edge.service")

@@ -99,9 +99,16 @@ def sealed_bundle(van: Any, entries: list[Any], threshold: float, model_id: str,
     )
 
 
-def synthetic_entries(n: int, faces_dir: Path, seed: int, dim: int = 192) -> list[Any]:
-    """`n` subjects with random unit embeddings and a reference JPEG of the real size (a 128 px crop of
-    a corpus photo, as `reference_crop` makes): memory depends on sizes, not on whose faces they are."""
+def unit_embedding_dim() -> int:
+    """The length of the embeddings the daemon's model gives (a bundle of another length is refused)."""
+    from lfr_edge.vision.pipeline import build_pipeline
+
+    return build_pipeline(Config()).embedder.dim
+
+
+def synthetic_entries(n: int, faces_dir: Path, seed: int, dim: int | None = None) -> list[Any]:
+    """`n` subjects with random unit embeddings of the unit's length and a reference JPEG of the real size (a
+    128 px crop of a corpus photo, as `reference_crop` makes): memory depends on sizes, not on whose faces."""
     import cv2
 
     from lfr_bench.watchlists import unit_vectors
@@ -120,7 +127,7 @@ def synthetic_entries(n: int, faces_dir: Path, seed: int, dim: int = 192) -> lis
         square = np.ascontiguousarray(image[top : top + side, left : left + side])
         crop = np.asarray(cv2.resize(square, (REFERENCE_MAX_SIDE, REFERENCE_MAX_SIDE)), dtype=np.uint8)
         crops.append(encode_jpeg(crop, quality=85))
-    vectors = unit_vectors(n, dim, seed)
+    vectors = unit_vectors(n, dim if dim is not None else unit_embedding_dim(), seed)
     return [SubjectEntry(f"S{i:06d}", "wanted", "", vectors[i : i + 1].copy(), crops[i % len(crops)]) for i in range(n)]
 
 

@@ -455,14 +455,19 @@ def parse_bundle_header(header: dict[str, Any]) -> BundleHeader:
     return parsed
 
 
-def check_bundle(header: BundleHeader, *, unit_id: str, model_id: str, now: float, history: AppliedHistory) -> None:
-    """The checks after the signature and before decryption; each refusal is its own exception."""
+def check_bundle(
+    header: BundleHeader, *, unit_id: str, model_id: str, now: float, history: AppliedHistory, dim: int | None = None
+) -> None:
+    """The checks after the signature and before decryption; each refusal is its own exception. `dim`: the
+    length of the unit's embeddings, when the caller knows it."""
     if header.unit != unit_id:
         raise WrongUnit(f"the bundle is for unit {excerpt(header.unit)}, this is {unit_id!r}")
     if header.model_id != model_id:
         raise WrongModel(
             f"the bundle was enrolled with model {excerpt(header.model_id, 48)}, this unit runs {model_id!r}"
         )
+    if dim is not None and header.dim != dim:
+        raise WrongModel(f"the bundle's embeddings have {header.dim} values; model {model_id!r} gives {dim}")
     if header.deployment in history.ended:
         raise DeploymentEnded(
             f"deployment {excerpt(header.deployment, 48)} has ended on this unit and is never applied again"
@@ -488,8 +493,10 @@ def open_bundle(
     now: float,
     history: AppliedHistory,
     max_bytes: int,
+    dim: int | None = None,
 ) -> OpenedBundle:
-    """Size → structure → signature → body digest → unit, model, window, version → decrypt → decode."""
+    """Size → structure → signature → body digest → unit, model (and its `dim`), window, version → decrypt →
+    decode."""
     envelope = read_envelope(data, max_bytes)
     if envelope.magic != BUNDLE_MAGIC:
         raise BadMagic("this is a close command, not a bundle")
@@ -499,7 +506,7 @@ def open_bundle(
     verify_envelope(envelope, command_centre_key)
     if len(envelope.body) != header.body_bytes or hashlib.sha256(envelope.body).hexdigest() != header.body_sha256:
         raise BundleGarbled("the body does not match the length and sha256 in the signed header")
-    check_bundle(header, unit_id=unit_id, model_id=model_id, now=now, history=history)
+    check_bundle(header, unit_id=unit_id, model_id=model_id, now=now, history=history, dim=dim)
     try:
         plaintext = crypto.open_sealed(envelope.body, unit_key, _body_aad(header), purpose=SEAL_PURPOSE)
     except crypto.CryptoError as exc:

@@ -34,7 +34,7 @@ from lfr_hwsim.faults import Fault, FaultInjector, FaultScriptError, parse_scrip
 from lfr_hwsim.officer import HandsetAppProcess, open_in_browser
 from lfr_hwsim.plan import PlanRequest, ScenePlan, build_plan
 from lfr_hwsim.timeline import plot_timeline
-from lfr_hwsim.van import SimulatedVan, Subject
+from lfr_hwsim.van import STREET_FALSE_ALERTS, SimulatedVan, Subject
 from lfr_tools.audit.report import DeploymentReport, deployment_report
 from lfr_tools.command_centre.enrol import PipelineEnroller
 
@@ -134,7 +134,7 @@ def run_demo(
                 for identity in plan.watchlisted
             ]
             say(f"command centre: enrolling {len(subjects)} watchlisted identities with {pipeline.model_id}")
-            bundle = van.build_watchlist(subjects, PipelineEnroller(pipeline), threshold=0.5)
+            bundle = van.build_watchlist(subjects, PipelineEnroller(pipeline), threshold=STREET_FALSE_ALERTS)
             if any(f.kind == "watchlist-replay" for f in script):
                 bundle = van.reissue_watchlist()  # the first version is the one a replay sends again
             van.publish_watchlist(bundle, wait_ack_s=None)

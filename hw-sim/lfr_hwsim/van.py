@@ -34,6 +34,10 @@ from lfr_provision.init import InitOptions, init_unit
 from lfr_tools.command_centre.enrol import Enroller
 from lfr_tools.handset.cli import HandsetClient, HandsetKeys
 
+# A short simulated street passes about fifty people: one false alert in a thousand passers-by, set from the
+# embedder's calibration table for the list's size (a cosine threshold means something else for each model).
+STREET_FALSE_ALERTS = "1 in 1000"
+
 
 @dataclass(frozen=True)
 class Subject:
@@ -229,16 +233,20 @@ class SimulatedVan:
         self,
         subjects: Sequence[Subject],
         enroller: Enroller,
-        threshold: float,
+        threshold: float | str,
         valid_for_s: float = 3600.0,
         version: int | None = None,
     ) -> bytes:
+        """`threshold`: a cosine threshold, or a false-alert rate ("1 in 1000") that the model's calibration
+        table turns into one for this list, as `lfr-watchlist build --false-alerts` does."""
         from lfr_tools.command_centre.cli import SubjectRow, enrol_subjects
 
         rows = [SubjectRow(s.subject_id, s.category, [str(p) for p in s.photos], s.reference) for s in subjects]
         entries, problems = enrol_subjects(rows, Path("/"), enroller, skip_unusable=False, progress=False)
         if len(entries) != len(subjects):
             raise ValueError("watchlist: some subjects could not be enrolled: " + "; ".join(problems))
+        if isinstance(threshold, str):
+            threshold = threshold_for(threshold, entries, enroller.model_id)
         self._enrolled = (list(entries), threshold, enroller.model_id)
         return self.reissue_watchlist(valid_for_s, version)
 
@@ -349,3 +357,19 @@ class SimulatedVan:
 
 
 __all__ = ["DaemonProcess", "SimulatedVan", "Subject"]
+
+
+def threshold_for(false_alerts: str, entries: Sequence[bundle.SubjectEntry], model_id: str) -> float:
+    """The threshold the command centre would set for this list from the model's calibration table."""
+    from lfr_contracts.calibration import parse_rate
+    from lfr_edge.config import ModelsConfig
+    from lfr_tools.command_centre.threshold import load_table, plan
+
+    models = ModelsConfig().dir
+    table = load_table(models, model_id)
+    rows = sum(len(e.embeddings) for e in entries)
+    chosen = plan(
+        table, subjects=len(entries), comparisons=rows, false_alerts=parse_rate(false_alerts), threshold=None,
+        where=str(models),
+    )  # fmt: skip
+    return chosen.threshold

@@ -116,6 +116,7 @@ class Daemon:
         self.sync = WatchlistSync(
             unit_id=cfg.unit.id,
             model_id=self.pipeline.model_id,
+            embedding_dim=self.pipeline.embedder.dim,
             command_centre_key=command_centre,
             unit_key=unit_sealing,
             max_bundle_bytes=cfg.watchlist.max_bundle_bytes,

@@ -86,6 +86,7 @@ class WatchlistSync:
         *,
         unit_id: str,
         model_id: str,
+        embedding_dim: int | None = None,
         command_centre_key: Ed25519PublicKey,
         unit_key: X25519PrivateKey,
         max_bundle_bytes: int,
@@ -101,6 +102,7 @@ class WatchlistSync:
     ) -> None:
         self.unit_id = unit_id
         self.model_id = model_id
+        self.embedding_dim = embedding_dim  # a bundle of another length would break every search: refused
         self._cc_key = command_centre_key
         self._unit_key = unit_key
         self._max_bytes = max_bundle_bytes
@@ -184,6 +186,7 @@ class WatchlistSync:
                 now=self._clock(),
                 history=self._history(),
                 max_bytes=self._max_bytes,
+                dim=self.embedding_dim,
             )
         except bundle.Replay as exc:
             if self._is_held(payload):
