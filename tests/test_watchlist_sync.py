@@ -25,7 +25,7 @@ from lfr_contracts.audit_events import (
 from lfr_edge.watchlist.lifecycle import LifecycleFile
 from lfr_edge.watchlist.store import WatchlistUnavailable
 from lfr_edge.watchlist.sync import WatchlistSync
-from watchlist_helpers import MODEL, NOW, Keys, make_bundle, subjects
+from watchlist_helpers import DIM, MODEL, NOW, Keys, make_bundle, subjects
 
 
 class FakeClock:
@@ -61,6 +61,7 @@ class Harness:
         return WatchlistSync(
             unit_id="unit-a",
             model_id=MODEL,
+            embedding_dim=DIM,  # the made-up subjects' length
             command_centre_key=self.keys.centre.public_key(),
             unit_key=self.keys.unit,
             max_bundle_bytes=self.max_bytes,
@@ -153,6 +154,18 @@ def test_each_bad_bundle_is_refused_with_its_reason_and_the_held_list_is_unchang
     assert applied.held() == before
     assert store_before is not None and applied.sync.store is store_before
     assert store_before.is_usable(applied.clock.now)
+
+
+def test_a_bundle_for_this_model_id_with_embeddings_of_another_length_is_refused(applied: Harness) -> None:
+    """Signed for this unit's model id but 32 values a row where the model gives 16 (a command centre's bug):
+    refused before decryption, the held list kept; applied, every search would fail."""
+    vectors = np.eye(3, 32, dtype=np.float32)
+    longer = [bundle.SubjectEntry(f"S{i}", "wanted", "", vectors[i : i + 1], b"\xff\xd8jpeg") for i in range(3)]
+    before, store_before = applied.held(), applied.sync.store
+    applied.sync.handle_message("t", make_bundle(applied.keys, version=6, subjects=longer))
+    assert applied.acks[-1]["status"] == "refused" and applied.acks[-1]["reason"] == "wrong_model"
+    assert "32 values" in applied.acks[-1]["detail"] and "gives 16" in applied.acks[-1]["detail"]
+    assert applied.held() == before and applied.sync.store is store_before
 
 
 def test_a_newer_version_replaces_and_wipes_the_old_store(applied: Harness) -> None:
