@@ -8,6 +8,7 @@ so its relative paths mean what they mean to a reader in the repository root, an
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -156,7 +157,11 @@ def test_the_readme_simulator_block_as_written(tmp_path: Path, faces: Path) -> N
 
 
 def make_dry_run(*args: str) -> str:
-    done = subprocess.run(["make", "-n", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    """What `make -n` prints, as a reader's shell would see it (not as a sub-make of `make test`, which would add
+    "Entering directory" lines and pass its own flags down)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    command = ["make", "--no-print-directory", "-n", *args]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
