@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -34,6 +34,20 @@ from lfr_edge.config import AlertsConfig
 from lfr_hwsim.broker import MosquittoBroker
 from lfr_tools.handset.cli import HandsetClient, HandsetKeys
 from mqtt_fixtures import Collector, unit_mqtt_config
+
+
+class RecordingMqtt:
+    """The unit's MQTT client as the handset channel uses it: records what it is asked to publish."""
+
+    def __init__(self, *, connected: bool) -> None:
+        self.connected = threading.Event()
+        if connected:
+            self.connected.set()
+        self.topics: list[str] = []
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
+        self.topics.append(topic)
+        return True
 
 
 class ListAudit:
@@ -265,16 +279,9 @@ def test_a_decision_flood_from_one_handset_is_rate_limited_before_any_signature_
     audit = ListAudit()
     clock = [100.0]
 
-    class Answers:
-        connected = threading.Event()
-        sent: ClassVar[list[str]] = []
-
-        def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
-            self.sent.append(topic)
-            return True
-
+    answers = RecordingMqtt(connected=False)
     channel = HandsetChannel(
-        Answers(), Topics.for_unit("lfr/v1", "unit-a"), "unit-a", Ed25519PrivateKey.generate(),
+        answers, Topics.for_unit("lfr/v1", "unit-a"), "unit-a", Ed25519PrivateKey.generate(),
         lambda: registry, AlertsConfig(), audit, clock=lambda: clock[0],
     )  # fmt: skip
     junk = Decision("a-1", "unit-a", "handset-1", DecisionKind.ENGAGE, 1.0)
@@ -368,18 +375,8 @@ def test_a_handset_that_is_not_paired_cannot_read_the_alert(
 
 
 def test_an_alert_with_no_paired_handset_is_counted_and_never_published(tmp_path: Path) -> None:
-    class Recorder:
-        def __init__(self) -> None:
-            self.connected = threading.Event()
-            self.connected.set()
-            self.sent: list[bytes] = []
-
-        def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
-            self.sent.append(payload)
-            return True
-
     registry = load_handsets(tmp_path / "no-such-folder")
-    mqtt = Recorder()
+    mqtt = RecordingMqtt(connected=True)
     channel = HandsetChannel(
         mqtt,
         Topics.for_unit("lfr/v1", "unit-a"),
@@ -390,7 +387,7 @@ def test_an_alert_with_no_paired_handset_is_counted_and_never_published(tmp_path
         ListAudit(),
     )
     channel.deliver(make_alert("lonely"))
-    assert registry == {} and channel.stats.no_handsets == 1 and mqtt.sent == []
+    assert registry == {} and channel.stats.no_handsets == 1 and mqtt.topics == []
 
 
 @pytest.mark.broker
@@ -472,16 +469,9 @@ def test_a_flood_naming_another_handset_spends_only_the_senders_own_allowance() 
     topics = Topics.for_unit("lfr/v1", "unit-a")
     audit = ListAudit()
 
-    class Answers:
-        connected = threading.Event()
-        sent: ClassVar[list[str]] = []
-
-        def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
-            self.sent.append(topic)
-            return True
-
+    answers = RecordingMqtt(connected=False)
     channel = HandsetChannel(
-        Answers(), topics, "unit-a", Ed25519PrivateKey.generate(), lambda: registry, AlertsConfig(), audit,
+        answers, topics, "unit-a", Ed25519PrivateKey.generate(), lambda: registry, AlertsConfig(), audit,
         clock=lambda: 100.0,
     )  # fmt: skip
     channel.deliver(make_alert("a-1"))
@@ -489,10 +479,10 @@ def test_a_flood_naming_another_handset_spends_only_the_senders_own_allowance() 
     for _ in range(3000):
         channel.on_decision(topics.decision_from("handset-2"), forged)
     assert channel.stats.rate_limited_decisions == 3000 - 10 and channel.stats.decisions == 0
-    assert Answers.sent == [topics.decision_answer_for("handset-2")] * 10  # each refusal told to the sender
+    assert answers.topics == [topics.decision_answer_for("handset-2")] * 10  # each refusal told to the sender
     genuine = encode_decision(Decision("a-1", "unit-a", "handset-1", DecisionKind.ENGAGE, 1.0), keys["handset-1"])
     channel.on_decision(topics.decision_from("handset-1"), genuine)
-    assert Answers.sent[-1] == topics.decision_answer_for("handset-1")
+    assert answers.topics[-1] == topics.decision_answer_for("handset-1")
     assert [e for e in audit.events if isinstance(e, OfficerDecision)] == [
         OfficerDecision("a-1", "handset-1", DecisionKind.ENGAGE)
     ]
