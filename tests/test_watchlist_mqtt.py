@@ -26,7 +26,7 @@ from lfr_tools.command_centre.cli import main as watchlist_main
 from lfr_tools.command_centre.enrol import Enrolment, PipelineEnroller
 from lfr_tools.photos.image import read_image
 from mqtt_fixtures import Collector, unit_mqtt_config
-from watchlist_helpers import MODEL, subjects
+from watchlist_helpers import MODEL, Keys, make_bundle, subjects
 
 pytestmark = pytest.mark.broker
 
@@ -43,7 +43,12 @@ class Unit:
     """A unit's MQTT client and watchlist sync, wired as the daemon wires them."""
 
     def __init__(
-        self, broker: MosquittoBroker, unit_key: X25519PrivateKey, centre: Ed25519PrivateKey, model: str
+        self,
+        broker: MosquittoBroker,
+        unit_key: X25519PrivateKey,
+        centre: Ed25519PrivateKey,
+        model: str,
+        noise_before_ack: bytes | None = None,
     ) -> None:
         self.client = UnitMqttClient("unit-a", unit_mqtt_config(broker, "unit-a"))
         self.audit = ListAudit()
@@ -54,15 +59,21 @@ class Unit:
             unit_key=unit_key,
             max_bundle_bytes=16 << 20,
             ack_topic=self.client.topics.watchlist_ack,
-            publish=lambda topic, payload: self.client.publish(topic, payload, qos=1),
+            publish=self._publish,
             audit=self.audit,
             record=LifecycleFile(
                 Path(tempfile.mkdtemp(prefix="lfr-sync-")) / "lifecycle.json", "unit-a", Ed25519PrivateKey.generate()
             ),
         )
+        self._noise = noise_before_ack  # something else on the ack topic first (a stray or damaged message)
         self.client.subscribe(self.client.topics.watchlist, self.sync.handle_message, max_bytes=16 << 20)
         self.client.start()
         assert self.client.connected.wait(10)
+
+    def _publish(self, topic: str, payload: bytes) -> bool:
+        if self._noise is not None:
+            self.client.publish(topic, self._noise, qos=1)
+        return self.client.publish(topic, payload, qos=1)
 
     def stop(self) -> None:
         self.client.stop()
@@ -260,3 +271,27 @@ def test_status_shows_what_the_unit_holds_and_publish_refuses_what_the_unit_woul
         assert publish(make_bundle(keys, version=5), *checks)[0] == 0
     finally:
         unit.stop()
+
+
+def test_publish_waits_past_a_message_on_the_ack_topic_that_is_not_an_ack(
+    broker: MosquittoBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A damaged or stray message before the unit's answer is named and skipped, not taken for the answer and
+    not fatal: the command still waits for, and reports, the real ack."""
+    keys = Keys()
+    now = time.time()
+    issued = make_bundle(keys, version=3, valid_from=now - 60, valid_until=now + 3600, issued_at=now - 120)
+    (tmp_path / "unit-a.lfrwl").write_bytes(issued)
+    unit = Unit(broker, keys.unit, keys.centre, MODEL, noise_before_ack=b"[not an ack")
+    tls = broker.client("command-centre")
+    try:
+        assert watchlist_main([
+            "publish", str(tmp_path / "unit-a.lfrwl"), "--unit", "unit-a", "--broker", f"127.0.0.1:{broker.port}",
+            "--ca", str(tls.ca_file), "--cert", str(tls.cert_file), "--key", str(tls.key_file), "--wait-ack",
+            "--timeout", "20",
+        ]) == 0  # fmt: skip
+    finally:
+        unit.stop()
+    told = capsys.readouterr()
+    assert "ignored: unit unit-a answered with a message that is not a watchlist ack" in told.err
+    assert '"status": "applied"' in told.out
