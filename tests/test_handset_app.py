@@ -37,6 +37,7 @@ from lfr_hwsim.van import DaemonProcess, SimulatedVan, Subject
 from lfr_tools.command_centre.enrol import PipelineEnroller
 from lfr_tools.handset.app import Screen, alert_card
 from lfr_tools.handset.client import ReceivedAlert
+from test_daemon_e2e import camera  # the same looping replay camera the e2e tests use
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -53,16 +54,6 @@ class Deployment:
     daemon: DaemonProcess
     app: HandsetAppProcess
     browser: Any
-
-
-def camera(folder: Path) -> dict[str, object]:
-    return {
-        "name": "cam0",
-        "source": "replay",
-        "uri": str(folder),
-        "fps": 8.0,
-        "options": {"realtime": True, "loop": True},
-    }
 
 
 @pytest.fixture(scope="module")
