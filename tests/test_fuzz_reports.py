@@ -10,6 +10,7 @@ The seeds are the real encoders' output: the ack of each kind as the unit's watc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -22,15 +23,9 @@ from hypothesis import strategies as st
 
 from fuzz_helpers import dumps, fuzz, holds, hostile_json_text, json_values, mutated
 from lfr_contracts.acks import MAX_ACK_BYTES, AckError, WatchlistAck, decode_ack
-from lfr_contracts.beacon import Pattern
 from lfr_contracts.status import StatusError, UnitStatus, WatchlistStatus, now_iso
 from lfr_contracts.telemetry import (
-    AuditHealth,
-    BeaconLink,
-    CameraState,
-    Telemetry,
     TelemetryError,
-    ThreadHealth,
     decode_telemetry,
     encode_telemetry,
 )
@@ -38,21 +33,19 @@ from lfr_edge.audit.log import AuditLog
 from lfr_edge.watchlist.lifecycle import LifecycleFile
 from lfr_edge.watchlist.sync import WatchlistSync
 from lfr_tools.command_centre.cli import CliError, read_ack
+from test_telemetry import message as telemetry_message
 from watchlist_helpers import MODEL, NOW, Keys, make_bundle
 
 UNIT = "unit-a"
 
 TELEMETRY = encode_telemetry(
-    Telemetry(
-        unit="van-01", time=1_800_000_000.5, uptime_s=12.5, fps=24.9, frames=300, faces_seen=40, faces_embedded=12,
-        faces_rejected={"small": 3}, tracks_started=5, tracks_ended_unmatched=4, alerts=1,
-        stage_ms={"detect": 11.2, "embed": 4.1}, frames_skipped={"cam0": 2}, camera_fps={"cam0": 24.9}, cpu_temp_c=51.5,
-        watchlist=WatchlistStatus("active", "op-1", 7, 120, 1_800_003_600.0), cameras={"cam0": CameraState.STALLED},
-        camera_dropped={"cam0": 1}, beacon=BeaconLink(True, False, Pattern.ALERT), alerts_outbox={"sent": 1},
-        threads=ThreadHealth({"watchlist-expiry": 2}, ("beacon",)), audit=AuditHealth(False, 3, 1_800_000_000.0),
+    dataclasses.replace(
+        telemetry_message(),  # every optional part filled in, as a real unit's can be
+        cpu_temp_c=51.5,
+        stage_ms={"detect": 11.2, "embed": 4.1},
         messages_dropped={"lfr/v1/units/van-01/decisions": 4},
     )
-)  # fmt: skip
+)
 TELEMETRY_FIELDS: dict[str, Any] = json.loads(TELEMETRY)
 STATUS = UnitStatus(
     "online", UNIT, now_iso(), 3, WatchlistStatus("refused", reason="wrong_unit", detail="for unit-b"), MODEL
