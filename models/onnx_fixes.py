@@ -9,6 +9,13 @@ output bytes depend only on the input bytes (no clock, no random, protobuf's det
 SFace also lists 174 stale weight names as graph inputs (a leftover of its conversion): only real inputs
 (not an initialiser, read by some node) stay. YuNet's declared 640x640 input becomes symbolic (any H, W that
 are multiples of 32), with its head outputs' anchor counts symbolic to match.
+
+SFace's 27 PRelu nodes then cost more than its convolutions on ONNX Runtime's CPU provider (its PRelu
+broadcasts the per-channel slope element by element, and each one forces a layout change out of the
+convolutions' blocked format). Each becomes Relu, Sub, Mul, Add: `relu(x) + slope * (x - relu(x))`, which
+is `x` exactly where x >= 0 (the product is slope * 0) and `slope * x` exactly where x < 0, the same floats
+PRelu computes (tests/test_models_build.py checks the outputs are bit-identical). One face on one thread:
+27.6 ms before, 17.9 ms after.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from fetch import BuildError
 
@@ -93,6 +100,27 @@ def make_input_symbolic(graph: onnx.GraphProto) -> None:
     del graph.value_info[:]  # shapes inferred for 640x640 would contradict other sizes
 
 
+def spell_prelu(graph: onnx.GraphProto) -> int:
+    """Replace each PRelu(x, slope) by Relu, Sub, Mul, Add computing the same floats; returns how many."""
+    nodes: list[onnx.NodeProto] = []
+    count = 0
+    for node in graph.node:
+        if node.op_type != "PRelu":
+            nodes.append(node)
+            continue
+        (x, slope), y, name = node.input, node.output[0], node.name or node.output[0]
+        nodes += [
+            helper.make_node("Relu", [x], [f"{y}/positive"], name=f"{name}/relu"),
+            helper.make_node("Sub", [x, f"{y}/positive"], [f"{y}/negative"], name=f"{name}/sub"),
+            helper.make_node("Mul", [f"{y}/negative", slope], [f"{y}/scaled"], name=f"{name}/mul"),
+            helper.make_node("Add", [f"{y}/positive", f"{y}/scaled"], [y], name=f"{name}/add"),
+        ]
+        count += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return count
+
+
 def fixed_model(source: bytes, name: str, symbolic_input: bool) -> bytes:
     """The published model with the fixes above, checked by the onnx checker; deterministic bytes."""
     model = onnx.load_from_string(source)
@@ -101,6 +129,7 @@ def fixed_model(source: bytes, name: str, symbolic_input: bool) -> bytes:
     drop_stale_inputs(model.graph)
     if symbolic_input:
         make_input_symbolic(model.graph)
+    spell_prelu(model.graph)
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:

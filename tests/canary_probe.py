@@ -123,6 +123,10 @@ class SpyPipeline(FacePipeline):
             grey.fill(0)
         return faces, stage_ms
 
+    def refine(self, image: npt.NDArray[np.uint8], face: Face) -> None:
+        super().refine(image, face)  # the crop redone from keypoints found close up: a crop of its own
+        self._canaries.append(Canary("refined face crop", masked(face.aligned), windows_of(face.aligned.nbytes)))
+
     def embed_crops(self, crops: list[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
         rows = super().embed_crops(crops)
         for row in rows:

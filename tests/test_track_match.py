@@ -256,6 +256,9 @@ class ScriptedPipeline(FacePipeline):
     def observe(self, image: npt.NDArray[np.uint8]) -> tuple[list[Face], dict[str, float]]:
         return list(self.script), {}
 
+    def refine(self, image: npt.NDArray[np.uint8], face: Face) -> None:
+        pass  # the script's crops are the faces
+
     def embed_crops(self, crops: list[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
         self.embedded_per_call.append(len(crops))
         return np.stack([person() for _ in crops]) if crops else np.zeros((0, 192), np.float32)

@@ -51,9 +51,8 @@ class ModelsConfig:
 
     dir: Path = setting(Path("~/.cache/lfr-edge/models"), "the built model files (`make models`)")
     manifest: Path = setting(REPO_ROOT / "models" / "manifest.toml", "the manifest naming every model file's sha256")
-    # YuNet at 512 wide finds 98.7% of faces >= 50 px and all >= 80 px in 5.2 ms a 720p frame, BlazeFace full
-    # + tiles 96.0% in 23 ms; SFace finds 89% of listed people at FPIR 1e-2 against MobileFaceNet's 83%
-    # (`python -m lfr_bench --parts detection,embedders`; both run on ONNX Runtime, hence the backend)
+    # YuNet finds more faces per ms than BlazeFace + tiles, SFace more listed people at a fixed false-alert
+    # rate than MobileFaceNet (`python -m lfr_bench --parts detection,embedders`); both run on ONNX Runtime
     detector: Literal["short", "full", "both", "yunet"] = setting(
         "yunet", 'which models detect faces: BlazeFace short/full range or both, or "yunet" (onnx-cpu backend)'
     )
@@ -98,9 +97,9 @@ class DetectConfig:
     # (40-90 px at 720p: 153/217 found with 2 rows vs 53/217 without, on the simulator's street scenes).
     tile_rows: int = setting(2, "rows of short-range tiles for small faces (0: none)", ge=0, le=8)
     max_faces: int = setting(50, "most faces kept per frame", ge=1, le=1000)
-    # 480 misses faces of 80-120 px, 640 costs 50% more for faces under 50 px (bench part detection)
+    # 416 finds 98% of faces >= 50 px, all >= 80 px, in 3.5 ms (bench part detection); 512 costs a quarter more
     yunet_width: int = setting(
-        512, "yunet: width the frame is scaled to (rounded up to a multiple of 32)", ge=128, le=3840
+        416, "yunet: width the frame is scaled to (rounded up to a multiple of 32)", ge=128, le=3840
     )
 
 

@@ -89,9 +89,6 @@ class WallClock:
                 )
             return self._trusted
 
-    def seconds_left(self) -> float:
-        return max(0.0, self._deadline - self._monotonic())
-
     def step(self) -> float:
         """How far the wall clock jumped since the last call (0.0 when it ran with the monotonic clock)."""
         with self._lock:

@@ -2,13 +2,12 @@
 
 One worker thread runs the shared models for every camera (interpreters are not thread-safe); each
 camera has its own tracker. Each cycle takes the newest frame of every camera (lfr_edge.daemon.frames),
-finds and scores the faces, follows them by motion, and only then embeds: a track's face is embedded when
-it is new or clearly better than the track's best shot, at most `embed.max_per_frame` per cycle for all
-cameras together (new tracks first, then the largest gains), so a frame costs what people arriving cost,
-not what people in view cost. A frame's pixels are zeroed at the end of its cycle (after a match's context
-picture is cut from it), every face's crop then too (tracks keep copies of their shots), and an ended
-track's shots before they are dropped: what is not a match does not outlive its cycle or track
-(tests/test_canary.py searches memory).
+finds and scores the faces, follows them by motion, and only then embeds (its crop redone from keypoints
+found close up) a face of a track that is new or clearly better than the track's best shot: at most
+`embed.max_per_frame` per cycle for all cameras, new tracks first, so a frame costs what people arriving
+cost, not what people in view cost. A frame's pixels are zeroed at the end of its cycle (after a match's
+context picture is cut from it), every face's crop too (tracks keep copies of their shots), and an ended
+track's shots before they are dropped (tests/test_canary.py searches memory).
 """
 
 from __future__ import annotations
@@ -168,6 +167,8 @@ class PipelineWorker:
                     wanted.append((priority, track, face, frame))
         wanted.sort(key=lambda w: w[0])
         chosen = wanted[: self.embed_cfg.max_per_frame]
+        for _, _, face, frame in chosen:
+            self.pipeline.refine(frame.image, face)
         rows = self.pipeline.embed_crops([face.aligned for _, _, face, _ in chosen])
         try:
             for (_, track, face, frame), row in zip(chosen, rows, strict=True):

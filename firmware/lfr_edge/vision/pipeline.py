@@ -20,7 +20,7 @@ from lfr_edge.config import Config, DetectConfig, QualityConfig
 from lfr_edge.inference import create_backend
 from lfr_edge.inference.base import Backend
 from lfr_edge.models import ModelError, load_manifest
-from lfr_edge.vision.align import ALIGNED_SIZE, align_face
+from lfr_edge.vision.align import align_face
 from lfr_edge.vision.detect import FULL_RANGE, SHORT_RANGE, BlazeFace, Detection, FaceDetector
 from lfr_edge.vision.embed import Embedder
 from lfr_edge.vision.quality import QualityVerdict, assess
@@ -92,6 +92,13 @@ class FacePipeline:
         faces = [Face(d, v, a, None) for d, v, a in zip(detections, verdicts, aligned, strict=True)]
         return faces, {"detect": (t1 - t0) * 1e3, "align": (t2 - t1) * 1e3, "quality": (t3 - t2) * 1e3}
 
+    def refine(self, image: Image, face: Face) -> None:
+        """Before a face is embedded: its crop redone in place from keypoints found close up (YuNet only)."""
+        if isinstance(self.detector, YuNet):
+            aligned = align_face(image, self.detector.refine(image, face.detection))
+            np.copyto(face.aligned, aligned)
+            aligned.fill(0)
+
     def embed_crops(self, crops: list[Image]) -> npt.NDArray[np.float32]:
         """One embedding row per aligned crop; the batch handed to the model is zeroed, the rows are the only
         copies (the caller overwrites them)."""
@@ -121,8 +128,6 @@ class FacePipeline:
 
     def embed_aligned(self, faces: Image) -> npt.NDArray[np.float32]:
         """Embeddings of already-aligned 112x112 crops (the corpus's `aligned/` set, enrolment tools)."""
-        if faces.shape[1:3] != (ALIGNED_SIZE, ALIGNED_SIZE):
-            raise ValueError(f"aligned faces must be {ALIGNED_SIZE}x{ALIGNED_SIZE}, got {faces.shape}")
         return self.embedder.embed(faces)
 
 
