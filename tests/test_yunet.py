@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given
@@ -58,8 +59,6 @@ def test_a_face_in_a_720p_frame_comes_back_in_frame_pixels_with_blazeface_keypoi
 def small_faces(yunet: YuNet, faces: Path, width: int) -> list[tuple[np.ndarray, Detection, np.ndarray]]:
     """(720p frame, the default pass's detection, true keypoints) for real photos shrunk so the face is about
     `width` px wide: the truth is the keypoints YuNet finds on the whole photo, scaled and moved with it."""
-    import cv2
-
     out = []
     for k, path in enumerate(sorted((faces / "wild").glob("*/0.jpg"))[:20]):
         photo = read_image(path)
@@ -89,6 +88,20 @@ def test_refined_keypoints_of_a_small_face_are_closer_to_the_truth(yunet: YuNet,
         coarse.append(np.linalg.norm(detection.keypoints[:4] - truth, axis=1).mean() / eyes)
         refined.append(np.linalg.norm(yunet.refine(frame, detection)[:4] - truth, axis=1).mean() / eyes)
     assert np.mean(refined) < 0.6 * np.mean(coarse), (np.mean(refined), np.mean(coarse))
+
+
+@pytest.mark.faces
+def test_refine_keeps_the_keypoints_of_a_face_the_whole_frame_pass_saw_large(yunet: YuNet, faces: Path) -> None:
+    """A crop where the face is 80 px wide would see it no better than the whole-frame pass did: no run."""
+    photo = read_image(sorted((faces / "wild" / "7205").glob("*.jpg"))[0])
+    scale = input_size(1280, 720, DetectConfig().yunet_width)[2]
+    for enlarged, worth_it in ((2.0, False), (1.0, True)):  # the face 276 px wide (90 px to the pass), 138 px
+        picture = cv2.resize(photo, None, fx=enlarged, fy=enlarged)[:720, :1280]
+        frame = np.zeros((720, 1280, 3), np.uint8)
+        frame[: picture.shape[0], : picture.shape[1]] = picture
+        face = largest(yunet.detect(frame))
+        assert face is not None and (face.width * scale < 80) == worth_it
+        assert (yunet.refine(frame, face) is face.keypoints) != worth_it
 
 
 def test_refine_keeps_the_detections_keypoints_when_the_crop_shows_no_face(yunet: YuNet) -> None:

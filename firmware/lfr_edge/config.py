@@ -93,8 +93,7 @@ class DetectConfig:
 
     score_threshold: float = setting(0.6, "lowest detector score kept", ge=0.0, le=1.0)
     nms_iou: float = setting(0.3, "overlap above which two boxes are one face", ge=0.0, le=1.0)
-    # Full range on the whole frame finds large faces; short range on overlapping tiles finds small ones
-    # (40-90 px at 720p: 153/217 found with 2 rows vs 53/217 without, on the simulator's street scenes).
+    # Full range on the frame finds large faces, short range on overlapping tiles small ones (bench: detection)
     tile_rows: int = setting(2, "rows of short-range tiles for small faces (0: none)", ge=0, le=8)
     max_faces: int = setting(50, "most faces kept per frame", ge=1, le=1000)
     # 416 finds 98% of faces >= 50 px, all >= 80 px, in 3.5 ms (bench part detection); 512 costs a quarter more
@@ -159,7 +158,7 @@ class TrackConfig:
         0.5, "keypoint distance from where a track expects them that continues it, face widths", gt=0.0, le=10.0
     )
     shot_gain: float = setting(
-        0.3, "quality gain over a track's best shot that earns another embedding", ge=0.0, le=10.0
+        0.5, "quality gain over a track's best shot that earns another embedding", ge=0.0, le=10.0
     )
     max_missed_frames: int = setting(10, "frames without the face before a track ends", ge=0, le=1000)
     best_k: int = setting(5, "best shots a track keeps for matching (at least match.min_frames)", ge=1, le=100)

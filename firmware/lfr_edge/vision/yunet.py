@@ -108,10 +108,12 @@ class YuNet:
         return detections
 
     def refine(self, image: Image, face: Detection) -> FloatArray:
-        """The face's keypoints found again on a crop around it (the detection's own when the crop shows no
-        face near its centre). The crop and the model's input are zeroed."""
+        """The face's keypoints found again on a crop around it; the detection's own when the whole-frame pass
+        saw the face as large or the crop shows no face near its centre. The crop and model input are zeroed."""
         x1, y1, x2, y2 = face.box
         scale = REFINE_SIDE / (2.0 * max(x2 - x1, y2 - y1, 1.0))
+        if scale <= input_size(image.shape[1], image.shape[0], self.cfg.yunet_width)[2]:
+            return face.keypoints
         shift = REFINE_SIDE / 2 - scale * np.array([(x1 + x2) / 2, (y1 + y2) / 2], np.float32)
         matrix = np.array([[scale, 0.0, shift[0]], [0.0, scale, shift[1]]], np.float32)
         crop = cv2.warpAffine(image, matrix, (REFINE_SIDE, REFINE_SIDE), flags=cv2.INTER_LINEAR)
@@ -124,7 +126,5 @@ class YuNet:
         boxes, points, scores = decode(outputs, REFINE_SIDE, REFINE_SIDE, self.cfg.score_threshold)
         offset = np.linalg.norm((boxes[:, :2] + boxes[:, 2:]) / 2 - REFINE_SIDE / 2, axis=1)
         near = np.flatnonzero(offset < REFINE_SIDE / 4)
-        if not len(near):
-            return face.keypoints
-        best = near[int(np.argmax(scores[near]))]
-        return blazeface_slots(((points[best] - shift) / scale).astype(np.float32))
+        best = near[int(np.argmax(scores[near]))] if len(near) else None
+        return face.keypoints if best is None else blazeface_slots(((points[best] - shift) / scale).astype(np.float32))
