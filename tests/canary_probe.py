@@ -175,7 +175,12 @@ def run_passer_by(
     worker = PipelineWorker(
         pipeline, ["cam0"], track_cfg, MatchConfig(), lambda: store, Alerter("unit-a", [], NoChannels())
     )
-    picture = read_image(photo)  # RGB, as a camera source delivers it
+    # A 720p camera frame (RGB, as a camera source delivers it) with the passer-by at the photo's size: small to
+    # YuNet's whole-frame pass, so the crop embedded is redone from keypoints found close up
+    picture = np.zeros((720, 1280, 3), np.uint8)
+    shot = read_image(photo)[:720, :880]
+    picture[: shot.shape[0], 400 : 400 + shot.shape[1]] = shot
+    shot.fill(0)
     empty = np.zeros_like(picture)
     index = 0
     for _ in range(3):
