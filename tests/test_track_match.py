@@ -287,11 +287,10 @@ def crowd_worker(budget: int) -> tuple[PipelineWorker, ScriptedPipeline]:
     return worker, pipeline
 
 
-def crowd(n: int, frame: int, grow: float = 0.0) -> list[Face]:
-    """n people in a grid walking right at 2 px a frame; their faces grow by `grow` a frame (approaching)."""
-    size = 60.0 * (1 + grow) ** frame
+def crowd(n: int, frame: int) -> list[Face]:
+    """n people in a grid walking right at 2 px a frame, their faces 60 px wide."""
     return [
-        face_at(40 + 150 * (i % 8) + 2 * frame, 40 + 130 * (i // 8), size, person(), quality=size) for i in range(n)
+        face_at(40 + 150 * (i % 8) + 2 * frame, 40 + 130 * (i // 8), 60.0, person(), quality=60.0) for i in range(n)
     ]
 
 
@@ -314,15 +313,19 @@ def test_embeddings_per_frame_stay_bounded_as_people_in_view_grow(in_view: int) 
 def test_a_newcomer_is_embedded_before_the_gains_of_people_already_in_view() -> None:
     worker, pipeline = crowd_worker(budget=2)
     image = np.zeros((8, 8, 3), np.uint8)
-    for frame in range(40):  # 20 people approaching: each face grows 1% a frame, so better shots keep coming
-        pipeline.script = crowd(20, frame, grow=0.01)
+    for frame in range(40):  # 20 people in view, each with its first two shots long before frame 40
+        pipeline.script = crowd(20, frame)
         worker.process([Frame("cam0", frame, frame / 25, image)])
+    # In frame 40 all 20 turn to the camera (twice the quality: each worth a better shot) as a newcomer arrives
+    turned = [face_at(40 + 150 * (i % 8) + 80, 40 + 130 * (i // 8), 60.0, person(), quality=120.0) for i in range(20)]
     newcomer = face_at(600, 600, 50, person(), quality=50)
-    pipeline.script = [*crowd(20, 40, grow=0.01), newcomer]
+    pipeline.script = [*turned, newcomer]
     worker.process([Frame("cam0", 40, 40 / 25, image)])
     [track] = [t for t in worker.trackers["cam0"].tracks if t.frames_seen == 1]
     assert [shot.frame_index for shot in track.best] == [40]  # its first shot, in the frame it arrived
-    assert pipeline.embedded_per_call[-1] == 2
+    assert pipeline.embedded_per_call[-1] == 2  # the budget: the newcomer, then one of the 20 better shots
+    improved = [t for t in worker.trackers["cam0"].tracks if t is not track and t.best[-1].frame_index == 40]
+    assert len(improved) == 1
 
 
 def test_a_camera_keeps_only_its_newest_frame_and_counts_the_ones_skipped() -> None:

@@ -19,12 +19,14 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lfr_bench import regions
 from lfr_bench.common import BenchContext, PartResult, format_table, ms_stats
 from lfr_bench.frames import Box, recall
 from lfr_edge.config import Config
@@ -34,6 +36,7 @@ from lfr_edge.vision.pipeline import pipeline_from_files, resolve_model_files
 BINS = ((0, 50), (50, 80), (80, 120), (120, 100_000))
 FLOORS = {50: 0.95, 80: 0.99}
 MIN_VISIBLE = 0.9
+STREET_S, STREET_FPS = 40, 25  # the street scene's length and frame rate (daemon_harness.street_plan)
 SUMMARY_KEYS = (
     "detect_ms_720p_default",
     "recall_50px_default",
@@ -82,16 +85,21 @@ def candidates(cfg: Config, threads: int) -> list[Candidate]:
 
 def street(ctx: BenchContext, frames: int) -> tuple[list[Any], list[Any]]:
     """`frames` frames spread over a seeded 1280x720 walking scene, and their ground truth."""
+    return street_frames(ctx, np.linspace(25, STREET_S * STREET_FPS - 1, frames).round().astype(int).tolist())
+
+
+def street_frames(ctx: BenchContext, indices: Iterable[int]) -> tuple[list[Any], list[Any]]:
+    """These frames of the seeded 1280x720 walking scene, and their ground truth."""
     from lfr_bench.daemon_harness import street_plan
     from lfr_hwsim.plan import load_plan
     from lfr_hwsim.scene import SceneRenderer
 
     with tempfile.TemporaryDirectory() as work:
-        path, _ = street_plan(ctx, Path(work), crowd=6.0, duration_s=40.0)
+        path, _ = street_plan(ctx, Path(work), crowd=6.0, duration_s=STREET_S)
         plan = load_plan(path)
     renderer = SceneRenderer(plan, ctx.faces_dir / "wild")
     images, truths = [], []
-    for index in np.linspace(25, renderer.frames - 1, frames).round().astype(int):
+    for index in indices:
         image, truth = renderer.render(int(index))
         images.append(image)
         truths.append(truth)
@@ -155,7 +163,7 @@ def run(ctx: BenchContext, cfg: Config) -> PartResult:
             backend = create_backend(c.cfg.inference)
             detectors[c.name] = pipeline_from_files(files, backend, c.cfg.detect, c.cfg.quality).detect
         for name, s in measure(detectors, images, truths, reps).items():
-            at = {lo: _rate(s, lo) for lo in (50, 80)}
+            at = {lo: recall_at(s, lo) for lo in (50, 80)}
             timing = ms_stats(s.ms)
             found_50 = sum(f for f, (lo, _) in zip(s.found, BINS, strict=True) if lo >= 50) / n_frames
             row = {
@@ -179,6 +187,8 @@ def run(ctx: BenchContext, cfg: Config) -> PartResult:
     )  # fmt: skip
     refined = refinement(ctx, cfg, images, truths)
     table += "\n\n" + refinement_table(refined)
+    regions_table, regions_rows = regions.run(ctx, cfg) if cfg.models.detector == "yunet" else ("", [])
+    table += "\n\n" + regions_table
     default = _default_name(cfg)
     head = next((r for r in rows_data if r["detector"] == default and r["threads"] == ctx.all_threads), None)
     summary = {
@@ -195,11 +205,11 @@ def run(ctx: BenchContext, cfg: Config) -> PartResult:
         "keypoints: the walkers are drawn from the same corpus photos the enrolment uses, so genuine scores are "
         "higher than on a street; compare the two rows with each other",
     ]
-    data = {"rows": rows_data, "keypoints": refined}
+    data = {"rows": rows_data, "keypoints": refined, "regions": regions_rows}
     return PartResult("detection", True, data=data, table=table, summary=summary, notes=notes)
 
 
-def _rate(s: Tally, floor: int) -> float:
+def recall_at(s: Tally, floor: int) -> float:
     found = sum(f for f, (lo, _) in zip(s.found, BINS, strict=True) if lo >= floor)
     total = sum(t for t, (lo, _) in zip(s.total, BINS, strict=True) if lo >= floor)
     return found / total if total else float("nan")
