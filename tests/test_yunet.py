@@ -33,7 +33,7 @@ def test_the_input_is_the_frame_scaled_to_the_configured_width_padded_to_32() ->
     assert input_size(1280, 720, 640) == (640, 384, 0.5)
     assert input_size(1920, 1080, 640) == (640, 384, 1 / 3)
     assert input_size(1280, 720, 512) == (512, 288, 0.4)  # 288 is already a multiple of 32
-    assert input_size(1280, 720, 416) == (416, 256, 0.325)  # the default width: 234 rows padded to 256
+    assert input_size(1280, 720, 448) == (448, 256, 0.35)  # the default width: 252 rows padded to 256
     assert input_size(320, 240, 640) == (320, 256, 1.0)  # never scaled up
 
 
@@ -78,7 +78,7 @@ def small_faces(yunet: YuNet, faces: Path, width: int) -> list[tuple[np.ndarray,
 
 @pytest.mark.faces
 def test_refined_keypoints_of_a_small_face_are_closer_to_the_truth(yunet: YuNet, faces: Path) -> None:
-    """A face 45 px wide is 15 px to the whole-frame pass at 416 wide; `refine` finds its keypoints again on a
+    """A face 45 px wide is 16 px to the whole-frame pass at 448 wide; `refine` finds its keypoints again on a
     crop where it is 80 px wide. Error in eye distances, over real photos."""
     cases = small_faces(yunet, faces, 45)
     assert len(cases) >= 10

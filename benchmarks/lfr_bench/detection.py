@@ -72,7 +72,7 @@ def candidates(cfg: Config, threads: int) -> list[Candidate]:
         Candidate("blazeface full + 2 rows of tiles", unit("litert-cpu", "both", tile_rows=2)),
         Candidate("blazeface full only", unit("litert-cpu", "both", tile_rows=0)),
     ]
-    for width in (384, 416, 512, 640):
+    for width in (416, 448, 512, 640):
         for threshold in (0.6, 0.7):
             out.append(
                 Candidate(

@@ -1,6 +1,6 @@
 """Face detection with OpenCV's YuNet in one pass over the whole frame, scaled down (`models.detector = "yunet"`).
 
-One invoke on the frame at reduced resolution (416x256 for 720p) finds faces from about 30 px wide up,
+One invoke on the frame at reduced resolution (448x256 for 720p) finds faces from about 30 px wide up,
 where BlazeFace needs its full-range pass plus a grid of short-range tiles (the detection bench compares
 them on the simulator's scenes). Anchor-free heads at strides 8, 16 and 32, decoded as OpenCV does.
 Keypoints come out in BlazeFace's slots so alignment and the quality gate work unchanged: right eye, left
