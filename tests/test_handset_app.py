@@ -164,6 +164,7 @@ def test_a_decision_shows_the_units_answer(deployment: Deployment) -> None:
     assert text.startswith("Engage: accepted by the unit")
     # For publication (the README): this screen with every face pixelated, since no real face may be published.
     browser.execute_script(PIXELATE_FACES)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'end'})", answer)  # the unit's answer in the picture
     browser.save_screenshot(str(RESULTS / "phone-decided-faces-pixelated.png"))
     browser.refresh()  # the real pictures again (the snapshot on reconnection)
     wait_until(browser, f"document.querySelector('[data-alert-id=\"{alert_id}\"] .answer.accepted')")

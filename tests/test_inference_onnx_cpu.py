@@ -97,3 +97,22 @@ def test_an_onnx_only_model_on_litert_is_refused_with_the_backend_to_set(models:
     )
     with pytest.raises(ModelError, match=f'{named} exists only as ONNX: set inference.backend = "onnx-cpu"'):
         resolve_model_files(cfg)
+
+
+def test_building_a_backend_holds_numpys_blas_to_one_thread() -> None:
+    """The watchlist search is numpy's; left at one thread per core, BLAS's idle threads spin after each
+    search and take CPU the models need. A fresh process, so that nothing else set the limit first."""
+    import json
+    import os
+    import subprocess
+
+    probe = (
+        "import json; from threadpoolctl import threadpool_info; from lfr_edge.config import Config; "
+        "from lfr_edge.inference import create_backend; "
+        "blas = lambda: [p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas']; "
+        "before = blas(); create_backend(Config().inference); print(json.dumps([before, blas()]))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    before, after = json.loads(out.stdout.splitlines()[-1])
+    assert len(before) == 1 and after == [1]  # numpy's one BLAS, at one thread

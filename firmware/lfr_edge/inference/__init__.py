@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+from threadpoolctl import threadpool_limits
+
 from lfr_edge.config import InferenceConfig
 from lfr_edge.inference.base import Backend, BackendUnavailable, LoadedModel, TensorSpec
 
@@ -19,7 +21,9 @@ BACKENDS: dict[str, str] = {
 
 
 def create_backend(cfg: InferenceConfig) -> Backend:
-    """Import and build the configured backend (and only that one)."""
+    """Import and build the configured backend (and only that one). numpy's BLAS gets one thread: the
+    watchlist search's threads spun after each search, 0.4 of a core in a crowd (bench part crowd)."""
+    threadpool_limits(1, user_api="blas")
     try:
         module_name = BACKENDS[cfg.backend]
     except KeyError:

@@ -3,9 +3,8 @@
 Inputs and outputs go through IOBinding into numpy buffers this backend owns: the input is read where the
 caller holds it (or from one conversion buffer), the model writes its outputs straight into preallocated
 arrays, and every buffer is zeroed after each run, so no copy of a face or an embedding is left in them.
-The runtime's own workspace (its arena) still holds the last run's activations until the next run: the
-embedder's `scrub()` runs a blank input to overwrite them, as on LiteRT. Thread spinning is off: on a
-two-core unit a spinning idle pool takes the core the other stage needs.
+Its arena holds the last run's activations until the next: the embedder's `scrub()` overwrites them. Thread
+spinning is off: on a two-core unit a spinning idle pool takes the core the other stage needs.
 """
 
 from __future__ import annotations

@@ -5,12 +5,10 @@ normalises), one pass per face (its mirror adds little). MobileFaceNet: its batc
 flip-averaging (on by default) each invoke holds a face and its mirror and the two embeddings are
 averaged: free here, and more accurate. Without it, two faces share an invoke (an odd one out is padded).
 
-A passer-by's face must not outlive its frame in some buffer nobody zeroes: the model's input is built in
-place in one buffer that is zeroed after every call, the model's outputs are zeroed once averaged, and the
-normalisation works in place. The only copy left is the array returned, which its caller overwrites when
-done (the daemon's worker does, once the tracker has taken its own copy). The runtime's own workspace
-(XNNPACK's) still holds the last face's activations, the embedding among them, until the next invoke:
-`scrub()` runs the model once on a blank input to overwrite them (the worker does when a track ends).
+No copy of a passer-by's face outlives its frame: the model's input buffer is zeroed after every call,
+its outputs once averaged, and normalisation works in place; the caller overwrites the array returned.
+The runtime's workspace holds the last face's activations until the next invoke: `scrub()` runs the
+model on a blank input to overwrite them (the worker does when a track ends).
 """
 
 from __future__ import annotations
