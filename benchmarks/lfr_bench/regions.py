@@ -29,7 +29,7 @@ from lfr_edge.inference import create_backend
 from lfr_edge.vision.detect import Detection
 from lfr_edge.vision.pipeline import pipeline_from_files, resolve_model_files
 from lfr_edge.vision.track import iou_matrix
-from lfr_edge.vision.yunet import REFINE_SIDE, YuNet, blazeface_slots, decode
+from lfr_edge.vision.yunet import REFINE_SIDE, YuNet
 
 LOW_WIDTH = 320
 FULL_EVERY = 3
@@ -44,24 +44,21 @@ def yunet_at(cfg: Config, width: int) -> YuNet:
 
 
 def in_region(yunet: YuNet, image: Any, box: tuple[float, float, float, float]) -> list[Detection]:
-    """The face nearest the centre of a crop around `box` (the face half the crop), in frame pixels."""
+    """The face nearest the centre of a crop around `box` (the face half of it, as `YuNet.refine` crops), found
+    by the unit's own `detect` on the crop, in frame pixels."""
     x1, y1, x2, y2 = box
     scale = REFINE_SIDE / (2.0 * max(x2 - x1, y2 - y1, 1.0))
     shift = REFINE_SIDE / 2 - scale * np.array([(x1 + x2) / 2, (y1 + y2) / 2], np.float32)
     matrix = np.array([[scale, 0.0, shift[0]], [0.0, scale, shift[1]]], np.float32)
-    crop = cv2.warpAffine(image, matrix, (REFINE_SIDE, REFINE_SIDE), flags=cv2.INTER_LINEAR)
-    batch = np.ascontiguousarray(crop[:, :, ::-1].transpose(2, 0, 1)[None], dtype=np.float32)
-    names = [o.name for o in yunet.model.outputs]
-    outputs = dict(zip(names, yunet.model.run(batch), strict=True))
-    boxes, points, scores = decode(outputs, REFINE_SIDE, REFINE_SIDE, yunet.cfg.score_threshold)
-    offset = np.linalg.norm((boxes[:, :2] + boxes[:, 2:]) / 2 - REFINE_SIDE / 2, axis=1)
-    near = np.flatnonzero(offset < REFINE_SIDE / 4)
-    if not len(near):
+    crop = np.asarray(cv2.warpAffine(image, matrix, (REFINE_SIDE, REFINE_SIDE), flags=cv2.INTER_LINEAR), np.uint8)
+    centre = REFINE_SIDE / 2
+    near = [d for d in yunet.detect(crop) if np.hypot(*(np.add(d.box[:2], d.box[2:]) / 2 - centre)) < centre / 2]
+    if not near:
         return []
-    best = near[int(np.argmax(scores[near]))]
-    frame_box = (boxes[best].reshape(2, 2) - shift) / scale
-    keypoints = blazeface_slots(((points[best] - shift) / scale).astype(np.float32))
-    return [Detection(tuple(float(v) for v in frame_box.ravel()), float(scores[best]), keypoints)]  # type: ignore[arg-type]
+    best = max(near, key=lambda d: d.score)
+    corners = (np.array(best.box, np.float32).reshape(2, 2) - shift) / scale
+    x1, y1, x2, y2 = (float(v) for v in corners.ravel())
+    return [Detection((x1, y1, x2, y2), best.score, ((best.keypoints - shift) / scale).astype(np.float32))]
 
 
 def not_found_again(previous: list[Detection], found: list[Detection]) -> list[Detection]:
