@@ -182,6 +182,13 @@ def test_a_flood_of_decisions_cannot_delay_or_drop_the_command_centres_close(bro
         unit.stop()
 
 
+def _received(got: queue.Queue[bytes], payload: bytes, timeout_s: float) -> bool:
+    try:
+        return got.get(timeout=timeout_s) == payload
+    except queue.Empty:
+        return False
+
+
 def test_an_oversize_payload_is_refused_before_the_handler(broker: MosquittoBroker) -> None:
     unit = UnitMqttClient("unit-a", unit_mqtt_config(broker, "unit-a"))
     got: queue.Queue[bytes] = queue.Queue()
@@ -190,9 +197,14 @@ def test_an_oversize_payload_is_refused_before_the_handler(broker: MosquittoBrok
     handset = Collector(broker, "handset-1")
     try:
         assert unit.connected.wait(10)
+        # `connected` is set as the unit sends its SUBSCRIBE: a message may reach the broker first. Probes until
+        # one comes back show the subscription is live (a loaded machine lost the oversize message otherwise).
+        deadline = time.monotonic() + 10
+        while not _received(got, b"probe", 0.2) and time.monotonic() < deadline:
+            handset.publish(unit.topics.decision_from("handset-1"), b"probe")
         handset.publish(unit.topics.decision_from("handset-1"), b"x" * 5000)
         handset.publish(unit.topics.decision_from("handset-1"), b"small")
-        assert got.get(timeout=5) == b"small"
+        assert next(p for p in iter(lambda: got.get(timeout=5), None) if p != b"probe") == b"small"
         assert unit.subscription_stats()[unit.topics.every_sender(unit.topics.decisions)].dropped_oversize == 1
     finally:
         handset.close()
