@@ -128,15 +128,16 @@ def wait_until(condition: object, timeout: float) -> bool:
 def test_the_real_sync_expires_its_list_on_time_while_the_audit_log_is_full(tmp_path: Path) -> None:
     """The issue's fault: the first failed audit write ended the expiry thread and the list stayed held."""
     keys, supervisor = Keys(), Supervisor()
+    wall = [time.time()]  # the unit's clock, stepped past the window once the disk is full: no race
     with small_filesystem(tmp_path / "state", size_kib=128) as state:
         audit = AuditLog.open(state / "audit.jsonl", UNIT)
         sync = WatchlistSync(
             unit_id=UNIT, model_id=MODEL, command_centre_key=keys.centre.public_key(), unit_key=keys.unit,
             max_bundle_bytes=100_000, ack_topic="ack", publish=lambda topic, payload: True, audit=audit,
             record=LifecycleFile(state / "lifecycle.json", UNIT, Ed25519PrivateKey.generate()),
-            supervisor=supervisor,
+            supervisor=supervisor, clock=lambda: wall[0],
         )  # fmt: skip
-        now = time.time()
+        now = wall[0]
         valid_until = now + 3.0
         sync.handle_message(
             "t", make_bundle(keys, version=5, valid_from=now - 60, valid_until=valid_until, issued_at=now)
@@ -150,8 +151,9 @@ def test_the_real_sync_expires_its_list_on_time_while_the_audit_log_is_full(tmp_
         for version in range(20):  # a flood of bundles for another unit while the disk is full
             sync.handle_message("t", make_bundle(keys, version=100 + version, unit_id="unit-b"))
 
-        assert wait_until(lambda: sync.store is None, timeout=valid_until - time.time() + 5.0)
-        assert time.time() < valid_until + 5.0  # expired on time, not at shutdown
+        assert sync.store is held  # the window has not ended yet
+        wall[0] = valid_until + 0.5  # it ends now, with the disk full
+        assert wait_until(lambda: sync.store is None, timeout=5.0)  # wiped by the timer, not at shutdown
         with pytest.raises(WatchlistUnavailable):
             held.search(np.ones((1, DIM), np.float32), now=now)  # zeroed, not just dropped
         assert sync.status().state == "expired"
